@@ -1,0 +1,50 @@
+-- Sliding window counter: the twin of src/algorithm/sliding_window.rs (read its doc for the maths).
+-- KEYS: one hash per tier-key with fields s (current window start, ms), c (current count),
+--       p (previous count).
+-- sliding_window_check(key, now, limit, window, cost)
+--   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
+-- sliding_window_commit(key, state, window, cost) consumes cost; the key expires two windows
+--   after its last write, when its counts can no longer matter.
+-- Integers stay below 2^53 (the config bounds limit * window), so double arithmetic is exact.
+
+local function sliding_window_reset(c, p, elapsed, window)
+  if c > 0 then return 2 * window - elapsed end
+  if p > 0 then return window - elapsed end
+  return 0
+end
+
+local function sliding_window_check(key, now, limit, window, cost)
+  local st = redis.call('HMGET', key, 's', 'c', 'p')
+  local s, c, p = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  local start = now - (now % window)
+  if s >= start then
+    start = s
+  elseif s + window == start then
+    p, c = c, 0
+  else
+    p, c = 0, 0
+  end
+  local elapsed = math.min(math.max(now - start, 0), window)
+  local used = p * (window - elapsed) + c * window
+  local capacity = limit * window
+  local state = { start, c, p }
+  if used + cost * window <= capacity then
+    local remaining = math.floor((capacity - used - cost * window) / window)
+    return true, remaining, 0, sliding_window_reset(c + cost, p, elapsed, window), state
+  end
+  local retry
+  if c + cost <= limit then
+    retry = window - elapsed - math.floor((limit - c - cost) * window / p)
+  elseif cost <= limit then
+    retry = (window - elapsed) + (window - math.floor((limit - cost) * window / c))
+  else
+    retry = 2 * window - elapsed
+  end
+  local remaining = math.floor(math.max(capacity - used, 0) / window)
+  return false, remaining, retry, sliding_window_reset(c, p, elapsed, window), state
+end
+
+local function sliding_window_commit(key, state, window, cost)
+  redis.call('HSET', key, 's', state[1], 'c', state[2] + cost, 'p', state[3])
+  redis.call('PEXPIRE', key, 2 * window)
+end

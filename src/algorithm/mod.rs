@@ -1,0 +1,69 @@
+//! Pure rate-limit arithmetic: `(state, now, limit, cost) -> (verdict, new state)`.
+//!
+//! Nothing here does I/O or reads a clock; the caller passes `now` in milliseconds. Each module has a
+//! twin in `lua/` that must give the same answers for the same instants, which the differential test
+//! holds them to.
+
+pub mod sliding_log;
+pub mod sliding_window;
+
+use std::fmt;
+
+/// How a tier counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Two fixed-window counters, the previous weighted by its overlap with the sliding window.
+    SlidingWindow,
+    /// One timestamp per unit consumed: exact, for small limits such as logins.
+    SlidingLog,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::SlidingLog => "sliding_log",
+        }
+    }
+
+    /// The code the Lua script dispatches on.
+    pub fn code(self) -> u8 {
+        match self {
+            Algorithm::SlidingWindow => 1,
+            Algorithm::SlidingLog => 2,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The numbers one tier applies to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub window_ms: u64,
+    /// Units this request consumes; the engine guarantees `1 <= cost <= limit`.
+    pub cost: u64,
+}
+
+/// What one tier says about one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Units left after this request (when allowed) or now (when denied).
+    pub remaining: u64,
+    /// Shortest wait after which the same request would be allowed; 0 when allowed.
+    pub retry_after_ms: u64,
+    /// Time until the count is back to zero, assuming this request was consumed if allowed.
+    pub reset_after_ms: u64,
+}
+
+/// All-or-nothing: a request passes only when every enforcing tier allows it. Shadow tiers are
+/// evaluated and reported but never deny.
+pub fn admits<'a>(verdicts: impl IntoIterator<Item = (&'a Verdict, bool)>) -> bool {
+    verdicts.into_iter().all(|(v, shadow)| v.allowed || shadow)
+}

@@ -1,0 +1,14 @@
+//! Transports: protocol messages in, domain requests to the engine, decisions back out. Nothing here
+//! decides anything.
+
+pub mod native;
+pub mod status;
+
+/// Code generated from proto/sluice/v1/sluice.proto.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("sluice.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
+}

@@ -1,0 +1,162 @@
+//! `sluice.v1.RateLimiter`: checks the size of every input, converts to engine requests, and
+//! converts decisions back.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb;
+use super::status::{from_request_error, invalid};
+use crate::config::InputLimits;
+use crate::decision::Decision;
+use crate::engine::{self, Engine};
+use crate::metrics;
+use crate::store::Mode;
+use crate::tier::{Attr, Attributes};
+
+/// Most tier names one request may list.
+const MAX_NAMED_TIERS: usize = 64;
+
+#[derive(Debug)]
+pub struct NativeService {
+    engine: Arc<Engine>,
+    limits: InputLimits,
+}
+
+impl NativeService {
+    pub fn new(engine: Arc<Engine>, limits: InputLimits) -> Self {
+        NativeService { engine, limits }
+    }
+
+    pub fn into_server(self) -> pb::rate_limiter_server::RateLimiterServer<Self> {
+        pb::rate_limiter_server::RateLimiterServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::rate_limiter_server::RateLimiter for NativeService {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let request = request.into_inner();
+        let requests = to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
+        let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
+
+        let results = if let [single] = requests.as_slice() {
+            vec![self.engine.check(single, mode).await]
+        } else {
+            futures::future::join_all(requests.iter().map(|r| self.engine.check(r, mode))).await
+        };
+        let decisions = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, result)| result.map(to_proto).map_err(|e| from_request_error(i, e)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::CheckResponse { decisions }))
+    }
+}
+
+fn to_requests(requests: Vec<pb::RateRequest>, limits: InputLimits) -> Result<Vec<engine::Request>, Status> {
+    if requests.is_empty() {
+        return Err(invalid("requests", "must hold at least one request"));
+    }
+    if requests.len() > limits.max_batch {
+        return Err(invalid(
+            "requests",
+            &format!("{} requests exceed the maximum of {} per call", requests.len(), limits.max_batch),
+        ));
+    }
+    requests.into_iter().enumerate().map(|(i, r)| to_request(i, r, limits)).collect()
+}
+
+fn to_request(i: usize, r: pb::RateRequest, limits: InputLimits) -> Result<engine::Request, Status> {
+    let at = |field: &str| format!("requests[{i}].{field}");
+    let cost = match r.cost {
+        None => 1,
+        Some(0) => return Err(invalid(&at("cost"), "must be at least 1 (use dry_run to look without consuming)")),
+        Some(n) => n,
+    };
+    if r.tiers.len() > MAX_NAMED_TIERS {
+        return Err(invalid(&at("tiers"), &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", r.tiers.len())));
+    }
+    for (j, name) in r.tiers.iter().enumerate() {
+        check_len(&at(&format!("tiers[{j}]")), name, limits)?;
+    }
+    let a = r.attributes.unwrap_or_default();
+    for (name, value) in [
+        ("ip", &a.ip),
+        ("user", &a.user),
+        ("endpoint", &a.endpoint),
+        ("method", &a.method),
+        ("user_agent", &a.user_agent),
+        ("client_tier", &a.client_tier),
+    ] {
+        check_len(&at(&format!("attributes.{name}")), value, limits)?;
+    }
+    if a.extra.len() > limits.max_extra {
+        return Err(invalid(
+            &at("attributes.extra"),
+            &format!("{} entries exceed the maximum of {}", a.extra.len(), limits.max_extra),
+        ));
+    }
+    for (name, value) in &a.extra {
+        if name.is_empty() {
+            return Err(invalid(&at("attributes.extra"), "an entry has an empty name"));
+        }
+        check_len(&at("attributes.extra"), name, limits)?;
+        if Attr::BUILT_IN.contains(&name.as_str()) {
+            return Err(invalid(
+                &at(&format!("attributes.extra[{name:?}]")),
+                "is a built-in attribute; set the field of that name instead",
+            ));
+        }
+        check_len(&at(&format!("attributes.extra[{name:?}]")), value, limits)?;
+    }
+    Ok(engine::Request {
+        attributes: Attributes {
+            ip: a.ip,
+            user: a.user,
+            endpoint: a.endpoint,
+            method: a.method,
+            user_agent: a.user_agent,
+            client_tier: a.client_tier,
+            extra: a.extra.into_iter().collect(),
+        },
+        cost,
+        tiers: r.tiers,
+    })
+}
+
+fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status> {
+    if value.len() > limits.max_value_bytes {
+        return Err(invalid(
+            field,
+            &format!("{} bytes exceed the maximum of {}", value.len(), limits.max_value_bytes),
+        ));
+    }
+    Ok(())
+}
+
+pub fn to_proto(d: Decision) -> pb::Decision {
+    let headers = d.headers().into_iter().map(|(name, value)| pb::Header { name: name.into(), value }).collect();
+    pb::Decision {
+        allowed: d.allowed,
+        retry_after_ms: d.retry_after_ms,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: d.reset_after_ms,
+        tier: d.tier.as_deref().unwrap_or_default().to_owned(),
+        headers,
+        tiers: d
+            .statuses
+            .into_iter()
+            .map(|s| pb::TierStatus {
+                tier: s.tier.to_string(),
+                allowed: s.verdict.allowed,
+                limit: s.limit.limit,
+                remaining: s.verdict.remaining,
+                retry_after_ms: s.verdict.retry_after_ms,
+                reset_after_ms: s.verdict.reset_after_ms,
+                shadow: s.shadow && !s.verdict.allowed,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,30 @@
+//! The one place where errors become gRPC statuses. Client-facing text names the offending field
+//! and never holds a Redis address, a key or an internal error chain; the log holds those.
+
+use tonic::{Code, Status};
+
+use crate::engine::RequestError;
+use crate::metrics;
+
+/// Bad input: INVALID_ARGUMENT with the field path (e.g. `requests[3].cost`) first.
+pub fn invalid(field: &str, reason: &str) -> Status {
+    Status::new(Code::InvalidArgument, format!("{field}: {reason}"))
+}
+
+/// Maps an engine error for the request at `requests[index]`.
+pub fn from_request_error(index: usize, error: RequestError) -> Status {
+    match error {
+        RequestError::Invalid { field, reason } => {
+            metrics::rejected(if field.starts_with("tiers") { "tiers" } else { "cost" });
+            invalid(&format!("requests[{index}].{field}"), &reason)
+        }
+        RequestError::Store(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "store unavailable");
+            Status::unavailable("rate limit store unavailable")
+        }
+        RequestError::Store(e) => {
+            tracing::error!(error = %e, "store failed");
+            Status::internal("internal error")
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The command line: `serve`, `check-config` and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::pb;
+use crate::config::{self, ConfigError};
+use crate::server::{self, Listeners};
+
+/// sysexits' EX_CONFIG: the configuration is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "A distributed rate-limiting service")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve decisions over gRPC (and metrics over HTTP).
+    Serve {
+        /// YAML configuration; without it the built-in default runs on the in-process store.
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exits 78 naming every bad key.
+    CheckConfig {
+        file: PathBuf,
+    },
+    /// Ask a running Sluice for one decision.
+    Check {
+        /// Sluice's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        addr: String,
+        /// An attribute as name=value (ip, user, endpoint, method, user_agent, client_tier, or any
+        /// other name as a free-form attribute); repeatable.
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+        /// Units to consume.
+        #[arg(long)]
+        cost: Option<u64>,
+        /// Check only this tier; repeatable.
+        #[arg(long = "tier")]
+        tiers: Vec<String>,
+        /// Decide without counting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not name=value"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::CheckConfig { file } => check_config(&file),
+            Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
+                check(addr, attrs, cost, tiers, dry_run, json).await
+            }
+        }
+    })
+}
+
+fn report_config_error(e: &ConfigError) -> ExitCode {
+    for line in e.lines() {
+        eprintln!("sluice: {line}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match config::load(Some(file)) {
+        Ok(settings) => {
+            println!("{}: ok, {} tiers", file.display(), settings.tiers.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => report_config_error(&e),
+    }
+}
+
+async fn serve(path: Option<PathBuf>) -> ExitCode {
+    let settings = match config::load(path.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return report_config_error(&e),
+    };
+    init_logging(&settings.log);
+    match &path {
+        Some(p) => tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded"),
+        None => tracing::info!(tiers = settings.tiers.len(), "no --config given: using the built-in default (examples/sluice.yaml)"),
+    }
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::run(settings, listeners, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn init_logging(log: &config::LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if log.json { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn check(
+    addr: String,
+    attrs: Vec<(String, String)>,
+    cost: Option<u64>,
+    tiers: Vec<String>,
+    dry_run: bool,
+    json: bool,
+) -> ExitCode {
+    let mut a = pb::Attributes::default();
+    for (name, value) in attrs {
+        match name.as_str() {
+            "ip" => a.ip = value,
+            "user" => a.user = value,
+            "endpoint" => a.endpoint = value,
+            "method" => a.method = value,
+            "user_agent" => a.user_agent = value,
+            "client_tier" => a.client_tier = value,
+            _ => {
+                a.extra.insert(name, value);
+            }
+        }
+    }
+    let request = pb::CheckRequest {
+        requests: vec![pb::RateRequest { attributes: Some(a), cost, tiers }],
+        dry_run,
+    };
+    let mut client = match pb::rate_limiter_client::RateLimiterClient::connect(addr.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: cannot connect to {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let decision = match client.check(request).await {
+        Ok(r) => r.into_inner().decisions.into_iter().next(),
+        Err(status) => {
+            eprintln!("sluice: {}: {}", status.code(), status.message());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(d) = decision else {
+        eprintln!("sluice: the server answered no decision");
+        return ExitCode::FAILURE;
+    };
+    if json {
+        let headers: serde_json::Map<String, serde_json::Value> =
+            d.headers.iter().map(|h| (h.name.clone(), h.value.clone().into())).collect();
+        let out = serde_json::json!({
+            "allowed": d.allowed,
+            "retry_after_ms": d.retry_after_ms,
+            "limit": d.limit,
+            "remaining": d.remaining,
+            "reset_after_ms": d.reset_after_ms,
+            "tier": d.tier,
+            "headers": headers,
+        });
+        println!("{out}");
+    } else {
+        let verdict = if d.allowed { "allowed" } else { "denied" };
+        let tier = if d.tier.is_empty() { "(no tier matched)" } else { d.tier.as_str() };
+        println!("{verdict} by {tier}: limit {}, remaining {}, retry after {} ms, reset after {} ms", d.limit, d.remaining, d.retry_after_ms, d.reset_after_ms);
+        for h in &d.headers {
+            println!("{}: {}", h.name, h.value);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,380 @@
+//! Loading configuration: a YAML file (or the built-in default), overridden key by key from
+//! `SLUICE__...` environment variables, then turned into typed settings once, so the hot path never
+//! re-checks it. Every problem of a file is reported together, each naming its key.
+
+pub mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::algorithm::Algorithm;
+use crate::store::redis::ConnectionKind;
+use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
+
+/// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
+pub const DEFAULT_YAML: &str = include_str!("../../examples/sluice.yaml");
+
+/// Bounds for Lua's double arithmetic: limit * window (ms) must stay far below 2^53.
+const MAX_LIMIT_TIMES_WINDOW: u128 = 1 << 50;
+/// A sliding log keeps one entry per unit, so its limit is capped.
+const MAX_LOG_LIMIT: u64 = 10_000;
+const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub redis: Option<RedisSettings>,
+    pub limits: InputLimits,
+    pub log: LogSettings,
+    pub tiers: Tiers,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub connection: ConnectionKind,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisSettings")
+            .field("timeout", &self.timeout)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct InputLimits {
+    pub max_batch: usize,
+    pub max_value_bytes: usize,
+    pub max_extra: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub json: bool,
+    pub level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {}", .problems.join("; "))]
+    Invalid { origin: String, problems: Vec<String> },
+}
+
+impl ConfigError {
+    /// One line per problem, for `check-config` and start-up.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { origin, problems } => problems.iter().map(|p| format!("{origin}: {p}")).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Reads `path` (or the built-in default) with overrides from the process environment.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_with_env(path, None)
+}
+
+/// As `load`, with the environment given as a map (tests use this instead of `set_var`).
+pub fn load_with_env(path: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            parse(&text, &path.display().to_string(), env)
+        }
+        None => parse(DEFAULT_YAML, "built-in default", env),
+    }
+}
+
+/// Parses YAML text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
+    let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
+    let layered = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+        .add_source(config::Environment::with_prefix("SLUICE").separator("__").source(env))
+        .build()
+        .map_err(|e| parse_error(e.to_string()))?;
+    let file: schema::File = serde_path_to_error::deserialize(layered).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." { parse_error(inner) } else { parse_error(format!("{path}: {inner}")) }
+    })?;
+    validate(file).map_err(|problems| ConfigError::Invalid { origin: origin.to_owned(), problems })
+}
+
+fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut addr = |key: &str, value: &str| {
+        value.parse::<SocketAddr>().map_err(|_| problems.push(format!("{key}: {value:?} is not an address like 0.0.0.0:8081"))).ok()
+    };
+    let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
+    let http_addr = addr("server.http_addr", &file.server.http_addr);
+
+    let redis = file.redis.and_then(|r| {
+        if r.url.is_empty() {
+            problems.push("redis.url: must not be empty (remove the redis section to use the in-process store)".into());
+        } else if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("redis+unix://") || r.url.starts_with("unix://")) {
+            problems.push("redis.url: must start with redis://, rediss://, redis+unix:// or unix://".into());
+        }
+        if r.timeout_ms == 0 {
+            problems.push("redis.timeout_ms: must be at least 1".into());
+        }
+        let connection = match r.connection.as_str() {
+            "multiplexed" => Some(ConnectionKind::Multiplexed),
+            "pool" if r.pool_size == 0 => {
+                problems.push("redis.pool_size: must be at least 1".into());
+                None
+            }
+            "pool" => Some(ConnectionKind::Pool { size: r.pool_size }),
+            other => {
+                problems.push(format!("redis.connection: {other:?} is not one of multiplexed, pool"));
+                None
+            }
+        };
+        Some(RedisSettings { url: r.url, timeout: Duration::from_millis(r.timeout_ms), connection: connection? })
+    });
+
+    for (key, value) in [
+        ("limits.max_batch", file.limits.max_batch),
+        ("limits.max_value_bytes", file.limits.max_value_bytes),
+    ] {
+        if value == 0 {
+            problems.push(format!("{key}: must be at least 1"));
+        }
+    }
+    let json = match file.log.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            problems.push(format!("log.format: {other:?} is not one of text, json"));
+            false
+        }
+    };
+
+    let mut names = HashSet::new();
+    let tiers: Vec<Tier> = file
+        .tiers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| tier(&format!("tiers[{i}]"), t, &mut names, &mut problems))
+        .collect();
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Settings {
+        server: ServerSettings {
+            grpc_addr: grpc_addr.expect("checked above"),
+            http_addr: http_addr.expect("checked above"),
+            shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
+        },
+        redis,
+        limits: InputLimits {
+            max_batch: file.limits.max_batch,
+            max_value_bytes: file.limits.max_value_bytes,
+            max_extra: file.limits.max_extra,
+        },
+        log: LogSettings { json, level: file.log.level },
+        tiers: Tiers::new(tiers),
+    })
+}
+
+fn tier(at: &str, mut t: schema::Tier, names: &mut HashSet<String>, problems: &mut Vec<String>) -> Option<Tier> {
+    let before = problems.len();
+    let mut problem = |key: &str, reason: String| problems.push(format!("{at}.{key}: {reason}"));
+
+    if t.name.is_empty() || t.name.len() > MAX_NAME_LEN || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        problem("name", format!("{:?} must be 1 to {MAX_NAME_LEN} letters, digits, _ or -", t.name));
+    } else if !names.insert(t.name.clone()) {
+        problem("name", format!("{:?} is already the name of another tier", t.name));
+    }
+
+    let mut conditions = Vec::new();
+    for (attr, cond) in std::mem::take(&mut t.matches) {
+        let values = match cond {
+            schema::Condition::Equals(v) => Condition::AnyOf(vec![v]),
+            schema::Condition::AnyOf(v) => Condition::AnyOf(v),
+            schema::Condition::Prefix(p) => Condition::Prefix(p.prefix.into_vec()),
+        };
+        let (Condition::AnyOf(v) | Condition::Prefix(v)) = &values;
+        if v.is_empty() {
+            problem(&format!("match.{attr}"), "needs at least one value".into());
+        }
+        if attr.is_empty() {
+            problem("match", "an attribute name is empty".into());
+        }
+        conditions.push((Attr::parse(&attr), values));
+    }
+    let mut seen = HashSet::new();
+    for (j, name) in t.key.iter().enumerate() {
+        if name.is_empty() {
+            problem(&format!("key[{j}]"), "an attribute name is empty".into());
+        } else if !seen.insert(name) {
+            problem(&format!("key[{j}]"), format!("{name:?} is listed twice"));
+        }
+    }
+    let key: Vec<Attr> = t.key.iter().map(|k| Attr::parse(k)).collect();
+
+    let has_limit = t.limit.is_some() || t.window.is_some() || t.algorithm.is_some() || t.cost.is_some();
+    let rule = match (t.exempt, t.unlimited) {
+        (true, true) => {
+            problem("exempt", "a tier is exempt or unlimited, not both".into());
+            None
+        }
+        (true, false) | (false, true) if has_limit => {
+            let which = if t.exempt { "exempt" } else { "unlimited" };
+            problem(which, "takes no limit, window, algorithm or cost".into());
+            None
+        }
+        (true, false) => Some(Rule::Exempt),
+        (false, true) => Some(Rule::Unlimited),
+        (false, false) => limit(&t, &mut problem).map(Rule::Limited),
+    };
+    if t.shadow && !matches!(rule, Some(Rule::Limited(_)) | None) {
+        problem("shadow", "only a limited tier can run in shadow mode".into());
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Tier::new(&t.name, conditions, key, rule?, t.shadow))
+}
+
+fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Limit> {
+    let algorithm = match t.algorithm.as_deref().unwrap_or("sliding_window") {
+        "sliding_window" => Some(Algorithm::SlidingWindow),
+        "sliding_log" => Some(Algorithm::SlidingLog),
+        other => {
+            problem("algorithm", format!("{other:?} is not one of sliding_window, sliding_log"));
+            None
+        }
+    };
+    let limit = match t.limit {
+        None => {
+            problem("limit", "is required (or set exempt or unlimited)".into());
+            None
+        }
+        Some(0) => {
+            problem("limit", "must be at least 1".into());
+            None
+        }
+        Some(n) => Some(n),
+    };
+    let window_ms = match t.window.as_deref() {
+        None => {
+            problem("window", "is required, e.g. 1m".into());
+            None
+        }
+        Some(w) => match parse_duration_ms(w) {
+            Ok(ms) => Some(ms),
+            Err(reason) => {
+                problem("window", reason);
+                None
+            }
+        },
+    };
+    let cost = t.cost.unwrap_or(1);
+    if cost == 0 {
+        problem("cost", "must be at least 1".into());
+    }
+    let (algorithm, limit, window_ms) = (algorithm?, limit?, window_ms?);
+    if u128::from(limit) * u128::from(window_ms) > MAX_LIMIT_TIMES_WINDOW {
+        problem("limit", format!("{limit} per {window_ms} ms is too large (limit x window in ms must stay under 2^50)"));
+        return None;
+    }
+    if algorithm == Algorithm::SlidingLog && limit > MAX_LOG_LIMIT {
+        problem("limit", format!("{limit} is too large for sliding_log (at most {MAX_LOG_LIMIT}; use sliding_window)"));
+        return None;
+    }
+    if cost > limit {
+        problem("cost", format!("{cost} exceeds the limit {limit}, so no request could pass"));
+        return None;
+    }
+    (cost > 0).then_some(Limit { algorithm, limit, window_ms, cost })
+}
+
+/// `500ms`, `30s`, `15m`, `1h`, `1d` -> milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration such as 500ms, 30s, 15m, 1h or 1d");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(scale).ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_uses_no_redis() {
+        let settings = parse(DEFAULT_YAML, "default", Some(HashMap::new())).expect("default config");
+        assert!(settings.redis.is_none());
+        assert!(settings.tiers.len() >= 4);
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        let env = HashMap::from([("SLUICE__REDIS__URL".to_owned(), "redis://127.0.0.1:1".to_owned())]);
+        let settings = parse(DEFAULT_YAML, "default", Some(env)).expect("config");
+        assert_eq!(settings.redis.expect("redis").url, "redis://127.0.0.1:1");
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once() {
+        let yaml = "tiers:\n  - name: a\n    limit: 0\n    window: 15x\n  - name: a\n    exempt: true\n    limit: 3\n";
+        let err = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("invalid");
+        let lines = err.lines();
+        assert!(lines.iter().any(|l| l.contains("tiers[0].limit: must be at least 1")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[0].window: \"15x\"")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[1].name")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[1].exempt")), "{lines:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("tiers:\n  - name: a\n    limt: 3\n", "t.yaml", Some(HashMap::new())).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("tiers[0]") && text.contains("limt"), "{text}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("15m"), Ok(900_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("m").is_err());
+        assert!(parse_duration_ms("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The configuration file as operators write it. These `///` docs are the reference; README.md
+//! repeats them with an example. Unknown keys are errors, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: Server,
+    /// Where counts live. Absent: the in-process store (one replica's counts, nothing shared).
+    #[serde(default)]
+    pub redis: Option<Redis>,
+    /// Size limits on every request, so hostile input costs bounded memory.
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: Log,
+    /// Checked in order; a request is checked against every tier that matches it.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// gRPC listener: `sluice.v1.RateLimiter` and `grpc.health.v1.Health`.
+    pub grpc_addr: String,
+    /// HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: String,
+    /// On SIGTERM or SIGINT, how long calls in flight may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            grpc_addr: "0.0.0.0:8081".into(),
+            http_addr: "0.0.0.0:9090".into(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]`; never logged.
+    pub url: String,
+    /// Deadline of one decision call to Redis; past it the request is decided in process.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `multiplexed` (one shared pipelined connection, the default) or `pool`.
+    #[serde(default = "default_connection")]
+    pub connection: String,
+    /// Connections in the pool when `connection: pool`.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    50
+}
+fn default_connection() -> String {
+    "multiplexed".into()
+}
+fn default_pool_size() -> usize {
+    16
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most requests in one `Check` batch.
+    pub max_batch: usize,
+    /// Longest attribute value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most free-form attributes in one request.
+    pub max_extra: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_batch: 1000, max_value_bytes: 4096, max_extra: 32 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `sluice=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: "text".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Unique; letters, digits, `_` and `-`. Used in keys, headers and metric labels.
+    pub name: String,
+    /// Attribute name -> condition; all must hold. Empty: matches every request.
+    #[serde(default, rename = "match")]
+    pub matches: BTreeMap<String, Condition>,
+    /// Attributes whose values identify a counter, e.g. `[ip]` or `[ip, username]`. A request
+    /// missing any of them is not counted by this tier. Empty: one counter for all.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// `sliding_window` (default) or `sliding_log`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// Units allowed per window.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Window length: a number and a unit, `ms`, `s`, `m`, `h` or `d` (e.g. `15m`).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Units one request consumes in this tier, multiplied by the request's own cost. Default 1.
+    #[serde(default)]
+    pub cost: Option<u64>,
+    /// A matching request is allowed without checking or counting any tier.
+    #[serde(default)]
+    pub exempt: bool,
+    /// This tier never limits and counts nothing; other tiers still apply.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// Count and report, but never deny: for trying a limit on live traffic.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// `value` (equal), `[a, b]` (equal to one of them) or `{prefix: /api/}` / `{prefix: [/a, /b]}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Condition {
+    Equals(String),
+    AnyOf(Vec<String>),
+    Prefix(PrefixCondition),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixCondition {
+    pub prefix: OneOrMany,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}

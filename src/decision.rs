@@ -1,0 +1,160 @@
+//! The answer to one request, and the headers a gateway forwards with it.
+//!
+//! Headers follow the IETF draft's structured fields: `RateLimit-Policy: "tier";q=100;w=60` per tier
+//! checked, `RateLimit: "tier";r=12;t=30` for the deciding tier, and `Retry-After` (whole seconds,
+//! rounded up) on a denial.
+
+use std::sync::Arc;
+
+use crate::algorithm::Verdict;
+use crate::store::{Outcome, Source};
+use crate::tier::Limit;
+
+/// One tier's part in a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierStatus {
+    pub tier: Arc<str>,
+    pub limit: Limit,
+    pub verdict: Verdict,
+    pub shadow: bool,
+}
+
+impl TierStatus {
+    /// Shadow tiers report what they would have done but never deny.
+    pub fn denies(&self) -> bool {
+        !self.verdict.allowed && !self.shadow
+    }
+
+    pub fn label(&self) -> &'static str {
+        match (self.verdict.allowed, self.shadow) {
+            (true, _) => "allow",
+            (false, false) => "deny",
+            (false, true) => "shadow_deny",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub retry_after_ms: u64,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+    /// The deciding tier; `None` when no tier applied.
+    pub tier: Option<Arc<str>>,
+    pub statuses: Vec<TierStatus>,
+    /// Where counts came from; `None` when no store was asked (exempt, or nothing matched).
+    pub source: Option<Source>,
+}
+
+impl Decision {
+    /// Allowed without counting: an exempt tier matched, or no limited tier did.
+    pub fn uncounted(tier: Option<Arc<str>>) -> Decision {
+        Decision {
+            allowed: true,
+            retry_after_ms: 0,
+            limit: 0,
+            remaining: 0,
+            reset_after_ms: 0,
+            tier,
+            statuses: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// Builds the decision from a store's outcome; `tiers` are in the order of the checks.
+    pub fn counted(tiers: Vec<(Arc<str>, Limit, bool)>, outcome: Outcome) -> Decision {
+        let statuses: Vec<TierStatus> = tiers
+            .into_iter()
+            .zip(outcome.verdicts)
+            .map(|((tier, limit, shadow), mut verdict)| {
+                if verdict.allowed && !outcome.admitted {
+                    // Another tier denied, so this one consumed nothing: report what is left now.
+                    verdict.remaining = (verdict.remaining + limit.cost).min(limit.limit);
+                }
+                TierStatus { tier, limit, verdict, shadow }
+            })
+            .collect();
+        let deciding = if outcome.admitted {
+            let enforcing = statuses.iter().filter(|s| !s.shadow);
+            enforcing.min_by_key(|s| s.verdict.remaining).or_else(|| statuses.first())
+        } else {
+            statuses.iter().filter(|s| s.denies()).max_by_key(|s| s.verdict.retry_after_ms)
+        };
+        let (tier, limit, remaining, reset, retry) = deciding.map_or((None, 0, 0, 0, 0), |s| {
+            let retry = if outcome.admitted { 0 } else { s.verdict.retry_after_ms };
+            (Some(Arc::clone(&s.tier)), s.limit.limit, s.verdict.remaining, s.verdict.reset_after_ms, retry)
+        });
+        Decision {
+            allowed: outcome.admitted,
+            retry_after_ms: retry,
+            limit,
+            remaining,
+            reset_after_ms: reset,
+            tier,
+            statuses,
+            source: Some(outcome.source),
+        }
+    }
+
+    /// `(name, value)` pairs to forward to the client.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        let Some(tier) = &self.tier else { return headers };
+        if self.statuses.is_empty() {
+            return headers;
+        }
+        let policies: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|s| format!("\"{}\";q={};w={}", s.tier, s.limit.limit, ceil_secs(s.limit.window_ms)))
+            .collect();
+        headers.push(("RateLimit-Policy", policies.join(", ")));
+        headers.push((
+            "RateLimit",
+            format!("\"{tier}\";r={};t={}", self.remaining, ceil_secs(self.reset_after_ms)),
+        ));
+        if !self.allowed {
+            headers.push(("Retry-After", ceil_secs(self.retry_after_ms).to_string()));
+        }
+        headers
+    }
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+
+    fn limit(limit: u64, window_ms: u64) -> Limit {
+        Limit { algorithm: Algorithm::SlidingWindow, limit, window_ms, cost: 1 }
+    }
+
+    #[test]
+    fn the_longest_denial_decides_and_headers_follow_the_draft() {
+        let verdict = |allowed, remaining, retry| Verdict { allowed, remaining, retry_after_ms: retry, reset_after_ms: 30_000 };
+        let outcome = Outcome {
+            admitted: false,
+            verdicts: vec![verdict(true, 7, 0), verdict(false, 0, 1_500), verdict(false, 0, 9_001)],
+            source: Source::Local,
+        };
+        let d = Decision::counted(
+            vec![("ip".into(), limit(10, 60_000), false), ("user".into(), limit(5, 60_000), false), ("auth".into(), limit(5, 900_000), false)],
+            outcome,
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.tier.as_deref(), Some("auth"));
+        assert_eq!(d.retry_after_ms, 9_001);
+        // The allowing tier consumed nothing.
+        assert_eq!(d.statuses[0].verdict.remaining, 8);
+        let headers = d.headers();
+        assert_eq!(headers[0], ("RateLimit-Policy", "\"ip\";q=10;w=60, \"user\";q=5;w=60, \"auth\";q=5;w=900".to_owned()));
+        assert_eq!(headers[1], ("RateLimit", "\"auth\";r=0;t=30".to_owned()));
+        assert_eq!(headers[2], ("Retry-After", "10".to_owned()));
+    }
+}

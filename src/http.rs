@@ -1,0 +1,38 @@
+//! The HTTP side port: `/metrics` for Prometheus, `/healthz` (the process runs) and `/readyz` (it
+//! accepts decisions; 503 once shutting down, so load balancers drain it first).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+#[derive(Clone)]
+struct Http {
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Http { metrics, ready })
+}
+
+async fn render(State(http): State<Http>) -> ([(&'static str, &'static str); 1], String) {
+    http.metrics.run_upkeep();
+    ([("content-type", "text/plain; version=0.0.4")], http.metrics.render())
+}
+
+async fn readyz(State(http): State<Http>) -> (StatusCode, &'static str) {
+    if http.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

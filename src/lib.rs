@@ -1,0 +1,29 @@
+//! Sluice: a distributed rate-limiting service.
+//!
+//! The path of one decision, and where each part lives:
+//!
+//! ```text
+//! gateway --gRPC--> api::native        translate protobuf <-> domain, check input sizes
+//!                   engine             which tiers apply (tier), one check per limited tier
+//!                   store::Store       decide all checks at once, all or nothing:
+//!                     LocalStore         in process (no Redis configured)
+//!                     RedisStore         one EVALSHA of lua/decide.lua, Redis TIME as the clock
+//!                     FallbackStore      Redis, else local counts within the deadline
+//!                   algorithm          the arithmetic, shared in meaning with lua/
+//!         <-- decision                 allow/deny, retry-after, remaining, headers
+//! ```
+//!
+//! `config` reads YAML and the environment into typed settings; `server` wires everything and
+//! serves gRPC and HTTP (`http`, `metrics`); `cli` is the binary's front.
+
+pub mod algorithm;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tier;

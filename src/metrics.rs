@@ -1,0 +1,76 @@
+//! Every metric Sluice exports, with its description, in one place.
+//!
+//! Names follow `sluice_<name>_<unit>[_total]`. Label values come from configuration (tier names) or
+//! bounded enums (decision, source, error kind), never from clients.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+
+pub const DECISIONS: &str = "sluice_decisions_total";
+pub const DECISION_DURATION: &str = "sluice_decision_duration_seconds";
+pub const REDIS_DURATION: &str = "sluice_redis_duration_seconds";
+pub const REDIS_ERRORS: &str = "sluice_redis_errors_total";
+pub const REQUESTS_REJECTED: &str = "sluice_requests_rejected_total";
+pub const TIERS: &str = "sluice_tiers";
+pub const LOCAL_KEYS: &str = "sluice_local_keys";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Installs the global recorder and returns the handle that renders `/metrics`. Installing twice
+/// in one process (tests start several servers) hands back the first recorder's handle.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(DECISIONS, "Decisions per tier, by decision (allow, deny, shadow_deny) and source");
+    describe_histogram!(DECISION_DURATION, metrics::Unit::Seconds, "Time to decide one request");
+    describe_histogram!(REDIS_DURATION, metrics::Unit::Seconds, "Time of one decision script call to Redis");
+    describe_counter!(REDIS_ERRORS, "Failed or late Redis calls, by error type");
+    describe_counter!(REQUESTS_REJECTED, "Requests rejected as invalid, by field");
+    describe_gauge!(TIERS, "Tiers in the running configuration");
+    describe_gauge!(LOCAL_KEYS, "Keys held by the in-process store, by role (local, fallback)");
+}
+
+pub fn decision(tier: &str, decision: &'static str, source: &'static str) {
+    counter!(DECISIONS, "tier" => tier.to_owned(), "decision" => decision, "source" => source).increment(1);
+}
+
+pub fn decision_duration(elapsed: Duration) {
+    histogram!(DECISION_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn redis_duration(elapsed: Duration) {
+    histogram!(REDIS_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn redis_error(kind: &'static str) {
+    counter!(REDIS_ERRORS, "error_type" => kind).increment(1);
+}
+
+pub fn rejected(field: &'static str) {
+    counter!(REQUESTS_REJECTED, "field" => field).increment(1);
+}
+
+pub fn tiers(count: usize) {
+    gauge!(TIERS).set(count as f64);
+}
+
+pub fn local_keys(role: &'static str, count: usize) {
+    gauge!(LOCAL_KEYS, "role" => role).set(count as f64);
+}

@@ -1,0 +1,135 @@
+//! Wiring: builds the store and engine from settings and serves gRPC and HTTP until `shutdown`
+//! resolves. The binary only parses arguments and waits for signals; tests bind `127.0.0.1:0` and
+//! call the same `run`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::native::NativeService;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::metrics;
+use crate::store::{FallbackStore, LocalStore, Store};
+
+/// How often expired in-process keys are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The two listeners, bound before `run` so that callers (and tests) know the ports.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(settings.server.grpc_addr).await?,
+            http: TcpListener::bind(settings.server.http_addr).await?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("grpc: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("http: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then lets calls in flight finish (up to the grace period).
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let handle = metrics::install()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let store = build_store(&settings, stop_rx.clone());
+    let engine = Arc::new(Engine::new(settings.tiers, store));
+    let native = NativeService::new(Arc::clone(&engine), settings.limits);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<crate::api::pb::rate_limiter_server::RateLimiterServer<NativeService>>().await;
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let grace = settings.server.shutdown_grace;
+    tokio::spawn({
+        let ready = Arc::clone(&ready);
+        async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(native.into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(listeners.http, crate::http::router(handle, ready)).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let serving = async { tokio::try_join!(async { grpc.await.map_err(ServerError::from) }, async { http.await.map_err(ServerError::from) }) };
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => { result?; }
+        _ = stopped(stop_rx) => {
+            match tokio::time::timeout(grace, &mut serving).await {
+                Ok(result) => { result?; }
+                Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {
+    match &settings.redis {
+        None => {
+            tracing::info!("no redis configured: counts are kept in this process only and not shared between replicas");
+            let local = LocalStore::default();
+            spawn_sweeper(local.clone(), "local", stop);
+            Arc::new(local)
+        }
+        Some(redis) => {
+            tracing::info!(timeout_ms = redis.timeout.as_millis() as u64, connection = ?redis.connection, "using redis");
+            let store = FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout);
+            spawn_sweeper(store.local().clone(), "fallback", stop);
+            store
+        }
+    }
+}
+
+fn spawn_sweeper(local: LocalStore, role: &'static str, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    local.sweep(local.now_ms());
+                    metrics::local_keys(role, local.len());
+                }
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+}

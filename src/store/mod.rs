@@ -1,0 +1,126 @@
+//! The storage seam: one async `Store` trait that decides a request against all of its tier-keys at
+//! once, atomically, and the errors a store can return.
+//!
+//! A store knows keys, quotas and algorithms; it knows nothing of tiers' matching rules, gRPC or
+//! headers. `LocalStore` keeps state in this process, `RedisStore` runs one Lua script per request,
+//! and `FallbackStore` answers from a local store when Redis fails or is late.
+
+pub mod fallback;
+pub mod local;
+pub mod redis;
+pub mod script;
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+
+use crate::algorithm::{Algorithm, Quota, Verdict};
+
+pub use fallback::FallbackStore;
+pub use local::LocalStore;
+pub use redis::{RedisConnection, RedisStore};
+
+/// One tier-key of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// `sluice:{<tier>:<identity>}`: stores append their own suffixes after the hash tag.
+    pub key: String,
+    pub algorithm: Algorithm,
+    pub quota: Quota,
+    /// Evaluated and reported, never denies.
+    pub shadow: bool,
+}
+
+/// Whether an admitted request consumes its cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Consume,
+    DryRun,
+}
+
+/// Where a decision came from, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Redis,
+    Local,
+    /// The in-process buckets answered because Redis failed or missed its deadline.
+    Fallback,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Redis => "redis",
+            Source::Local => "local",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
+/// The answer for one request: one verdict per check, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub admitted: bool,
+    pub verdicts: Vec<Verdict>,
+    pub source: Source,
+}
+
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Decides one request against every check at once: admitted only if every enforcing check
+    /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
+    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+}
+
+/// Why a store could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+    #[error("redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("unexpected reply from the decision script: {0}")]
+    BadReply(String),
+}
+
+impl StoreError {
+    /// Whether trying again later (or elsewhere) may help: the store was unreachable or late, as
+    /// opposed to a bug in what we sent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_cluster_error()
+                    || matches!(
+                        e.kind(),
+                        ::redis::ErrorKind::Server(
+                            ::redis::ServerErrorKind::BusyLoading
+                                | ::redis::ServerErrorKind::TryAgain
+                                | ::redis::ServerErrorKind::ClusterDown
+                                | ::redis::ServerErrorKind::MasterDown
+                                | ::redis::ServerErrorKind::ReadOnly
+                        )
+                    )
+            }
+            StoreError::Pool(_) | StoreError::Timeout(_) => true,
+            StoreError::BadReply(_) => false,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Redis(e) if e.is_timeout() => "timeout",
+            StoreError::Redis(e) if e.is_connection_refusal() => "refused",
+            StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "io",
+            StoreError::Redis(_) => "server",
+            StoreError::Pool(_) => "pool",
+            StoreError::Timeout(_) => "deadline",
+            StoreError::BadReply(_) => "bad_reply",
+        }
+    }
+}

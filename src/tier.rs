@@ -1,0 +1,221 @@
+//! Which tiers apply to a request, and the key each one counts it under.
+//!
+//! A tier matches when all of its conditions hold and every attribute of its key is present. Keys
+//! are `sluice:{<tier>:<identity>}`: the identity joins the key's attribute values with `|` after
+//! escaping `%`, `|`, `{`, `}` and control characters, so no client value can collide with
+//! another's, end the hash tag early, or step into another tier (tier names hold no `:`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::algorithm::Algorithm;
+
+/// A request attribute a tier can match on or key by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attr {
+    Ip,
+    User,
+    Endpoint,
+    Method,
+    UserAgent,
+    ClientTier,
+    /// A free-form attribute, by name.
+    Extra(String),
+}
+
+impl Attr {
+    pub const BUILT_IN: [&'static str; 6] = ["ip", "user", "endpoint", "method", "user_agent", "client_tier"];
+
+    pub fn parse(name: &str) -> Attr {
+        match name {
+            "ip" => Attr::Ip,
+            "user" => Attr::User,
+            "endpoint" => Attr::Endpoint,
+            "method" => Attr::Method,
+            "user_agent" => Attr::UserAgent,
+            "client_tier" => Attr::ClientTier,
+            other => Attr::Extra(other.to_owned()),
+        }
+    }
+}
+
+/// What is known about one incoming request. Empty strings mean absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attributes {
+    pub ip: String,
+    pub user: String,
+    pub endpoint: String,
+    pub method: String,
+    pub user_agent: String,
+    pub client_tier: String,
+    pub extra: HashMap<String, String>,
+}
+
+impl Attributes {
+    pub fn get(&self, attr: &Attr) -> Option<&str> {
+        let value = match attr {
+            Attr::Ip => &self.ip,
+            Attr::User => &self.user,
+            Attr::Endpoint => &self.endpoint,
+            Attr::Method => &self.method,
+            Attr::UserAgent => &self.user_agent,
+            Attr::ClientTier => &self.client_tier,
+            Attr::Extra(name) => self.extra.get(name)?,
+        };
+        (!value.is_empty()).then_some(value.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    AnyOf(Vec<String>),
+    Prefix(Vec<String>),
+}
+
+impl Condition {
+    fn holds(&self, value: Option<&str>) -> bool {
+        let Some(value) = value else { return false };
+        match self {
+            Condition::AnyOf(values) => values.iter().any(|v| v == value),
+            Condition::Prefix(prefixes) => prefixes.iter().any(|p| value.starts_with(p.as_str())),
+        }
+    }
+}
+
+/// What a matching tier does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The request passes without any tier being checked or counting.
+    Exempt,
+    /// This tier neither limits nor counts.
+    Unlimited,
+    Limited(Limit),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub algorithm: Algorithm,
+    pub limit: u64,
+    pub window_ms: u64,
+    /// Units per request, multiplied by the request's cost.
+    pub cost: u64,
+}
+
+#[derive(Debug)]
+pub struct Tier {
+    pub name: Arc<str>,
+    pub conditions: Vec<(Attr, Condition)>,
+    pub key: Vec<Attr>,
+    pub rule: Rule,
+    pub shadow: bool,
+    /// `sluice:{<name>:`, the static part of every key of this tier.
+    key_prefix: String,
+}
+
+impl Tier {
+    pub fn new(name: &str, conditions: Vec<(Attr, Condition)>, key: Vec<Attr>, rule: Rule, shadow: bool) -> Tier {
+        Tier { name: name.into(), conditions, key, rule, shadow, key_prefix: format!("sluice:{{{name}:") }
+    }
+
+    /// Whether this tier applies to the request.
+    pub fn matches(&self, attrs: &Attributes) -> bool {
+        self.conditions.iter().all(|(attr, cond)| cond.holds(attrs.get(attr)))
+            && self.key.iter().all(|attr| attrs.get(attr).is_some())
+    }
+
+    /// The counter key of this request in this tier; call only when `matches` holds.
+    pub fn key_for(&self, attrs: &Attributes) -> String {
+        let mut key = String::with_capacity(self.key_prefix.len() + 48);
+        key.push_str(&self.key_prefix);
+        for (i, attr) in self.key.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            escape_into(&mut key, attrs.get(attr).unwrap_or_default());
+        }
+        key.push('}');
+        key
+    }
+}
+
+/// Percent-escapes the separator, the escape, the hash-tag braces and control characters (each
+/// UTF-8 byte as `%XX`), which keeps the encoding injective.
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        if matches!(c, '%' | '|' | '{' | '}') || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// The running set of tiers, in configuration order.
+#[derive(Debug, Default)]
+pub struct Tiers {
+    tiers: Vec<Arc<Tier>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl Tiers {
+    pub fn new(tiers: Vec<Tier>) -> Tiers {
+        let tiers: Vec<Arc<Tier>> = tiers.into_iter().map(Arc::new).collect();
+        let by_name = tiers.iter().enumerate().map(|(i, t)| (Arc::clone(&t.name), i)).collect();
+        Tiers { tiers, by_name }
+    }
+
+    pub fn all(&self) -> &[Arc<Tier>] {
+        &self.tiers
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Tier>> {
+        self.by_name.get(name).map(|&i| &self.tiers[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.tiers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(key: Vec<Attr>) -> Tier {
+        let limit = Limit { algorithm: Algorithm::SlidingWindow, limit: 5, window_ms: 1000, cost: 1 };
+        Tier::new("auth", vec![], key, Rule::Limited(limit), false)
+    }
+
+    #[test]
+    fn keys_cannot_collide_or_escape_the_hash_tag() {
+        let t = tier(vec![Attr::Ip, Attr::Extra("username".into())]);
+        let attrs = |ip: &str, name: &str| Attributes {
+            ip: ip.into(),
+            extra: [("username".to_owned(), name.to_owned())].into(),
+            ..Default::default()
+        };
+        let a = t.key_for(&attrs("1.2.3.4|x", "bob"));
+        let b = t.key_for(&attrs("1.2.3.4", "x|bob"));
+        assert_ne!(a, b);
+        let c = t.key_for(&attrs("1}:x{", "\n"));
+        assert_eq!(c, "sluice:{auth:1%7D:x%7B|%0A}");
+        assert_eq!(c.matches('{').count(), 1);
+        assert_eq!(c.matches('}').count(), 1);
+        assert_ne!(t.key_for(&attrs("%7C", "b")), t.key_for(&attrs("|", "b")));
+    }
+
+    #[test]
+    fn a_missing_key_attribute_means_no_match() {
+        let t = tier(vec![Attr::User]);
+        assert!(!t.matches(&Attributes { ip: "1.1.1.1".into(), ..Default::default() }));
+        assert!(t.matches(&Attributes { user: "u".into(), ..Default::default() }));
+    }
+}

@@ -43,7 +43,7 @@ impl Window {
 }
 
 /// Decides one request against one key; returns the verdict and the state to store if the request
-/// is consumed.
+/// is consumed (whatever this tier's verdict: a shadow tier counts what the others admit).
 pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     let w = u128::from(q.window_ms);
     let s = state.at(now, q.window_ms);
@@ -54,9 +54,10 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     let used = prev * (w - elapsed) + cur * w;
     let capacity = limit * w;
     let allowed = used + cost * w <= capacity;
+    // Consumed when the request is admitted, even if this tier denied (a shadow tier counts on).
+    let next = Window { current: s.current + q.cost, ..s };
 
     if allowed {
-        let next = Window { current: s.current + q.cost, ..s };
         let remaining = (capacity - used - cost * w) / w;
         let verdict = Verdict {
             allowed,
@@ -86,7 +87,7 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
         retry_after_ms: to_u64(retry),
         reset_after_ms: reset_after(s, elapsed, w),
     };
-    (verdict, s)
+    (verdict, next)
 }
 
 /// Until the estimate is zero: the current count weighs in until the end of the next window.

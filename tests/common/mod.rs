@@ -1,0 +1,226 @@
+//! Fixtures that own real processes and servers: a `redis-server` child on a free loopback port and
+//! a Sluice server (`server::run` on port 0). Both are stopped on drop, even when a test fails.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::api::pb;
+use sluice::api::pb::rate_limiter_client::RateLimiterClient;
+use sluice::server::{self, Listeners};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Polls `$cond` until it holds or `$patience` passes; then fails with the message.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $patience:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $patience;
+        loop {
+            if $cond { break; }
+            if std::time::Instant::now() > deadline { panic!($($msg)+); }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A throwaway `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server; panics (the test fails, never skips) when redis-server cannot run.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer { port: free_port(), dir, child: None };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run this test (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ping().is_err() {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING within 10 s; log: {}", self.port, self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.client().get_connection_with_timeout(Duration::from_millis(200))?;
+        redis::cmd("PING").query(&mut conn)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    /// Runs one command synchronously.
+    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        let mut conn = self.client().get_connection().expect("connect to the test redis");
+        cmd.query(&mut conn).expect("redis command")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Kills the server with SIGKILL and waits for it to go.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Sluice server running `server::run` in this process on loopback ports, configured from a real
+/// YAML file. Stopped (gracefully) on drop.
+pub struct SluiceServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl SluiceServer {
+    /// Starts a server from YAML; `redis_url` adds a redis section when given.
+    pub async fn start(yaml: &str, redis_url: Option<&str>) -> SluiceServer {
+        let mut text = yaml.to_owned();
+        if let Some(url) = redis_url {
+            text.push_str(&format!("\nredis:\n  url: {url}\n  timeout_ms: 200\n"));
+        }
+        let file = write_config(&text);
+        let mut settings = sluice::config::load_with_env(Some(file.path()), Some(HashMap::new()))
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        settings.server.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+        settings.server.http_addr = "127.0.0.1:0".parse().expect("addr");
+        let listeners = Listeners::bind(&settings).await.expect("bind loopback listeners");
+        let grpc_addr = listeners.grpc.local_addr().expect("addr");
+        let http_addr = listeners.http.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::run(settings, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server failed");
+        });
+        SluiceServer { grpc_addr, http_addr, stop: Some(stop), task: Some(task), _config: file }
+    }
+
+    pub async fn client(&self) -> RateLimiterClient<Channel> {
+        let url = format!("http://{}", self.grpc_addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match RateLimiterClient::connect(url.clone()).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() > deadline => panic!("cannot connect to sluice at {url}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Stops the server and waits until it has shut down.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for SluiceServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
+    file
+}
+
+/// A request with the given attributes (built-in names go to their fields, others to extra).
+pub fn request(attrs: &[(&str, &str)]) -> pb::RateRequest {
+    let mut a = pb::Attributes::default();
+    for (name, value) in attrs {
+        let value = (*value).to_owned();
+        match *name {
+            "ip" => a.ip = value,
+            "user" => a.user = value,
+            "endpoint" => a.endpoint = value,
+            "method" => a.method = value,
+            "user_agent" => a.user_agent = value,
+            "client_tier" => a.client_tier = value,
+            other => {
+                a.extra.insert(other.to_owned(), value);
+            }
+        }
+    }
+    pb::RateRequest { attributes: Some(a), cost: None, tiers: vec![] }
+}
+
+/// Sends one request and returns its decision; panics on an RPC error.
+pub async fn check(client: &mut RateLimiterClient<Channel>, req: pb::RateRequest) -> pb::Decision {
+    let response = client
+        .check(pb::CheckRequest { requests: vec![req], dry_run: false })
+        .await
+        .unwrap_or_else(|status| panic!("check failed: {status:?}"));
+    response.into_inner().decisions.into_iter().next().expect("one decision")
+}
+
+pub fn header<'d>(d: &'d pb::Decision, name: &str) -> Option<&'d str> {
+    d.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

@@ -1,0 +1,71 @@
+//! The differential test: a long random sequence of requests, decided by the in-process store and
+//! by lua/decide.lua in a real Redis at the same instants, must get the same answers throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice::algorithm::{Algorithm, Quota};
+use sluice::store::redis::ConnectionKind;
+use sluice::store::{Check, LocalStore, Mode, RedisStore};
+
+#[tokio::test]
+async fn lua_and_rust_agree_over_a_long_random_run() {
+    let server = common::RedisServer::start();
+    let redis = RedisStore::connect(&server.url(), ConnectionKind::Multiplexed, Duration::from_secs(2))
+        .await
+        .expect("connect");
+    let local = LocalStore::default();
+
+    // A few tiers over a few keys, so counts collide and windows roll over many times.
+    let tiers = [
+        (Algorithm::SlidingWindow, 5, 1_000),
+        (Algorithm::SlidingWindow, 20, 3_000),
+        (Algorithm::SlidingLog, 4, 700),
+        (Algorithm::SlidingLog, 9, 2_500),
+    ];
+    let seed = 0x5eed_u64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut now: u64 = 1_000_000_000;
+    let mut allowed = 0;
+    let steps = 4_000;
+    for step in 0..steps {
+        now += match rng.random_range(0..10) {
+            0 => rng.random_range(500..4_000),
+            1..=3 => 0,
+            _ => rng.random_range(1..120),
+        };
+        let n_checks = rng.random_range(1..=3);
+        let mut picked: Vec<usize> = (0..tiers.len()).collect();
+        for i in 0..n_checks {
+            let j = rng.random_range(i..tiers.len());
+            picked.swap(i, j);
+        }
+        let checks: Vec<Check> = picked[..n_checks]
+            .iter()
+            .map(|&t| {
+                let (algorithm, limit, window_ms) = tiers[t];
+                let key = rng.random_range(0..3);
+                Check {
+                    key: format!("sluice:{{t{t}:k{key}}}"),
+                    algorithm,
+                    quota: Quota { limit, window_ms, cost: rng.random_range(1..=limit.min(3)) },
+                    shadow: rng.random_range(0..8) == 0,
+                }
+            })
+            .collect();
+        let mode = if rng.random_range(0..10) == 0 { Mode::DryRun } else { Mode::Consume };
+        let expected = local.decide_at(&checks, mode, now);
+        let got = redis.decide_at(&checks, mode, now).await.expect("redis decision");
+        assert_eq!(
+            (got.admitted, &got.verdicts),
+            (expected.admitted, &expected.verdicts),
+            "step {step} (seed {seed:#x}) at {now}: {checks:?}"
+        );
+        allowed += usize::from(got.admitted);
+    }
+    // The run must exercise both answers, or it proves little.
+    assert!(allowed > steps / 5 && allowed < steps * 4 / 5, "admitted {allowed} of {steps}");
+}

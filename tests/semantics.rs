@@ -1,0 +1,201 @@
+//! One semantic suite, run against both stores with the same instants: the in-process store and a
+//! real redis-server running lua/decide.lua. Whatever holds for one must hold for the other.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RedisServer;
+use sluice::algorithm::{Algorithm, Quota};
+use sluice::store::redis::ConnectionKind;
+use sluice::store::{Check, LocalStore, Mode, Outcome, RedisStore};
+
+/// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
+const T0: u64 = 1_000_000_000;
+
+enum Subject {
+    Local(LocalStore),
+    Redis(RedisStore, RedisServer),
+}
+
+impl Subject {
+    fn local() -> Subject {
+        Subject::Local(LocalStore::default())
+    }
+
+    async fn redis() -> Subject {
+        let server = RedisServer::start();
+        let store = RedisStore::connect(&server.url(), ConnectionKind::Multiplexed, Duration::from_secs(2))
+            .await
+            .expect("connect to the test redis");
+        Subject::Redis(store, server)
+    }
+
+    async fn decide(&self, checks: &[Check], mode: Mode, now: u64) -> Outcome {
+        match self {
+            Subject::Local(s) => s.decide_at(checks, mode, now),
+            Subject::Redis(s, _) => s.decide_at(checks, mode, now).await.expect("redis decision"),
+        }
+    }
+
+    async fn consume(&self, checks: &[Check], now: u64) -> Outcome {
+        self.decide(checks, Mode::Consume, now).await
+    }
+}
+
+fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
+    Check { key: format!("sluice:{{{key}}}"), algorithm, quota: Quota { limit, window_ms, cost: 1 }, shadow: false }
+}
+
+const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingWindow, Algorithm::SlidingLog];
+
+async fn admits_exactly_the_limit(s: Subject) {
+    for algorithm in ALGORITHMS {
+        let c = [check(&format!("t:{algorithm}"), algorithm, 7, 60_000)];
+        let mut allowed = 0;
+        for i in 0..12 {
+            let o = s.consume(&c, T0 + i).await;
+            if o.admitted {
+                allowed += 1;
+                assert_eq!(o.verdicts[0].remaining, 7 - allowed, "{algorithm}");
+            } else {
+                assert_eq!(o.verdicts[0].remaining, 0, "{algorithm}");
+                assert!(o.verdicts[0].retry_after_ms > 0, "{algorithm}");
+            }
+        }
+        assert_eq!(allowed, 7, "{algorithm}");
+    }
+}
+
+async fn all_or_nothing_across_tiers(s: Subject) {
+    for algorithm in ALGORITHMS {
+        let wide = check(&format!("wide:{algorithm}"), algorithm, 5, 60_000);
+        let narrow = check(&format!("narrow:{algorithm}"), algorithm, 3, 60_000);
+        let both = [wide.clone(), narrow];
+        let admitted = {
+            let mut n = 0;
+            for i in 0..6 {
+                if s.consume(&both, T0 + i).await.admitted {
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert_eq!(admitted, 3, "{algorithm}: the narrow tier admits three");
+        // The three denials consumed nothing in the wide tier: it still has two left.
+        let o = s.consume(std::slice::from_ref(&wide), T0 + 10).await;
+        assert!(o.admitted && o.verdicts[0].remaining == 1, "{algorithm}: {o:?}");
+        assert!(s.consume(std::slice::from_ref(&wide), T0 + 11).await.admitted, "{algorithm}");
+        assert!(!s.consume(std::slice::from_ref(&wide), T0 + 12).await.admitted, "{algorithm}");
+    }
+}
+
+async fn retry_after_is_exact(s: Subject) {
+    for algorithm in ALGORITHMS {
+        let c = [check(&format!("retry:{algorithm}"), algorithm, 4, 1_000)];
+        // Spread the four over the window so the answer depends on which one leaves first.
+        for (i, at) in [10, 200, 450, 800].into_iter().enumerate() {
+            assert!(s.consume(&c, T0 + at).await.admitted, "{algorithm} #{i}");
+        }
+        let denied = s.consume(&c, T0 + 900).await;
+        assert!(!denied.admitted, "{algorithm}");
+        let retry = denied.verdicts[0].retry_after_ms;
+        assert!(retry > 0, "{algorithm}");
+        assert!(!s.decide(&c, Mode::DryRun, T0 + 900 + retry - 1).await.admitted, "{algorithm}: retry - 1 ms must still deny");
+        assert!(s.consume(&c, T0 + 900 + retry).await.admitted, "{algorithm}: retrying after {retry} ms must pass");
+        if algorithm == Algorithm::SlidingLog {
+            // Exact: the oldest entry (at 10) leaves the window at 1010.
+            assert_eq!(retry, 110);
+        }
+    }
+}
+
+async fn sliding_not_fixed(s: Subject) {
+    // Ten requests at the very end of one window, then the next window begins.
+    let c = [check("sliding", Algorithm::SlidingWindow, 10, 1_000)];
+    let start = T0 - T0 % 1_000 + 1_000;
+    for i in 0..10 {
+        assert!(s.consume(&c, start + 990 + i % 5).await.admitted);
+    }
+    // 10 ms into the next window the previous one still weighs 10 * 990/1000 = 9.9: nothing passes.
+    assert!(!s.consume(&c, start + 1_010).await.admitted, "no double burst at the boundary");
+    // Halfway, the previous weighs 5: exactly five pass.
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if s.consume(&c, start + 1_500).await.admitted {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "weighted formula at half a window");
+    // A window later the five of the previous window weigh 2.5; after this request 6.5 units are
+    // left, reported as 6.
+    let o = s.decide(&c, Mode::DryRun, start + 2_500).await;
+    assert_eq!(o.verdicts[0].remaining, 6, "floor(10 - 5 * 0.5 - 1)");
+}
+
+async fn dry_run_and_shadow_consume_as_documented(s: Subject) {
+    let c = [check("dry", Algorithm::SlidingWindow, 2, 60_000)];
+    for i in 0..5 {
+        let o = s.decide(&c, Mode::DryRun, T0 + i).await;
+        assert!(o.admitted && o.verdicts[0].remaining == 1, "a dry run changes nothing");
+    }
+    let mut shadow = check("shadow", Algorithm::SlidingLog, 1, 60_000);
+    shadow.shadow = true;
+    let enforcing = check("enforcing", Algorithm::SlidingLog, 3, 60_000);
+    let both = [shadow, enforcing];
+    let first = s.consume(&both, T0).await;
+    assert!(first.admitted && first.verdicts[0].allowed);
+    let second = s.consume(&both, T0 + 1).await;
+    assert!(second.admitted, "a shadow tier never denies");
+    assert!(!second.verdicts[0].allowed, "but it reports that it would have");
+    assert!(s.consume(&both, T0 + 2).await.admitted);
+    assert!(!s.consume(&both, T0 + 3).await.admitted, "the enforcing tier still limits");
+}
+
+async fn cost_counts_units(s: Subject) {
+    for algorithm in ALGORITHMS {
+        let mut c = check(&format!("cost:{algorithm}"), algorithm, 10, 60_000);
+        c.quota.cost = 4;
+        let c = [c];
+        assert_eq!(s.consume(&c, T0).await.verdicts[0].remaining, 6);
+        assert_eq!(s.consume(&c, T0 + 1).await.verdicts[0].remaining, 2);
+        let denied = s.consume(&c, T0 + 2).await;
+        assert!(!denied.admitted);
+        assert_eq!(denied.verdicts[0].remaining, 2, "{algorithm}: two units are left, not enough for four");
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test] async fn $test() { super::$test(super::Subject::local()).await })*
+        }
+        mod on_redis {
+            $(#[tokio::test] async fn $test() { super::$test(super::Subject::redis().await).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    admits_exactly_the_limit,
+    all_or_nothing_across_tiers,
+    retry_after_is_exact,
+    sliding_not_fixed,
+    dry_run_and_shadow_consume_as_documented,
+    cost_counts_units,
+);
+
+/// Every key the script writes carries a TTL, so nothing in Redis grows without bound.
+#[tokio::test]
+async fn redis_keys_expire() {
+    let Subject::Redis(store, server) = Subject::redis().await else { unreachable!() };
+    let checks = [check("ttl:w", Algorithm::SlidingWindow, 5, 60_000), check("ttl:l", Algorithm::SlidingLog, 5, 30_000)];
+    assert!(store.decide_at(&checks, Mode::Consume, T0).await.expect("decision").admitted);
+    let keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for key in keys {
+        let ttl: i64 = server.cmd(redis::cmd("PTTL").arg(&key));
+        let max = if key.ends_with(":sw") { 120_000 } else { 30_000 };
+        assert!(ttl > 0 && ttl <= max, "{key} has TTL {ttl}");
+    }
+}

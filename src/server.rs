@@ -16,6 +16,8 @@ use crate::engine::Engine;
 use crate::metrics;
 use crate::store::{FallbackStore, LocalStore, Store};
 
+/// How long start-up waits for a first Redis connection before serving from the fallback.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 /// How often expired in-process keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -53,7 +55,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store = build_store(&settings, stop_rx.clone());
+    let store = build_store(&settings, stop_rx.clone()).await;
     let engine = Arc::new(Engine::new(settings.tiers, store));
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
 
@@ -102,7 +104,7 @@ pub async fn run(
     Ok(())
 }
 
-fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {
+async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {
     match &settings.redis {
         None => {
             tracing::info!("no redis configured: counts are kept in this process only and not shared between replicas");
@@ -112,7 +114,8 @@ fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Stor
         }
         Some(redis) => {
             tracing::info!(timeout_ms = redis.timeout.as_millis() as u64, connection = ?redis.connection, "using redis");
-            let store = FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout);
+            let store =
+                FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout, CONNECT_PATIENCE).await;
             spawn_sweeper(store.local().clone(), "fallback", stop);
             store
         }

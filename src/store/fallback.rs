@@ -24,14 +24,20 @@ pub struct FallbackStore {
 }
 
 impl FallbackStore {
-    /// Starts connecting in the background and returns at once: Sluice serves (from the fallback)
-    /// even when Redis is down at start-up.
-    pub fn start(url: String, connection: ConnectionKind, deadline: Duration) -> Arc<Self> {
+    /// Connects, waiting at most `patience` for the first connection; if Redis is not there by
+    /// then, keeps trying in the background while decisions come from the fallback, so Sluice
+    /// serves even when Redis is down at start-up.
+    pub async fn start(url: String, connection: ConnectionKind, deadline: Duration, patience: Duration) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
             local: LocalStore::new(Source::Fallback),
             deadline,
         });
+        if let Ok(Ok(redis)) = tokio::time::timeout(patience, RedisStore::connect(&url, connection, deadline)).await {
+            store.redis.store(Some(Arc::new(redis)));
+            tracing::info!("connected to redis");
+            return store;
+        }
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
             let mut logged = false;

@@ -1,0 +1,486 @@
+//! A load generator for `sluice.v1.RateLimiter/Check`, and a no-op server to hold Sluice against.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- noop --listen 127.0.0.1:PORT
+//! cargo bench --bench loadgen -- load --addr 127.0.0.1:PORT -c 64 --keys 1000 --pid SERVER_PID
+//! ```
+//!
+//! `load` runs a closed loop: C tasks, each with one call in flight at a time, share min(C, 4)
+//! HTTP/2 connections so that one connection's stream handling does not cap concurrency. Call n of
+//! task w asks about ip = key (w + n * C) mod K, so concurrent calls rarely meet on one key. Calls
+//! started during the warm-up are not counted; calls started in the measured window are. Around
+//! that window it reads the CPU time (utime + stime) of the given processes from /proc, so the
+//! server's cost per decision is known, not guessed. The result is one line of `name=value` pairs.
+//!
+//! `noop` answers every entry of a Check with `allowed` and does nothing else: the floor that gRPC,
+//! HTTP/2 and the loopback cost on this machine, against which Sluice's own work shows.
+//!
+//! Only 127.0.0.1 is accepted, both to listen on and to send to. Every loop ends by time and by
+//! count.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, value_parser};
+use hdrhistogram::Histogram;
+use sluice::api::pb;
+use sluice::api::pb::rate_limiter_client::RateLimiterClient;
+use sluice::api::pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Highest latency the histogram holds, in µs; slower calls are recorded as this.
+const MAX_LATENCY_US: u64 = 60_000_000;
+/// A task gives up after this many failed calls, so a dead server ends a run quickly.
+const MAX_ERRORS_PER_TASK: u64 = 100;
+/// How long to keep trying to connect to a server that is still starting.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator and no-op server for sluice.v1.RateLimiter"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Appended by `cargo bench`; ignored.
+    #[arg(long, global = true, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send Check calls to a server for a fixed time and print one result line.
+    Load(LoadArgs),
+    /// Serve RateLimiter/Check, answering every entry "allowed" at once.
+    Noop(NoopArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The server's gRPC address (127.0.0.1 only).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Name for the `target=` field of the result line.
+    #[arg(long, default_value = "unnamed")]
+    target: String,
+    /// Calls in flight.
+    #[arg(short = 'c', long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+    /// Distinct keys: the values of the ip attribute.
+    #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..=1_000_000))]
+    keys: u32,
+    /// HTTP/2 connections [default: min(C, 4)].
+    #[arg(long, value_parser = value_parser!(u32).range(1..=64))]
+    connections: Option<u32>,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 2, value_parser = value_parser!(u64).range(0..=120))]
+    warmup_secs: u64,
+    /// Length of the measured window in seconds.
+    #[arg(long, default_value_t = 8, value_parser = value_parser!(u64).range(1..=600))]
+    secs: u64,
+    /// Most calls in all, warm-up included; the run ends at whichever limit comes first.
+    #[arg(long, default_value_t = 100_000_000, value_parser = value_parser!(u64).range(1..))]
+    max_calls: u64,
+    /// Deadline of one call, in ms.
+    #[arg(long, default_value_t = 2_000, value_parser = value_parser!(u64).range(1..=60_000))]
+    call_timeout_ms: u64,
+    /// The server process, whose CPU time per decision is reported as `cpu_us_per_decision`.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A redis-server behind the server, reported as `redis_cpu_us_per_decision`.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// Worker threads of this client.
+    #[arg(long, default_value_t = 2, value_parser = value_parser!(u64).range(1..=64))]
+    threads: u64,
+}
+
+#[derive(Debug, Args)]
+struct NoopArgs {
+    /// Where to listen (127.0.0.1 only).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Stop after this many seconds even if nobody stops the server.
+    #[arg(long, default_value_t = 3_600, value_parser = value_parser!(u64).range(1..=86_400))]
+    max_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        // `cargo test --benches` runs this with no arguments: there is nothing to measure then.
+        eprintln!("loadgen: nothing to do; see `cargo bench --bench loadgen -- --help`");
+        return if cli.bench {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Load(args) = &command {
+        runtime.worker_threads(args.threads as usize);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Load(args) => load(args).await,
+            Command::Noop(args) => noop(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn loopback_only(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip() == Ipv4Addr::LOCALHOST {
+        Ok(())
+    } else {
+        Err(format!("{addr}: only 127.0.0.1 is allowed"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The no-op server
+
+#[derive(Debug)]
+struct Noop;
+
+#[tonic::async_trait]
+impl RateLimiter for Noop {
+    async fn check(
+        &self,
+        request: tonic::Request<pb::CheckRequest>,
+    ) -> Result<tonic::Response<pb::CheckResponse>, tonic::Status> {
+        let entries = request.get_ref().requests.len();
+        let decisions = (0..entries)
+            .map(|_| pb::Decision {
+                allowed: true,
+                ..Default::default()
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::CheckResponse { decisions }))
+    }
+}
+
+async fn noop(args: NoopArgs) -> Result<(), String> {
+    loopback_only(args.listen)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let max = Duration::from_secs(args.max_secs);
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+            _ = tokio::time::sleep(max) => eprintln!("loadgen noop: stopping after {} s", max.as_secs()),
+        }
+    };
+    // The same transport settings as Sluice's own server, so the comparison is of the work done.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(RateLimiterServer::new(Noop))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+        .map_err(|e| format!("serving: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load
+
+/// What one task saw.
+struct Tally {
+    /// Latency of each counted call, in µs.
+    latency: Histogram<u64>,
+    denied: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant bounds are valid"),
+            denied: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn error(&mut self, message: impl FnOnce() -> String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(message());
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of the same bounds add up");
+        self.denied += other.denied;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// The instants one run is cut into.
+#[derive(Clone, Copy)]
+struct Schedule {
+    measure_from: Instant,
+    measure_until: Instant,
+    call_timeout: Duration,
+}
+
+async fn connect(addr: SocketAddr) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1));
+    let give_up = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        // Each `connect` opens a connection of its own.
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) if Instant::now() >= give_up => {
+                return Err(format!("cannot connect to {addr}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn request_for(key: u32) -> pb::CheckRequest {
+    let ip = format!(
+        "10.{}.{}.{}",
+        (key >> 16) & 0xff,
+        (key >> 8) & 0xff,
+        key & 0xff
+    );
+    pb::CheckRequest {
+        requests: vec![pb::RateRequest {
+            attributes: Some(pb::Attributes {
+                ip,
+                ..Default::default()
+            }),
+            cost: None,
+            tiers: Vec::new(),
+        }],
+        dry_run: false,
+    }
+}
+
+async fn task(
+    mut client: RateLimiterClient<Channel>,
+    requests: Arc<[pb::CheckRequest]>,
+    first: usize,
+    stride: usize,
+    max_calls: u64,
+    schedule: Schedule,
+) -> Tally {
+    let mut tally = Tally::new();
+    let mut next = first;
+    for _ in 0..max_calls {
+        let sent = Instant::now();
+        if sent >= schedule.measure_until || tally.errors >= MAX_ERRORS_PER_TASK {
+            break;
+        }
+        let request = requests[next % requests.len()].clone();
+        next = (next + stride) % requests.len();
+        let answer = tokio::time::timeout(schedule.call_timeout, client.check(request)).await;
+        let took = sent.elapsed();
+        let response = match answer {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => {
+                tally.error(|| format!("{:?}: {}", status.code(), status.message()));
+                continue;
+            }
+            Err(_) => {
+                tally
+                    .error(|| format!("no answer within {} ms", schedule.call_timeout.as_millis()));
+                continue;
+            }
+        };
+        if sent < schedule.measure_from {
+            continue;
+        }
+        tally
+            .latency
+            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+        if !response.decisions.iter().all(|d| d.allowed) || response.decisions.is_empty() {
+            tally.denied += 1;
+        }
+    }
+    tally
+}
+
+async fn load(args: LoadArgs) -> Result<(), String> {
+    loopback_only(args.addr)?;
+    let concurrency = args.concurrency as usize;
+    let connections = args
+        .connections
+        .unwrap_or(args.concurrency.min(4))
+        .min(args.concurrency) as usize;
+    let ticks_per_sec = clock_ticks_per_sec();
+
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(RateLimiterClient::new(connect(args.addr).await?));
+    }
+    let requests: Arc<[pb::CheckRequest]> = (0..args.keys).map(request_for).collect();
+
+    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let schedule = Schedule {
+        measure_from,
+        measure_until: measure_from + Duration::from_secs(args.secs),
+        call_timeout: Duration::from_millis(args.call_timeout_ms),
+    };
+    let calls_per_task = (args.max_calls / args.concurrency as u64).max(1);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let client = clients[w % connections].clone();
+            tokio::spawn(task(
+                client,
+                Arc::clone(&requests),
+                w,
+                concurrency,
+                calls_per_task,
+                schedule,
+            ))
+        })
+        .collect();
+
+    tokio::time::sleep_until(schedule.measure_from).await;
+    let cpu_before = Cpu::read(args.pid, args.redis_pid)?;
+    let window_started = Instant::now();
+    tokio::time::sleep_until(schedule.measure_until).await;
+    let cpu_after = Cpu::read(args.pid, args.redis_pid)?;
+    let window = window_started.elapsed();
+
+    let mut total = Tally::new();
+    for handle in tasks {
+        total.merge(
+            handle
+                .await
+                .map_err(|e| format!("a load task failed: {e}"))?,
+        );
+    }
+
+    let decisions = total.latency.len();
+    let per_decision = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if decisions > 0 => {
+            let us = (a.saturating_sub(b)) as f64 * 1e6 / ticks_per_sec as f64;
+            format!("{:.1}", us / decisions as f64)
+        }
+        _ => "-".to_owned(),
+    };
+    let percentile = |q: f64| {
+        if decisions > 0 {
+            total.latency.value_at_quantile(q).to_string()
+        } else {
+            "-".to_owned()
+        }
+    };
+    println!(
+        "target={} c={} keys={} conns={} secs={:.2} decisions={} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} \
+         denied={} errors={} cpu_us_per_decision={} redis_cpu_us_per_decision={} client_cpu_us_per_decision={}",
+        args.target,
+        args.concurrency,
+        args.keys,
+        connections,
+        window.as_secs_f64(),
+        decisions,
+        decisions as f64 / window.as_secs_f64(),
+        percentile(0.5),
+        percentile(0.99),
+        percentile(0.999),
+        if decisions > 0 {
+            total.latency.max().to_string()
+        } else {
+            "-".to_owned()
+        },
+        total.denied,
+        total.errors,
+        per_decision(cpu_before.server, cpu_after.server),
+        per_decision(cpu_before.redis, cpu_after.redis),
+        per_decision(Some(cpu_before.client), Some(cpu_after.client)),
+    );
+    if let Some(error) = total.first_error {
+        return Err(format!("{} calls failed; the first: {error}", total.errors));
+    }
+    if decisions == 0 {
+        return Err("no call completed in the measured window".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time from /proc
+
+/// Clock ticks (utime + stime) consumed so far by each process watched.
+struct Cpu {
+    server: Option<u64>,
+    redis: Option<u64>,
+    client: u64,
+}
+
+impl Cpu {
+    fn read(server: Option<u32>, redis: Option<u32>) -> Result<Cpu, String> {
+        Ok(Cpu {
+            server: server.map(cpu_ticks).transpose()?,
+            redis: redis.map(cpu_ticks).transpose()?,
+            client: cpu_ticks(std::process::id())?,
+        })
+    }
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may itself hold spaces or parentheses: the
+    // fields counted here start after the last ')', with field 3 (state).
+    let rest = stat
+        .rfind(')')
+        .map(|at| &stat[at + 1..])
+        .ok_or_else(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path}: field {n} is not a number"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// `getconf CLK_TCK`, which is 100 on every Linux this runs on in practice.
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&ticks| ticks > 0)
+        .unwrap_or(100)
+}

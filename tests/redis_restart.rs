@@ -1,0 +1,105 @@
+//! The script cache flushed, and Redis restarted, in the middle of a run: no failed decision.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{RedisServer, SluiceServer, request};
+use sluice::api::pb;
+
+const YAML: &str = "tiers:\n  - name: edge\n    key: [ip]\n    limit: 1000000\n    window: 1m\n";
+
+/// Runs clients until `stop`; returns (decisions, failed RPCs).
+fn load(server: &SluiceServer, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    (0..clients)
+        .map(|i| {
+            let addr = server.grpc_addr;
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut client = pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("connect");
+                let (mut ok, mut failed) = (0, 0);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                    n += 1;
+                    let req = pb::CheckRequest { requests: vec![request(&[("ip", &format!("10.0.{i}.{}", n % 50))])], dry_run: false };
+                    match client.check(req).await {
+                        Ok(r) if r.get_ref().decisions.len() == 1 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (usize, usize) {
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, failed) = t.await.expect("client task");
+        total.0 += ok;
+        total.1 += failed;
+    }
+    total
+}
+
+/// Calls of the commands whose `INFO commandstats` names are given.
+fn calls(redis: &RedisServer, commands: &[&str]) -> usize {
+    let info: String = redis.cmd(redis::cmd("INFO").arg("commandstats"));
+    info.lines()
+        .filter(|l| commands.iter().any(|c| l.starts_with(&format!("cmdstat_{c}:"))))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<usize>().ok())
+        .sum()
+}
+
+fn script_calls(redis: &RedisServer) -> usize {
+    calls(redis, &["evalsha", "eval"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_flush_mid_run_fails_nothing() {
+    let redis = RedisServer::start();
+    let server = SluiceServer::start(YAML, Some(&redis.url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&server, 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let _: () = redis.cmd(&mut redis::cmd("SCRIPT").arg("FLUSH"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = finish(tasks).await;
+    assert_eq!(failed, 0, "{failed} failed RPCs out of {}", ok + failed);
+    assert!(ok > 100, "only {ok} decisions");
+    // Decisions went on through Redis: the script was loaded again after each flush.
+    assert!(calls(&redis, &["script|load"]) >= 1, "the script was never loaded again after a flush");
+    assert!(script_calls(&redis) >= ok / 2, "most decisions ran the script in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restart_mid_run_fails_nothing() {
+    let mut redis = RedisServer::start();
+    let server = SluiceServer::start(YAML, Some(&redis.url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&server, 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    // After the restart the (empty) Redis gets decisions again, loading the script anew.
+    let calls = Arc::new(AtomicUsize::new(0));
+    assert_eventually!(
+        {
+            calls.store(script_calls(&redis), Ordering::Relaxed);
+            calls.load(Ordering::Relaxed) > 50
+        },
+        Duration::from_secs(5),
+        "decisions did not return to the restarted redis"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = finish(tasks).await;
+    assert_eq!(failed, 0, "{failed} failed RPCs out of {}", ok + failed);
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Sluice under load, next to a no-op RateLimiter server that does nothing but answer "allowed":
+#   noop                  benches/loadgen.rs's no-op server
+#   sluice-local          `sluice serve`, in-process store
+#   sluice-redis-mux      `sluice serve` on Redis, one multiplexed connection
+#   sluice-redis-pool     `sluice serve` on Redis, a pool of 16 connections
+# each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision script alone with
+# redis-benchmark. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
+# admitted decision. Everything listens on 127.0.0.1 on free ports; every process started here is
+# stopped on exit.
+#
+# usage: benches/run.sh
+#   env: SECS (measured seconds per run, 8), WARMUP_SECS (2), KEYS (1000), CONCURRENCY ("1 16 64"),
+#        RESULTS (file the result lines are appended to, target/loadgen-results.txt)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SECS=${SECS:-8}
+WARMUP_SECS=${WARMUP_SECS:-2}
+KEYS=${KEYS:-1000}
+CONCURRENCY=${CONCURRENCY:-"1 16 64"}
+RESULTS=${RESULTS:-target/loadgen-results.txt}
+WORK=$(mktemp -d -t sluice-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops one process started here and forgets it, so that cleanup never signals a reused PID.
+stop() {
+  local pid=$1 kept=() p
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits (at most 10 s) until something accepts connections on 127.0.0.1:$1.
+wait_port() {
+  local i
+  for i in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on 127.0.0.1:$1 after 10 s" >&2
+  return 1
+}
+
+# utime + stime of a process, in clock ticks (its name holds no spaces: redis-server).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+echo "== building (release): cargo build --release --benches --bin sluice" >&2
+LOADGEN=$(cargo build --release --benches --bin sluice --message-format=json-render-diagnostics |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "loadgen" and m.get("executable"):
+        print(m["executable"])')
+SLUICE=target/release/sluice
+[[ -x $LOADGEN && -x $SLUICE ]] || { echo "build gave no loadgen or sluice binary" >&2; exit 1; }
+mkdir -p "$(dirname "$RESULTS")"
+RUN_LINES=$WORK/lines.txt
+: >"$RUN_LINES"
+echo "== $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS" >&2
+
+# load TARGET PORT SERVER_PID [loadgen options...]: one run per concurrency level.
+load() {
+  local target=$1 port=$2 pid=$3 c line
+  shift 3
+  for c in $CONCURRENCY; do
+    if ! line=$("$LOADGEN" load --target "$target" --addr "127.0.0.1:$port" --pid "$pid" -c "$c" \
+      --keys "$KEYS" --secs "$SECS" --warmup-secs "$WARMUP_SECS" "$@"); then
+      echo "run failed: $target c=$c (line: ${line:-none})" >&2
+    fi
+    if [[ -n $line ]]; then echo "$line" | tee -a "$RESULTS" "$RUN_LINES"; fi
+  done
+}
+
+# serve_sluice TARGET [yaml lines of a redis section]: serves, loads, and prints where decisions came from.
+serve_sluice() {
+  local target=$1 redis_yaml=${2:-} grpc http cfg pid
+  grpc=$(free_port)
+  http=$(free_port)
+  cfg=$WORK/$target.yaml
+  cat >"$cfg" <<EOF
+server:
+  grpc_addr: 127.0.0.1:$grpc
+  http_addr: 127.0.0.1:$http
+log:
+  level: warn
+tiers:
+  - name: edge_ip
+    key: [ip]
+    limit: 100000000
+    window: 1s
+$redis_yaml
+EOF
+  "$SLUICE" serve --config "$cfg" >"$WORK/$target.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_port "$grpc"
+  if [[ -n $redis_yaml ]]; then
+    load "$target" "$grpc" "$pid" --redis-pid "$REDIS_PID"
+  else
+    load "$target" "$grpc" "$pid"
+  fi
+  # Decisions by source (redis, fallback, local) and Redis errors over all of this target's runs.
+  curl -fsS "http://127.0.0.1:$http/metrics" | awk -v t="$target" '
+    /^sluice_decisions_total\{/ { match($0, /source="[a-z]+"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF }
+    /^sluice_redis_errors_total\{/ { e += $NF }
+    END { printf "== %s decisions by source:", t; for (k in s) printf " %s=%d", k, s[k]; printf " redis_errors=%d\n", e }' |
+    tee -a "$RESULTS" "$WORK/sources.txt" >&2
+  stop "$pid"
+}
+
+# --- the no-op server
+NOOP_PORT=$(free_port)
+"$LOADGEN" noop --listen "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
+NOOP_PID=$!
+PIDS+=("$NOOP_PID")
+wait_port "$NOOP_PORT"
+load noop "$NOOP_PORT" "$NOOP_PID"
+stop "$NOOP_PID"
+
+# --- Sluice, in process
+serve_sluice sluice-local
+
+# --- Redis: our own server, never 6379
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$WORK" --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 200); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+redis-cli -p "$REDIS_PORT" ping | grep -q PONG
+
+# Sluice's decision script exactly as src/store/script.rs builds it.
+{ cat lua/sliding_window.lua; printf '\n'; cat lua/sliding_log.lua; printf '\n'; cat lua/decide.lua; } >"$WORK/decide.lua"
+SHA=$(redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD <"$WORK/decide.lua")
+echo "== decision script sha1 $SHA" >&2
+BENCH_LINES=$WORK/redis-benchmark.txt
+: >"$BENCH_LINES"
+for c in $CONCURRENCY; do
+  n=$((c == 1 ? 30000 : 200000))
+  before=$(cpu_ticks "$REDIS_PID")
+  # ARGV: now (0 = Redis TIME), commit, 1 tier: sliding_window, limit, window_ms, cost, shadow.
+  csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
+    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 1 100000000 1000 1 0 | tail -n 1)
+  after=$(cpu_ticks "$REDIS_PID")
+  python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
+import csv, sys
+c, n, before, after, hz = (int(v) for v in sys.argv[1:6])
+row = next(csv.reader([sys.argv[6]]))
+rps, p50, p99 = float(row[1]), float(row[4]), float(row[6])
+print(f"target=redis-benchmark-evalsha c={c} rps={rps:.0f} p50_us={p50 * 1000:.0f} p99_us={p99 * 1000:.0f} "
+      f"redis_cpu_us_per_call={(after - before) * 1e6 / hz / n:.1f}")
+EOF
+done
+redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+# Sluice must load the very same text: after a flush only its own load can bring this SHA back.
+redis-cli -p "$REDIS_PORT" SCRIPT FLUSH >/dev/null
+
+serve_sluice sluice-redis-mux "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", connection: multiplexed}"
+SAME_SCRIPT=$(redis-cli -p "$REDIS_PORT" SCRIPT EXISTS "$SHA" | head -n 1)
+redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+serve_sluice sluice-redis-pool "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", connection: pool, pool_size: 16}"
+
+# --- summary
+echo
+echo "Sluice vs no-op: $KEYS keys, ${SECS} s measured after ${WARMUP_SECS} s warm-up, $(nproc) cores shared by client and server"
+python3 - "$RUN_LINES" "$BENCH_LINES" <<'EOF'
+import sys
+def rows(path):
+    with open(path) as f:
+        return [dict(kv.split("=", 1) for kv in line.split()) for line in f if line.strip()]
+runs, bench = rows(sys.argv[1]), rows(sys.argv[2])
+cols = [("target", "target"), ("c", "c"), ("rps", "decisions/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"),
+        ("p999_us", "p99.9 µs"), ("cpu_us_per_decision", "server CPU µs/dec"),
+        ("redis_cpu_us_per_decision", "redis CPU µs/dec"), ("client_cpu_us_per_decision", "client CPU µs/dec"),
+        ("errors", "errors"), ("denied", "denied")]
+table = [[h for _, h in cols]] + [[r.get(k, "-") for k, _ in cols] for r in runs]
+widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+for row in table:
+    print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+print()
+for b in bench:
+    print(f"redis-benchmark EVALSHA decide c={b['c']}: {b['rps']} calls/s, p50 {b['p50_us']} µs, "
+          f"p99 {b['p99_us']} µs, redis CPU {b['redis_cpu_us_per_call']} µs/call")
+top = max((int(r["c"]) for r in runs), default=0)
+at = {r["target"]: r for r in runs if int(r["c"]) == top}
+if "noop" in at:
+    noop = float(at["noop"]["rps"])
+    print()
+    for target, goal in (("sluice-local", 0.95), ("sluice-redis-mux", 0.80), ("sluice-redis-pool", 0.80)):
+        if target in at:
+            ratio = float(at[target]["rps"]) / noop
+            print(f"{target} / noop at c={top}: {ratio:.2f} (target {goal:.2f}: {'met' if ratio >= goal else 'MISSED'})")
+for target in ("sluice-redis-mux", "sluice-redis-pool"):
+    if target in at and at[target].get("cpu_us_per_decision", "-") != "-":
+        cpu = float(at[target]["cpu_us_per_decision"])
+        print(f"{target} server CPU at c={top}: {cpu} µs/decision (target < 40: {'met' if cpu < 40 else 'MISSED'})")
+EOF
+cat "$WORK/sources.txt"
+echo "decision script loaded by Sluice is the text of lua/ (SCRIPT EXISTS after a flush): $SAME_SCRIPT"
+echo "result lines appended to $RESULTS"

@@ -1,0 +1,148 @@
+//! The service as operators meet it: the real binary with its default configuration, the CLI,
+//! HTTP endpoints, gRPC health, metrics, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{SluiceServer, check, free_port, http_get, request};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice serve` child process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run the sluice binary")
+}
+
+#[test]
+fn check_config_names_every_bad_key_and_exits_78() {
+    let file = common::write_config(
+        "server:\n  grpc_addr: nowhere\ntiers:\n  - name: auth\n    key: [ip, username]\n    limit: 5\n    window: 15 minutes\n  - name: auth\n    limit: 1\n    window: 1s\n",
+    );
+    let out = sluice(&["check-config", file.path().to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("server.grpc_addr"), "{stderr}");
+    assert!(stderr.contains("tiers[0].window: \"15 minutes\" is not a duration"), "{stderr}");
+    assert!(stderr.contains("tiers[1].name: \"auth\" is already the name"), "{stderr}");
+
+    let typo = common::write_config("tiers:\n  - name: a\n    limit: 1\n    window: 1s\n    windw: 2s\n");
+    let out = sluice(&["check-config", typo.path().to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr.contains("tiers[0]") && stderr.contains("windw"), "{stderr}");
+
+    let example = common::repo_path("examples/sluice.yaml");
+    let out = sluice(&["check-config", example.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .arg("serve")
+        .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env_remove("SLUICE__REDIS__URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice serve");
+    let mut process = Process(child);
+    let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
+    assert_eventually!(
+        tokio::net::TcpStream::connect(http_addr).await.is_ok() && http_get(http_addr, "/readyz").await.0 == 200,
+        Duration::from_secs(10),
+        "sluice serve did not become ready"
+    );
+
+    // The built-in default is the example: 5 logins per 15 minutes per ip + username.
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let mut last = serde_json::Value::Null;
+    for i in 0..6 {
+        let addr = addr.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            sluice(&[
+                "check", "--addr", &addr, "--attr", "ip=10.1.1.1", "--attr", "endpoint=/auth/login", "--attr",
+                "method=POST", "--attr", "username=bob", "--json",
+            ])
+        })
+        .await
+        .expect("cli");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(last["tier"], "auth");
+        assert_eq!(last["limit"], 5);
+        assert_eq!(last["allowed"], i < 5, "attempt {i}: {last}");
+    }
+    let retry = last["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(retry > 890_000 && retry <= 900_000, "{last}");
+    assert_eq!(last["remaining"], 0);
+
+    // SIGTERM: the process drains and exits 0, having said at start-up that no Redis is configured.
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = process.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sluice did not stop within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(process.0.stderr.as_mut().expect("stderr"), &mut log).expect("read log");
+    assert!(log.contains("no redis configured"), "{log}");
+}
+
+#[tokio::test]
+async fn http_endpoints_health_and_metrics() {
+    let server = SluiceServer::start(
+        "tiers:\n  - name: edge_ip\n    key: [ip]\n    limit: 2\n    window: 1m\n  - name: shadowed\n    key: [ip]\n    limit: 1\n    window: 1m\n    shadow: true\n",
+        None,
+    )
+    .await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        check(&mut client, request(&[("ip", "192.0.2.1")])).await;
+    }
+    assert_eq!(http_get(server.http_addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(server.http_addr, "/readyz").await.0, 200);
+    let (status, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    // Other tests in this binary share the global recorder, so look for at-least values.
+    let value = |series: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(value("sluice_decisions_total{tier=\"edge_ip\",decision=\"allow\",source=\"local\"}") >= 2.0, "{metrics}");
+    assert!(value("sluice_decisions_total{tier=\"edge_ip\",decision=\"deny\",source=\"local\"}") >= 1.0, "{metrics}");
+    assert!(value("sluice_decisions_total{tier=\"shadowed\",decision=\"shadow_deny\",source=\"local\"}") >= 1.0, "{metrics}");
+    assert!(metrics.contains("sluice_decision_duration_seconds_bucket"), "{metrics}");
+    assert!(!metrics.contains("192.0.2.1"), "a client value leaked into a label");
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "sluice.v1.RateLimiter"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+    }
+}

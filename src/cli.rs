@@ -28,9 +28,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate a configuration file; exits 78 naming every bad key.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
     /// Ask a running Sluice for one decision.
     Check {
         /// Sluice's gRPC address.
@@ -104,8 +102,13 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     init_logging(&settings.log);
     match &path {
-        Some(p) => tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded"),
-        None => tracing::info!(tiers = settings.tiers.len(), "no --config given: using the built-in default (examples/sluice.yaml)"),
+        Some(p) => {
+            tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded")
+        }
+        None => tracing::info!(
+            tiers = settings.tiers.len(),
+            "no --config given: using the built-in default (examples/sluice.yaml)"
+        ),
     }
     let listeners = match Listeners::bind(&settings).await {
         Ok(l) => l,
@@ -173,10 +176,8 @@ async fn check(
             }
         }
     }
-    let request = pb::CheckRequest {
-        requests: vec![pb::RateRequest { attributes: Some(a), cost, tiers }],
-        dry_run,
-    };
+    let request =
+        pb::CheckRequest { requests: vec![pb::RateRequest { attributes: Some(a), cost, tiers }], dry_run };
     let mut client = match pb::rate_limiter_client::RateLimiterClient::connect(addr.clone()).await {
         Ok(c) => c,
         Err(e) => {
@@ -211,7 +212,10 @@ async fn check(
     } else {
         let verdict = if d.allowed { "allowed" } else { "denied" };
         let tier = if d.tier.is_empty() { "(no tier matched)" } else { d.tier.as_str() };
-        println!("{verdict} by {tier}: limit {}, remaining {}, retry after {} ms, reset after {} ms", d.limit, d.remaining, d.retry_after_ms, d.reset_after_ms);
+        println!(
+            "{verdict} by {tier}: limit {}, remaining {}, retry after {} ms, reset after {} ms",
+            d.limit, d.remaining, d.retry_after_ms, d.reset_after_ms
+        );
         for h in &d.headers {
             println!("{}: {}", h.name, h.value);
         }

@@ -137,14 +137,23 @@ mod tests {
 
     #[test]
     fn the_longest_denial_decides_and_headers_follow_the_draft() {
-        let verdict = |allowed, remaining, retry| Verdict { allowed, remaining, retry_after_ms: retry, reset_after_ms: 30_000 };
+        let verdict = |allowed, remaining, retry| Verdict {
+            allowed,
+            remaining,
+            retry_after_ms: retry,
+            reset_after_ms: 30_000,
+        };
         let outcome = Outcome {
             admitted: false,
             verdicts: vec![verdict(true, 7, 0), verdict(false, 0, 1_500), verdict(false, 0, 9_001)],
             source: Source::Local,
         };
         let d = Decision::counted(
-            vec![("ip".into(), limit(10, 60_000), false), ("user".into(), limit(5, 60_000), false), ("auth".into(), limit(5, 900_000), false)],
+            vec![
+                ("ip".into(), limit(10, 60_000), false),
+                ("user".into(), limit(5, 60_000), false),
+                ("auth".into(), limit(5, 900_000), false),
+            ],
             outcome,
         );
         assert!(!d.allowed);
@@ -153,7 +162,10 @@ mod tests {
         // The allowing tier consumed nothing.
         assert_eq!(d.statuses[0].verdict.remaining, 8);
         let headers = d.headers();
-        assert_eq!(headers[0], ("RateLimit-Policy", "\"ip\";q=10;w=60, \"user\";q=5;w=60, \"auth\";q=5;w=900".to_owned()));
+        assert_eq!(
+            headers[0],
+            ("RateLimit-Policy", "\"ip\";q=10;w=60, \"user\";q=5;w=60, \"auth\";q=5;w=900".to_owned())
+        );
         assert_eq!(headers[1], ("RateLimit", "\"auth\";r=0;t=30".to_owned()));
         assert_eq!(headers[2], ("Retry-After", "10".to_owned()));
     }

@@ -16,9 +16,8 @@ pub const REQUESTS_REJECTED: &str = "sluice_requests_rejected_total";
 pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// Installs the global recorder and returns the handle that renders `/metrics`. Installing twice
 /// in one process (tests start several servers) hands back the first recorder's handle.

@@ -88,9 +88,14 @@ pub async fn run(
             tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, crate::http::router(handle, ready)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(listeners.http, crate::http::router(handle, ready))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
 
-    let serving = async { tokio::try_join!(async { grpc.await.map_err(ServerError::from) }, async { http.await.map_err(ServerError::from) }) };
+    let serving = async {
+        tokio::try_join!(async { grpc.await.map_err(ServerError::from) }, async {
+            http.await.map_err(ServerError::from)
+        })
+    };
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => { result?; }
@@ -107,7 +112,9 @@ pub async fn run(
 async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {
     match &settings.redis {
         None => {
-            tracing::info!("no redis configured: counts are kept in this process only and not shared between replicas");
+            tracing::info!(
+                "no redis configured: counts are kept in this process only and not shared between replicas"
+            );
             let local = LocalStore::default();
             spawn_sweeper(local.clone(), "local", stop);
             Arc::new(local)
@@ -115,7 +122,8 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
         Some(redis) => {
             tracing::info!(timeout_ms = redis.timeout.as_millis() as u64, connection = ?redis.connection, "using redis");
             let store =
-                FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout, CONNECT_PATIENCE).await;
+                FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout, CONNECT_PATIENCE)
+                    .await;
             spawn_sweeper(store.local().clone(), "fallback", stop);
             store
         }

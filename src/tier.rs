@@ -114,7 +114,13 @@ pub struct Tier {
 }
 
 impl Tier {
-    pub fn new(name: &str, conditions: Vec<(Attr, Condition)>, key: Vec<Attr>, rule: Rule, shadow: bool) -> Tier {
+    pub fn new(
+        name: &str,
+        conditions: Vec<(Attr, Condition)>,
+        key: Vec<Attr>,
+        rule: Rule,
+        shadow: bool,
+    ) -> Tier {
         Tier { name: name.into(), conditions, key, rule, shadow, key_prefix: format!("sluice:{{{name}:") }
     }
 

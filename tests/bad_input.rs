@@ -24,11 +24,26 @@ fn batch(requests: Vec<pb::RateRequest>) -> pb::CheckRequest {
 async fn each_bad_input_names_its_field() {
     let server = SluiceServer::start(YAML, None).await;
     expect_invalid(&server, batch(vec![]), "requests:").await;
-    expect_invalid(&server, batch(vec![request(&[("ip", "1.1.1.1")]); 10_000]), "requests: 10000 requests exceed").await;
+    expect_invalid(
+        &server,
+        batch(vec![request(&[("ip", "1.1.1.1")]); 10_000]),
+        "requests: 10000 requests exceed",
+    )
+    .await;
 
     let huge = "x".repeat(1 << 20);
-    expect_invalid(&server, batch(vec![request(&[("ip", "1.1.1.1"), ("user_agent", &huge)])]), "requests[0].attributes.user_agent:").await;
-    expect_invalid(&server, batch(vec![request(&[("ip", "1.1.1.1"), ("username", &huge)])]), "requests[0].attributes.extra[\"username\"]:").await;
+    expect_invalid(
+        &server,
+        batch(vec![request(&[("ip", "1.1.1.1"), ("user_agent", &huge)])]),
+        "requests[0].attributes.user_agent:",
+    )
+    .await;
+    expect_invalid(
+        &server,
+        batch(vec![request(&[("ip", "1.1.1.1"), ("username", &huge)])]),
+        "requests[0].attributes.extra[\"username\"]:",
+    )
+    .await;
 
     let mut zero = request(&[("ip", "1.1.1.1")]);
     zero.cost = Some(0);

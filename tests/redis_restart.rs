@@ -12,20 +12,28 @@ use sluice::api::pb;
 const YAML: &str = "tiers:\n  - name: edge\n    key: [ip]\n    limit: 1000000\n    window: 1m\n";
 
 /// Runs clients until `stop`; returns (decisions, failed RPCs).
-fn load(server: &SluiceServer, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+fn load(
+    server: &SluiceServer,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
     (0..clients)
         .map(|i| {
             let addr = server.grpc_addr;
             let stop = Arc::clone(&stop);
             tokio::spawn(async move {
-                let mut client = pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{addr}"))
-                    .await
-                    .expect("connect");
+                let mut client =
+                    pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{addr}"))
+                        .await
+                        .expect("connect");
                 let (mut ok, mut failed) = (0, 0);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 200_000 {
                     n += 1;
-                    let req = pb::CheckRequest { requests: vec![request(&[("ip", &format!("10.0.{i}.{}", n % 50))])], dry_run: false };
+                    let req = pb::CheckRequest {
+                        requests: vec![request(&[("ip", &format!("10.0.{i}.{}", n % 50))])],
+                        dry_run: false,
+                    };
                     match client.check(req).await {
                         Ok(r) if r.get_ref().decisions.len() == 1 => ok += 1,
                         _ => failed += 1,
@@ -68,7 +76,7 @@ async fn script_flush_mid_run_fails_nothing() {
     let tasks = load(&server, 8, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
-        let _: () = redis.cmd(&mut redis::cmd("SCRIPT").arg("FLUSH"));
+        let _: () = redis.cmd(redis::cmd("SCRIPT").arg("FLUSH"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

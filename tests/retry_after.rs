@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use common::{RedisServer, SluiceServer, check, header, request};
 
 async fn honest(redis: Option<&RedisServer>, algorithm: &str) {
-    let yaml = format!("tiers:\n  - name: login\n    key: [ip]\n    algorithm: {algorithm}\n    limit: 3\n    window: 2s\n");
+    let yaml = format!(
+        "tiers:\n  - name: login\n    key: [ip]\n    algorithm: {algorithm}\n    limit: 3\n    window: 2s\n"
+    );
     let server = SluiceServer::start(&yaml, redis.map(|r| r.url()).as_deref()).await;
     let mut client = server.client().await;
     let req = || request(&[("ip", "10.0.0.1")]);
@@ -35,7 +37,11 @@ async fn honest(redis: Option<&RedisServer>, algorithm: &str) {
     // retry must pass.
     tokio::time::sleep_until((arrived + retry).into()).await;
     let late = check(&mut client, req()).await;
-    assert!(late.allowed, "{algorithm}: retried after {retry:?} and still denied (retry_after_ms {})", late.retry_after_ms);
+    assert!(
+        late.allowed,
+        "{algorithm}: retried after {retry:?} and still denied (retry_after_ms {})",
+        late.retry_after_ms
+    );
 }
 
 #[tokio::test]

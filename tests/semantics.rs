@@ -44,7 +44,12 @@ impl Subject {
 }
 
 fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
-    Check { key: format!("sluice:{{{key}}}"), algorithm, quota: Quota { limit, window_ms, cost: 1 }, shadow: false }
+    Check {
+        key: format!("sluice:{{{key}}}"),
+        algorithm,
+        quota: Quota { limit, window_ms, cost: 1 },
+        shadow: false,
+    }
 }
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingWindow, Algorithm::SlidingLog];
@@ -101,8 +106,14 @@ async fn retry_after_is_exact(s: Subject) {
         assert!(!denied.admitted, "{algorithm}");
         let retry = denied.verdicts[0].retry_after_ms;
         assert!(retry > 0, "{algorithm}");
-        assert!(!s.decide(&c, Mode::DryRun, T0 + 900 + retry - 1).await.admitted, "{algorithm}: retry - 1 ms must still deny");
-        assert!(s.consume(&c, T0 + 900 + retry).await.admitted, "{algorithm}: retrying after {retry} ms must pass");
+        assert!(
+            !s.decide(&c, Mode::DryRun, T0 + 900 + retry - 1).await.admitted,
+            "{algorithm}: retry - 1 ms must still deny"
+        );
+        assert!(
+            s.consume(&c, T0 + 900 + retry).await.admitted,
+            "{algorithm}: retrying after {retry} ms must pass"
+        );
         if algorithm == Algorithm::SlidingLog {
             // Exact: the oldest entry (at 10) leaves the window at 1010.
             assert_eq!(retry, 110);
@@ -189,7 +200,10 @@ on_both_stores!(
 #[tokio::test]
 async fn redis_keys_expire() {
     let Subject::Redis(store, server) = Subject::redis().await else { unreachable!() };
-    let checks = [check("ttl:w", Algorithm::SlidingWindow, 5, 60_000), check("ttl:l", Algorithm::SlidingLog, 5, 30_000)];
+    let checks = [
+        check("ttl:w", Algorithm::SlidingWindow, 5, 60_000),
+        check("ttl:l", Algorithm::SlidingLog, 5, 30_000),
+    ];
     assert!(store.decide_at(&checks, Mode::Consume, T0).await.expect("decision").admitted);
     let keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
     assert_eq!(keys.len(), 3, "{keys:?}");

@@ -61,7 +61,8 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     let mut process = Process(child);
     let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
     assert_eventually!(
-        tokio::net::TcpStream::connect(http_addr).await.is_ok() && http_get(http_addr, "/readyz").await.0 == 200,
+        tokio::net::TcpStream::connect(http_addr).await.is_ok()
+            && http_get(http_addr, "/readyz").await.0 == 200,
         Duration::from_secs(10),
         "sluice serve did not become ready"
     );
@@ -73,8 +74,18 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         let addr = addr.clone();
         let out = tokio::task::spawn_blocking(move || {
             sluice(&[
-                "check", "--addr", &addr, "--attr", "ip=10.1.1.1", "--attr", "endpoint=/auth/login", "--attr",
-                "method=POST", "--attr", "username=bob", "--json",
+                "check",
+                "--addr",
+                &addr,
+                "--attr",
+                "ip=10.1.1.1",
+                "--attr",
+                "endpoint=/auth/login",
+                "--attr",
+                "method=POST",
+                "--attr",
+                "username=bob",
+                "--json",
             ])
         })
         .await
@@ -123,11 +134,24 @@ async fn http_endpoints_health_and_metrics() {
     assert_eq!(status, 200);
     // Other tests in this binary share the global recorder, so look for at-least values.
     let value = |series: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     };
-    assert!(value("sluice_decisions_total{tier=\"edge_ip\",decision=\"allow\",source=\"local\"}") >= 2.0, "{metrics}");
-    assert!(value("sluice_decisions_total{tier=\"edge_ip\",decision=\"deny\",source=\"local\"}") >= 1.0, "{metrics}");
-    assert!(value("sluice_decisions_total{tier=\"shadowed\",decision=\"shadow_deny\",source=\"local\"}") >= 1.0, "{metrics}");
+    assert!(
+        value("sluice_decisions_total{tier=\"edge_ip\",decision=\"allow\",source=\"local\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        value("sluice_decisions_total{tier=\"edge_ip\",decision=\"deny\",source=\"local\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("sluice_decisions_total{tier=\"shadowed\",decision=\"shadow_deny\",source=\"local\"}") >= 1.0,
+        "{metrics}"
+    );
     assert!(metrics.contains("sluice_decision_duration_seconds_bucket"), "{metrics}");
     assert!(!metrics.contains("192.0.2.1"), "a client value leaked into a label");
 
@@ -143,6 +167,10 @@ async fn http_endpoints_health_and_metrics() {
             .await
             .expect("health check")
             .into_inner();
-        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
     }
 }

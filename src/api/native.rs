@@ -37,7 +37,8 @@ impl NativeService {
 impl pb::rate_limiter_server::RateLimiter for NativeService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let request = request.into_inner();
-        let requests = to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
+        let requests =
+            to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
         let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
 
         let results = if let [single] = requests.as_slice() {
@@ -71,11 +72,16 @@ fn to_request(i: usize, r: pb::RateRequest, limits: InputLimits) -> Result<engin
     let at = |field: &str| format!("requests[{i}].{field}");
     let cost = match r.cost {
         None => 1,
-        Some(0) => return Err(invalid(&at("cost"), "must be at least 1 (use dry_run to look without consuming)")),
+        Some(0) => {
+            return Err(invalid(&at("cost"), "must be at least 1 (use dry_run to look without consuming)"));
+        }
         Some(n) => n,
     };
     if r.tiers.len() > MAX_NAMED_TIERS {
-        return Err(invalid(&at("tiers"), &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", r.tiers.len())));
+        return Err(invalid(
+            &at("tiers"),
+            &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", r.tiers.len()),
+        ));
     }
     for (j, name) in r.tiers.iter().enumerate() {
         check_len(&at(&format!("tiers[{j}]")), name, limits)?;
@@ -136,7 +142,8 @@ fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status
 }
 
 pub fn to_proto(d: Decision) -> pb::Decision {
-    let headers = d.headers().into_iter().map(|(name, value)| pb::Header { name: name.into(), value }).collect();
+    let headers =
+        d.headers().into_iter().map(|(name, value)| pb::Header { name: name.into(), value }).collect();
     pb::Decision {
         allowed: d.allowed,
         retry_after_ms: d.retry_after_ms,

@@ -82,7 +82,9 @@ impl ConfigError {
     /// One line per problem, for `check-config` and start-up.
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ConfigError::Invalid { origin, problems } => problems.iter().map(|p| format!("{origin}: {p}")).collect(),
+            ConfigError::Invalid { origin, problems } => {
+                problems.iter().map(|p| format!("{origin}: {p}")).collect()
+            }
             other => vec![other.to_string()],
         }
     }
@@ -94,7 +96,10 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
 }
 
 /// As `load`, with the environment given as a map (tests use this instead of `set_var`).
-pub fn load_with_env(path: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
+pub fn load_with_env(
+    path: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
     match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -106,7 +111,11 @@ pub fn load_with_env(path: Option<&Path>, env: Option<HashMap<String, String>>) 
 }
 
 /// Parses YAML text; `origin` names it in errors.
-pub fn parse(text: &str, origin: &str, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Yaml))
@@ -124,15 +133,24 @@ pub fn parse(text: &str, origin: &str, env: Option<HashMap<String, String>>) -> 
 fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
     let mut addr = |key: &str, value: &str| {
-        value.parse::<SocketAddr>().map_err(|_| problems.push(format!("{key}: {value:?} is not an address like 0.0.0.0:8081"))).ok()
+        value
+            .parse::<SocketAddr>()
+            .map_err(|_| problems.push(format!("{key}: {value:?} is not an address like 0.0.0.0:8081")))
+            .ok()
     };
     let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
     let http_addr = addr("server.http_addr", &file.server.http_addr);
 
     let redis = file.redis.and_then(|r| {
         if r.url.is_empty() {
-            problems.push("redis.url: must not be empty (remove the redis section to use the in-process store)".into());
-        } else if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("redis+unix://") || r.url.starts_with("unix://")) {
+            problems.push(
+                "redis.url: must not be empty (remove the redis section to use the in-process store)".into(),
+            );
+        } else if !(r.url.starts_with("redis://")
+            || r.url.starts_with("rediss://")
+            || r.url.starts_with("redis+unix://")
+            || r.url.starts_with("unix://"))
+        {
             problems.push("redis.url: must start with redis://, rediss://, redis+unix:// or unix://".into());
         }
         if r.timeout_ms == 0 {
@@ -150,13 +168,16 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
                 None
             }
         };
-        Some(RedisSettings { url: r.url, timeout: Duration::from_millis(r.timeout_ms), connection: connection? })
+        Some(RedisSettings {
+            url: r.url,
+            timeout: Duration::from_millis(r.timeout_ms),
+            connection: connection?,
+        })
     });
 
-    for (key, value) in [
-        ("limits.max_batch", file.limits.max_batch),
-        ("limits.max_value_bytes", file.limits.max_value_bytes),
-    ] {
+    for (key, value) in
+        [("limits.max_batch", file.limits.max_batch), ("limits.max_value_bytes", file.limits.max_value_bytes)]
+    {
         if value == 0 {
             problems.push(format!("{key}: must be at least 1"));
         }
@@ -198,11 +219,19 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     })
 }
 
-fn tier(at: &str, mut t: schema::Tier, names: &mut HashSet<String>, problems: &mut Vec<String>) -> Option<Tier> {
+fn tier(
+    at: &str,
+    mut t: schema::Tier,
+    names: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) -> Option<Tier> {
     let before = problems.len();
     let mut problem = |key: &str, reason: String| problems.push(format!("{at}.{key}: {reason}"));
 
-    if t.name.is_empty() || t.name.len() > MAX_NAME_LEN || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if t.name.is_empty()
+        || t.name.len() > MAX_NAME_LEN
+        || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         problem("name", format!("{:?} must be 1 to {MAX_NAME_LEN} letters, digits, _ or -", t.name));
     } else if !names.insert(t.name.clone()) {
         problem("name", format!("{:?} is already the name of another tier", t.name));
@@ -297,11 +326,17 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
     }
     let (algorithm, limit, window_ms) = (algorithm?, limit?, window_ms?);
     if u128::from(limit) * u128::from(window_ms) > MAX_LIMIT_TIMES_WINDOW {
-        problem("limit", format!("{limit} per {window_ms} ms is too large (limit x window in ms must stay under 2^50)"));
+        problem(
+            "limit",
+            format!("{limit} per {window_ms} ms is too large (limit x window in ms must stay under 2^50)"),
+        );
         return None;
     }
     if algorithm == Algorithm::SlidingLog && limit > MAX_LOG_LIMIT {
-        problem("limit", format!("{limit} is too large for sliding_log (at most {MAX_LOG_LIMIT}; use sliding_window)"));
+        problem(
+            "limit",
+            format!("{limit} is too large for sliding_log (at most {MAX_LOG_LIMIT}; use sliding_window)"),
+        );
         return None;
     }
     if cost > limit {
@@ -364,7 +399,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = parse("tiers:\n  - name: a\n    limt: 3\n", "t.yaml", Some(HashMap::new())).expect_err("invalid");
+        let err =
+            parse("tiers:\n  - name: a\n    limt: 3\n", "t.yaml", Some(HashMap::new())).expect_err("invalid");
         let text = err.to_string();
         assert!(text.contains("tiers[0]") && text.contains("limt"), "{text}");
     }

@@ -36,11 +36,7 @@ pub struct Server {
 
 impl Default for Server {
     fn default() -> Self {
-        Server {
-            grpc_addr: "0.0.0.0:8081".into(),
-            http_addr: "0.0.0.0:9090".into(),
-            shutdown_grace_secs: 10,
-        }
+        Server { grpc_addr: "0.0.0.0:8081".into(), http_addr: "0.0.0.0:9090".into(), shutdown_grace_secs: 10 }
     }
 }
 

@@ -27,13 +27,20 @@ impl FallbackStore {
     /// Connects, waiting at most `patience` for the first connection; if Redis is not there by
     /// then, keeps trying in the background while decisions come from the fallback, so Sluice
     /// serves even when Redis is down at start-up.
-    pub async fn start(url: String, connection: ConnectionKind, deadline: Duration, patience: Duration) -> Arc<Self> {
+    pub async fn start(
+        url: String,
+        connection: ConnectionKind,
+        deadline: Duration,
+        patience: Duration,
+    ) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
             local: LocalStore::new(Source::Fallback),
             deadline,
         });
-        if let Ok(Ok(redis)) = tokio::time::timeout(patience, RedisStore::connect(&url, connection, deadline)).await {
+        if let Ok(Ok(redis)) =
+            tokio::time::timeout(patience, RedisStore::connect(&url, connection, deadline)).await
+        {
             store.redis.store(Some(Arc::new(redis)));
             tracing::info!("connected to redis");
             return store;

@@ -69,8 +69,7 @@ impl LocalStore {
         // request could commit into a cell no longer in the map. Clones are only taken under the
         // shard lock that `retain` holds, so the count cannot rise meanwhile.
         self.cells.retain(|_, cell| {
-            Arc::strong_count(cell) > 1
-                || cell.try_lock().map_or(true, |cell| cell.expires_at > now)
+            Arc::strong_count(cell) > 1 || cell.try_lock().map_or(true, |cell| cell.expires_at > now)
         });
         before.saturating_sub(self.cells.len())
     }
@@ -84,10 +83,8 @@ impl LocalStore {
         debug_assert!(order.windows(2).all(|w| checks[w[0]].key != checks[w[1]].key));
         let cells: Vec<(usize, Arc<Mutex<Cell>>)> =
             order.iter().map(|&i| (i, self.cell(&checks[i]))).collect();
-        let mut guards: Vec<_> = cells
-            .iter()
-            .map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner)))
-            .collect();
+        let mut guards: Vec<_> =
+            cells.iter().map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner))).collect();
         guards.sort_by_key(|(i, _)| *i);
 
         let mut verdicts = Vec::with_capacity(checks.len());

@@ -39,7 +39,11 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to a standalone Redis. `url` may carry credentials; it is never logged.
-    pub async fn connect(url: &str, connection: ConnectionKind, timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        connection: ConnectionKind,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let conn = match connection {
             ConnectionKind::Multiplexed => {
                 let client = redis::Client::open(url)?;
@@ -122,7 +126,8 @@ fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
     if reply.len() != 2 + 4 * n {
         return Err(StoreError::BadReply(format!("{} values for {n} checks", reply.len())));
     }
-    let non_negative = |v: i64| u64::try_from(v).map_err(|_| StoreError::BadReply(format!("negative value {v}")));
+    let non_negative =
+        |v: i64| u64::try_from(v).map_err(|_| StoreError::BadReply(format!("negative value {v}")));
     let verdicts = reply[2..]
         .chunks_exact(4)
         .map(|v| {

@@ -55,7 +55,16 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -67,7 +76,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ping().is_err() {
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING within 10 s; log: {}", self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s; log: {}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -84,6 +84,7 @@ impl Engine {
                 algorithm: limit.algorithm,
                 quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
                 shadow: tier.shadow,
+                on_failure: tier.on_failure,
             });
             counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
         }

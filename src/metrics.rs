@@ -15,6 +15,8 @@ pub const REDIS_ERRORS: &str = "sluice_redis_errors_total";
 pub const REQUESTS_REJECTED: &str = "sluice_requests_rejected_total";
 pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
+pub const CIRCUIT_OPEN: &str = "sluice_circuit_open";
+pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -46,6 +48,8 @@ fn describe() {
     describe_counter!(REQUESTS_REJECTED, "Requests rejected as invalid, by field");
     describe_gauge!(TIERS, "Tiers in the running configuration");
     describe_gauge!(LOCAL_KEYS, "Keys held by the in-process store, by role (local, fallback)");
+    describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
+    describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
 }
 
 pub fn decision(tier: &str, decision: &'static str, source: &'static str) {
@@ -70,6 +74,20 @@ pub fn rejected(field: &'static str) {
 
 pub fn tiers(count: usize) {
     gauge!(TIERS).set(count as f64);
+}
+
+pub fn circuit_open(open: bool) {
+    gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+/// Adds time spent in fallback. Counters are whole numbers, so milliseconds are summed here and the
+/// counter shows the whole seconds of the total.
+pub fn fallback_time(elapsed: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TOTAL_MS: AtomicU64 = AtomicU64::new(0);
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let total = TOTAL_MS.fetch_add(ms, Ordering::Relaxed).saturating_add(ms);
+    counter!(FALLBACK_TIME).absolute(total / 1000);
 }
 
 pub fn local_keys(role: &'static str, count: usize) {

@@ -14,7 +14,7 @@ use crate::api::native::NativeService;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{FallbackStore, LocalStore, Store};
+use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Store};
 
 /// How long start-up waits for a first Redis connection before serving from the fallback.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
@@ -115,17 +115,21 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
             tracing::info!(
                 "no redis configured: counts are kept in this process only and not shared between replicas"
             );
-            let local = LocalStore::default();
+            let local = LocalStore::new(Counting::AsConfigured, settings.local_max_keys);
             spawn_sweeper(local.clone(), "local", stop);
             Arc::new(local)
         }
         Some(redis) => {
-            tracing::info!(timeout_ms = redis.timeout.as_millis() as u64, connection = ?redis.connection, "using redis");
-            let store =
-                FallbackStore::start(redis.url.clone(), redis.connection, redis.timeout, CONNECT_PATIENCE)
-                    .await;
+            tracing::info!(topology = ?redis.topology, timeout_ms = redis.timeout.as_millis() as u64, "using redis");
+            let fallback = FallbackSettings {
+                deadline: redis.timeout,
+                probe_interval: redis.probe_interval,
+                replicas: settings.replicas,
+                max_keys: settings.local_max_keys,
+            };
+            let store = FallbackStore::start(redis.topology.clone(), fallback, CONNECT_PATIENCE).await;
             spawn_sweeper(store.local().clone(), "fallback", stop);
-            store
+            Arc::new(SharedFallback(store))
         }
     }
 }

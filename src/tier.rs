@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
+use crate::store::FailureMode;
 
 /// A request attribute a tier can match on or key by.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,19 +110,24 @@ pub struct Tier {
     pub key: Vec<Attr>,
     pub rule: Rule,
     pub shadow: bool,
+    pub on_failure: FailureMode,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
 
 impl Tier {
-    pub fn new(
-        name: &str,
-        conditions: Vec<(Attr, Condition)>,
-        key: Vec<Attr>,
-        rule: Rule,
-        shadow: bool,
-    ) -> Tier {
-        Tier { name: name.into(), conditions, key, rule, shadow, key_prefix: format!("sluice:{{{name}:") }
+    /// A tier that enforces (not shadow) and counts locally when Redis fails; set the public
+    /// fields to change either.
+    pub fn new(name: &str, conditions: Vec<(Attr, Condition)>, key: Vec<Attr>, rule: Rule) -> Tier {
+        Tier {
+            name: name.into(),
+            conditions,
+            key,
+            rule,
+            shadow: false,
+            on_failure: FailureMode::Local,
+            key_prefix: format!("sluice:{{{name}:"),
+        }
     }
 
     /// Whether this tier applies to the request.
@@ -197,7 +203,7 @@ mod tests {
 
     fn tier(key: Vec<Attr>) -> Tier {
         let limit = Limit { algorithm: Algorithm::SlidingWindow, limit: 5, window_ms: 1000, cost: 1 };
-        Tier::new("auth", vec![], key, Rule::Limited(limit), false)
+        Tier::new("auth", vec![], key, Rule::Limited(limit))
     }
 
     #[test]

@@ -8,15 +8,17 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::redis::ConnectionKind;
-use sluice::store::{Check, LocalStore, Mode, RedisStore};
+use sluice::store::{Check, ConnectionKind, FailureMode, LocalStore, Mode, RedisStore, Topology};
 
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
     let server = common::RedisServer::start();
-    let redis = RedisStore::connect(&server.url(), ConnectionKind::Multiplexed, Duration::from_secs(2))
-        .await
-        .expect("connect");
+    let redis = RedisStore::connect(
+        &Topology::Standalone { url: server.url(), connection: ConnectionKind::Multiplexed },
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("connect");
     let local = LocalStore::default();
 
     // A few tiers over a few keys, so counts collide and windows roll over many times.
@@ -53,6 +55,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     algorithm,
                     quota: Quota { limit, window_ms, cost: rng.random_range(1..=limit.min(3)) },
                     shadow: rng.random_range(0..8) == 0,
+                    on_failure: FailureMode::Local,
                 }
             })
             .collect();

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::redis::ConnectionKind;
-use sluice::store::{Check, LocalStore, Mode, Outcome, RedisStore};
+use sluice::store::{Check, ConnectionKind, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
 const T0: u64 = 1_000_000_000;
@@ -25,9 +24,12 @@ impl Subject {
 
     async fn redis() -> Subject {
         let server = RedisServer::start();
-        let store = RedisStore::connect(&server.url(), ConnectionKind::Multiplexed, Duration::from_secs(2))
-            .await
-            .expect("connect to the test redis");
+        let store = RedisStore::connect(
+            &Topology::Standalone { url: server.url(), connection: ConnectionKind::Multiplexed },
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("connect to the test redis");
         Subject::Redis(store, server)
     }
 
@@ -49,6 +51,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
         algorithm,
         quota: Quota { limit, window_ms, cost: 1 },
         shadow: false,
+        on_failure: FailureMode::Local,
     }
 }
 

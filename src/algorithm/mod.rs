@@ -6,6 +6,7 @@
 
 pub mod sliding_log;
 pub mod sliding_window;
+pub mod token_bucket;
 
 use std::fmt;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::algorithm::Algorithm;
-use crate::store::redis::ConnectionKind;
+use crate::store::{ConnectionKind, FailureMode, Topology};
 use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
 
 /// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
@@ -26,6 +26,10 @@ const MAX_NAME_LEN: usize = 64;
 pub struct Settings {
     pub server: ServerSettings,
     pub redis: Option<RedisSettings>,
+    /// Replicas sharing each limit while each decides alone.
+    pub replicas: u64,
+    /// Bound on keys held in process.
+    pub local_max_keys: usize,
     pub limits: InputLimits,
     pub log: LogSettings,
     pub tiers: Tiers,
@@ -38,21 +42,12 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Clone)]
+/// Redis and the fallback. `Topology`'s `Debug` leaves out URLs, which may hold passwords.
+#[derive(Clone, Debug)]
 pub struct RedisSettings {
-    pub url: String,
+    pub topology: Topology,
     pub timeout: Duration,
-    pub connection: ConnectionKind,
-}
-
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password.
-        f.debug_struct("RedisSettings")
-            .field("timeout", &self.timeout)
-            .field("connection", &self.connection)
-            .finish_non_exhaustive()
-    }
+    pub probe_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,7 +114,15 @@ pub fn parse(
     let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Yaml))
-        .add_source(config::Environment::with_prefix("SLUICE").separator("__").source(env))
+        .add_source(
+            config::Environment::with_prefix("SLUICE")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("redis.cluster")
+                .with_list_parse_key("redis.sentinel.nodes")
+                .source(env),
+        )
         .build()
         .map_err(|e| parse_error(e.to_string()))?;
     let file: schema::File = serde_path_to_error::deserialize(layered).map_err(|e| {
@@ -141,39 +144,14 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
     let http_addr = addr("server.http_addr", &file.server.http_addr);
 
-    let redis = file.redis.and_then(|r| {
-        if r.url.is_empty() {
-            problems.push(
-                "redis.url: must not be empty (remove the redis section to use the in-process store)".into(),
-            );
-        } else if !(r.url.starts_with("redis://")
-            || r.url.starts_with("rediss://")
-            || r.url.starts_with("redis+unix://")
-            || r.url.starts_with("unix://"))
-        {
-            problems.push("redis.url: must start with redis://, rediss://, redis+unix:// or unix://".into());
-        }
-        if r.timeout_ms == 0 {
-            problems.push("redis.timeout_ms: must be at least 1".into());
-        }
-        let connection = match r.connection.as_str() {
-            "multiplexed" => Some(ConnectionKind::Multiplexed),
-            "pool" if r.pool_size == 0 => {
-                problems.push("redis.pool_size: must be at least 1".into());
-                None
-            }
-            "pool" => Some(ConnectionKind::Pool { size: r.pool_size }),
-            other => {
-                problems.push(format!("redis.connection: {other:?} is not one of multiplexed, pool"));
-                None
-            }
-        };
-        Some(RedisSettings {
-            url: r.url,
-            timeout: Duration::from_millis(r.timeout_ms),
-            connection: connection?,
-        })
-    });
+    let redis = file.redis.and_then(|r| redis(r, &mut problems));
+    let default_failure = failure_mode("fallback.mode", &file.fallback.mode, &mut problems);
+    if file.fallback.replicas == 0 {
+        problems.push("fallback.replicas: must be at least 1".into());
+    }
+    if file.local.max_keys == 0 {
+        problems.push("local.max_keys: must be at least 1".into());
+    }
 
     for (key, value) in
         [("limits.max_batch", file.limits.max_batch), ("limits.max_value_bytes", file.limits.max_value_bytes)]
@@ -196,7 +174,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         .tiers
         .into_iter()
         .enumerate()
-        .filter_map(|(i, t)| tier(&format!("tiers[{i}]"), t, &mut names, &mut problems))
+        .filter_map(|(i, t)| tier(&format!("tiers[{i}]"), t, default_failure, &mut names, &mut problems))
         .collect();
 
     if !problems.is_empty() {
@@ -209,6 +187,8 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
         },
         redis,
+        replicas: file.fallback.replicas,
+        local_max_keys: file.local.max_keys,
         limits: InputLimits {
             max_batch: file.limits.max_batch,
             max_value_bytes: file.limits.max_value_bytes,
@@ -222,6 +202,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
 fn tier(
     at: &str,
     mut t: schema::Tier,
+    default_failure: FailureMode,
     names: &mut HashSet<String>,
     problems: &mut Vec<String>,
 ) -> Option<Tier> {
@@ -281,10 +262,17 @@ fn tier(
     if t.shadow && !matches!(rule, Some(Rule::Limited(_)) | None) {
         problem("shadow", "only a limited tier can run in shadow mode".into());
     }
+    let on_failure = match &t.on_redis_failure {
+        Some(mode) => failure_mode(&format!("{at}.on_redis_failure"), mode, problems),
+        None => default_failure,
+    };
     if problems.len() > before {
         return None;
     }
-    Some(Tier::new(&t.name, conditions, key, rule?, t.shadow))
+    let mut tier = Tier::new(&t.name, conditions, key, rule?);
+    tier.shadow = t.shadow;
+    tier.on_failure = on_failure;
+    Some(tier)
 }
 
 fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Limit> {
@@ -346,6 +334,89 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
     (cost > 0).then_some(Limit { algorithm, limit, window_ms, cost })
 }
 
+fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> {
+    let before = problems.len();
+    let url_problem = |problems: &mut Vec<String>, key: String, url: &str| {
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
+            // The value is not echoed: it may hold a password.
+            problems.push(format!("{key}: must start with redis://, rediss://, redis+unix:// or unix://"));
+        }
+    };
+    let topology = match (r.url, r.cluster, r.sentinel) {
+        (Some(url), None, None) => {
+            url_problem(problems, "redis.url".into(), &url);
+            let connection = match r.connection.as_str() {
+                "multiplexed" => ConnectionKind::Multiplexed,
+                "pool" => ConnectionKind::Pool { size: r.pool_size.max(1) },
+                other => {
+                    problems.push(format!("redis.connection: {other:?} is not one of multiplexed, pool"));
+                    ConnectionKind::Multiplexed
+                }
+            };
+            Topology::Standalone { url, connection }
+        }
+        (None, Some(nodes), None) => {
+            if nodes.is_empty() {
+                problems.push("redis.cluster: needs at least one seed node URL".into());
+            }
+            for (i, url) in nodes.iter().enumerate() {
+                url_problem(problems, format!("redis.cluster[{i}]"), url);
+            }
+            Topology::Cluster { nodes }
+        }
+        (None, None, Some(sentinel)) => {
+            if sentinel.master_name.is_empty() {
+                problems.push("redis.sentinel.master_name: must not be empty".into());
+            }
+            if sentinel.nodes.is_empty() {
+                problems.push("redis.sentinel.nodes: needs at least one sentinel URL".into());
+            }
+            for (i, url) in sentinel.nodes.iter().enumerate() {
+                url_problem(problems, format!("redis.sentinel.nodes[{i}]"), url);
+            }
+            Topology::Sentinel { nodes: sentinel.nodes, master_name: sentinel.master_name }
+        }
+        (None, None, None) => {
+            problems.push(
+                "redis: set one of url, cluster or sentinel (or remove the section to use the in-process store)"
+                    .into(),
+            );
+            return None;
+        }
+        _ => {
+            problems.push("redis: set only one of url, cluster and sentinel".into());
+            return None;
+        }
+    };
+    if r.pool_size == 0 {
+        problems.push("redis.pool_size: must be at least 1".into());
+    }
+    for (key, value) in [("redis.timeout_ms", r.timeout_ms), ("redis.probe_interval_ms", r.probe_interval_ms)]
+    {
+        if value == 0 {
+            problems.push(format!("{key}: must be at least 1"));
+        }
+    }
+    (problems.len() == before).then(|| RedisSettings {
+        topology,
+        timeout: Duration::from_millis(r.timeout_ms),
+        probe_interval: Duration::from_millis(r.probe_interval_ms),
+    })
+}
+
+fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
+    match value {
+        "local" => FailureMode::Local,
+        "allow" => FailureMode::Allow,
+        "deny" => FailureMode::Deny,
+        other => {
+            problems.push(format!("{key}: {other:?} is not one of local, allow, deny"));
+            FailureMode::Local
+        }
+    }
+}
+
 /// `500ms`, `30s`, `15m`, `1h`, `1d` -> milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a duration such as 500ms, 30s, 15m, 1h or 1d");
@@ -383,7 +454,8 @@ mod tests {
     fn environment_overrides_a_key() {
         let env = HashMap::from([("SLUICE__REDIS__URL".to_owned(), "redis://127.0.0.1:1".to_owned())]);
         let settings = parse(DEFAULT_YAML, "default", Some(env)).expect("config");
-        assert_eq!(settings.redis.expect("redis").url, "redis://127.0.0.1:1");
+        let topology = settings.redis.expect("redis").topology;
+        assert!(matches!(topology, Topology::Standalone { url, .. } if url == "redis://127.0.0.1:1"));
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub struct File {
     /// Where counts live. Absent: the in-process store (one replica's counts, nothing shared).
     #[serde(default)]
     pub redis: Option<Redis>,
+    /// What replicas do on their own while Redis is unavailable.
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// Bounds of the in-process store (the primary one without Redis, and the fallback).
+    #[serde(default)]
+    pub local: Local,
     /// Size limits on every request, so hostile input costs bounded memory.
     #[serde(default)]
     pub limits: Limits,
@@ -40,11 +46,22 @@ impl Default for Server {
     }
 }
 
+/// Exactly one of `url`, `cluster` and `sentinel`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
-    /// `redis://[user:password@]host:port[/db]`; never logged.
-    pub url: String,
+    /// A standalone server: `redis://[user:password@]host:port[/db]`; never logged.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster: seed node URLs (any few nodes; the rest are discovered).
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel: the sentinels and the name of the master they watch.
+    #[serde(default)]
+    pub sentinel: Option<Sentinel>,
+    /// While Redis is unavailable, how often one probe tries it again.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
     /// Deadline of one decision call to Redis; past it the request is decided in process.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -58,6 +75,46 @@ pub struct Redis {
 
 fn default_timeout_ms() -> u64 {
     50
+}
+fn default_probe_interval_ms() -> u64 {
+    250
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sentinel {
+    pub master_name: String,
+    /// Sentinel URLs, e.g. `redis://10.0.0.7:26379`.
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fallback {
+    /// Default failure mode of every tier: `local` (count this replica's fair share in
+    /// process), `allow` (fail open) or `deny` (fail closed).
+    pub mode: String,
+    /// Replicas sharing each limit while each decides alone: a tier's limit is divided by it.
+    pub replicas: u64,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback { mode: "local".into(), replicas: 1 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Local {
+    /// Most keys held in process; past it the idlest are evicted.
+    pub max_keys: usize,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local { max_keys: 1_000_000 }
+    }
 }
 fn default_connection() -> String {
     "multiplexed".into()
@@ -131,6 +188,9 @@ pub struct Tier {
     /// Count and report, but never deny: for trying a limit on live traffic.
     #[serde(default)]
     pub shadow: bool,
+    /// While Redis is unavailable: `local`, `allow` or `deny`; default `fallback.mode`.
+    #[serde(default)]
+    pub on_redis_failure: Option<String>,
 }
 
 /// `value` (equal), `[a, b]` (equal to one of them) or `{prefix: /api/}` / `{prefix: [/a, /b]}`.

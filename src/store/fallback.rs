@@ -1,105 +1,210 @@
-//! Redis first, the in-process store when Redis fails or misses its deadline.
+//! Redis first, the in-process fallback when Redis fails or misses its deadline: a circuit breaker.
 //!
-//! A transient failure (refused, reset, timed out, loading, failing over) is answered at once from
-//! local counts, so a gateway never sees an error because Redis is down and never waits longer than
-//! the deadline. A non-transient error (a reply the script should never give) is a bug and is
-//! returned as one.
+//! Closed: each request makes one Redis call bounded by the deadline. A transient failure (refused,
+//! reset, timed out, loading, failing over) opens the circuit and that request is answered at
+//! once from the fallback. Open: every request is answered from the fallback without touching
+//! Redis, while one background probe pings Redis (asking the sentinels anew where they are used)
+//! every `probe_interval`; the first answer closes the circuit. So a gateway never sees an error
+//! because Redis is down and never waits longer than the deadline.
+//!
+//! What the fallback answers is each tier's failure mode: `local` counts the tier in fair-share
+//! token buckets (`LocalStore` with `Counting::FairShare`), `allow` lets it pass uncounted, `deny`
+//! denies it. A non-transient error (a reply the script should never give) is a bug and is returned
+//! as one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
 
-use super::redis::ConnectionKind;
+use super::local::Counting;
+use super::redis::Topology;
 use super::{Check, LocalStore, Mode, Outcome, RedisStore, Source, Store, StoreError};
+use crate::algorithm::Verdict;
 use crate::metrics;
+
+/// What a tier gets while Redis is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Counted in this replica's fair share of the limit.
+    #[default]
+    Local,
+    /// Fail open: allowed, not counted.
+    Allow,
+    /// Fail closed: denied.
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FallbackSettings {
+    /// Deadline of one Redis call.
+    pub deadline: Duration,
+    /// How often the probe tries Redis while the circuit is open.
+    pub probe_interval: Duration,
+    /// How many replicas share each limit while they decide on their own.
+    pub replicas: u64,
+    /// Bound on the fallback's token buckets.
+    pub max_keys: usize,
+}
 
 #[derive(Debug)]
 pub struct FallbackStore {
-    /// Empty until the first connection succeeds; until then every decision is local.
+    /// Empty until the first connection succeeds; until then the circuit is open.
     redis: ArcSwapOption<RedisStore>,
     local: LocalStore,
-    deadline: Duration,
+    open: AtomicBool,
+    settings: FallbackSettings,
 }
 
 impl FallbackStore {
     /// Connects, waiting at most `patience` for the first connection; if Redis is not there by
-    /// then, keeps trying in the background while decisions come from the fallback, so Sluice
-    /// serves even when Redis is down at start-up.
-    pub async fn start(
-        url: String,
-        connection: ConnectionKind,
-        deadline: Duration,
-        patience: Duration,
-    ) -> Arc<Self> {
+    /// then, serves from the fallback while it keeps trying in the background, so Sluice serves
+    /// even when Redis is down at start-up.
+    pub async fn start(topology: Topology, settings: FallbackSettings, patience: Duration) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
-            local: LocalStore::new(Source::Fallback),
-            deadline,
+            local: LocalStore::new(Counting::FairShare { replicas: settings.replicas }, settings.max_keys),
+            open: AtomicBool::new(true),
+            settings,
         });
-        if let Ok(Ok(redis)) =
-            tokio::time::timeout(patience, RedisStore::connect(&url, connection, deadline)).await
-        {
-            store.redis.store(Some(Arc::new(redis)));
-            tracing::info!("connected to redis");
-            return store;
-        }
-        let weak = Arc::downgrade(&store);
-        tokio::spawn(async move {
-            let mut logged = false;
-            loop {
-                match RedisStore::connect(&url, connection, deadline).await {
-                    Ok(redis) => {
-                        let Some(store) = weak.upgrade() else { return };
-                        store.redis.store(Some(Arc::new(redis)));
-                        tracing::info!("connected to redis");
-                        return;
-                    }
-                    Err(e) if !logged => {
-                        tracing::warn!(error = %e, "cannot connect to redis yet; deciding locally meanwhile");
-                        logged = true;
-                    }
-                    Err(_) => {}
-                }
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+        let first = tokio::time::timeout(patience, RedisStore::connect(&topology, settings.deadline)).await;
+        match first {
+            Ok(Ok(redis)) => {
+                store.redis.store(Some(Arc::new(redis)));
+                store.set_open(false);
+                tracing::info!(topology = ?topology, "connected to redis");
             }
-        });
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot connect to redis yet; deciding in process meanwhile");
+                store.set_open(true);
+                tokio::spawn(Arc::clone(&store).connect_in_background(topology));
+            }
+            Err(_) => {
+                tracing::warn!("redis did not answer at start-up; deciding in process meanwhile");
+                store.set_open(true);
+                tokio::spawn(Arc::clone(&store).connect_in_background(topology));
+            }
+        }
         store
     }
 
-    /// The in-process counts used while Redis is unavailable.
+    /// The fallback's buckets.
     pub fn local(&self) -> &LocalStore {
         &self.local
     }
 
-    /// Whether a Redis connection has been made (it may have failed since).
-    pub fn connected(&self) -> bool {
-        self.redis.load().is_some()
+    /// Whether decisions currently come from the fallback.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
     }
 
-    async fn run(&self, checks: &[Check], mode: Mode) -> Result<Outcome, StoreError> {
-        let deadline_ms = u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX);
-        let Some(redis) = self.redis.load_full() else {
-            return Ok(self.local.decide_at(checks, mode, self.local.now_ms()));
+    fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+        metrics::circuit_open(open);
+    }
+
+    async fn connect_in_background(self: Arc<Self>, topology: Topology) {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(self.settings.probe_interval).await;
+            metrics::fallback_time(last.elapsed());
+            last = Instant::now();
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+            if let Ok(redis) = RedisStore::connect(&topology, self.settings.deadline).await {
+                self.redis.store(Some(Arc::new(redis)));
+                self.set_open(false);
+                tracing::info!(topology = ?topology, "connected to redis");
+                return;
+            }
+        }
+    }
+
+    /// Opens the circuit (once) and starts the probe that will close it.
+    fn trip(self: &Arc<Self>, redis: Arc<RedisStore>, error: &StoreError) {
+        if self.open.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        metrics::circuit_open(true);
+        tracing::warn!(error = %error, "redis unavailable: deciding in process until it answers again");
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            loop {
+                tokio::time::sleep(store.settings.probe_interval).await;
+                metrics::fallback_time(last.elapsed());
+                last = Instant::now();
+                if Arc::strong_count(&store) == 1 {
+                    return;
+                }
+                let probe = async {
+                    redis.recover().await?;
+                    redis.ping().await
+                };
+                if let Ok(Ok(())) = tokio::time::timeout(store.settings.deadline * 4, probe).await {
+                    store.set_open(false);
+                    tracing::info!("redis answers again: decisions are shared again");
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn run(self: &Arc<Self>, checks: &[Check], mode: Mode) -> Result<Outcome, StoreError> {
+        let redis = match self.redis.load_full() {
+            Some(redis) if !self.is_open() => redis,
+            _ => return Ok(self.without_redis(checks, mode)),
         };
-        let error = match tokio::time::timeout(self.deadline, redis.decide(checks, mode)).await {
+        let deadline_ms = u64::try_from(self.settings.deadline.as_millis()).unwrap_or(u64::MAX);
+        let error = match tokio::time::timeout(self.settings.deadline, redis.decide(checks, mode)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(e)) if !e.is_transient() => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => StoreError::Timeout(deadline_ms),
         };
         metrics::redis_error(error.kind());
-        tracing::debug!(error = %error, "redis unavailable, deciding locally");
-        Ok(self.local.decide_at(checks, mode, self.local.now_ms()))
+        self.trip(redis, &error);
+        Ok(self.without_redis(checks, mode))
+    }
+
+    /// The fallback's answer: each tier as its failure mode says, all or nothing as ever.
+    fn without_redis(&self, checks: &[Check], mode: Mode) -> Outcome {
+        let now = self.local.now_ms();
+        if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
+            return self.local.decide_at(checks, mode, now);
+        }
+        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
+        let counted: Vec<Check> =
+            checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
+        // A tier that fails closed denies the request, so the counted tiers must not consume.
+        let local = self.local.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
+        let mut counted_verdicts = local.verdicts.into_iter();
+        let probe_ms = u64::try_from(self.settings.probe_interval.as_millis()).unwrap_or(u64::MAX);
+        let verdicts = checks
+            .iter()
+            .map(|c| match c.on_failure {
+                FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
+                FailureMode::Allow => {
+                    Verdict { allowed: true, remaining: c.quota.limit, ..Verdict::default() }
+                }
+                FailureMode::Deny => {
+                    Verdict { allowed: false, remaining: 0, retry_after_ms: probe_ms, reset_after_ms: 0 }
+                }
+            })
+            .collect();
+        Outcome { admitted: local.admitted && !denies, verdicts, source: Source::Fallback }
     }
 }
 
-impl Store for FallbackStore {
+/// The store is shared as `Arc<FallbackStore>`; the probe needs its own handle.
+#[derive(Clone, Debug)]
+pub struct SharedFallback(pub Arc<FallbackStore>);
+
+impl Store for SharedFallback {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
-        Box::pin(self.run(checks, mode))
+        Box::pin(self.0.run(checks, mode))
     }
 }

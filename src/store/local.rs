@@ -4,7 +4,17 @@
 //! A request locks the cells of all its keys, in key order so that two requests never wait on each
 //! other in a cycle, decides, commits or not, and lets go. Nothing is held across an `.await`.
 //! Every cell carries an expiry like a Redis TTL; `sweep` drops the expired ones.
+//!
+//! Memory is bounded: past `max_keys`, expired keys go first, then the keys closest to expiring
+//! (those idle the longest for a given window), down to 90% of the bound. An evicted key starts
+//! over from zero, so a flood of distinct keys can make another key's count restart, never make
+//! the process grow.
+//!
+//! As the Redis fallback the store counts differently: every check becomes a token bucket holding
+//! this replica's fair share of the tier's limit (`limit / replicas`, at least 1), refilled at that
+//! share per window.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
@@ -12,12 +22,23 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{Check, Mode, Outcome, Source, Store, StoreError};
-use crate::algorithm::{self, Algorithm, sliding_log::Log, sliding_window::Window};
+use crate::algorithm::token_bucket::{self, Bucket};
+use crate::algorithm::{self, Algorithm, Quota, sliding_log::Log, sliding_window::Window};
+
+/// How the store counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    /// Each tier's own algorithm and limit: the store is the primary one.
+    AsConfigured,
+    /// Token buckets of `limit / replicas` per window: the store stands in for Redis.
+    FairShare { replicas: u64 },
+}
 
 #[derive(Debug)]
 enum State {
     Window(Window),
     Log(Log),
+    Bucket(Bucket),
 }
 
 #[derive(Debug)]
@@ -32,20 +53,37 @@ struct Cell {
 pub struct LocalStore {
     cells: Arc<DashMap<String, Arc<Mutex<Cell>>>>,
     epoch: Instant,
-    source: Source,
+    counting: Counting,
+    max_keys: usize,
+    evicting: Arc<AtomicBool>,
 }
+
+/// The default bound on keys held in process.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 impl Default for LocalStore {
     fn default() -> Self {
-        Self::new(Source::Local)
+        Self::new(Counting::AsConfigured, DEFAULT_MAX_KEYS)
     }
 }
 
 impl LocalStore {
-    /// `source` is what decisions report: `Local` for the primary store, `Fallback` when it stands
-    /// in for Redis.
-    pub fn new(source: Source) -> Self {
-        LocalStore { cells: Arc::new(DashMap::new()), epoch: Instant::now(), source }
+    pub fn new(counting: Counting, max_keys: usize) -> Self {
+        LocalStore {
+            cells: Arc::new(DashMap::new()),
+            epoch: Instant::now(),
+            counting,
+            max_keys: max_keys.max(1),
+            evicting: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// What decisions report as their source.
+    fn source(&self) -> Source {
+        match self.counting {
+            Counting::AsConfigured => Source::Local,
+            Counting::FairShare { .. } => Source::Fallback,
+        }
     }
 
     /// Milliseconds on this store's monotonic clock.
@@ -74,6 +112,34 @@ impl LocalStore {
         before.saturating_sub(self.cells.len())
     }
 
+    /// Brings the store under 90% of `max_keys`: expired keys first, then those closest to
+    /// expiring. One caller at a time; the others go on (overshooting by at most their number).
+    fn make_room(&self, now: u64) {
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        self.sweep(now);
+        let target = self.max_keys / 10 * 9;
+        if self.cells.len() > target {
+            let mut expiries: Vec<u64> =
+                self.cells.iter().filter_map(|cell| cell.try_lock().ok().map(|c| c.expires_at)).collect();
+            let excess = self.cells.len() - target;
+            if excess > 0 && excess <= expiries.len() {
+                let (_, &mut cutoff, _) = expiries.select_nth_unstable(excess - 1);
+                let mut left = excess;
+                self.cells.retain(|_, cell| {
+                    if left == 0 || Arc::strong_count(cell) > 1 {
+                        return true;
+                    }
+                    let evict = cell.try_lock().is_ok_and(|c| c.expires_at <= cutoff);
+                    left -= usize::from(evict);
+                    !evict
+                });
+            }
+        }
+        self.evicting.store(false, Ordering::Release);
+    }
+
     /// Decides at an instant chosen by the caller: what the differential test uses to feed this
     /// store and the Lua script the same clock.
     pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Outcome {
@@ -82,7 +148,7 @@ impl LocalStore {
         // Keys are distinct within a request (each names its tier); a repeat would lock twice.
         debug_assert!(order.windows(2).all(|w| checks[w[0]].key != checks[w[1]].key));
         let cells: Vec<(usize, Arc<Mutex<Cell>>)> =
-            order.iter().map(|&i| (i, self.cell(&checks[i]))).collect();
+            order.iter().map(|&i| (i, self.cell(&checks[i], now))).collect();
         let mut guards: Vec<_> =
             cells.iter().map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner))).collect();
         guards.sort_by_key(|(i, _)| *i);
@@ -90,18 +156,23 @@ impl LocalStore {
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut next_windows = Vec::with_capacity(checks.len());
         for (check, (_, cell)) in checks.iter().zip(guards.iter_mut()) {
-            if !cell.state.counts_with(check.algorithm) {
+            let quota = self.quota(check);
+            if !cell.state.counts_as(self.kind(check)) {
                 // The tier changed algorithm on a reload: start over with the new one.
-                cell.state = State::fresh(check.algorithm);
+                cell.state = State::fresh(self.kind(check));
             }
             let (verdict, next) = match &mut cell.state {
                 State::Window(w) => {
-                    let (v, next) = algorithm::sliding_window::check(*w, now, check.quota);
-                    (v, Some(next))
+                    let (v, next) = algorithm::sliding_window::check(*w, now, quota);
+                    (v, Next::Window(next))
                 }
                 State::Log(log) => {
-                    log.trim(now, check.quota.window_ms);
-                    (log.check(now, check.quota), None)
+                    log.trim(now, quota.window_ms);
+                    (log.check(now, quota), Next::Log)
+                }
+                State::Bucket(b) => {
+                    let (v, next) = token_bucket::check(*b, now, quota);
+                    (v, Next::Bucket(next, quota.limit))
                 }
             };
             verdicts.push(verdict);
@@ -112,44 +183,89 @@ impl LocalStore {
         if admitted && mode == Mode::Consume {
             for ((check, (_, cell)), next) in checks.iter().zip(guards.iter_mut()).zip(next_windows) {
                 let q = check.quota;
-                match &mut cell.state {
-                    State::Window(w) => {
-                        *w = next.unwrap_or(*w);
+                match (&mut cell.state, next) {
+                    (State::Window(w), Next::Window(next)) => {
+                        *w = next;
                         cell.expires_at = now + 2 * q.window_ms;
                     }
-                    State::Log(log) => {
+                    (State::Log(log), _) => {
                         log.commit(now, q.cost);
                         cell.expires_at = now + q.window_ms;
                     }
+                    (State::Bucket(b), Next::Bucket(next, capacity)) => {
+                        *b = next;
+                        // Full again (and so forgettable) at tat.
+                        cell.expires_at =
+                            u64::try_from(next.tat.div_ceil(u128::from(capacity))).unwrap_or(u64::MAX);
+                    }
+                    _ => unreachable!("the next state is computed from the same cell state"),
                 }
             }
         }
-        Outcome { admitted, verdicts, source: self.source }
+        Outcome { admitted, verdicts, source: self.source() }
     }
 
-    fn cell(&self, check: &Check) -> Arc<Mutex<Cell>> {
+    /// The state kind a check is counted with here.
+    fn kind(&self, check: &Check) -> Kind {
+        match self.counting {
+            Counting::FairShare { .. } => Kind::Bucket,
+            Counting::AsConfigured => match check.algorithm {
+                Algorithm::SlidingWindow => Kind::Window,
+                Algorithm::SlidingLog => Kind::Log,
+            },
+        }
+    }
+
+    fn quota(&self, check: &Check) -> Quota {
+        match self.counting {
+            Counting::AsConfigured => check.quota,
+            Counting::FairShare { replicas } => {
+                Quota { limit: (check.quota.limit / replicas.max(1)).max(1), ..check.quota }
+            }
+        }
+    }
+
+    fn cell(&self, check: &Check, now: u64) -> Arc<Mutex<Cell>> {
         if let Some(cell) = self.cells.get(&check.key) {
             return Arc::clone(&cell);
         }
+        if self.cells.len() >= self.max_keys {
+            self.make_room(now);
+        }
         let entry = self.cells.entry(check.key.clone()).or_insert_with(|| {
-            Arc::new(Mutex::new(Cell { state: State::fresh(check.algorithm), expires_at: 0 }))
+            Arc::new(Mutex::new(Cell { state: State::fresh(self.kind(check)), expires_at: 0 }))
         });
         Arc::clone(&entry)
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Window,
+    Log,
+    Bucket,
+}
+
+/// The state a cell takes if the request is consumed.
+enum Next {
+    Window(Window),
+    Log,
+    Bucket(Bucket, u64),
+}
+
 impl State {
-    fn fresh(algorithm: Algorithm) -> State {
-        match algorithm {
-            Algorithm::SlidingWindow => State::Window(Window::default()),
-            Algorithm::SlidingLog => State::Log(Log::default()),
+    fn fresh(kind: Kind) -> State {
+        match kind {
+            Kind::Window => State::Window(Window::default()),
+            Kind::Log => State::Log(Log::default()),
+            Kind::Bucket => State::Bucket(Bucket::default()),
         }
     }
 
-    fn counts_with(&self, algorithm: Algorithm) -> bool {
+    fn counts_as(&self, kind: Kind) -> bool {
         matches!(
-            (self, algorithm),
-            (State::Window(_), Algorithm::SlidingWindow) | (State::Log(_), Algorithm::SlidingLog)
+            (self, kind),
+            (State::Window(_), Kind::Window) | (State::Log(_), Kind::Log) | (State::Bucket(_), Kind::Bucket)
         )
     }
 }

@@ -16,9 +16,9 @@ use futures::future::BoxFuture;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
 
-pub use fallback::FallbackStore;
-pub use local::LocalStore;
-pub use redis::{RedisConnection, RedisStore};
+pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
+pub use local::{Counting, LocalStore};
+pub use redis::{ConnectionKind, RedisStore, Topology};
 
 /// One tier-key of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct Check {
     pub quota: Quota,
     /// Evaluated and reported, never denies.
     pub shadow: bool,
+    /// What the fallback does with this check while Redis is unavailable.
+    pub on_failure: FailureMode,
 }
 
 /// Whether an admitted request consumes its cost.

@@ -3,67 +3,137 @@
 //! Redis's own clock (`TIME` inside the script) decides, so replicas with skewed clocks agree.
 //! Keys: `<check key>:sw` for a sliding window (a hash), `<check key>:log` and `<check key>:seq` for
 //! a sliding log; the check key ends in the hash tag, so a tier-key's keys share a Cluster slot.
+//!
+//! Topologies: a standalone server (one multiplexed connection, or a pool), Redis Cluster (the
+//! cluster client follows MOVED and failovers), or Sentinel (the master is asked of the sentinels
+//! again whenever `recover` runs, which is how a promoted replica is found). In a Cluster, the
+//! checks of one request are grouped by hash slot and each group is one script call, all sent at
+//! once: each group is atomic on its own, but a denial in one slot does not undo what another
+//! slot's group consumed.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use super::script::DECIDE;
 use super::{Check, Mode, Outcome, Source, Store, StoreError};
 use crate::algorithm::{Algorithm, Verdict};
+use crate::metrics;
 
-/// How requests reach Redis.
-#[derive(Clone)]
-pub enum RedisConnection {
-    /// One multiplexed connection shared by every request (pipelined by redis-rs); reconnects on
-    /// its own after a failure.
-    Multiplexed(ConnectionManager),
-    /// A pool of multiplexed connections (deadpool-redis).
-    Pool(deadpool_redis::Pool),
+/// Where Redis is and how to reach it. URLs may hold credentials; they are never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Topology {
+    Standalone { url: String, connection: ConnectionKind },
+    Cluster { nodes: Vec<String> },
+    Sentinel { nodes: Vec<String>, master_name: String },
 }
 
-impl std::fmt::Debug for RedisConnection {
+impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RedisConnection::Multiplexed(_) => f.write_str("Multiplexed"),
-            RedisConnection::Pool(p) => write!(f, "Pool(max {})", p.status().max_size),
+            Topology::Standalone { connection, .. } => write!(f, "standalone ({connection:?})"),
+            Topology::Cluster { nodes } => write!(f, "cluster ({} seed nodes)", nodes.len()),
+            Topology::Sentinel { nodes, master_name } => {
+                write!(f, "sentinel (master {master_name:?}, {} sentinels)", nodes.len())
+            }
         }
     }
 }
 
-#[derive(Clone, Debug)]
+/// Whether a standalone server is reached through one shared multiplexed connection or a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionKind {
+    Multiplexed,
+    /// deadpool-redis; note that it sends a PING with every checkout, a second round trip.
+    Pool {
+        size: usize,
+    },
+}
+
+#[derive(Clone)]
+enum Connection {
+    Manager(ConnectionManager),
+    Pool(deadpool_redis::Pool),
+    Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConnection>),
+}
+
+struct SentinelConnection {
+    client: tokio::sync::Mutex<SentinelClient>,
+    current: ArcSwap<MultiplexedConnection>,
+}
+
+#[derive(Clone)]
 pub struct RedisStore {
-    conn: RedisConnection,
+    conn: Connection,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.conn {
+            Connection::Manager(_) => "multiplexed",
+            Connection::Pool(_) => "pool",
+            Connection::Cluster(_) => "cluster",
+            Connection::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("RedisStore").field("connection", &kind).finish()
+    }
 }
 
 impl RedisStore {
-    /// Connects to a standalone Redis. `url` may carry credentials; it is never logged.
-    pub async fn connect(
-        url: &str,
-        connection: ConnectionKind,
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        let conn = match connection {
-            ConnectionKind::Multiplexed => {
-                let client = redis::Client::open(url)?;
+    /// Connects; `timeout` bounds connecting, not the calls (callers put their own deadline on
+    /// those).
+    pub async fn connect(topology: &Topology, timeout: Duration) -> Result<Self, StoreError> {
+        let connect_timeout = timeout.max(Duration::from_millis(200));
+        let conn = match topology {
+            Topology::Standalone { url, connection: ConnectionKind::Multiplexed } => {
                 let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+                    .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                RedisConnection::Multiplexed(client.get_connection_manager_with_config(config).await?)
+                Connection::Manager(
+                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?,
+                )
             }
-            ConnectionKind::Pool { size } => {
-                let mut cfg = deadpool_redis::Config::from_url(url);
-                cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
+            Topology::Standalone { url, connection: ConnectionKind::Pool { size } } => {
+                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
+                cfg.pool = Some(deadpool_redis::PoolConfig::new(*size));
                 let pool = cfg
                     .create_pool(Some(deadpool_redis::Runtime::Tokio1))
                     .map_err(|e| StoreError::Pool(e.to_string()))?;
-                RedisConnection::Pool(pool)
+                Connection::Pool(pool)
+            }
+            Topology::Cluster { nodes } => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(connect_timeout * 5)
+                    .retries(2)
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+            Topology::Sentinel { nodes, master_name } => {
+                let mut client = SentinelClient::build(
+                    nodes.iter().map(String::as_str).collect(),
+                    master_name.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )?;
+                let current = client.get_async_connection().await?;
+                Connection::Sentinel(Arc::new(SentinelConnection {
+                    client: tokio::sync::Mutex::new(client),
+                    current: ArcSwap::from_pointee(current),
+                }))
             }
         };
-        Ok(RedisStore { conn })
+        let store = RedisStore { conn };
+        store.ping().await?;
+        Ok(store)
     }
 
     /// Decides with `now` in ms instead of Redis `TIME`: for the differential test only.
@@ -71,20 +141,99 @@ impl RedisStore {
         self.run(checks, mode, now).await
     }
 
-    /// PING, for readiness and probes.
+    /// PING, for the probe that closes the circuit.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let cmd = redis::cmd("PING");
         match &self.conn {
-            RedisConnection::Multiplexed(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-            RedisConnection::Pool(p) => {
+            Connection::Manager(c) => cmd.query_async::<()>(&mut c.clone()).await?,
+            Connection::Pool(p) => {
                 let mut c = p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
                 cmd.query_async::<()>(&mut *c).await?
             }
+            Connection::Cluster(c) => cmd.query_async::<()>(&mut c.clone()).await?,
+            Connection::Sentinel(s) => cmd.query_async::<()>(&mut (**s.current.load()).clone()).await?,
+        }
+        Ok(())
+    }
+
+    /// After failures: asks the sentinels for the current master and connects to it. The other
+    /// topologies reconnect by themselves.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        if let Connection::Sentinel(s) = &self.conn {
+            let fresh = s.client.lock().await.get_async_connection().await?;
+            s.current.store(Arc::new(fresh));
         }
         Ok(())
     }
 
     async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
+        let started = Instant::now();
+        let result = match &self.conn {
+            Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
+            _ => self.invoke(checks, mode, now).await,
+        };
+        metrics::redis_duration(started.elapsed());
+        result
+    }
+
+    /// One script call per hash slot, all in flight at once; verdicts back in the checks' order.
+    async fn run_by_slot(
+        &self,
+        conn: &ClusterConnection,
+        checks: &[Check],
+        mode: Mode,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, check) in checks.iter().enumerate() {
+            let slot = key_slot(check.key.as_bytes());
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        if groups.len() == 1 {
+            return self.invoke_on(&mut conn.clone(), checks, mode, now).await;
+        }
+        let calls = groups.iter().map(|(_, members)| {
+            let subset: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+            let mut conn = conn.clone();
+            async move { self.invoke_on(&mut conn, &subset, mode, now).await }
+        });
+        let outcomes = futures::future::try_join_all(calls).await?;
+        let mut verdicts = vec![Verdict::default(); checks.len()];
+        let mut admitted = true;
+        for ((_, members), outcome) in groups.iter().zip(outcomes) {
+            admitted &= outcome.admitted;
+            for (&i, verdict) in members.iter().zip(outcome.verdicts) {
+                verdicts[i] = verdict;
+            }
+        }
+        Ok(Outcome { admitted, verdicts, source: Source::Redis })
+    }
+
+    async fn invoke(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
+        match &self.conn {
+            Connection::Manager(c) => self.invoke_on(&mut c.clone(), checks, mode, now).await,
+            Connection::Pool(p) => {
+                let mut c = p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
+                self.invoke_on(&mut *c, checks, mode, now).await
+            }
+            Connection::Cluster(c) => self.invoke_on(&mut c.clone(), checks, mode, now).await,
+            Connection::Sentinel(s) => {
+                let mut c = (**s.current.load()).clone();
+                self.invoke_on(&mut c, checks, mode, now).await
+            }
+        }
+    }
+
+    async fn invoke_on(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        checks: &[Check],
+        mode: Mode,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
         let mut invocation = DECIDE.prepare_invoke();
         invocation.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len());
         for check in checks {
@@ -104,22 +253,9 @@ impl RedisStore {
                 .arg(q.cost)
                 .arg(u8::from(check.shadow));
         }
-        let reply: Vec<i64> = match &self.conn {
-            RedisConnection::Multiplexed(c) => invocation.invoke_async(&mut c.clone()).await?,
-            RedisConnection::Pool(p) => {
-                let mut c = p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
-                invocation.invoke_async(&mut *c).await?
-            }
-        };
+        let reply: Vec<i64> = invocation.invoke_async(conn).await?;
         parse_reply(&reply, checks.len())
     }
-}
-
-/// Whether to share one multiplexed connection or use a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectionKind {
-    Multiplexed,
-    Pool { size: usize },
 }
 
 fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
@@ -142,8 +278,45 @@ fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
     Ok(Outcome { admitted: reply[0] == 1, verdicts, source: Source::Redis })
 }
 
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the part between the
+/// first `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
 impl Store for RedisStore {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(self.run(checks, mode, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn slots_follow_the_cluster_spec() {
+        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"{user:42}:minute"), key_slot(b"{user:42}:hour"));
+        assert_eq!(key_slot(b"{user:42}:minute"), 15880);
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"), "an empty tag hashes the whole key");
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
     }
 }

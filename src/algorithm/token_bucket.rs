@@ -1,0 +1,108 @@
+//! Token bucket as GCRA (generic cell rate algorithm): one instant per key.
+//!
+//! A bucket of `capacity` units refills at `capacity` units per window, i.e. one unit every
+//! `T = window / capacity`. Instead of a token count, the state is the *theoretical arrival time*
+//! `tat`: the instant at which the bucket would be full again. A request of `cost` moves it to
+//! `max(tat, now) + cost * T` and passes when that lies no further than `capacity * T` ahead of
+//! now. Over any span of length `W` at most `2 * capacity` units pass (a full bucket plus a window of
+//! refill), and on average `capacity` per window.
+//!
+//! To keep `T` exact when the window does not divide by the capacity, time is counted in units of
+//! `1 / capacity` ms: then `T` is `window_ms` units and `capacity * T` is `capacity * window_ms`.
+
+use super::{Quota, Verdict};
+
+/// The stored state: the theoretical arrival time, in `1 / capacity` ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub tat: u128,
+}
+
+/// Decides one request; returns the verdict and the state to store if it is consumed. `q.limit` is
+/// the bucket's capacity.
+pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
+    let capacity = u128::from(q.limit);
+    let t = u128::from(q.window_ms);
+    let now_scaled = u128::from(now) * capacity;
+    let horizon = capacity * t;
+    let start = state.tat.max(now_scaled);
+    let new_tat = start + u128::from(q.cost) * t;
+    let ahead = new_tat - now_scaled;
+    let to_ms = |scaled: u128| u64::try_from(scaled.div_ceil(capacity)).unwrap_or(u64::MAX);
+    if ahead <= horizon {
+        let verdict = Verdict {
+            allowed: true,
+            remaining: u64::try_from((horizon - ahead) / t).unwrap_or(u64::MAX),
+            retry_after_ms: 0,
+            reset_after_ms: to_ms(ahead),
+        };
+        return (verdict, Bucket { tat: new_tat });
+    }
+    let verdict = Verdict {
+        allowed: false,
+        remaining: u64::try_from(horizon.saturating_sub(start - now_scaled) / t).unwrap_or(u64::MAX),
+        retry_after_ms: to_ms(ahead - horizon),
+        reset_after_ms: to_ms(start - now_scaled),
+    };
+    (verdict, Bucket { tat: new_tat })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_full_bucket_then_the_refill_rate() {
+        let q = Quota { limit: 4, window_ms: 1000, cost: 1 };
+        let mut b = Bucket::default();
+        let now = 10_000;
+        for i in 0..4 {
+            let (v, next) = check(b, now, q);
+            assert!(v.allowed, "unit {i}");
+            assert_eq!(v.remaining, 3 - i);
+            b = next;
+        }
+        let (v, _) = check(b, now, q);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_ms, 250, "one unit refills every 250 ms");
+        assert!(check(b, now + 250, q).0.allowed);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_is_exact(capacity in 1u64..50, window in 1u64..10_000, costs in proptest::collection::vec(1u64..4, 1..60), cost in 1u64..4) {
+            prop_assume!(cost <= capacity);
+            let now = 1_000_000;
+            let mut b = Bucket::default();
+            for c in costs {
+                let q = Quota { limit: capacity, window_ms: window, cost: c.min(capacity) };
+                let (v, next) = check(b, now, q);
+                if v.allowed { b = next; }
+            }
+            let q = Quota { limit: capacity, window_ms: window, cost };
+            let (v, _) = check(b, now, q);
+            if !v.allowed {
+                prop_assert!(check(b, now + v.retry_after_ms, q).0.allowed);
+                prop_assert!(!check(b, now + v.retry_after_ms - 1, q).0.allowed);
+            }
+        }
+
+        #[test]
+        fn at_most_two_capacities_per_window(capacity in 1u64..20, steps in proptest::collection::vec(0u64..50, 1..300)) {
+            let q = Quota { limit: capacity, window_ms: 1000, cost: 1 };
+            let mut b = Bucket::default();
+            let mut now = 5_000;
+            let mut admitted = Vec::new();
+            for dt in steps {
+                now += dt;
+                let (v, next) = check(b, now, q);
+                if v.allowed { b = next; admitted.push(now); }
+            }
+            for &t in &admitted {
+                let in_span = admitted.iter().filter(|&&u| u >= t && u < t + 1000).count() as u64;
+                prop_assert!(in_span <= 2 * capacity);
+            }
+        }
+    }
+}

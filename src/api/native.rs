@@ -151,6 +151,7 @@ pub fn to_proto(d: Decision) -> pb::Decision {
         remaining: d.remaining,
         reset_after_ms: d.reset_after_ms,
         tier: d.tier.as_deref().unwrap_or_default().to_owned(),
+        source: d.source.map_or("", |s| s.as_str()).to_owned(),
         headers,
         tiers: d
             .statuses

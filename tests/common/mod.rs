@@ -2,6 +2,10 @@
 //! a Sluice server (`server::run` on port 0). Both are stopped on drop, even when a test fails.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+pub mod sentinel;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -105,6 +109,26 @@ impl RedisServer {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
+    }
+
+    /// SIGSTOP: the server hangs (connections stay open, nothing is answered).
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Starts the server again (empty) on the same port after `kill`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        self.spawn();
+    }
+
     /// Kills the server with SIGKILL and waits for it to go.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -122,8 +146,19 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // Thaw a frozen server first so that it dies and is reaped at once.
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+        }
         self.kill();
     }
+}
+
+/// Sends a signal by name with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// A Sluice server running `server::run` in this process on loopback ports, configured from a real
@@ -251,4 +286,84 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// One decision seen by a `Load` client.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub client: usize,
+    pub sent: Instant,
+    pub latency: Duration,
+    pub source: String,
+    pub allowed: bool,
+}
+
+/// Clients calling `Check` in a loop, each over its own connection, recording every decision and
+/// every failed RPC until `finish` (and at most 100 000 calls each).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Seen>, Vec<String>)>>,
+}
+
+impl Load {
+    /// `make(client, n)` builds the n-th request of a client; `pause` is slept between calls.
+    pub fn start<F>(addr: SocketAddr, clients: usize, pause: Duration, make: F) -> Load
+    where
+        F: Fn(usize, u64) -> pb::RateRequest + Send + Sync + 'static,
+    {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let make = std::sync::Arc::new(make);
+        let tasks = (0..clients)
+            .map(|client| {
+                let (stop, make) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&make));
+                tokio::spawn(async move {
+                    let mut rpc =
+                        RateLimiterClient::connect(format!("http://{addr}")).await.expect("connect");
+                    let (mut seen, mut failed) = (Vec::new(), Vec::new());
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                        let req = pb::CheckRequest { requests: vec![make(client, n)], dry_run: false };
+                        n += 1;
+                        let sent = Instant::now();
+                        match rpc.check(req).await {
+                            Ok(r) => {
+                                let d = &r.get_ref().decisions[0];
+                                seen.push(Seen {
+                                    client,
+                                    sent,
+                                    latency: sent.elapsed(),
+                                    source: d.source.clone(),
+                                    allowed: d.allowed,
+                                });
+                            }
+                            Err(status) => failed.push(format!("{status:?}")),
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    (seen, failed)
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients; returns every decision (in no particular order) and every failure.
+    pub async fn finish(self) -> (Vec<Seen>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut seen, mut failed) = (Vec::new(), Vec::new());
+        for task in self.tasks {
+            let (s, f) = task.await.expect("load client");
+            seen.extend(s);
+            failed.extend(f);
+        }
+        seen.sort_by_key(|s| s.sent);
+        (seen, failed)
+    }
+}
+
+/// The first decision from `source` sent at or after `after`.
+pub fn first_from(seen: &[Seen], source: &str, after: Instant) -> Option<Instant> {
+    seen.iter().filter(|s| s.sent >= after && s.source == source).map(|s| s.sent).min()
 }

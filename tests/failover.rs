@@ -1,0 +1,128 @@
+//! Redis dies or hangs under load: no failed RPC, no decision later than the deadline plus a small
+//! margin, decisions from the fallback within a second (holding the fair share), and back to Redis
+//! within two seconds of its return.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Load, RedisServer, Seen, SluiceServer, first_from, request};
+
+const DEADLINE: Duration = Duration::from_millis(50);
+/// Scheduling slack on a loaded 2-core machine, in a debug build, with clients in the same process.
+const MARGIN: Duration = Duration::from_millis(150);
+
+fn yaml(url: &str) -> String {
+    format!(
+        "redis:
+  url: {url}
+  timeout_ms: {}
+  probe_interval_ms: 100
+fallback:
+  replicas: 2
+tiers:
+  - name: hot
+    match: {{endpoint: /hot}}
+    key: [ip]
+    limit: 40
+    window: 20s
+  - name: steady
+    key: [ip]
+    limit: 100000000
+    window: 1m
+",
+        DEADLINE.as_millis()
+    )
+}
+
+/// The outages run one at a time: they measure latency, which a parallel outage would disturb.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn outage(freeze: bool) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut redis = RedisServer::start();
+    let server = SluiceServer::start(&yaml(&redis.url()), None).await;
+    // Six clients over a hundred keys, and a seventh hammering one hot key.
+    const HOT: usize = 6;
+    let load = Load::start(server.grpc_addr, HOT + 1, Duration::ZERO, |client, n| {
+        if client == HOT {
+            request(&[("ip", "198.51.100.1"), ("endpoint", "/hot")])
+        } else {
+            request(&[("ip", &format!("10.{client}.0.{}", n % 100))])
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed_at = Instant::now();
+    if freeze {
+        redis.freeze();
+    } else {
+        redis.kill();
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let back_at = Instant::now();
+    if freeze {
+        redis.thaw();
+    } else {
+        redis.start_again();
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (seen, failed) = load.finish().await;
+    assert!(failed.is_empty(), "{} failed RPCs, e.g. {:?}", failed.len(), failed.first());
+    assert!(seen.len() > 500, "only {} decisions", seen.len());
+    assert!(
+        seen.iter().any(|s| s.sent < failed_at && s.source == "redis"),
+        "decisions came from redis at first"
+    );
+
+    let slowest = seen.iter().max_by_key(|s| s.latency).expect("decisions");
+    assert!(
+        slowest.latency <= DEADLINE + MARGIN,
+        "a decision took {:?}, over {DEADLINE:?} + {MARGIN:?}; sent {:?} after the failure, from {}",
+        slowest.latency,
+        slowest.sent.saturating_duration_since(failed_at),
+        slowest.source
+    );
+
+    let fallback = first_from(&seen, "fallback", failed_at).expect("no decision came from the fallback");
+    assert!(fallback - failed_at < Duration::from_secs(1), "fallback after {:?}", fallback - failed_at);
+    let settled = failed_at + Duration::from_secs(1);
+    assert!(
+        seen.iter().filter(|s| s.sent >= settled && s.sent < back_at).all(|s| s.source == "fallback"),
+        "while redis was {} every decision after the first second comes from the fallback",
+        if freeze { "frozen" } else { "dead" }
+    );
+
+    // The hot key: limit 40 per 20 s over 2 replicas -> this replica's bucket holds 20 and refills
+    // at 1 per second, so the fallback admits the full bucket plus what refilled while it served.
+    let hot: Vec<&Seen> = seen.iter().filter(|s| s.client == HOT && s.source == "fallback").collect();
+    let span = hot.last().expect("hot").sent - hot.first().expect("hot").sent;
+    let hot_allowed = hot.iter().filter(|s| s.allowed).count();
+    let most = 20 + span.as_secs() as usize + 1;
+    assert!(hot.len() > 100, "the hot client sent only {} requests during the outage", hot.len());
+    assert!(
+        (20..=most).contains(&hot_allowed),
+        "the fallback admitted {hot_allowed} of the hot key in {span:?} (fair share 20 + refill: at most {most})"
+    );
+
+    let redis_again = first_from(&seen, "redis", back_at).expect("decisions never returned to redis");
+    assert!(
+        redis_again - back_at < Duration::from_secs(2),
+        "back to redis after {:?}",
+        redis_again - back_at
+    );
+    let (status, metrics) = common::http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("sluice_circuit_open 0"), "the circuit is closed again");
+    assert!(metrics.contains("sluice_redis_errors_total{error_type="), "redis errors are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load() {
+    outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_frozen_under_load() {
+    outage(true).await;
+}

@@ -276,3 +276,56 @@ impl Store for LocalStore {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FailureMode;
+
+    fn check(key: String, limit: u64) -> Check {
+        Check {
+            key,
+            algorithm: Algorithm::SlidingWindow,
+            quota: Quota { limit, window_ms: 60_000, cost: 1 },
+            shadow: false,
+            on_failure: FailureMode::Local,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_within_the_bound() {
+        for counting in [Counting::AsConfigured, Counting::FairShare { replicas: 3 }] {
+            let store = LocalStore::new(counting, 1_000);
+            for i in 0..50_000u64 {
+                let c = [check(format!("sluice:{{flood:{i}}}"), 10)];
+                assert!(store.decide_at(&c, Mode::Consume, 1_000 + i / 100).admitted);
+                assert!(store.len() <= 1_000, "{counting:?}: {} keys after {i}", store.len());
+            }
+        }
+    }
+
+    #[test]
+    fn the_idlest_keys_go_first() {
+        let store = LocalStore::new(Counting::AsConfigured, 100);
+        let busy = check("sluice:{t:busy}".into(), 1_000);
+        for i in 0..300u64 {
+            // The busy key is written at every step, so it is always the last to expire.
+            store.decide_at(std::slice::from_ref(&busy), Mode::Consume, 10_000 + i);
+            store.decide_at(&[check(format!("sluice:{{t:{i}}}"), 1_000)], Mode::Consume, 10_000 + i);
+        }
+        let o = store.decide_at(std::slice::from_ref(&busy), Mode::DryRun, 10_300);
+        assert_eq!(o.verdicts[0].remaining, 1_000 - 300 - 1, "the busy key kept its count");
+    }
+
+    #[test]
+    fn fair_share_divides_the_limit_and_full_buckets_are_swept() {
+        let store = LocalStore::new(Counting::FairShare { replicas: 4 }, 100);
+        let c = [check("sluice:{t:x}".into(), 20)];
+        let admitted = (0..10).filter(|_| store.decide_at(&c, Mode::Consume, 5_000).admitted).count();
+        assert_eq!(admitted, 5, "20 / 4 replicas");
+        assert_eq!(store.sweep(5_000), 0, "an empty bucket is kept");
+        // 5 per minute refill: full again after a minute, and then forgettable.
+        assert_eq!(store.sweep(65_000), 1);
+        assert!(store.is_empty());
+    }
+}

@@ -44,6 +44,7 @@ pub fn pick_port(bus: bool) -> u16 {
 }
 
 /// One `redis-server` or `redis-sentinel` child that logs to a file; SIGKILLed and reaped on drop.
+#[derive(Debug)]
 pub struct RedisProcess {
     pub port: u16,
     log: PathBuf,
@@ -53,6 +54,7 @@ pub struct RedisProcess {
 }
 
 /// Why a process did not come up.
+#[derive(Debug)]
 pub enum StartFailure {
     /// Someone took the port between `pick_port` and the server's bind: worth a retry on other ports.
     PortTaken,
@@ -282,6 +284,7 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<NodeLine> {
 
 /// A Redis Cluster of `masters` masters with `replicas_per_master` replicas each, every node a child of
 /// this process. All nodes are SIGKILLed on drop, also when the test panics.
+#[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisProcess>,
     /// Slots each killed master served when it was killed, for `wait_for_failover_of`.

@@ -35,6 +35,7 @@ struct State {
 ///
 /// A connection stalled by `stall()` resumes on `heal()`: bytes held back are then delivered late, as
 /// after a long network hiccup. A connection accepted while stalled connects upstream only once healed.
+#[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
     state: watch::Sender<State>,

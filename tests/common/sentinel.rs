@@ -13,6 +13,7 @@ const MASTER_NAME: &str = "mymaster";
 const START_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Primary + replica + three sentinels. All processes are SIGKILLed on drop, also when the test panics.
+#[derive(Debug)]
 pub struct RedisSentinel {
     primary: RedisProcess,
     replica: RedisProcess,

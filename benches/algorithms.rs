@@ -9,21 +9,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::algorithm::sliding_log::Log;
 use sluice::algorithm::sliding_window::{self, Window};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, LocalStore, Mode};
+use sluice::store::{Check, FailureMode, LocalStore, Mode};
 
 const KEYS: usize = 1000;
 
 fn sliding_window(c: &mut Criterion) {
-    let q = Quota {
-        limit: 1_000,
-        window_ms: 60_000,
-        cost: 1,
-    };
-    let state = Window {
-        start_ms: 120_000,
-        current: 300,
-        previous: 400,
-    };
+    let q = Quota { limit: 1_000, window_ms: 60_000, cost: 1 };
+    let state = Window { start_ms: 120_000, current: 300, previous: 400 };
     c.bench_function("sliding_window/check", |b| {
         b.iter(|| sliding_window::check(black_box(state), black_box(150_000), black_box(q)))
     });
@@ -31,11 +23,7 @@ fn sliding_window(c: &mut Criterion) {
 
 fn sliding_log(c: &mut Criterion) {
     // One request every 10 ms against a 1 s window: about 100 entries live, one leaves per step.
-    let q = Quota {
-        limit: 200,
-        window_ms: 1_000,
-        cost: 1,
-    };
+    let q = Quota { limit: 200, window_ms: 1_000, cost: 1 };
     let mut log = Log::default();
     let mut now = 0u64;
     c.bench_function("sliding_log/trim_check_commit", |b| {
@@ -53,11 +41,7 @@ fn sliding_log(c: &mut Criterion) {
 
 /// One request's checks for each of `KEYS` clients: `tiers` sliding-window tiers keyed by ip.
 fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
-    let quota = Quota {
-        limit: 100_000_000,
-        window_ms: 1_000,
-        cost: 1,
-    };
+    let quota = Quota { limit: 100_000_000, window_ms: 1_000, cost: 1 };
     (0..KEYS)
         .map(|i| {
             tiers
@@ -67,6 +51,7 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
                     algorithm: Algorithm::SlidingWindow,
                     quota,
                     shadow: false,
+                    on_failure: FailureMode::Local,
                 })
                 .collect()
         })
@@ -75,10 +60,9 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
 
 fn local_store(c: &mut Criterion) {
     let mut group = c.benchmark_group("local_store/decide_at");
-    for (name, tiers) in [
-        ("1_check", &["edge_ip"][..]),
-        ("3_checks", &["edge_ip", "burst_ip", "daily_ip"][..]),
-    ] {
+    for (name, tiers) in
+        [("1_check", &["edge_ip"][..]), ("3_checks", &["edge_ip", "burst_ip", "daily_ip"][..])]
+    {
         let store = LocalStore::default();
         let requests = requests(tiers);
         let mut n = 0usize;

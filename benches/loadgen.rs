@@ -39,10 +39,7 @@ const MAX_ERRORS_PER_TASK: u64 = 100;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "loadgen",
-    about = "Load generator and no-op server for sluice.v1.RateLimiter"
-)]
+#[command(name = "loadgen", about = "Load generator and no-op server for sluice.v1.RateLimiter")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -114,11 +111,7 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         // `cargo test --benches` runs this with no arguments: there is nothing to measure then.
         eprintln!("loadgen: nothing to do; see `cargo bench --bench loadgen -- --help`");
-        return if cli.bench {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        };
+        return if cli.bench { ExitCode::from(2) } else { ExitCode::SUCCESS };
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Load(args) = &command {
@@ -147,11 +140,7 @@ fn main() -> ExitCode {
 }
 
 fn loopback_only(addr: SocketAddr) -> Result<(), String> {
-    if addr.ip() == Ipv4Addr::LOCALHOST {
-        Ok(())
-    } else {
-        Err(format!("{addr}: only 127.0.0.1 is allowed"))
-    }
+    if addr.ip() == Ipv4Addr::LOCALHOST { Ok(()) } else { Err(format!("{addr}: only 127.0.0.1 is allowed")) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,12 +156,7 @@ impl RateLimiter for Noop {
         request: tonic::Request<pb::CheckRequest>,
     ) -> Result<tonic::Response<pb::CheckResponse>, tonic::Status> {
         let entries = request.get_ref().requests.len();
-        let decisions = (0..entries)
-            .map(|_| pb::Decision {
-                allowed: true,
-                ..Default::default()
-            })
-            .collect();
+        let decisions = (0..entries).map(|_| pb::Decision { allowed: true, ..Default::default() }).collect();
         Ok(tonic::Response::new(pb::CheckResponse { decisions }))
     }
 }
@@ -216,8 +200,7 @@ struct Tally {
 impl Tally {
     fn new() -> Tally {
         Tally {
-            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                .expect("constant bounds are valid"),
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid"),
             denied: 0,
             errors: 0,
             first_error: None,
@@ -232,9 +215,7 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Tally) {
-        self.latency
-            .add(&other.latency)
-            .expect("histograms of the same bounds add up");
+        self.latency.add(&other.latency).expect("histograms of the same bounds add up");
         self.denied += other.denied;
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -270,18 +251,10 @@ async fn connect(addr: SocketAddr) -> Result<Channel, String> {
 }
 
 fn request_for(key: u32) -> pb::CheckRequest {
-    let ip = format!(
-        "10.{}.{}.{}",
-        (key >> 16) & 0xff,
-        (key >> 8) & 0xff,
-        key & 0xff
-    );
+    let ip = format!("10.{}.{}.{}", (key >> 16) & 0xff, (key >> 8) & 0xff, key & 0xff);
     pb::CheckRequest {
         requests: vec![pb::RateRequest {
-            attributes: Some(pb::Attributes {
-                ip,
-                ..Default::default()
-            }),
+            attributes: Some(pb::Attributes { ip, ..Default::default() }),
             cost: None,
             tiers: Vec::new(),
         }],
@@ -315,17 +288,14 @@ async fn task(
                 continue;
             }
             Err(_) => {
-                tally
-                    .error(|| format!("no answer within {} ms", schedule.call_timeout.as_millis()));
+                tally.error(|| format!("no answer within {} ms", schedule.call_timeout.as_millis()));
                 continue;
             }
         };
         if sent < schedule.measure_from {
             continue;
         }
-        tally
-            .latency
-            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+        tally.latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
         if !response.decisions.iter().all(|d| d.allowed) || response.decisions.is_empty() {
             tally.denied += 1;
         }
@@ -336,10 +306,7 @@ async fn task(
 async fn load(args: LoadArgs) -> Result<(), String> {
     loopback_only(args.addr)?;
     let concurrency = args.concurrency as usize;
-    let connections = args
-        .connections
-        .unwrap_or(args.concurrency.min(4))
-        .min(args.concurrency) as usize;
+    let connections = args.connections.unwrap_or(args.concurrency.min(4)).min(args.concurrency) as usize;
     let ticks_per_sec = clock_ticks_per_sec();
 
     let mut clients = Vec::with_capacity(connections);
@@ -358,14 +325,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let client = clients[w % connections].clone();
-            tokio::spawn(task(
-                client,
-                Arc::clone(&requests),
-                w,
-                concurrency,
-                calls_per_task,
-                schedule,
-            ))
+            tokio::spawn(task(client, Arc::clone(&requests), w, concurrency, calls_per_task, schedule))
         })
         .collect();
 
@@ -378,11 +338,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
 
     let mut total = Tally::new();
     for handle in tasks {
-        total.merge(
-            handle
-                .await
-                .map_err(|e| format!("a load task failed: {e}"))?,
-        );
+        total.merge(handle.await.map_err(|e| format!("a load task failed: {e}"))?);
     }
 
     let decisions = total.latency.len();
@@ -394,11 +350,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         _ => "-".to_owned(),
     };
     let percentile = |q: f64| {
-        if decisions > 0 {
-            total.latency.value_at_quantile(q).to_string()
-        } else {
-            "-".to_owned()
-        }
+        if decisions > 0 { total.latency.value_at_quantile(q).to_string() } else { "-".to_owned() }
     };
     println!(
         "target={} c={} keys={} conns={} secs={:.2} decisions={} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} \
@@ -413,11 +365,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         percentile(0.5),
         percentile(0.99),
         percentile(0.999),
-        if decisions > 0 {
-            total.latency.max().to_string()
-        } else {
-            "-".to_owned()
-        },
+        if decisions > 0 { total.latency.max().to_string() } else { "-".to_owned() },
         total.denied,
         total.errors,
         per_decision(cpu_before.server, cpu_after.server),
@@ -459,10 +407,7 @@ fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     // The command name (field 2) is in parentheses and may itself hold spaces or parentheses: the
     // fields counted here start after the last ')', with field 3 (state).
-    let rest = stat
-        .rfind(')')
-        .map(|at| &stat[at + 1..])
-        .ok_or_else(|| format!("{path}: no command name"))?;
+    let rest = stat.rfind(')').map(|at| &stat[at + 1..]).ok_or_else(|| format!("{path}: no command name"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> Result<u64, String> {
         fields

@@ -47,8 +47,8 @@ free_port() {
 
 # Waits (at most 10 s) until something accepts connections on 127.0.0.1:$1.
 wait_port() {
-  local i
-  for i in $(seq 200); do
+  local _
+  for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done

@@ -2,8 +2,7 @@
 # Sluice under load, next to a no-op RateLimiter server that does nothing but answer "allowed":
 #   noop                  benches/loadgen.rs's no-op server
 #   sluice-local          `sluice serve`, in-process store
-#   sluice-redis-mux      `sluice serve` on Redis, one multiplexed connection
-#   sluice-redis-pool     `sluice serve` on Redis, a pool of 16 connections
+#   sluice-redis          `sluice serve` on Redis (pipelined script calls over one connection)
 # each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision script alone with
 # redis-benchmark. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
 # admitted decision. Everything listens on 127.0.0.1 on free ports; every process started here is
@@ -171,10 +170,8 @@ redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
 # Sluice must load the very same text: after a flush only its own load can bring this SHA back.
 redis-cli -p "$REDIS_PORT" SCRIPT FLUSH >/dev/null
 
-serve_sluice sluice-redis-mux "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", connection: multiplexed}"
+serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 SAME_SCRIPT=$(redis-cli -p "$REDIS_PORT" SCRIPT EXISTS "$SHA" | head -n 1)
-redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
-serve_sluice sluice-redis-pool "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", connection: pool, pool_size: 16}"
 
 # --- summary
 echo
@@ -202,11 +199,11 @@ at = {r["target"]: r for r in runs if int(r["c"]) == top}
 if "noop" in at:
     noop = float(at["noop"]["rps"])
     print()
-    for target, goal in (("sluice-local", 0.95), ("sluice-redis-mux", 0.80), ("sluice-redis-pool", 0.80)):
+    for target, goal in (("sluice-local", 0.95), ("sluice-redis", 0.80)):
         if target in at:
             ratio = float(at[target]["rps"]) / noop
             print(f"{target} / noop at c={top}: {ratio:.2f} (target {goal:.2f}: {'met' if ratio >= goal else 'MISSED'})")
-for target in ("sluice-redis-mux", "sluice-redis-pool"):
+for target in ("sluice-redis",):
     if target in at and at[target].get("cpu_us_per_decision", "-") != "-":
         cpu = float(at[target]["cpu_us_per_decision"])
         print(f"{target} server CPU at c={top}: {cpu} µs/decision (target < 40: {'met' if cpu < 40 else 'MISSED'})")

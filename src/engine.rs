@@ -61,12 +61,13 @@ impl Engine {
         let matched = matching(&tiers, request)?;
 
         if let Some(exempt) = matched.iter().find(|t| t.rule == Rule::Exempt) {
-            metrics::decision(&exempt.name, "exempt", "none");
+            exempt.counters.record(&exempt.name, "exempt", "none");
             return Ok(Decision::uncounted(Some(Arc::clone(&exempt.name))));
         }
 
         let mut checks = Vec::with_capacity(matched.len());
         let mut counted = Vec::with_capacity(matched.len());
+        let mut counters = Vec::with_capacity(matched.len());
         for tier in matched {
             let Rule::Limited(limit) = tier.rule else { continue };
             let cost = request.cost.saturating_mul(limit.cost);
@@ -87,6 +88,7 @@ impl Engine {
                 on_failure: tier.on_failure,
             });
             counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
+            counters.push(&tier.counters);
         }
         if checks.is_empty() {
             metrics::decision("(none)", "allow", "none");
@@ -96,8 +98,8 @@ impl Engine {
         let outcome = self.store.decide(&checks, mode).await?;
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
-        for status in &decision.statuses {
-            metrics::decision(&status.tier, status.label(), source);
+        for (status, counters) in decision.statuses.iter().zip(counters) {
+            counters.record(&status.tier, status.label(), source);
         }
         metrics::decision_duration(started.elapsed());
         Ok(decision)

@@ -52,8 +52,30 @@ fn describe() {
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
 }
 
-pub fn decision(tier: &str, decision: &'static str, source: &'static str) {
-    counter!(DECISIONS, "tier" => tier.to_owned(), "decision" => decision, "source" => source).increment(1);
+const DECISION_LABELS: [&str; 4] = ["allow", "deny", "shadow_deny", "exempt"];
+const SOURCE_LABELS: [&str; 4] = ["redis", "local", "fallback", "none"];
+
+/// One tier's decision counters, each registered on first use and then incremented without a
+/// registry lookup.
+#[derive(Debug, Default)]
+pub struct TierCounters([std::sync::OnceLock<metrics::Counter>; 16]);
+
+impl TierCounters {
+    pub fn record(&self, tier: &std::sync::Arc<str>, decision: &'static str, source: &'static str) {
+        let d = DECISION_LABELS.iter().position(|l| *l == decision).unwrap_or(0);
+        let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(3);
+        self.0[d * 4 + s]
+            .get_or_init(|| {
+                let tier = std::sync::Arc::clone(tier);
+                counter!(DECISIONS, "tier" => tier, "decision" => DECISION_LABELS[d], "source" => SOURCE_LABELS[s])
+            })
+            .increment(1);
+    }
+}
+
+/// For decisions no tier counted.
+pub fn decision(tier: &'static str, decision: &'static str, source: &'static str) {
+    counter!(DECISIONS, "tier" => tier, "decision" => decision, "source" => source).increment(1);
 }
 
 pub fn decision_duration(elapsed: Duration) {

@@ -111,6 +111,7 @@ pub struct Tier {
     pub rule: Rule,
     pub shadow: bool,
     pub on_failure: FailureMode,
+    pub counters: crate::metrics::TierCounters,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
@@ -126,6 +127,7 @@ impl Tier {
             rule,
             shadow: false,
             on_failure: FailureMode::Local,
+            counters: Default::default(),
             key_prefix: format!("sluice:{{{name}:"),
         }
     }

@@ -8,17 +8,14 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, ConnectionKind, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::store::{Check, FailureMode, LocalStore, Mode, RedisStore, Topology};
 
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
     let server = common::RedisServer::start();
-    let redis = RedisStore::connect(
-        &Topology::Standalone { url: server.url(), connection: ConnectionKind::Multiplexed },
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("connect");
+    let redis = RedisStore::connect(&Topology::Standalone { url: server.url() }, Duration::from_secs(2))
+        .await
+        .expect("connect");
     let local = LocalStore::default();
 
     // A few tiers over a few keys, so counts collide and windows roll over many times.

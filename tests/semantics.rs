@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, ConnectionKind, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
+use sluice::store::{Check, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
 const T0: u64 = 1_000_000_000;
@@ -24,12 +24,9 @@ impl Subject {
 
     async fn redis() -> Subject {
         let server = RedisServer::start();
-        let store = RedisStore::connect(
-            &Topology::Standalone { url: server.url(), connection: ConnectionKind::Multiplexed },
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("connect to the test redis");
+        let store = RedisStore::connect(&Topology::Standalone { url: server.url() }, Duration::from_secs(2))
+            .await
+            .expect("connect to the test redis");
         Subject::Redis(store, server)
     }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::algorithm::Algorithm;
-use crate::store::{ConnectionKind, FailureMode, Topology};
+use crate::store::{FailureMode, Topology};
 use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
 
 /// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
@@ -346,15 +346,7 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
     let topology = match (r.url, r.cluster, r.sentinel) {
         (Some(url), None, None) => {
             url_problem(problems, "redis.url".into(), &url);
-            let connection = match r.connection.as_str() {
-                "multiplexed" => ConnectionKind::Multiplexed,
-                "pool" => ConnectionKind::Pool { size: r.pool_size.max(1) },
-                other => {
-                    problems.push(format!("redis.connection: {other:?} is not one of multiplexed, pool"));
-                    ConnectionKind::Multiplexed
-                }
-            };
-            Topology::Standalone { url, connection }
+            Topology::Standalone { url }
         }
         (None, Some(nodes), None) => {
             if nodes.is_empty() {
@@ -389,9 +381,6 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
             return None;
         }
     };
-    if r.pool_size == 0 {
-        problems.push("redis.pool_size: must be at least 1".into());
-    }
     for (key, value) in [("redis.timeout_ms", r.timeout_ms), ("redis.probe_interval_ms", r.probe_interval_ms)]
     {
         if value == 0 {

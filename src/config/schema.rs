@@ -65,12 +65,6 @@ pub struct Redis {
     /// Deadline of one decision call to Redis; past it the request is decided in process.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// `multiplexed` (one shared pipelined connection, the default) or `pool`.
-    #[serde(default = "default_connection")]
-    pub connection: String,
-    /// Connections in the pool when `connection: pool`.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -115,12 +109,6 @@ impl Default for Local {
     fn default() -> Self {
         Local { max_keys: 1_000_000 }
     }
-}
-fn default_connection() -> String {
-    "multiplexed".into()
-}
-fn default_pool_size() -> usize {
-    16
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use crate::algorithm::{Algorithm, Quota, Verdict};
 
 pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
 pub use local::{Counting, LocalStore};
-pub use redis::{ConnectionKind, RedisStore, Topology};
+pub use redis::{RedisStore, Topology};
 
 /// One tier-key of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +78,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(String),
+    #[error("too many calls waiting for redis")]
+    Overloaded,
     #[error("redis did not answer within {0} ms")]
     Timeout(u64),
     #[error("unexpected reply from the decision script: {0}")]
@@ -108,7 +108,7 @@ impl StoreError {
                         )
                     )
             }
-            StoreError::Pool(_) | StoreError::Timeout(_) => true,
+            StoreError::Overloaded | StoreError::Timeout(_) => true,
             StoreError::BadReply(_) => false,
         }
     }
@@ -120,7 +120,7 @@ impl StoreError {
             StoreError::Redis(e) if e.is_connection_refusal() => "refused",
             StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "io",
             StoreError::Redis(_) => "server",
-            StoreError::Pool(_) => "pool",
+            StoreError::Overloaded => "overloaded",
             StoreError::Timeout(_) => "deadline",
             StoreError::BadReply(_) => "bad_reply",
         }

@@ -4,15 +4,21 @@
 //! Keys: `<check key>:sw` for a sliding window (a hash), `<check key>:log` and `<check key>:seq` for
 //! a sliding log; the check key ends in the hash tag, so a tier-key's keys share a Cluster slot.
 //!
-//! Topologies: a standalone server (one multiplexed connection, or a pool), Redis Cluster (the
-//! cluster client follows MOVED and failovers), or Sentinel (the master is asked of the sentinels
-//! again whenever `recover` runs, which is how a promoted replica is found). In a Cluster, the
-//! checks of one request are grouped by hash slot and each group is one script call, all sent at
-//! once: each group is atomic on its own, but a denial in one slot does not undo what another
-//! slot's group consumed.
+//! Topologies: a standalone server, Redis Cluster (the cluster client follows MOVED and
+//! failovers), or Sentinel (the master is asked of the sentinels again whenever `recover` runs,
+//! which is how a promoted replica is found). In a Cluster, the checks of one request are grouped by
+//! hash slot and each group is one script call, all sent at once: each group is atomic on its own,
+//! but a denial in one slot does not undo what another slot's group consumed.
+//!
+//! Standalone and Sentinel calls go through a `Batcher`: the script calls of concurrent requests
+//! that queue up while a batch is in flight leave together as one pipeline (one write, one read),
+//! still one EVALSHA per request. Nothing waits to fill a batch; under load the batches fill
+//! themselves, which saves Redis and Sluice a system call pair and a wake-up per decision.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -28,7 +34,7 @@ use crate::metrics;
 /// Where Redis is and how to reach it. URLs may hold credentials; they are never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Topology {
-    Standalone { url: String, connection: ConnectionKind },
+    Standalone { url: String },
     Cluster { nodes: Vec<String> },
     Sentinel { nodes: Vec<String>, master_name: String },
 }
@@ -36,7 +42,7 @@ pub enum Topology {
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Topology::Standalone { connection, .. } => write!(f, "standalone ({connection:?})"),
+            Topology::Standalone { .. } => f.write_str("standalone"),
             Topology::Cluster { nodes } => write!(f, "cluster ({} seed nodes)", nodes.len()),
             Topology::Sentinel { nodes, master_name } => {
                 write!(f, "sentinel (master {master_name:?}, {} sentinels)", nodes.len())
@@ -45,22 +51,11 @@ impl std::fmt::Debug for Topology {
     }
 }
 
-/// Whether a standalone server is reached through one shared multiplexed connection or a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectionKind {
-    Multiplexed,
-    /// deadpool-redis; note that it sends a PING with every checkout, a second round trip.
-    Pool {
-        size: usize,
-    },
-}
-
 #[derive(Clone)]
 enum Connection {
-    Manager(ConnectionManager),
-    Pool(deadpool_redis::Pool),
+    Manager(ConnectionManager, Batcher),
     Cluster(ClusterConnection),
-    Sentinel(Arc<SentinelConnection>),
+    Sentinel(Arc<SentinelConnection>, Batcher),
 }
 
 struct SentinelConnection {
@@ -76,10 +71,9 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.conn {
-            Connection::Manager(_) => "multiplexed",
-            Connection::Pool(_) => "pool",
+            Connection::Manager(..) => "standalone",
             Connection::Cluster(_) => "cluster",
-            Connection::Sentinel(_) => "sentinel",
+            Connection::Sentinel(..) => "sentinel",
         };
         f.debug_struct("RedisStore").field("connection", &kind).finish()
     }
@@ -91,23 +85,16 @@ impl RedisStore {
     pub async fn connect(topology: &Topology, timeout: Duration) -> Result<Self, StoreError> {
         let connect_timeout = timeout.max(Duration::from_millis(200));
         let conn = match topology {
-            Topology::Standalone { url, connection: ConnectionKind::Multiplexed } => {
+            Topology::Standalone { url } => {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Manager(
-                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?,
-                )
-            }
-            Topology::Standalone { url, connection: ConnectionKind::Pool { size } } => {
-                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
-                cfg.pool = Some(deadpool_redis::PoolConfig::new(*size));
-                let pool = cfg
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| StoreError::Pool(e.to_string()))?;
-                Connection::Pool(pool)
+                let manager =
+                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?;
+                let batcher = Batcher::start(Target::Manager(manager.clone()));
+                Connection::Manager(manager, batcher)
             }
             Topology::Cluster { nodes } => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
@@ -125,10 +112,12 @@ impl RedisStore {
                     SentinelServerType::Master,
                 )?;
                 let current = client.get_async_connection().await?;
-                Connection::Sentinel(Arc::new(SentinelConnection {
+                let sentinel = Arc::new(SentinelConnection {
                     client: tokio::sync::Mutex::new(client),
                     current: ArcSwap::from_pointee(current),
-                }))
+                });
+                let batcher = Batcher::start(Target::Sentinel(Arc::clone(&sentinel)));
+                Connection::Sentinel(sentinel, batcher)
             }
         };
         let store = RedisStore { conn };
@@ -145,13 +134,9 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let cmd = redis::cmd("PING");
         match &self.conn {
-            Connection::Manager(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-            Connection::Pool(p) => {
-                let mut c = p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
-                cmd.query_async::<()>(&mut *c).await?
-            }
+            Connection::Manager(c, _) => cmd.query_async::<()>(&mut c.clone()).await?,
             Connection::Cluster(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-            Connection::Sentinel(s) => cmd.query_async::<()>(&mut (**s.current.load()).clone()).await?,
+            Connection::Sentinel(s, _) => cmd.query_async::<()>(&mut (**s.current.load()).clone()).await?,
         }
         Ok(())
     }
@@ -159,7 +144,7 @@ impl RedisStore {
     /// After failures: asks the sentinels for the current master and connects to it. The other
     /// topologies reconnect by themselves.
     pub async fn recover(&self) -> Result<(), StoreError> {
-        if let Connection::Sentinel(s) = &self.conn {
+        if let Connection::Sentinel(s, _) = &self.conn {
             let fresh = s.client.lock().await.get_async_connection().await?;
             s.current.store(Arc::new(fresh));
         }
@@ -170,7 +155,12 @@ impl RedisStore {
         let started = Instant::now();
         let result = match &self.conn {
             Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
-            _ => self.invoke(checks, mode, now).await,
+            Connection::Manager(_, batcher) | Connection::Sentinel(_, batcher) => {
+                let reply = batcher.call(decide_cmd(checks, mode, now)).await?;
+                let values = redis::from_redis_value::<Vec<i64>>(reply)
+                    .map_err(|e| StoreError::BadReply(e.to_string()))?;
+                parse_reply(&values, checks.len())
+            }
         };
         metrics::redis_duration(started.elapsed());
         result
@@ -212,21 +202,6 @@ impl RedisStore {
         Ok(Outcome { admitted, verdicts, source: Source::Redis })
     }
 
-    async fn invoke(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
-        match &self.conn {
-            Connection::Manager(c) => self.invoke_on(&mut c.clone(), checks, mode, now).await,
-            Connection::Pool(p) => {
-                let mut c = p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
-                self.invoke_on(&mut *c, checks, mode, now).await
-            }
-            Connection::Cluster(c) => self.invoke_on(&mut c.clone(), checks, mode, now).await,
-            Connection::Sentinel(s) => {
-                let mut c = (**s.current.load()).clone();
-                self.invoke_on(&mut c, checks, mode, now).await
-            }
-        }
-    }
-
     async fn invoke_on(
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
@@ -234,27 +209,144 @@ impl RedisStore {
         mode: Mode,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let mut invocation = DECIDE.prepare_invoke();
-        invocation.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len());
-        for check in checks {
-            match check.algorithm {
-                Algorithm::SlidingWindow => {
-                    invocation.key(format!("{}:sw", check.key));
-                }
-                Algorithm::SlidingLog => {
-                    invocation.key(format!("{}:log", check.key)).key(format!("{}:seq", check.key));
-                }
+        let cmd = decide_cmd(checks, mode, now);
+        let reply = match cmd.query_async::<Vec<i64>>(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                DECIDE.load_async(conn).await?;
+                cmd.query_async::<Vec<i64>>(conn).await?
             }
-            let q = check.quota;
-            invocation
-                .arg(check.algorithm.code())
-                .arg(q.limit)
-                .arg(q.window_ms)
-                .arg(q.cost)
-                .arg(u8::from(check.shadow));
-        }
-        let reply: Vec<i64> = invocation.invoke_async(conn).await?;
+            other => other?,
+        };
         parse_reply(&reply, checks.len())
+    }
+}
+
+/// One EVALSHA of the decision script for the checks of one request (see lua/decide.lua).
+fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
+    let keys: usize = checks.iter().map(|c| if c.algorithm == Algorithm::SlidingLog { 2 } else { 1 }).sum();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DECIDE.get_hash()).arg(keys);
+    for check in checks {
+        match check.algorithm {
+            Algorithm::SlidingWindow => {
+                cmd.arg(format!("{}:sw", check.key));
+            }
+            Algorithm::SlidingLog => {
+                cmd.arg(format!("{}:log", check.key)).arg(format!("{}:seq", check.key));
+            }
+        }
+    }
+    cmd.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len());
+    for check in checks {
+        let q = check.quota;
+        cmd.arg(check.algorithm.code()).arg(q.limit).arg(q.window_ms).arg(q.cost).arg(u8::from(check.shadow));
+    }
+    cmd
+}
+
+/// Most script calls in one pipeline.
+const MAX_BATCH: usize = 256;
+/// Pipelines in flight at once per connection; while they are out, the next batch gathers.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Calls that may wait for a batch; beyond it a call fails at once (and is decided by the fallback).
+const QUEUE: usize = 8192;
+
+/// The connection a batcher writes to.
+enum Target {
+    Manager(ConnectionManager),
+    Sentinel(Arc<SentinelConnection>),
+}
+
+struct Job {
+    cmd: redis::Cmd,
+    reply: oneshot::Sender<Result<redis::Value, redis::RedisError>>,
+}
+
+/// Gathers the script calls of concurrent requests into pipelines (see the module doc).
+#[derive(Clone)]
+struct Batcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    fn start(target: Target) -> Batcher {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(gather(target, queue));
+        Batcher { jobs }
+    }
+
+    async fn call(&self, cmd: redis::Cmd) -> Result<redis::Value, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.try_send(Job { cmd, reply }).map_err(|_| StoreError::Overloaded)?;
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Overloaded),
+        }
+    }
+}
+
+/// Runs until every `Batcher` handle is gone.
+async fn gather(target: Target, mut queue: mpsc::Receiver<Job>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let target = Arc::new(target);
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
+        let target = Arc::clone(&target);
+        tokio::spawn(async move {
+            match target.as_ref() {
+                Target::Manager(c) => send(&mut c.clone(), jobs).await,
+                Target::Sentinel(s) => send(&mut (**s.current.load()).clone(), jobs).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one pipeline and hands each reply to its caller; calls that met an empty script cache
+/// (after a restart or SCRIPT FLUSH) are sent again once the script is loaded.
+async fn send(conn: &mut impl redis::aio::ConnectionLike, jobs: Vec<Job>) {
+    let mut pipe = redis::Pipeline::with_capacity(jobs.len());
+    pipe.ignore_errors();
+    for job in &jobs {
+        pipe.add_command(job.cmd.clone());
+    }
+    let fail_all = |jobs: Vec<Job>, e: redis::RedisError| {
+        for job in jobs {
+            let _ = job.reply.send(Err(e.clone()));
+        }
+    };
+    let replies = match pipe.query_async::<Vec<redis::Value>>(conn).await {
+        Ok(replies) if replies.len() == jobs.len() => replies,
+        Ok(replies) => {
+            let detail = format!("{} replies for {} calls", replies.len(), jobs.len());
+            return fail_all(
+                jobs,
+                (redis::ErrorKind::Client, "pipeline reply count mismatch", detail).into(),
+            );
+        }
+        Err(e) => return fail_all(jobs, e),
+    };
+    let no_script = |v: &redis::Value| matches!(v, redis::Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript));
+    let mut again = Vec::new();
+    for (job, reply) in jobs.into_iter().zip(replies) {
+        if no_script(&reply) {
+            again.push(job);
+        } else {
+            let _ = job.reply.send(reply.extract_error());
+        }
+    }
+    if again.is_empty() {
+        return;
+    }
+    if let Err(e) = DECIDE.load_async(conn).await {
+        return fail_all(again, e);
+    }
+    for job in again {
+        let _ = job.reply.send(job.cmd.query_async::<redis::Value>(conn).await);
     }
 }
 

@@ -78,8 +78,6 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error("too many calls waiting for redis")]
-    Overloaded,
     #[error("redis did not answer within {0} ms")]
     Timeout(u64),
     #[error("unexpected reply from the decision script: {0}")]
@@ -108,7 +106,7 @@ impl StoreError {
                         )
                     )
             }
-            StoreError::Overloaded | StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) => true,
             StoreError::BadReply(_) => false,
         }
     }
@@ -120,7 +118,6 @@ impl StoreError {
             StoreError::Redis(e) if e.is_connection_refusal() => "refused",
             StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "io",
             StoreError::Redis(_) => "server",
-            StoreError::Overloaded => "overloaded",
             StoreError::Timeout(_) => "deadline",
             StoreError::BadReply(_) => "bad_reply",
         }

@@ -10,15 +10,12 @@
 //! hash slot and each group is one script call, all sent at once: each group is atomic on its own,
 //! but a denial in one slot does not undo what another slot's group consumed.
 //!
-//! Standalone and Sentinel calls go through a `Batcher`: the script calls of concurrent requests
-//! that queue up while a batch is in flight leave together as one pipeline (one write, one read),
-//! still one EVALSHA per request. Nothing waits to fill a batch; under load the batches fill
-//! themselves, which saves Redis and Sluice a system call pair and a wake-up per decision.
+//! Every call goes over one multiplexed connection per node, which pipelines concurrent calls.
+//! Gathering them into explicit pipelines was measured and bought nothing: Redis spends its time
+//! running the script, not reading sockets (see README, Performance).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -53,9 +50,9 @@ impl std::fmt::Debug for Topology {
 
 #[derive(Clone)]
 enum Connection {
-    Manager(ConnectionManager, Batcher),
+    Manager(ConnectionManager),
     Cluster(ClusterConnection),
-    Sentinel(Arc<SentinelConnection>, Batcher),
+    Sentinel(Arc<SentinelConnection>),
 }
 
 struct SentinelConnection {
@@ -91,10 +88,9 @@ impl RedisStore {
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                let manager =
-                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?;
-                let batcher = Batcher::start(Target::Manager(manager.clone()));
-                Connection::Manager(manager, batcher)
+                Connection::Manager(
+                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?,
+                )
             }
             Topology::Cluster { nodes } => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
@@ -116,8 +112,7 @@ impl RedisStore {
                     client: tokio::sync::Mutex::new(client),
                     current: ArcSwap::from_pointee(current),
                 });
-                let batcher = Batcher::start(Target::Sentinel(Arc::clone(&sentinel)));
-                Connection::Sentinel(sentinel, batcher)
+                Connection::Sentinel(sentinel)
             }
         };
         let store = RedisStore { conn };
@@ -134,9 +129,9 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let cmd = redis::cmd("PING");
         match &self.conn {
-            Connection::Manager(c, _) => cmd.query_async::<()>(&mut c.clone()).await?,
+            Connection::Manager(c) => cmd.query_async::<()>(&mut c.clone()).await?,
             Connection::Cluster(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-            Connection::Sentinel(s, _) => cmd.query_async::<()>(&mut (**s.current.load()).clone()).await?,
+            Connection::Sentinel(s) => cmd.query_async::<()>(&mut (**s.current.load()).clone()).await?,
         }
         Ok(())
     }
@@ -144,7 +139,7 @@ impl RedisStore {
     /// After failures: asks the sentinels for the current master and connects to it. The other
     /// topologies reconnect by themselves.
     pub async fn recover(&self) -> Result<(), StoreError> {
-        if let Connection::Sentinel(s, _) = &self.conn {
+        if let Connection::Sentinel(s) = &self.conn {
             let fresh = s.client.lock().await.get_async_connection().await?;
             s.current.store(Arc::new(fresh));
         }
@@ -155,11 +150,9 @@ impl RedisStore {
         let started = Instant::now();
         let result = match &self.conn {
             Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
-            Connection::Manager(_, batcher) | Connection::Sentinel(_, batcher) => {
-                let reply = batcher.call(decide_cmd(checks, mode, now)).await?;
-                let values = redis::from_redis_value::<Vec<i64>>(reply)
-                    .map_err(|e| StoreError::BadReply(e.to_string()))?;
-                parse_reply(&values, checks.len())
+            Connection::Manager(c) => self.invoke_on(&mut c.clone(), checks, mode, now).await,
+            Connection::Sentinel(s) => {
+                self.invoke_on(&mut (**s.current.load()).clone(), checks, mode, now).await
             }
         };
         metrics::redis_duration(started.elapsed());
@@ -242,112 +235,6 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         cmd.arg(check.algorithm.code()).arg(q.limit).arg(q.window_ms).arg(q.cost).arg(u8::from(check.shadow));
     }
     cmd
-}
-
-/// Most script calls in one pipeline.
-const MAX_BATCH: usize = 256;
-/// Pipelines in flight at once per connection; while they are out, the next batch gathers.
-const BATCHES_IN_FLIGHT: usize = 2;
-/// Calls that may wait for a batch; beyond it a call fails at once (and is decided by the fallback).
-const QUEUE: usize = 8192;
-
-/// The connection a batcher writes to.
-enum Target {
-    Manager(ConnectionManager),
-    Sentinel(Arc<SentinelConnection>),
-}
-
-struct Job {
-    cmd: redis::Cmd,
-    reply: oneshot::Sender<Result<redis::Value, redis::RedisError>>,
-}
-
-/// Gathers the script calls of concurrent requests into pipelines (see the module doc).
-#[derive(Clone)]
-struct Batcher {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Batcher {
-    fn start(target: Target) -> Batcher {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(target, queue));
-        Batcher { jobs }
-    }
-
-    async fn call(&self, cmd: redis::Cmd) -> Result<redis::Value, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(Job { cmd, reply }).map_err(|_| StoreError::Overloaded)?;
-        match answer.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Overloaded),
-        }
-    }
-}
-
-/// Runs until every `Batcher` handle is gone.
-async fn gather(target: Target, mut queue: mpsc::Receiver<Job>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let target = Arc::new(target);
-    loop {
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-            return;
-        }
-        let target = Arc::clone(&target);
-        tokio::spawn(async move {
-            match target.as_ref() {
-                Target::Manager(c) => send(&mut c.clone(), jobs).await,
-                Target::Sentinel(s) => send(&mut (**s.current.load()).clone(), jobs).await,
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Sends one pipeline and hands each reply to its caller; calls that met an empty script cache
-/// (after a restart or SCRIPT FLUSH) are sent again once the script is loaded.
-async fn send(conn: &mut impl redis::aio::ConnectionLike, jobs: Vec<Job>) {
-    let mut pipe = redis::Pipeline::with_capacity(jobs.len());
-    pipe.ignore_errors();
-    for job in &jobs {
-        pipe.add_command(job.cmd.clone());
-    }
-    let fail_all = |jobs: Vec<Job>, e: redis::RedisError| {
-        for job in jobs {
-            let _ = job.reply.send(Err(e.clone()));
-        }
-    };
-    let replies = match pipe.query_async::<Vec<redis::Value>>(conn).await {
-        Ok(replies) if replies.len() == jobs.len() => replies,
-        Ok(replies) => {
-            let detail = format!("{} replies for {} calls", replies.len(), jobs.len());
-            return fail_all(
-                jobs,
-                (redis::ErrorKind::Client, "pipeline reply count mismatch", detail).into(),
-            );
-        }
-        Err(e) => return fail_all(jobs, e),
-    };
-    let no_script = |v: &redis::Value| matches!(v, redis::Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript));
-    let mut again = Vec::new();
-    for (job, reply) in jobs.into_iter().zip(replies) {
-        if no_script(&reply) {
-            again.push(job);
-        } else {
-            let _ = job.reply.send(reply.extract_error());
-        }
-    }
-    if again.is_empty() {
-        return;
-    }
-    if let Err(e) = DECIDE.load_async(conn).await {
-        return fail_all(again, e);
-    }
-    for job in again {
-        let _ = job.reply.send(job.cmd.query_async::<redis::Value>(conn).await);
-    }
 }
 
 fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {

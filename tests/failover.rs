@@ -126,3 +126,57 @@ async fn redis_killed_under_load() {
 async fn redis_frozen_under_load() {
     outage(true).await;
 }
+
+/// With no Redis at all, each tier follows its failure mode: `allow` passes uncounted, `deny`
+/// denies, `local` counts the fair share; and the answers come at once.
+#[tokio::test]
+async fn failure_modes_per_tier_and_global() {
+    let dead = format!("redis://127.0.0.1:{}", common::free_port());
+    let yaml = format!(
+        "redis:
+  url: {dead}
+  timeout_ms: 50
+fallback:
+  mode: allow
+  replicas: 3
+tiers:
+  - name: open
+    match: {{endpoint: /open}}
+    key: [ip]
+    limit: 1
+    window: 1h
+  - name: closed
+    match: {{endpoint: /closed}}
+    key: [ip]
+    limit: 1000
+    window: 1h
+    on_redis_failure: deny
+  - name: shared
+    match: {{endpoint: /shared}}
+    key: [ip]
+    limit: 30
+    window: 1h
+    on_redis_failure: local
+"
+    );
+    let server = SluiceServer::start(&yaml, None).await;
+    let mut client = server.client().await;
+    let at = |endpoint: &str| request(&[("ip", "192.0.2.7"), ("endpoint", endpoint)]);
+
+    for _ in 0..5 {
+        let started = Instant::now();
+        let d = common::check(&mut client, at("/open")).await;
+        assert!(started.elapsed() < DEADLINE + MARGIN);
+        assert!(d.allowed && d.source == "fallback", "the global mode allows: {d:?}");
+    }
+    let d = common::check(&mut client, at("/closed")).await;
+    assert!(!d.allowed && d.retry_after_ms > 0 && d.tier == "closed", "deny fails closed: {d:?}");
+    let allowed = {
+        let mut n = 0;
+        for _ in 0..20 {
+            n += usize::from(common::check(&mut client, at("/shared")).await.allowed);
+        }
+        n
+    };
+    assert_eq!(allowed, 10, "a fair share of 30 over 3 replicas");
+}

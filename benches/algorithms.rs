@@ -52,6 +52,7 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
                     quota,
                     shadow: false,
                     on_failure: FailureMode::Local,
+                    adaptive: None,
                 })
                 .collect()
         })

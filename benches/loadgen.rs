@@ -159,6 +159,13 @@ impl RateLimiter for Noop {
         let decisions = (0..entries).map(|_| pb::Decision { allowed: true, ..Default::default() }).collect();
         Ok(tonic::Response::new(pb::CheckResponse { decisions }))
     }
+
+    async fn report(
+        &self,
+        _request: tonic::Request<pb::ReportRequest>,
+    ) -> Result<tonic::Response<pb::ReportResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::ReportResponse::default()))
+    }
 }
 
 async fn noop(args: NoopArgs) -> Result<(), String> {

@@ -1,18 +1,24 @@
 -- The entry script: one call decides one request against every tier that applies to it.
 -- The algorithm files in lua/ are prepended to this one (see src/store/script.rs).
 --
--- KEYS  per tier in ARGV order: sliding_window -> 1 key (hash); sliding_log -> 2 keys (zset, seq).
---       Each tier's keys share one hash tag, so a tier-key lives in one Cluster slot.
+-- KEYS  per tier in ARGV order: sliding_window -> 1 key (hash); sliding_log -> 2 keys (zset, seq);
+--       an adaptive tier adds its attempts and failures counters (see adaptive.lua). Each tier's
+--       keys share one hash tag, so a tier-key lives in one Cluster slot. Last, the request's
+--       reputation keys (ARGV[4] of them).
 -- ARGV  [1] now in ms, or 0 to read Redis TIME (the normal case: one clock for every replica)
 --       [2] 1 to consume when admitted, 0 for a dry run
 --       [3] n, the number of tiers
---       then per tier 5 values: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms,
---       cost, shadow (1 = evaluate and report, never deny)
+--       [4] the number of reputation keys at the end of KEYS (0 to 2)
+--       then per tier: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms, cost,
+--       shadow (1 = evaluate and report, never deny), adaptive (0/1); an adaptive tier adds
+--       client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
+--       failed_threshold, reduction_percent
 -- Reply {admitted (1/0), now_ms, then per tier: allowed (1/0), remaining, retry_after_ms,
---       reset_after_ms}
+--       reset_after_ms, effective limit, score, factor bits}
 --
 -- All or nothing: the request is admitted only when every enforcing tier allows it, and only then
--- does any tier consume. A denied request changes no count.
+-- does any tier consume. A denied request changes no count, except an adaptive tier's attempts
+-- counter, which counts every attempt that is not a dry run.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -21,25 +27,58 @@ if now == 0 then
 end
 local commit = ARGV[2] == '1'
 local n = tonumber(ARGV[3])
+local reputation_keys = tonumber(ARGV[4])
+
+local bad_reputation = nil
+local function reputation()
+  if bad_reputation == nil then
+    bad_reputation = false
+    for k = #KEYS - reputation_keys + 1, #KEYS do
+      if redis.call('EXISTS', KEYS[k]) == 1 then
+        bad_reputation = true
+      end
+    end
+  end
+  return bad_reputation
+end
 
 local admitted = true
 local verdicts = {}
 local next_key = 1
+local a = 4
 for i = 1, n do
-  local a = 3 + (i - 1) * 5
   local algorithm = tonumber(ARGV[a + 1])
   local limit, window, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local shadow = ARGV[a + 5] == '1'
-  local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key] }
+  local adaptive = ARGV[a + 6] == '1'
+  a = a + 6
+  local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0 }
   if algorithm == 1 then
-    v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, limit, window, cost)
     next_key = next_key + 1
   elseif algorithm == 2 then
     v.seq_key = KEYS[next_key + 1]
-    v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, limit, window, cost)
     next_key = next_key + 2
   else
-    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a + 1]))
+    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 5]))
+  end
+  if adaptive then
+    local p = {
+      w_reputation = tonumber(ARGV[a + 3]), w_burst = tonumber(ARGV[a + 4]), w_failed = tonumber(ARGV[a + 5]),
+      burst_multiple = tonumber(ARGV[a + 6]), failed_threshold = tonumber(ARGV[a + 7]),
+    }
+    local client_score, client_bits, reduction = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 8])
+    a = a + 8
+    local attempts = adaptive_count(KEYS[next_key], now, window, commit and 1 or 0)
+    local failures = adaptive_count(KEYS[next_key + 1], now, window, 0)
+    next_key = next_key + 2
+    v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
+    limit = adaptive_limit(limit, v.score, reduction)
+  end
+  v.limit = limit
+  if algorithm == 1 then
+    v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, limit, window, cost)
+  else
+    v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, limit, window, cost)
   end
   if not v.allowed and not shadow then
     admitted = false
@@ -65,5 +104,8 @@ for i = 1, n do
   reply[#reply + 1] = v.remaining
   reply[#reply + 1] = v.retry
   reply[#reply + 1] = v.reset
+  reply[#reply + 1] = v.limit
+  reply[#reply + 1] = v.score
+  reply[#reply + 1] = v.bits
 end
 return reply

@@ -46,6 +46,9 @@ pub struct Decision {
     pub statuses: Vec<TierStatus>,
     /// Where counts came from; `None` when no store was asked (exempt, or nothing matched).
     pub source: Option<Source>,
+    /// The highest threat score of the tiers checked, and its factor bits.
+    pub threat_score: u8,
+    pub threat_factors: u8,
 }
 
 impl Decision {
@@ -60,6 +63,8 @@ impl Decision {
             tier,
             statuses: Vec::new(),
             source: None,
+            threat_score: 0,
+            threat_factors: 0,
         }
     }
 
@@ -68,7 +73,9 @@ impl Decision {
         let statuses: Vec<TierStatus> = tiers
             .into_iter()
             .zip(outcome.verdicts)
-            .map(|((tier, limit, shadow), mut verdict)| {
+            .map(|((tier, mut limit, shadow), mut verdict)| {
+                // An adaptive tier may have applied less than its configured limit.
+                limit.limit = verdict.limit.max(1);
                 if verdict.allowed && !outcome.admitted {
                     // Another tier denied, so this one consumed nothing: report what is left now.
                     verdict.remaining = (verdict.remaining + limit.cost).min(limit.limit);
@@ -86,6 +93,10 @@ impl Decision {
             let retry = if outcome.admitted { 0 } else { s.verdict.retry_after_ms };
             (Some(Arc::clone(&s.tier)), s.limit.limit, s.verdict.remaining, s.verdict.reset_after_ms, retry)
         });
+        let threat = statuses
+            .iter()
+            .max_by_key(|s| s.verdict.score)
+            .map_or((0, 0), |s| (s.verdict.score, s.verdict.factors));
         Decision {
             allowed: outcome.admitted,
             retry_after_ms: retry,
@@ -95,6 +106,8 @@ impl Decision {
             tier,
             statuses,
             source: Some(outcome.source),
+            threat_score: threat.0,
+            threat_factors: threat.1,
         }
     }
 
@@ -137,15 +150,17 @@ mod tests {
 
     #[test]
     fn the_longest_denial_decides_and_headers_follow_the_draft() {
-        let verdict = |allowed, remaining, retry| Verdict {
+        let verdict = |allowed, remaining, retry, limit| Verdict {
             allowed,
             remaining,
             retry_after_ms: retry,
             reset_after_ms: 30_000,
+            limit,
+            ..Verdict::default()
         };
         let outcome = Outcome {
             admitted: false,
-            verdicts: vec![verdict(true, 7, 0), verdict(false, 0, 1_500), verdict(false, 0, 9_001)],
+            verdicts: vec![verdict(true, 7, 0, 10), verdict(false, 0, 1_500, 5), verdict(false, 0, 9_001, 5)],
             source: Source::Local,
         };
         let d = Decision::counted(

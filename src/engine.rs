@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::decision::Decision;
 use crate::metrics;
-use crate::store::{Check, Mode, Store, StoreError};
+use crate::store::{AdaptiveCheck, Check, Mode, SecurityEvent, Store, StoreError};
 use crate::tier::{Attributes, Rule, Tier, Tiers};
 
 /// One gateway request to decide.
@@ -21,6 +21,16 @@ pub struct Request {
     pub cost: u64,
     /// Check only these tiers; empty means every tier that matches.
     pub tiers: Vec<String>,
+    /// The gateway's request id, carried into security events and logs.
+    pub correlation_id: String,
+}
+
+/// What became of a request, reported by the gateway after its response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// E.g. a failed login: feeds the failed-logins factor of the adaptive tiers that match.
+    Failure,
 }
 
 /// Why a request could not be decided.
@@ -37,12 +47,34 @@ pub enum RequestError {
 pub struct Engine {
     tiers: ArcSwap<Tiers>,
     store: Arc<dyn Store>,
+    events_max_len: u64,
 }
 
 impl Engine {
-    pub fn new(tiers: Tiers, store: Arc<dyn Store>) -> Engine {
+    /// `events_max_len` bounds the stream of security events where the store keeps one.
+    pub fn new(tiers: Tiers, store: Arc<dyn Store>, events_max_len: u64) -> Engine {
         metrics::tiers(tiers.len());
-        Engine { tiers: ArcSwap::from_pointee(tiers), store }
+        Engine { tiers: ArcSwap::from_pointee(tiers), store, events_max_len }
+    }
+
+    /// Takes in a request's outcome. A failure counts once on every adaptive tier that matches it.
+    pub async fn report(&self, request: &Request, outcome: Outcome) -> Result<usize, RequestError> {
+        if outcome == Outcome::Success {
+            return Ok(0);
+        }
+        let tiers = self.tiers.load();
+        let keys: Vec<(String, u64)> = matching(&tiers, request)?
+            .into_iter()
+            .filter(|t| t.adaptive.is_some())
+            .filter_map(|t| match t.rule {
+                Rule::Limited(limit) => Some((t.key_for(&request.attributes), limit.window_ms)),
+                _ => None,
+            })
+            .collect();
+        if !keys.is_empty() {
+            self.store.report_failures(&keys).await?;
+        }
+        Ok(keys.len())
     }
 
     /// Swaps in a new set of tiers; requests in flight finish with the old one.
@@ -68,6 +100,7 @@ impl Engine {
         let mut checks = Vec::with_capacity(matched.len());
         let mut counted = Vec::with_capacity(matched.len());
         let mut counters = Vec::with_capacity(matched.len());
+        let mut reputation: Option<Arc<[String]>> = None;
         for tier in matched {
             let Rule::Limited(limit) = tier.rule else { continue };
             let cost = request.cost.saturating_mul(limit.cost);
@@ -86,9 +119,17 @@ impl Engine {
                 quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
                 shadow: tier.shadow,
                 on_failure: tier.on_failure,
+                adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
+                    settings,
+                    client_factors: tiers.signals.client_factors(&settings, &request.attributes),
+                    reputation: Arc::clone(
+                        reputation
+                            .get_or_insert_with(|| crate::tier::reputation_keys(&request.attributes).into()),
+                    ),
+                }),
             });
             counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
-            counters.push(&tier.counters);
+            counters.push((&tier.counters, tier.adaptive.map(|a| a.event_threshold)));
         }
         if checks.is_empty() {
             metrics::decision("(none)", "allow", "none");
@@ -98,11 +139,54 @@ impl Engine {
         let outcome = self.store.decide(&checks, mode).await?;
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
-        for (status, counters) in decision.statuses.iter().zip(counters) {
+        for (status, (counters, threshold)) in decision.statuses.iter().zip(&counters) {
             counters.record(&status.tier, status.label(), source);
+            if threshold.is_some() {
+                metrics::threat_score(&status.tier, status.verdict.score);
+            }
+        }
+        if !decision.allowed {
+            self.security_events(request, &decision, &counters);
         }
         metrics::decision_duration(started.elapsed());
         Ok(decision)
+    }
+
+    /// A denial by an adaptive tier scoring at or above its threshold: a log line, a counter per
+    /// factor, and an entry in the store's event stream (written in the background).
+    fn security_events(
+        &self,
+        request: &Request,
+        decision: &Decision,
+        tiers: &[(&crate::metrics::TierCounters, Option<u8>)],
+    ) {
+        for (status, (_, threshold)) in decision.statuses.iter().zip(tiers) {
+            let Some(threshold) = threshold else { continue };
+            if !status.denies() || status.verdict.score < *threshold {
+                continue;
+            }
+            let event = SecurityEvent {
+                tier: Arc::clone(&status.tier),
+                score: status.verdict.score,
+                factors: status.verdict.factors,
+                correlation_id: request.correlation_id.clone(),
+            };
+            let factors: Vec<&str> = crate::threat::factor_names(event.factors).collect();
+            tracing::warn!(
+                target: "sluice::security",
+                tier = %event.tier,
+                score = event.score,
+                factors = %factors.join(","),
+                correlation_id = %event.correlation_id,
+                "hostile request denied"
+            );
+            for factor in &factors {
+                metrics::security_event(&event.tier, factor);
+            }
+            let store = Arc::clone(&self.store);
+            let max_len = self.events_max_len;
+            tokio::spawn(async move { store.security_event(&event, max_len).await });
+        }
     }
 }
 

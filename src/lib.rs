@@ -26,4 +26,5 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod threat;
 pub mod tier;

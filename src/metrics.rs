@@ -16,6 +16,8 @@ pub const REQUESTS_REJECTED: &str = "sluice_requests_rejected_total";
 pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
 pub const CIRCUIT_OPEN: &str = "sluice_circuit_open";
+pub const THREAT_SCORE: &str = "sluice_threat_score";
+pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
 pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
 
 const LATENCY_BUCKETS: &[f64] =
@@ -34,6 +36,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
             metrics_exporter_prometheus::Matcher::Suffix("_duration_seconds".into()),
             LATENCY_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(THREAT_SCORE.into()),
+            &[0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
+        )?
         .install_recorder()?;
     describe();
     *installed = Some(handle.clone());
@@ -48,6 +54,8 @@ fn describe() {
     describe_counter!(REQUESTS_REJECTED, "Requests rejected as invalid, by field");
     describe_gauge!(TIERS, "Tiers in the running configuration");
     describe_gauge!(LOCAL_KEYS, "Keys held by the in-process store, by role (local, fallback)");
+    describe_histogram!(THREAT_SCORE, "Threat scores (0-100) of requests checked by adaptive tiers, by tier");
+    describe_counter!(SECURITY_EVENTS, "Hostile requests denied, by tier and by factor present");
     describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
 }
@@ -96,6 +104,14 @@ pub fn rejected(field: &'static str) {
 
 pub fn tiers(count: usize) {
     gauge!(TIERS).set(count as f64);
+}
+
+pub fn threat_score(tier: &std::sync::Arc<str>, score: u8) {
+    histogram!(THREAT_SCORE, "tier" => std::sync::Arc::clone(tier)).record(f64::from(score));
+}
+
+pub fn security_event(tier: &std::sync::Arc<str>, factor: &'static str) {
+    counter!(SECURITY_EVENTS, "tier" => std::sync::Arc::clone(tier), "factor" => factor).increment(1);
 }
 
 pub fn circuit_open(open: bool) {

@@ -56,7 +56,7 @@ pub async fn run(
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = build_store(&settings, stop_rx.clone()).await;
-    let engine = Arc::new(Engine::new(settings.tiers, store));
+    let engine = Arc::new(Engine::new(settings.tiers, store, settings.events_max_len));
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -112,6 +112,8 @@ pub struct Tier {
     pub shadow: bool,
     pub on_failure: FailureMode,
     pub counters: crate::metrics::TierCounters,
+    /// Present when the limit adapts to the threat score.
+    pub adaptive: Option<crate::threat::Adaptive>,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
@@ -128,6 +130,7 @@ impl Tier {
             shadow: false,
             on_failure: FailureMode::Local,
             counters: Default::default(),
+            adaptive: None,
             key_prefix: format!("sluice:{{{name}:"),
         }
     }
@@ -155,6 +158,20 @@ impl Tier {
 
 /// Percent-escapes the separator, the escape, the hash-tag braces and control characters (each
 /// UTF-8 byte as `%XX`), which keeps the encoding injective.
+/// The reputation keys of a request's IP and user, when it has them: `sluice:{rep}:ip:<ip>` and
+/// `sluice:{rep}:user:<user>` (values escaped as in tier keys).
+pub fn reputation_keys(attrs: &Attributes) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    for (kind, value) in [("ip", &attrs.ip), ("user", &attrs.user)] {
+        if !value.is_empty() {
+            let mut key = format!("sluice:{{rep}}:{kind}:");
+            escape_into(&mut key, value);
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         if matches!(c, '%' | '|' | '{' | '}') || c.is_control() {
@@ -173,13 +190,15 @@ fn escape_into(out: &mut String, value: &str) {
 pub struct Tiers {
     tiers: Vec<Arc<Tier>>,
     by_name: HashMap<Arc<str>, usize>,
+    /// What the adaptive tiers look for in a request.
+    pub signals: crate::threat::Signals,
 }
 
 impl Tiers {
     pub fn new(tiers: Vec<Tier>) -> Tiers {
         let tiers: Vec<Arc<Tier>> = tiers.into_iter().map(Arc::new).collect();
         let by_name = tiers.iter().enumerate().map(|(i, t)| (Arc::clone(&t.name), i)).collect();
-        Tiers { tiers, by_name }
+        Tiers { tiers, by_name, signals: Default::default() }
     }
 
     pub fn all(&self) -> &[Arc<Tier>] {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::store::{AdaptiveCheck, Check, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::threat::Adaptive;
 
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
@@ -53,9 +54,21 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     quota: Quota { limit, window_ms, cost: rng.random_range(1..=limit.min(3)) },
                     shadow: rng.random_range(0..8) == 0,
                     on_failure: FailureMode::Local,
+                    // A third of the checks adapt: attempts, reported failures and client factors.
+                    adaptive: (rng.random_range(0..3) == 0).then(|| AdaptiveCheck {
+                        settings: Adaptive { burst_multiple: 1, failed_logins: 2, ..Adaptive::default() },
+                        client_factors: rng.random_range(0..8),
+                        reputation: Vec::new().into(),
+                    }),
                 }
             })
             .collect();
+        if rng.random_range(0..20) == 0 {
+            let (t, key) = (rng.random_range(0..tiers.len()), rng.random_range(0..3));
+            let failure = [(format!("sluice:{{t{t}:k{key}}}"), tiers[t].2)];
+            local.report_failures_at(&failure, now);
+            redis.report_failures_at(&failure, now).await.expect("report");
+        }
         let mode = if rng.random_range(0..10) == 0 { Mode::DryRun } else { Mode::Consume };
         let expected = local.decide_at(&checks, mode, now);
         let got = redis.decide_at(&checks, mode, now).await.expect("redis decision");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
+use sluice::store::{AdaptiveCheck, Check, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
+use sluice::threat::Adaptive;
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
 const T0: u64 = 1_000_000_000;
@@ -40,6 +41,23 @@ impl Subject {
     async fn consume(&self, checks: &[Check], now: u64) -> Outcome {
         self.decide(checks, Mode::Consume, now).await
     }
+
+    /// Marks a reputation key bad for an hour.
+    fn set_reputation(&self, key: &str) {
+        match self {
+            Subject::Local(s) => s.set_reputation_at(key, 3_600_000, T0),
+            Subject::Redis(_, server) => {
+                let _: () = server.cmd(redis::cmd("SET").arg(key).arg("bad").arg("PX").arg(3_600_000));
+            }
+        }
+    }
+
+    async fn report(&self, keys: &[(String, u64)], now: u64) {
+        match self {
+            Subject::Local(s) => s.report_failures_at(keys, now),
+            Subject::Redis(s, _) => s.report_failures_at(keys, now).await.expect("report"),
+        }
+    }
 }
 
 fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
@@ -49,7 +67,17 @@ fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
         quota: Quota { limit, window_ms, cost: 1 },
         shadow: false,
         on_failure: FailureMode::Local,
+        adaptive: None,
     }
+}
+
+fn adaptive(mut c: Check, client_factors: u8, reputation: &[&str]) -> Check {
+    c.adaptive = Some(AdaptiveCheck {
+        settings: Adaptive::default(),
+        client_factors,
+        reputation: reputation.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>().into(),
+    });
+    c
 }
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingWindow, Algorithm::SlidingLog];
@@ -187,7 +215,67 @@ macro_rules! on_both_stores {
     };
 }
 
+async fn each_factor_adds_its_weight(s: Subject) {
+    use sluice::threat::{BURST, DENY_RANGE, FAILED_LOGINS, PARAMETERS, REPUTATION, USER_AGENT};
+    // Client-side factors arrive as bits; the store adds nothing of its own here.
+    for (bits, score) in [
+        (0, 0),
+        (USER_AGENT, 20),
+        (PARAMETERS, 40),
+        (DENY_RANGE, 50),
+        (USER_AGENT | PARAMETERS | DENY_RANGE, 100),
+    ] {
+        let c = [adaptive(check(&format!("f:{bits}"), Algorithm::SlidingWindow, 100, 60_000), bits, &[])];
+        let o = s.consume(&c, T0).await;
+        assert_eq!((o.verdicts[0].score, o.verdicts[0].factors), (score, bits), "bits {bits}");
+        assert_eq!(o.verdicts[0].limit, 100 - u64::from(score) / 2, "bits {bits}");
+    }
+    // Reputation: set on the IP's key.
+    s.set_reputation("sluice:{rep}:ip:192.0.2.66");
+    let c =
+        [adaptive(check("f:rep", Algorithm::SlidingWindow, 100, 60_000), 0, &["sluice:{rep}:ip:192.0.2.66"])];
+    let o = s.consume(&c, T0).await;
+    assert_eq!((o.verdicts[0].score, o.verdicts[0].factors), (50, REPUTATION));
+    // Burst: more than 2 x limit attempts in the window (denied ones count as attempts).
+    let c = [adaptive(check("f:burst", Algorithm::SlidingLog, 3, 60_000), 0, &[])];
+    for i in 0..6 {
+        assert_eq!(s.consume(&c, T0 + i).await.verdicts[0].score, 0, "attempt {i}");
+    }
+    let o = s.consume(&c, T0 + 6).await;
+    assert_eq!((o.verdicts[0].score, o.verdicts[0].factors), (30, BURST), "the 7th attempt is a burst");
+    // Failed logins: three reported failures on the tier-key.
+    let c = [adaptive(check("f:fail", Algorithm::SlidingWindow, 100, 60_000), 0, &[])];
+    for _ in 0..3 {
+        assert_eq!(s.consume(&c, T0).await.verdicts[0].score, 0);
+        s.report(&[(c[0].key.clone(), 60_000)], T0).await;
+    }
+    let o = s.consume(&c, T0 + 1).await;
+    assert_eq!((o.verdicts[0].score, o.verdicts[0].factors), (30, FAILED_LOGINS));
+    // ...and they are forgotten a window after the first.
+    assert_eq!(s.consume(&c, T0 + 60_000).await.verdicts[0].score, 0);
+}
+
+async fn missing_user_agent_and_bad_reputation_shrink_100_to_65(s: Subject) {
+    use sluice::threat::USER_AGENT;
+    s.set_reputation("sluice:{rep}:ip:198.51.100.9");
+    let c = [adaptive(
+        check("shrink", Algorithm::SlidingWindow, 100, 60_000),
+        USER_AGENT,
+        &["sluice:{rep}:ip:198.51.100.9"],
+    )];
+    for i in 1..=65 {
+        let o = s.consume(&c, T0 + i).await;
+        assert!(o.admitted, "request {i}");
+        assert_eq!(o.verdicts[0].score, 70);
+    }
+    let o = s.consume(&c, T0 + 66).await;
+    assert!(!o.admitted, "the 66th is denied");
+    assert_eq!(o.verdicts[0].limit, 65);
+}
+
 on_both_stores!(
+    each_factor_adds_its_weight,
+    missing_user_agent_and_bad_reputation_shrink_100_to_65,
     admits_exactly_the_limit,
     all_or_nothing_across_tiers,
     retry_after_is_exact,

@@ -61,6 +61,11 @@ pub struct Verdict {
     pub retry_after_ms: u64,
     /// Time until the count is back to zero, assuming this request was consumed if allowed.
     pub reset_after_ms: u64,
+    /// The limit applied: the tier's own, or less for a request that looks hostile.
+    pub limit: u64,
+    /// Threat score (0-100) and factor bits (see `threat`); 0 unless the tier is adaptive.
+    pub score: u8,
+    pub factors: u8,
 }
 
 /// All-or-nothing: a request passes only when every enforcing tier allows it. Shadow tiers are

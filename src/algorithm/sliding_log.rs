@@ -34,6 +34,8 @@ impl Log {
                 remaining: q.limit - count - q.cost,
                 retry_after_ms: 0,
                 reset_after_ms: q.window_ms,
+                limit: q.limit,
+                ..Verdict::default()
             };
         }
         let k = count + q.cost - q.limit;
@@ -47,6 +49,8 @@ impl Log {
             remaining: q.limit.saturating_sub(count),
             retry_after_ms,
             reset_after_ms: self.reset_after(now, q.window_ms),
+            limit: q.limit,
+            ..Verdict::default()
         }
     }
 

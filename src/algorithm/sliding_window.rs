@@ -64,6 +64,8 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
             remaining: to_u64(remaining),
             retry_after_ms: 0,
             reset_after_ms: reset_after(next, elapsed, w),
+            limit: q.limit,
+            ..Verdict::default()
         };
         return (verdict, next);
     }
@@ -86,6 +88,8 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
         remaining: to_u64(capacity.saturating_sub(used) / w),
         retry_after_ms: to_u64(retry),
         reset_after_ms: reset_after(s, elapsed, w),
+        limit: q.limit,
+        ..Verdict::default()
     };
     (verdict, next)
 }

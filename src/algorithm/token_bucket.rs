@@ -35,6 +35,8 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
             remaining: u64::try_from((horizon - ahead) / t).unwrap_or(u64::MAX),
             retry_after_ms: 0,
             reset_after_ms: to_ms(ahead),
+            limit: q.limit,
+            ..Verdict::default()
         };
         return (verdict, Bucket { tat: new_tat });
     }
@@ -43,6 +45,8 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
         remaining: u64::try_from(horizon.saturating_sub(start - now_scaled) / t).unwrap_or(u64::MAX),
         retry_after_ms: to_ms(ahead - horizon),
         reset_after_ms: to_ms(start - now_scaled),
+        limit: q.limit,
+        ..Verdict::default()
     };
     (verdict, Bucket { tat: new_tat })
 }

@@ -12,6 +12,7 @@ use crate::decision::Decision;
 use crate::engine::{self, Engine};
 use crate::metrics;
 use crate::store::Mode;
+use crate::threat::factor_names;
 use crate::tier::{Attr, Attributes};
 
 /// Most tier names one request may list.
@@ -36,9 +37,13 @@ impl NativeService {
 #[tonic::async_trait]
 impl pb::rate_limiter_server::RateLimiter for NativeService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let correlation_id = correlation_id(request.metadata());
         let request = request.into_inner();
-        let requests =
+        let mut requests =
             to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
+        for r in &mut requests {
+            r.correlation_id.clone_from(&correlation_id);
+        }
         let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
 
         let results = if let [single] = requests.as_slice() {
@@ -53,6 +58,33 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(Response::new(pb::CheckResponse { decisions }))
     }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let correlation_id = correlation_id(request.metadata());
+        let r = request.into_inner();
+        let outcome = match pb::Outcome::try_from(r.outcome) {
+            Ok(pb::Outcome::Success) => engine::Outcome::Success,
+            Ok(pb::Outcome::Failure) => engine::Outcome::Failure,
+            _ => return Err(invalid("outcome", "must be SUCCESS or FAILURE")),
+        };
+        let at = |field: &str| field.to_owned();
+        let request =
+            engine::Request { correlation_id, ..to_parts(&at, r.attributes, r.tiers, self.limits)? };
+        let counted = self.engine.report(&request, outcome).await.map_err(|e| match e {
+            engine::RequestError::Invalid { field, reason } => invalid(&field, &reason),
+            other => from_request_error(0, other),
+        })?;
+        Ok(Response::new(pb::ReportResponse { tiers_counted: u32::try_from(counted).unwrap_or(u32::MAX) }))
+    }
+}
+
+/// The gateway's request id (`x-request-id`), at most 128 bytes of it.
+fn correlation_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    let id = metadata.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    id.char_indices().take_while(|(i, c)| i + c.len_utf8() <= 128).map(|(_, c)| c).collect()
 }
 
 fn to_requests(requests: Vec<pb::RateRequest>, limits: InputLimits) -> Result<Vec<engine::Request>, Status> {
@@ -77,16 +109,27 @@ fn to_request(i: usize, r: pb::RateRequest, limits: InputLimits) -> Result<engin
         }
         Some(n) => n,
     };
-    if r.tiers.len() > MAX_NAMED_TIERS {
+    let request = to_parts(&at, r.attributes, r.tiers, limits)?;
+    Ok(engine::Request { cost, ..request })
+}
+
+/// Checks the sizes of a request's attributes and tier names; `at` names a field in errors.
+fn to_parts(
+    at: &dyn Fn(&str) -> String,
+    attributes: Option<pb::Attributes>,
+    tiers: Vec<String>,
+    limits: InputLimits,
+) -> Result<engine::Request, Status> {
+    if tiers.len() > MAX_NAMED_TIERS {
         return Err(invalid(
             &at("tiers"),
-            &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", r.tiers.len()),
+            &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", tiers.len()),
         ));
     }
-    for (j, name) in r.tiers.iter().enumerate() {
+    for (j, name) in tiers.iter().enumerate() {
         check_len(&at(&format!("tiers[{j}]")), name, limits)?;
     }
-    let a = r.attributes.unwrap_or_default();
+    let a = attributes.unwrap_or_default();
     for (name, value) in [
         ("ip", &a.ip),
         ("user", &a.user),
@@ -116,19 +159,16 @@ fn to_request(i: usize, r: pb::RateRequest, limits: InputLimits) -> Result<engin
         }
         check_len(&at(&format!("attributes.extra[{name:?}]")), value, limits)?;
     }
-    Ok(engine::Request {
-        attributes: Attributes {
-            ip: a.ip,
-            user: a.user,
-            endpoint: a.endpoint,
-            method: a.method,
-            user_agent: a.user_agent,
-            client_tier: a.client_tier,
-            extra: a.extra.into_iter().collect(),
-        },
-        cost,
-        tiers: r.tiers,
-    })
+    let attributes = Attributes {
+        ip: a.ip,
+        user: a.user,
+        endpoint: a.endpoint,
+        method: a.method,
+        user_agent: a.user_agent,
+        client_tier: a.client_tier,
+        extra: a.extra.into_iter().collect(),
+    };
+    Ok(engine::Request { attributes, cost: 1, tiers, correlation_id: String::new() })
 }
 
 fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status> {
@@ -152,6 +192,8 @@ pub fn to_proto(d: Decision) -> pb::Decision {
         reset_after_ms: d.reset_after_ms,
         tier: d.tier.as_deref().unwrap_or_default().to_owned(),
         source: d.source.map_or("", |s| s.as_str()).to_owned(),
+        threat_score: u32::from(d.threat_score),
+        threat_factors: factor_names(d.threat_factors).map(String::from).collect(),
         headers,
         tiers: d
             .statuses
@@ -164,6 +206,8 @@ pub fn to_proto(d: Decision) -> pb::Decision {
                 retry_after_ms: s.verdict.retry_after_ms,
                 reset_after_ms: s.verdict.reset_after_ms,
                 shadow: s.shadow && !s.verdict.allowed,
+                threat_score: u32::from(s.verdict.score),
+                threat_factors: factor_names(s.verdict.factors).map(String::from).collect(),
             })
             .collect(),
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::algorithm::Algorithm;
 use crate::store::{FailureMode, Topology};
+use crate::threat::{Adaptive, Cidr, DEFAULT_PATTERNS, Signals, Weights};
 use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
 
 /// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
@@ -33,6 +34,8 @@ pub struct Settings {
     pub limits: InputLimits,
     pub log: LogSettings,
     pub tiers: Tiers,
+    /// Most entries in the Redis security event stream.
+    pub events_max_len: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +172,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
     };
 
+    let signals = signals(&file.threat, &mut problems);
     let mut names = HashSet::new();
     let tiers: Vec<Tier> = file
         .tiers
@@ -195,7 +199,12 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             max_extra: file.limits.max_extra,
         },
         log: LogSettings { json, level: file.log.level },
-        tiers: Tiers::new(tiers),
+        tiers: {
+            let mut tiers = Tiers::new(tiers);
+            tiers.signals = signals;
+            tiers
+        },
+        events_max_len: file.threat.events_max_len.unwrap_or(10_000),
     })
 }
 
@@ -262,6 +271,21 @@ fn tier(
     if t.shadow && !matches!(rule, Some(Rule::Limited(_)) | None) {
         problem("shadow", "only a limited tier can run in shadow mode".into());
     }
+    let adaptive = match t.adaptive.take() {
+        None | Some(schema::AdaptiveSpec::Enabled(false)) => None,
+        Some(schema::AdaptiveSpec::Enabled(true)) => Some(Adaptive::default()),
+        Some(schema::AdaptiveSpec::Settings(s)) => adaptive(&format!("{at}.adaptive"), s, problems),
+    };
+    if adaptive.is_some() {
+        match &rule {
+            Some(Rule::Limited(l)) if l.limit > MAX_ADAPTIVE_LIMIT => problems.push(format!(
+                "{at}.limit: {} is too large for an adaptive tier (at most {MAX_ADAPTIVE_LIMIT})",
+                l.limit
+            )),
+            Some(Rule::Limited(_)) | None => {}
+            Some(_) => problems.push(format!("{at}.adaptive: only a limited tier can adapt")),
+        }
+    }
     let on_failure = match &t.on_redis_failure {
         Some(mode) => failure_mode(&format!("{at}.on_redis_failure"), mode, problems),
         None => default_failure,
@@ -272,7 +296,84 @@ fn tier(
     let mut tier = Tier::new(&t.name, conditions, key, rule?);
     tier.shadow = t.shadow;
     tier.on_failure = on_failure;
+    tier.adaptive = adaptive;
     Some(tier)
+}
+
+/// Keeps the adaptive arithmetic exact in Lua's doubles: limit * 10000 < 2^53.
+const MAX_ADAPTIVE_LIMIT: u64 = 100_000_000_000;
+
+fn adaptive(at: &str, s: schema::AdaptiveSettings, problems: &mut Vec<String>) -> Option<Adaptive> {
+    let before = problems.len();
+    let d = Adaptive::default();
+    let w = s.weights;
+    let mut weight = |name: &str, value: Option<u8>, default: u8| {
+        let v = value.unwrap_or(default);
+        if v > 100 {
+            problems.push(format!("{at}.weights.{name}: {v} is above 100"));
+        }
+        v
+    };
+    let weights = Weights {
+        user_agent: weight("user_agent", w.user_agent, d.weights.user_agent),
+        parameters: weight("parameters", w.parameters, d.weights.parameters),
+        deny_range: weight("deny_range", w.deny_range, d.weights.deny_range),
+        reputation: weight("reputation", w.reputation, d.weights.reputation),
+        burst: weight("burst", w.burst, d.weights.burst),
+        failed_logins: weight("failed_logins", w.failed_logins, d.weights.failed_logins),
+    };
+    let adaptive = Adaptive {
+        weights,
+        min_user_agent_len: s.min_user_agent_len.unwrap_or(d.min_user_agent_len),
+        burst_multiple: s.burst_multiple.unwrap_or(d.burst_multiple),
+        failed_logins: s.failed_logins.unwrap_or(d.failed_logins),
+        reduction_percent: s.reduction_percent.unwrap_or(d.reduction_percent),
+        event_threshold: s.event_threshold.unwrap_or(d.event_threshold),
+    };
+    for (key, value) in
+        [("burst_multiple", adaptive.burst_multiple), ("failed_logins", adaptive.failed_logins)]
+    {
+        if value == 0 {
+            problems.push(format!("{at}.{key}: must be at least 1"));
+        }
+    }
+    for (key, value) in
+        [("reduction_percent", adaptive.reduction_percent), ("event_threshold", adaptive.event_threshold)]
+    {
+        if value > 100 {
+            problems.push(format!("{at}.{key}: {value} is above 100"));
+        }
+    }
+    (problems.len() == before).then_some(adaptive)
+}
+
+fn signals(t: &schema::Threat, problems: &mut Vec<String>) -> Signals {
+    let patterns: Vec<String> = match &t.patterns {
+        Some(p) => p.clone(),
+        None => DEFAULT_PATTERNS.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let mut valid = true;
+    for (i, p) in patterns.iter().enumerate() {
+        if let Err(e) = regex::RegexBuilder::new(p).size_limit(1 << 20).build() {
+            problems
+                .push(format!("threat.patterns[{i}]: {}", e.to_string().lines().last().unwrap_or("invalid")));
+            valid = false;
+        }
+    }
+    let patterns = (valid && !patterns.is_empty())
+        .then(|| {
+            regex::RegexSetBuilder::new(&patterns).case_insensitive(true).size_limit(1 << 22).build().ok()
+        })
+        .flatten();
+    let deny_ranges = t
+        .deny_ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            Cidr::parse(r).map_err(|e| problems.push(format!("threat.deny_ranges[{i}]: {e}"))).ok()
+        })
+        .collect();
+    Signals { patterns, deny_ranges }
 }
 
 fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Limit> {

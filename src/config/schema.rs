@@ -19,6 +19,9 @@ pub struct File {
     /// Bounds of the in-process store (the primary one without Redis, and the fallback).
     #[serde(default)]
     pub local: Local,
+    /// What makes a request look hostile, for tiers with `adaptive`.
+    #[serde(default)]
+    pub threat: Threat,
     /// Size limits on every request, so hostile input costs bounded memory.
     #[serde(default)]
     pub limits: Limits,
@@ -179,6 +182,56 @@ pub struct Tier {
     /// While Redis is unavailable: `local`, `allow` or `deny`; default `fallback.mode`.
     #[serde(default)]
     pub on_redis_failure: Option<String>,
+    /// `true` (the defaults) or settings: the limit shrinks as the threat score grows.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AdaptiveSpec {
+    Enabled(bool),
+    Settings(AdaptiveSettings),
+}
+
+/// Every field is optional; absent ones take the defaults in the README.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveSettings {
+    pub weights: FactorWeights,
+    /// A user agent shorter than this counts as missing (default 10).
+    pub min_user_agent_len: Option<usize>,
+    /// Attempts above this multiple of the limit in a window make a burst (default 2).
+    pub burst_multiple: Option<u64>,
+    /// Reported failures in a window that set the failed-logins factor (default 3).
+    pub failed_logins: Option<u64>,
+    /// Percent of the limit a score of 100 takes away (default 50).
+    pub reduction_percent: Option<u8>,
+    /// A denial scoring at least this writes a security event (default 50).
+    pub event_threshold: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FactorWeights {
+    pub user_agent: Option<u8>,
+    pub parameters: Option<u8>,
+    pub deny_range: Option<u8>,
+    pub reputation: Option<u8>,
+    pub burst: Option<u8>,
+    pub failed_logins: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Threat {
+    /// Regular expressions (case-insensitive) for suspicious parameters, matched against the
+    /// endpoint and free-form attributes. Absent: path traversal, script and SQL injection.
+    pub patterns: Option<Vec<String>>,
+    /// CIDR ranges whose IPs set the `deny_range` factor.
+    pub deny_ranges: Vec<String>,
+    /// Most entries kept in the Redis security event stream (default 10000).
+    pub events_max_len: Option<u64>,
 }
 
 /// `value` (equal), `[a, b]` (equal to one of them) or `{prefix: /api/}` / `{prefix: [/a, /b]}`.

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 
 use super::local::Counting;
 use super::redis::Topology;
-use super::{Check, LocalStore, Mode, Outcome, RedisStore, Source, Store, StoreError};
+use super::{Check, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError};
 use crate::algorithm::Verdict;
 use crate::metrics;
 
@@ -187,12 +187,18 @@ impl FallbackStore {
             .iter()
             .map(|c| match c.on_failure {
                 FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
-                FailureMode::Allow => {
-                    Verdict { allowed: true, remaining: c.quota.limit, ..Verdict::default() }
-                }
-                FailureMode::Deny => {
-                    Verdict { allowed: false, remaining: 0, retry_after_ms: probe_ms, reset_after_ms: 0 }
-                }
+                FailureMode::Allow => Verdict {
+                    allowed: true,
+                    remaining: c.quota.limit,
+                    limit: c.quota.limit,
+                    ..Verdict::default()
+                },
+                FailureMode::Deny => Verdict {
+                    allowed: false,
+                    retry_after_ms: probe_ms,
+                    limit: c.quota.limit,
+                    ..Verdict::default()
+                },
             })
             .collect();
         Outcome { admitted: local.admitted && !denies, verdicts, source: Source::Fallback }
@@ -206,5 +212,30 @@ pub struct SharedFallback(pub Arc<FallbackStore>);
 impl Store for SharedFallback {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(self.0.run(checks, mode))
+    }
+
+    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.0.redis.load_full() {
+                Some(redis) if !self.0.is_open() => {
+                    match tokio::time::timeout(self.0.settings.deadline, redis.report_failures(keys)).await {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(e)) if !e.is_transient() => return Err(e),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+            self.0.local.report_failures_at(keys, self.0.local.now_ms());
+            Ok(())
+        })
+    }
+
+    fn security_event<'a>(&'a self, event: &'a SecurityEvent, max_len: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(redis) = self.0.redis.load_full().filter(|_| !self.0.is_open()) {
+                redis.security_event(event, max_len).await;
+            }
+        })
     }
 }

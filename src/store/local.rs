@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use super::{Check, Mode, Outcome, Source, Store, StoreError};
 use crate::algorithm::token_bucket::{self, Bucket};
-use crate::algorithm::{self, Algorithm, Quota, sliding_log::Log, sliding_window::Window};
+use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
+use crate::threat;
 
 /// How the store counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,31 @@ struct Cell {
     state: State,
     /// Instant (store clock, ms) after which the state no longer matters.
     expires_at: u64,
+    /// An adaptive tier's attempts and reported failures in the current window.
+    attempts: Count,
+    failures: Count,
+}
+
+/// A count that restarts one window after its first unit: the twin of `adaptive_count` in
+/// lua/adaptive.lua.
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
+    reset_at: u64,
+    count: u64,
+}
+
+impl Count {
+    fn add(&mut self, now: u64, window_ms: u64, units: u64) -> u64 {
+        let (reset_at, count) = if self.count == 0 || now >= self.reset_at {
+            (now + window_ms, 0)
+        } else {
+            (self.reset_at, self.count)
+        };
+        if units > 0 {
+            *self = Count { reset_at, count: count + units };
+        }
+        count + units
+    }
 }
 
 /// Counts kept in this process. Clones share the same counts.
@@ -56,6 +82,8 @@ pub struct LocalStore {
     counting: Counting,
     max_keys: usize,
     evicting: Arc<AtomicBool>,
+    /// Reputation keys marked bad, with the instant (store clock, ms) the mark expires.
+    reputation: Arc<DashMap<String, u64>>,
 }
 
 /// The default bound on keys held in process.
@@ -75,6 +103,43 @@ impl LocalStore {
             counting,
             max_keys: max_keys.max(1),
             evicting: Arc::new(AtomicBool::new(false)),
+            reputation: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Marks a reputation key (see `tier::reputation_keys`) bad until `ttl_ms` from now.
+    pub fn set_reputation(&self, key: &str, ttl_ms: u64) {
+        self.set_reputation_at(key, ttl_ms, self.now_ms());
+    }
+
+    /// As `set_reputation`, at an instant chosen by the caller (see `decide_at`).
+    pub fn set_reputation_at(&self, key: &str, ttl_ms: u64, now: u64) {
+        self.reputation.insert(key.to_owned(), now.saturating_add(ttl_ms));
+    }
+
+    pub fn clear_reputation(&self, key: &str) {
+        self.reputation.remove(key);
+    }
+
+    fn bad_reputation(&self, keys: &[String], now: u64) -> bool {
+        keys.iter().any(|k| self.reputation.get(k).is_some_and(|until| *until > now))
+    }
+
+    /// Counts one reported failure on each key (a tier-key of an adaptive tier) for its window.
+    pub fn report_failures_at(&self, keys: &[(String, u64)], now: u64) {
+        for (key, window_ms) in keys {
+            let probe = Check {
+                key: key.clone(),
+                algorithm: Algorithm::SlidingWindow,
+                quota: Quota { limit: 1, window_ms: *window_ms, cost: 1 },
+                shadow: false,
+                on_failure: super::FailureMode::Local,
+                adaptive: None,
+            };
+            let cell = self.cell(&probe, now);
+            let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            cell.failures.add(now, *window_ms, 1);
+            cell.expires_at = cell.expires_at.max(cell.failures.reset_at);
         }
     }
 
@@ -155,8 +220,30 @@ impl LocalStore {
 
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut next_windows = Vec::with_capacity(checks.len());
+        let mut bad_reputation = None;
         for (check, (_, cell)) in checks.iter().zip(guards.iter_mut()) {
-            let quota = self.quota(check);
+            let mut quota = self.quota(check);
+            let mut threat = (0, 0);
+            if let Some(a) = &check.adaptive {
+                let s = a.settings;
+                let attempts = cell.attempts.add(now, quota.window_ms, u64::from(mode == Mode::Consume));
+                cell.expires_at = cell.expires_at.max(cell.attempts.reset_at);
+                let failures = cell.failures.add(now, quota.window_ms, 0);
+                let bad = *bad_reputation.get_or_insert_with(|| self.bad_reputation(&a.reputation, now));
+                let mut bits = a.client_factors;
+                if bad {
+                    bits |= threat::REPUTATION;
+                }
+                if attempts > s.burst_multiple.saturating_mul(check.quota.limit) {
+                    bits |= threat::BURST;
+                }
+                if failures >= s.failed_logins {
+                    bits |= threat::FAILED_LOGINS;
+                }
+                let score = s.weights.score(bits);
+                quota.limit = threat::effective_limit(quota.limit, score, s.reduction_percent);
+                threat = (score, bits);
+            }
             if !cell.state.counts_as(self.kind(check)) {
                 // The tier changed algorithm on a reload: start over with the new one.
                 cell.state = State::fresh(self.kind(check));
@@ -175,7 +262,7 @@ impl LocalStore {
                     (v, Next::Bucket(next, quota.limit))
                 }
             };
-            verdicts.push(verdict);
+            verdicts.push(Verdict { score: threat.0, factors: threat.1, ..verdict });
             next_windows.push(next);
         }
 
@@ -186,11 +273,11 @@ impl LocalStore {
                 match (&mut cell.state, next) {
                     (State::Window(w), Next::Window(next)) => {
                         *w = next;
-                        cell.expires_at = now + 2 * q.window_ms;
+                        cell.expires_at = cell.expires_at.max(now + 2 * q.window_ms);
                     }
                     (State::Log(log), _) => {
                         log.commit(now, q.cost);
-                        cell.expires_at = now + q.window_ms;
+                        cell.expires_at = cell.expires_at.max(now + q.window_ms);
                     }
                     (State::Bucket(b), Next::Bucket(next, capacity)) => {
                         *b = next;
@@ -233,7 +320,12 @@ impl LocalStore {
             self.make_room(now);
         }
         let entry = self.cells.entry(check.key.clone()).or_insert_with(|| {
-            Arc::new(Mutex::new(Cell { state: State::fresh(self.kind(check)), expires_at: 0 }))
+            Arc::new(Mutex::new(Cell {
+                state: State::fresh(self.kind(check)),
+                expires_at: 0,
+                attempts: Count::default(),
+                failures: Count::default(),
+            }))
         });
         Arc::clone(&entry)
     }
@@ -275,6 +367,11 @@ impl Store for LocalStore {
         let outcome = self.decide_at(checks, mode, self.now_ms());
         Box::pin(std::future::ready(Ok(outcome)))
     }
+
+    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.report_failures_at(keys, self.now_ms());
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +386,7 @@ mod tests {
             quota: Quota { limit, window_ms: 60_000, cost: 1 },
             shadow: false,
             on_failure: FailureMode::Local,
+            adaptive: None,
         }
     }
 

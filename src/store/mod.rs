@@ -15,6 +15,7 @@ use std::fmt;
 use futures::future::BoxFuture;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
+use crate::threat::Adaptive;
 
 pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
 pub use local::{Counting, LocalStore};
@@ -31,6 +32,17 @@ pub struct Check {
     pub shadow: bool,
     /// What the fallback does with this check while Redis is unavailable.
     pub on_failure: FailureMode,
+    /// Present when the tier's limit adapts to the threat score.
+    pub adaptive: Option<AdaptiveCheck>,
+}
+
+/// The adaptive part of a check: the tier's settings, what the request itself gave away, and the
+/// reputation keys of its IP and user (shared by every adaptive check of the request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdaptiveCheck {
+    pub settings: Adaptive,
+    pub client_factors: u8,
+    pub reputation: std::sync::Arc<[String]>,
 }
 
 /// Whether an admitted request consumes its cost.
@@ -71,7 +83,40 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+
+    /// Counts one reported failure (e.g. a failed login) on each `(tier-key, window_ms)`.
+    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Keeps a security event where operators can read it (`sluice events`), at most `max_len` of
+    /// them. Stores without a place for events drop it; the log line and metric are written anyway.
+    fn security_event<'a>(&'a self, _event: &'a SecurityEvent, _max_len: u64) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// A hostile request denied: what was seen and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub tier: std::sync::Arc<str>,
+    pub score: u8,
+    pub factors: u8,
+    pub correlation_id: String,
+}
+
+impl SecurityEvent {
+    /// `(field, value)` pairs, as written to the stream.
+    pub fn fields(&self) -> [(&'static str, String); 4] {
+        [
+            ("tier", self.tier.to_string()),
+            ("score", self.score.to_string()),
+            ("factors", crate::threat::factor_names(self.factors).collect::<Vec<_>>().join(",")),
+            ("correlation_id", self.correlation_id.clone()),
+        ]
+    }
+}
+
+/// The Redis stream of security events.
+pub const EVENTS_STREAM: &str = "sluice:events";
 
 /// Why a store could not decide.
 #[derive(Debug, thiserror::Error)]

@@ -23,8 +23,8 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
-use super::script::DECIDE;
-use super::{Check, Mode, Outcome, Source, Store, StoreError};
+use super::script::{DECIDE, REPORT};
+use super::{Check, EVENTS_STREAM, Mode, Outcome, SecurityEvent, Source, Store, StoreError};
 use crate::algorithm::{Algorithm, Verdict};
 use crate::metrics;
 
@@ -202,21 +202,97 @@ impl RedisStore {
         mode: Mode,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let cmd = decide_cmd(checks, mode, now);
-        let reply = match cmd.query_async::<Vec<i64>>(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                DECIDE.load_async(conn).await?;
-                cmd.query_async::<Vec<i64>>(conn).await?
-            }
-            other => other?,
-        };
+        let reply: Vec<i64> = eval(conn, &DECIDE, &decide_cmd(checks, mode, now)).await?;
         parse_reply(&reply, checks.len())
+    }
+
+    /// Runs a command on the node that holds its first key (any node for none).
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        script: Option<&redis::Script>,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        async fn on<T: redis::FromRedisValue>(
+            conn: &mut impl redis::aio::ConnectionLike,
+            script: Option<&redis::Script>,
+            cmd: &redis::Cmd,
+        ) -> Result<T, StoreError> {
+            Ok(match script {
+                Some(script) => eval(conn, script, cmd).await?,
+                None => cmd.query_async(conn).await?,
+            })
+        }
+        match &self.conn {
+            Connection::Manager(c) => on(&mut c.clone(), script, cmd).await,
+            Connection::Cluster(c) => on(&mut c.clone(), script, cmd).await,
+            Connection::Sentinel(s) => on(&mut (**s.current.load()).clone(), script, cmd).await,
+        }
+    }
+
+    /// Counts one failure on each key, one script call per Cluster slot.
+    pub async fn report_failures_at(&self, keys: &[(String, u64)], now: u64) -> Result<(), StoreError> {
+        let mut groups: Vec<(u16, Vec<&(String, u64)>)> = Vec::new();
+        for key in keys {
+            let slot = key_slot(key.0.as_bytes());
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(key),
+                None => groups.push((slot, vec![key])),
+            }
+        }
+        let calls = groups.iter().map(|(_, members)| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(REPORT.get_hash()).arg(members.len());
+            for (key, _) in members {
+                cmd.arg(format!("{key}:fail"));
+            }
+            cmd.arg(now);
+            for (_, window_ms) in members {
+                cmd.arg(window_ms);
+            }
+            async move { self.query::<Vec<i64>>(Some(&REPORT), &cmd).await }
+        });
+        futures::future::try_join_all(calls).await?;
+        Ok(())
+    }
+
+    /// Appends a security event to the bounded stream.
+    pub async fn add_event(&self, event: &SecurityEvent, max_len: u64) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(EVENTS_STREAM).arg("MAXLEN").arg(max_len).arg("*");
+        for (field, value) in event.fields() {
+            cmd.arg(field).arg(value);
+        }
+        self.query::<String>(None, &cmd).await.map(drop)
+    }
+}
+
+/// EVALSHA, and on NOSCRIPT (an empty script cache) load the script and run it again.
+async fn eval<T: redis::FromRedisValue>(
+    conn: &mut impl redis::aio::ConnectionLike,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> Result<T, redis::RedisError> {
+    match cmd.query_async::<T>(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async::<T>(conn).await
+        }
+        other => other,
     }
 }
 
 /// One EVALSHA of the decision script for the checks of one request (see lua/decide.lua).
 fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
-    let keys: usize = checks.iter().map(|c| if c.algorithm == Algorithm::SlidingLog { 2 } else { 1 }).sum();
+    let reputation: &[String] =
+        checks.iter().find_map(|c| c.adaptive.as_ref()).map_or(&[], |a| &a.reputation);
+    let keys: usize = checks
+        .iter()
+        .map(|c| {
+            let algorithm = if c.algorithm == Algorithm::SlidingLog { 2 } else { 1 };
+            algorithm + if c.adaptive.is_some() { 2 } else { 0 }
+        })
+        .sum::<usize>()
+        + reputation.len();
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(DECIDE.get_hash()).arg(keys);
     for check in checks {
@@ -228,29 +304,53 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
                 cmd.arg(format!("{}:log", check.key)).arg(format!("{}:seq", check.key));
             }
         }
+        if check.adaptive.is_some() {
+            cmd.arg(format!("{}:att", check.key)).arg(format!("{}:fail", check.key));
+        }
     }
-    cmd.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len());
+    cmd.arg(reputation);
+    cmd.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len()).arg(reputation.len());
     for check in checks {
         let q = check.quota;
         cmd.arg(check.algorithm.code()).arg(q.limit).arg(q.window_ms).arg(q.cost).arg(u8::from(check.shadow));
+        match &check.adaptive {
+            None => {
+                cmd.arg(0);
+            }
+            Some(a) => {
+                let s = a.settings;
+                cmd.arg(1)
+                    .arg(s.weights.score(a.client_factors))
+                    .arg(a.client_factors)
+                    .arg(s.weights.reputation)
+                    .arg(s.weights.burst)
+                    .arg(s.weights.failed_logins)
+                    .arg(s.burst_multiple)
+                    .arg(s.failed_logins)
+                    .arg(s.reduction_percent);
+            }
+        }
     }
     cmd
 }
 
 fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
-    if reply.len() != 2 + 4 * n {
+    if reply.len() != 2 + 7 * n {
         return Err(StoreError::BadReply(format!("{} values for {n} checks", reply.len())));
     }
     let non_negative =
         |v: i64| u64::try_from(v).map_err(|_| StoreError::BadReply(format!("negative value {v}")));
     let verdicts = reply[2..]
-        .chunks_exact(4)
+        .chunks_exact(7)
         .map(|v| {
             Ok(Verdict {
                 allowed: v[0] == 1,
                 remaining: non_negative(v[1])?,
                 retry_after_ms: non_negative(v[2])?,
                 reset_after_ms: non_negative(v[3])?,
+                limit: non_negative(v[4])?,
+                score: u8::try_from(v[5]).map_err(|_| StoreError::BadReply(format!("score {}", v[5])))?,
+                factors: u8::try_from(v[6]).map_err(|_| StoreError::BadReply(format!("factors {}", v[6])))?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -282,6 +382,18 @@ fn crc16(bytes: &[u8]) -> u16 {
 impl Store for RedisStore {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(self.run(checks, mode, 0))
+    }
+
+    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.report_failures_at(keys, 0))
+    }
+
+    fn security_event<'a>(&'a self, event: &'a SecurityEvent, max_len: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.add_event(event, max_len).await {
+                tracing::warn!(error = %e, "cannot write a security event to redis");
+            }
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::api::pb;
 use crate::config::{self, ConfigError};
 use crate::server::{self, Listeners};
+use crate::store::EVENTS_STREAM;
 
 /// sysexits' EX_CONFIG: the configuration is wrong.
 const EXIT_CONFIG: u8 = 78;
@@ -29,6 +30,18 @@ enum Command {
     },
     /// Validate a configuration file; exits 78 naming every bad key.
     CheckConfig { file: PathBuf },
+    /// Print the security events kept in Redis (oldest first), one JSON object a line.
+    Events {
+        /// The Redis that Sluice uses (a standalone URL).
+        #[arg(long, env = "SLUICE__REDIS__URL")]
+        redis: String,
+        /// How many of the newest events to print.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Keep printing new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Ask a running Sluice for one decision.
     Check {
         /// Sluice's gRPC address.
@@ -71,6 +84,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(&file),
+            Command::Events { redis, count, follow } => events(&redis, count, follow).await,
             Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
                 check(addr, attrs, cost, tiers, dry_run, json).await
             }
@@ -152,6 +166,55 @@ fn init_logging(log: &config::LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if log.json { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn events(url: &str, count: usize, follow: bool) -> ExitCode {
+    match print_events(url, count, follow).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: events: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis::RedisError> {
+    use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let print = |entry: &StreamId| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("id".into(), entry.id.clone().into());
+        for (field, value) in &entry.map {
+            let text: String = redis::from_redis_value_ref(value).unwrap_or_default();
+            fields.insert(field.clone(), text.into());
+        }
+        println!("{}", serde_json::Value::Object(fields));
+    };
+    let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(EVENTS_STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut conn)
+        .await?;
+    let mut last = "$".to_owned();
+    for entry in newest.ids.iter().rev() {
+        print(entry);
+        last.clone_from(&entry.id);
+    }
+    while follow {
+        let options = StreamReadOptions::default().block(5_000).count(100);
+        let reply: Option<StreamReadReply> =
+            redis::AsyncCommands::xread_options(&mut conn, &[EVENTS_STREAM], &[&last], &options).await?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in &key.ids {
+                print(entry);
+                last.clone_from(&entry.id);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn check(

@@ -84,6 +84,8 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
                 "--attr",
                 "method=POST",
                 "--attr",
+                "user_agent=curl/8.5.0 (x86_64-pc-linux-gnu)",
+                "--attr",
                 "username=bob",
                 "--json",
             ])

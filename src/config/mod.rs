@@ -568,6 +568,41 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_settings_and_threat_lists_are_checked() {
+        let yaml = "threat:
+  patterns: ['(unclosed']
+  deny_ranges: [10.0.0.0/8, 300.1.1.1/8]
+tiers:
+  - name: a
+    limit: 10
+    window: 1m
+    adaptive: {weights: {burst: 101}, reduction_percent: 150, burst_multiple: 0}
+  - name: b
+    exempt: true
+    adaptive: true
+";
+        let lines = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("invalid").lines();
+        for expected in [
+            "threat.patterns[0]",
+            "threat.deny_ranges[1]",
+            "tiers[0].adaptive.weights.burst: 101 is above 100",
+            "tiers[0].adaptive.reduction_percent",
+            "tiers[0].adaptive.burst_multiple: must be at least 1",
+            "tiers[1].adaptive: only a limited tier can adapt",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(expected)), "{expected} not in {lines:?}");
+        }
+        let ok = parse(
+            "tiers:\n  - name: a\n    limit: 10\n    window: 1m\n    adaptive: {weights: {user_agent: 5}}\n",
+            "t",
+            Some(HashMap::new()),
+        )
+        .expect("valid");
+        let adaptive = ok.tiers.all()[0].adaptive.expect("adaptive");
+        assert_eq!((adaptive.weights.user_agent, adaptive.weights.burst), (5, 30));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration_ms("15m"), Ok(900_000));
         assert_eq!(parse_duration_ms("500ms"), Ok(500));

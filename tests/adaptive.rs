@@ -1,0 +1,163 @@
+//! Adaptive limits end to end over gRPC and a real Redis: exact effective limits under
+//! concurrency, reported failures, and a bounded stream of security events that carry their
+//! factors.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{RedisServer, SluiceServer, check, http_get, request};
+use sluice::api::pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_effective_limit_is_exact_under_50_concurrent_clients() {
+    let redis = RedisServer::start();
+    let yaml = "tiers:\n  - name: api\n    key: [user]\n    limit: 100\n    window: 1h\n    adaptive: true\n";
+    let (a, b) = (
+        SluiceServer::start(yaml, Some(&redis.url())).await,
+        SluiceServer::start(yaml, Some(&redis.url())).await,
+    );
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut client = if i % 2 == 0 { a.client().await } else { b.client().await };
+        let sent = Arc::clone(&sent);
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0;
+            while sent.fetch_add(1, Ordering::SeqCst) < 150 {
+                // No user agent: score 20, so a limit of 100 becomes 90.
+                let d = check(&mut client, request(&[("user", "mallory")])).await;
+                assert_eq!((d.threat_score, d.limit), (20, 90));
+                allowed += usize::from(d.allowed);
+            }
+            allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += t.await.expect("client");
+    }
+    assert_eq!(allowed, 90);
+}
+
+#[tokio::test]
+async fn reported_failures_raise_the_score_of_their_own_key_only() {
+    let redis = RedisServer::start();
+    let yaml = "tiers:
+  - name: login
+    match: {endpoint: /login}
+    key: [ip, username]
+    algorithm: sliding_log
+    limit: 20
+    window: 15m
+    adaptive: {failed_logins: 5}
+";
+    let server = SluiceServer::start(yaml, Some(&redis.url())).await;
+    let mut client = server.client().await;
+    let login = |username: &str| {
+        request(&[
+            ("ip", "203.0.113.5"),
+            ("endpoint", "/login"),
+            ("username", username),
+            ("user_agent", "Mozilla/5.0 (X11)"),
+        ])
+    };
+    for i in 0..5 {
+        let d = check(&mut client, login("alice")).await;
+        assert_eq!(d.threat_score, 0, "attempt {i}");
+        let report = pb::ReportRequest {
+            attributes: login("alice").attributes,
+            outcome: pb::Outcome::Failure.into(),
+            tiers: vec![],
+        };
+        assert_eq!(client.report(report).await.expect("report").into_inner().tiers_counted, 1);
+    }
+    let d = check(&mut client, login("alice")).await;
+    assert_eq!(d.threat_score, 30);
+    assert_eq!(d.threat_factors, ["failed_logins"]);
+    assert_eq!(d.limit, 17, "floor(20 * (1 - 30/200))");
+    let other = check(&mut client, login("bob")).await;
+    assert_eq!((other.threat_score, other.limit), (0, 20), "another username from the same IP is untouched");
+
+    let success = pb::ReportRequest {
+        attributes: login("bob").attributes,
+        outcome: pb::Outcome::Success.into(),
+        tiers: vec![],
+    };
+    assert_eq!(client.report(success).await.expect("report").into_inner().tiers_counted, 0);
+    let unspecified = pb::ReportRequest { attributes: login("bob").attributes, outcome: 0, tiers: vec![] };
+    let status = client.report(unspecified).await.expect_err("no outcome");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("outcome:"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_events_stay_within_their_bound_and_carry_the_factors() {
+    let redis = RedisServer::start();
+    let yaml = "threat:
+  events_max_len: 50
+tiers:
+  - name: files
+    key: [ip]
+    limit: 5
+    window: 1h
+    adaptive: true
+";
+    let server = SluiceServer::start(yaml, Some(&redis.url())).await;
+    let mut client = server.client().await;
+    let mut denied = 0;
+    for i in 0..300 {
+        // No user agent (20) and path traversal (40): 60, over the event threshold of 50; past
+        // 2 x 5 attempts in the window, a burst too (30).
+        let mut req = tonic::Request::new(pb::CheckRequest {
+            requests: vec![request(&[("ip", "192.0.2.200"), ("endpoint", "/files/../../etc/passwd")])],
+            dry_run: false,
+        });
+        req.metadata_mut().insert("x-request-id", format!("req-{i}").parse().expect("metadata"));
+        let d = client.check(req).await.expect("check").into_inner().decisions.remove(0);
+        assert_eq!(d.threat_score, if i < 10 { 60 } else { 90 }, "attempt {i}");
+        denied += usize::from(!d.allowed);
+    }
+    assert!(denied >= 290, "{denied} denials");
+    let len = || -> usize { redis.cmd(redis::cmd("XLEN").arg("sluice:events")) };
+    assert_eventually!(len() == 50, Duration::from_secs(5), "the stream holds {} events, not 50", len());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(len(), 50, "the stream stays at its bound");
+
+    let newest: redis::streams::StreamRangeReply =
+        redis.cmd(redis::cmd("XREVRANGE").arg("sluice:events").arg("+").arg("-").arg("COUNT").arg(1));
+    let entry = &newest.ids[0];
+    let field = |name: &str| -> String { redis::from_redis_value_ref(&entry.map[name]).expect("field") };
+    assert_eq!(field("tier"), "files");
+    assert_eq!(field("score"), "90");
+    assert_eq!(field("factors"), "user_agent,parameters,burst");
+    assert!(field("correlation_id").starts_with("req-"));
+
+    let metrics = http_get(server.http_addr, "/metrics").await.1;
+    assert!(
+        metrics.contains("sluice_security_events_total{tier=\"files\",factor=\"parameters\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_threat_score_bucket{tier=\"files\""), "{metrics}");
+
+    // The CLI prints them, one JSON object a line.
+    let url = redis.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["events", "--redis", &url, "--count", "3"])
+            .output()
+            .expect("sluice events")
+    })
+    .await
+    .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["factors"], "user_agent,parameters,burst");
+    assert!(lines[2]["correlation_id"].as_str().is_some_and(|id| id.starts_with("req-")));
+}

@@ -203,7 +203,10 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
         print(entry);
         last.clone_from(&entry.id);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         let options = StreamReadOptions::default().block(5_000).count(100);
         let reply: Option<StreamReadReply> =
             redis::AsyncCommands::xread_options(&mut conn, &[EVENTS_STREAM], &[&last], &options).await?;

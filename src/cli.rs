@@ -178,6 +178,7 @@ async fn events(url: &str, count: usize, follow: bool) -> ExitCode {
     }
 }
 
+/// Prints the newest `count` events; with `follow`, then waits for new ones until interrupted.
 async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis::RedisError> {
     use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
@@ -217,7 +218,6 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
             }
         }
     }
-    Ok(())
 }
 
 async fn check(

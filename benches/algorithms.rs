@@ -53,6 +53,7 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
                     shadow: false,
                     on_failure: FailureMode::Local,
                     adaptive: None,
+                    penalty: None,
                 })
                 .collect()
         })

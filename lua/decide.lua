@@ -2,7 +2,8 @@
 -- The algorithm files in lua/ are prepended to this one (see src/store/script.rs).
 --
 -- KEYS  per tier in ARGV order: sliding_window -> 1 key (hash); sliding_log -> 2 keys (zset, seq);
---       an adaptive tier adds its attempts and failures counters (see adaptive.lua). Each tier's
+--       an adaptive tier adds its attempts and failures counters (see adaptive.lua), a tier with a
+--       penalty its penalty hash (see penalty.lua). Each tier's
 --       keys share one hash tag, so a tier-key lives in one Cluster slot. Last, the request's
 --       reputation keys (ARGV[4] of them).
 -- ARGV  [1] now in ms, or 0 to read Redis TIME (the normal case: one clock for every replica)
@@ -10,15 +11,17 @@
 --       [3] n, the number of tiers
 --       [4] the number of reputation keys at the end of KEYS (0 to 2)
 --       then per tier: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms, cost,
---       shadow (1 = evaluate and report, never deny), adaptive (0/1); an adaptive tier adds
---       client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
---       failed_threshold, reduction_percent
+--       shadow (1 = evaluate and report, never deny), adaptive (0/1), penalty (0/1); an adaptive
+--       tier adds client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
+--       failed_threshold, reduction_percent; a penalty adds violations, period_ms, base_ms, factor,
+--       max_ms
 -- Reply {admitted (1/0), now_ms, then per tier: allowed (1/0), remaining, retry_after_ms,
 --       reset_after_ms, effective limit, score, factor bits}
 --
 -- All or nothing: the request is admitted only when every enforcing tier allows it, and only then
 -- does any tier consume. A denied request changes no count, except an adaptive tier's attempts
--- counter, which counts every attempt that is not a dry run.
+-- counter, which counts every attempt that is not a dry run, and a penalty's violations, which
+-- count each denial by their own tier. A blocked tier-key is denied until its block ends.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -51,7 +54,8 @@ for i = 1, n do
   local limit, window, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local shadow = ARGV[a + 5] == '1'
   local adaptive = ARGV[a + 6] == '1'
-  a = a + 6
+  local penalty = ARGV[a + 7] == '1'
+  a = a + 7
   local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0 }
   if algorithm == 1 then
     next_key = next_key + 1
@@ -59,7 +63,7 @@ for i = 1, n do
     v.seq_key = KEYS[next_key + 1]
     next_key = next_key + 2
   else
-    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 5]))
+    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 6]))
   end
   if adaptive then
     local p = {
@@ -74,11 +78,29 @@ for i = 1, n do
     v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
     limit = adaptive_limit(limit, v.score, reduction)
   end
+  if penalty then
+    v.penalty = {
+      violations = tonumber(ARGV[a + 1]), period = tonumber(ARGV[a + 2]), base = tonumber(ARGV[a + 3]),
+      factor = tonumber(ARGV[a + 4]), max = tonumber(ARGV[a + 5]),
+    }
+    a = a + 5
+    v.penalty_key = KEYS[next_key]
+    next_key = next_key + 1
+    v.penalty_state = penalty_read(v.penalty_key)
+  end
   v.limit = limit
-  if algorithm == 1 then
+  if penalty and v.penalty_state.u > now then
+    v.allowed, v.remaining, v.retry, v.reset = false, 0, v.penalty_state.u - now, v.penalty_state.u - now
+  elseif algorithm == 1 then
     v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, limit, window, cost)
   else
     v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, limit, window, cost)
+  end
+  if penalty and not v.allowed and commit and v.penalty_state.u <= now then
+    penalty_violate(v.penalty_key, v.penalty_state, now, v.penalty, 1)
+    if v.penalty_state.u > now then
+      v.retry, v.reset = v.penalty_state.u - now, v.penalty_state.u - now
+    end
   end
   if not v.allowed and not shadow then
     admitted = false

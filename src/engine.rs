@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::decision::Decision;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Mode, SecurityEvent, Store, StoreError};
+use crate::store::{AdaptiveCheck, Check, Failure, Mode, SecurityEvent, Store, StoreError};
 use crate::tier::{Attributes, Rule, Tier, Tiers};
 
 /// One gateway request to decide.
@@ -57,24 +57,30 @@ impl Engine {
         Engine { tiers: ArcSwap::from_pointee(tiers), store, events_max_len }
     }
 
-    /// Takes in a request's outcome. A failure counts once on every adaptive tier that matches it.
+    /// Takes in a request's outcome. A failure counts once on every adaptive tier that matches it
+    /// (its failed-logins factor) and as a violation on every tier with a penalty.
     pub async fn report(&self, request: &Request, outcome: Outcome) -> Result<usize, RequestError> {
         if outcome == Outcome::Success {
             return Ok(0);
         }
         let tiers = self.tiers.load();
-        let keys: Vec<(String, u64)> = matching(&tiers, request)?
+        let failures: Vec<Failure> = matching(&tiers, request)?
             .into_iter()
-            .filter(|t| t.adaptive.is_some())
+            .filter(|t| t.adaptive.is_some() || t.penalty.is_some())
             .filter_map(|t| match t.rule {
-                Rule::Limited(limit) => Some((t.key_for(&request.attributes), limit.window_ms)),
+                Rule::Limited(limit) => Some(Failure {
+                    key: t.key_for(&request.attributes),
+                    window_ms: limit.window_ms,
+                    adaptive: t.adaptive.is_some(),
+                    penalty: t.penalty,
+                }),
                 _ => None,
             })
             .collect();
-        if !keys.is_empty() {
-            self.store.report_failures(&keys).await?;
+        if !failures.is_empty() {
+            self.store.report_failures(&failures).await?;
         }
-        Ok(keys.len())
+        Ok(failures.len())
     }
 
     /// Swaps in a new set of tiers; requests in flight finish with the old one.
@@ -119,6 +125,7 @@ impl Engine {
                 quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
                 shadow: tier.shadow,
                 on_failure: tier.on_failure,
+                penalty: tier.penalty,
                 adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
                     settings,
                     client_factors: tiers.signals.client_factors(&settings, &request.attributes),

@@ -114,6 +114,8 @@ pub struct Tier {
     pub counters: crate::metrics::TierCounters,
     /// Present when the limit adapts to the threat score.
     pub adaptive: Option<crate::threat::Adaptive>,
+    /// Present when repeated violations block a key.
+    pub penalty: Option<crate::algorithm::penalty::Penalty>,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
@@ -131,6 +133,7 @@ impl Tier {
             on_failure: FailureMode::Local,
             counters: Default::default(),
             adaptive: None,
+            penalty: None,
             key_prefix: format!("sluice:{{{name}:"),
         }
     }

@@ -8,8 +8,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::algorithm::penalty::Penalty;
+use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, RedisStore, Topology};
 use sluice::threat::Adaptive;
+
+const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500, factor: 3, max_ms: 4_000 };
 
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
@@ -54,6 +57,8 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     quota: Quota { limit, window_ms, cost: rng.random_range(1..=limit.min(3)) },
                     shadow: rng.random_range(0..8) == 0,
                     on_failure: FailureMode::Local,
+                    // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
+                    penalty: (t == 1).then_some(PENALTY),
                     // A third of the checks adapt: attempts, reported failures and client factors.
                     adaptive: (rng.random_range(0..3) == 0).then(|| AdaptiveCheck {
                         settings: Adaptive { burst_multiple: 1, failed_logins: 2, ..Adaptive::default() },
@@ -65,7 +70,12 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
             .collect();
         if rng.random_range(0..20) == 0 {
             let (t, key) = (rng.random_range(0..tiers.len()), rng.random_range(0..3));
-            let failure = [(format!("sluice:{{t{t}:k{key}}}"), tiers[t].2)];
+            let failure = [Failure {
+                key: format!("sluice:{{t{t}:k{key}}}"),
+                window_ms: tiers[t].2,
+                adaptive: rng.random_range(0..2) == 0,
+                penalty: Some(PENALTY),
+            }];
             local.report_failures_at(&failure, now);
             redis.report_failures_at(&failure, now).await.expect("report");
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
+use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
 use sluice::threat::Adaptive;
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
@@ -53,9 +53,13 @@ impl Subject {
     }
 
     async fn report(&self, keys: &[(String, u64)], now: u64) {
+        let failures: Vec<Failure> = keys
+            .iter()
+            .map(|(key, window_ms)| Failure { key: key.clone(), window_ms: *window_ms, adaptive: true, penalty: None })
+            .collect();
         match self {
-            Subject::Local(s) => s.report_failures_at(keys, now),
-            Subject::Redis(s, _) => s.report_failures_at(keys, now).await.expect("report"),
+            Subject::Local(s) => s.report_failures_at(&failures, now),
+            Subject::Redis(s, _) => s.report_failures_at(&failures, now).await.expect("report"),
         }
     }
 }
@@ -68,6 +72,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
         shadow: false,
         on_failure: FailureMode::Local,
         adaptive: None,
+        penalty: None,
     }
 }
 

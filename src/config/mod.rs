@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::algorithm::Algorithm;
+use crate::algorithm::penalty::Penalty;
 use crate::store::{FailureMode, Topology};
 use crate::threat::{Adaptive, Cidr, DEFAULT_PATTERNS, Signals, Weights};
 use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
@@ -286,6 +287,10 @@ fn tier(
             Some(_) => problems.push(format!("{at}.adaptive: only a limited tier can adapt")),
         }
     }
+    let penalty = t.penalty.take().and_then(|p| penalty(&format!("{at}.penalty"), p, problems));
+    if penalty.is_some() && (t.shadow || !matches!(rule, Some(Rule::Limited(_)) | None)) {
+        problems.push(format!("{at}.penalty: only a limited tier that is not in shadow mode can block"));
+    }
     let on_failure = match &t.on_redis_failure {
         Some(mode) => failure_mode(&format!("{at}.on_redis_failure"), mode, problems),
         None => default_failure,
@@ -297,7 +302,43 @@ fn tier(
     tier.shadow = t.shadow;
     tier.on_failure = on_failure;
     tier.adaptive = adaptive;
+    tier.penalty = penalty;
     Some(tier)
+}
+
+/// The longest block, so that block arithmetic stays exact in Lua's doubles.
+const MAX_BLOCK_MS: u64 = 30 * 86_400_000;
+
+fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Option<Penalty> {
+    let before = problems.len();
+    let mut duration = |key: &str, text: &str| match parse_duration_ms(text) {
+        Ok(ms) if ms > MAX_BLOCK_MS => {
+            problems.push(format!("{at}.{key}: {text:?} is longer than 30 days"));
+            0
+        }
+        Ok(ms) => ms,
+        Err(reason) => {
+            problems.push(format!("{at}.{key}: {reason}"));
+            0
+        }
+    };
+    let penalty = Penalty {
+        violations: p.violations,
+        period_ms: duration("period", &p.period),
+        base_ms: duration("base", &p.base),
+        factor: p.factor,
+        max_ms: duration("max", &p.max),
+    };
+    if penalty.violations == 0 {
+        problems.push(format!("{at}.violations: must be at least 1"));
+    }
+    if !(1..=100).contains(&penalty.factor) {
+        problems.push(format!("{at}.factor: must be 1 to 100"));
+    }
+    if penalty.max_ms < penalty.base_ms {
+        problems.push(format!("{at}.max: must not be shorter than base"));
+    }
+    (problems.len() == before).then_some(penalty)
 }
 
 /// Keeps the adaptive arithmetic exact in Lua's doubles: limit * 10000 < 2^53.

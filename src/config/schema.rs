@@ -185,6 +185,26 @@ pub struct Tier {
     /// `true` (the defaults) or settings: the limit shrinks as the threat score grows.
     #[serde(default)]
     pub adaptive: Option<AdaptiveSpec>,
+    /// Block a key after repeated violations (denials by this tier, or reported failures).
+    #[serde(default)]
+    pub penalty: Option<PenaltySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltySpec {
+    /// Violations within `period` that trigger a block.
+    pub violations: u64,
+    pub period: String,
+    /// The first block's length; each further block is `factor` times longer, up to `max`.
+    pub base: String,
+    #[serde(default = "default_factor")]
+    pub factor: u64,
+    pub max: String,
+}
+
+fn default_factor() -> u64 {
+    2
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 
 use super::local::Counting;
 use super::redis::Topology;
-use super::{Check, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError};
+use super::{Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError};
 use crate::algorithm::Verdict;
 use crate::metrics;
 
@@ -214,11 +214,11 @@ impl Store for SharedFallback {
         Box::pin(self.0.run(checks, mode))
     }
 
-    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             match self.0.redis.load_full() {
                 Some(redis) if !self.0.is_open() => {
-                    match tokio::time::timeout(self.0.settings.deadline, redis.report_failures(keys)).await {
+                    match tokio::time::timeout(self.0.settings.deadline, redis.report_failures(failures)).await {
                         Ok(Ok(())) => return Ok(()),
                         Ok(Err(e)) if !e.is_transient() => return Err(e),
                         _ => {}
@@ -226,7 +226,7 @@ impl Store for SharedFallback {
                 }
                 _ => {}
             }
-            self.0.local.report_failures_at(keys, self.0.local.now_ms());
+            self.0.local.report_failures_at(failures, self.0.local.now_ms());
             Ok(())
         })
     }

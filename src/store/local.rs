@@ -21,7 +21,8 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{Check, Mode, Outcome, Source, Store, StoreError};
+use super::{Check, Failure, Mode, Outcome, Source, Store, StoreError};
+use crate::algorithm::penalty::PenaltyState;
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
 use crate::threat;
@@ -50,6 +51,7 @@ struct Cell {
     /// An adaptive tier's attempts and reported failures in the current window.
     attempts: Count,
     failures: Count,
+    penalty: PenaltyState,
 }
 
 /// A count that restarts one window after its first unit: the twin of `adaptive_count` in
@@ -126,20 +128,29 @@ impl LocalStore {
     }
 
     /// Counts one reported failure on each key (a tier-key of an adaptive tier) for its window.
-    pub fn report_failures_at(&self, keys: &[(String, u64)], now: u64) {
-        for (key, window_ms) in keys {
+    pub fn report_failures_at(&self, failures: &[Failure], now: u64) {
+        for f in failures {
             let probe = Check {
-                key: key.clone(),
+                key: f.key.clone(),
                 algorithm: Algorithm::SlidingWindow,
-                quota: Quota { limit: 1, window_ms: *window_ms, cost: 1 },
+                quota: Quota { limit: 1, window_ms: f.window_ms, cost: 1 },
                 shadow: false,
                 on_failure: super::FailureMode::Local,
                 adaptive: None,
+                penalty: None,
             };
             let cell = self.cell(&probe, now);
             let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-            cell.failures.add(now, *window_ms, 1);
-            cell.expires_at = cell.expires_at.max(cell.failures.reset_at);
+            if f.adaptive {
+                cell.failures.add(now, f.window_ms, 1);
+                cell.expires_at = cell.expires_at.max(cell.failures.reset_at);
+            }
+            if let Some(p) = f.penalty
+                && !cell.penalty.blocked(now)
+            {
+                cell.penalty.violate(now, p, 1);
+                cell.expires_at = cell.expires_at.max(cell.penalty.expires_at(p));
+            }
         }
     }
 
@@ -262,7 +273,21 @@ impl LocalStore {
                     (v, Next::Bucket(next, quota.limit))
                 }
             };
-            verdicts.push(Verdict { score: threat.0, factors: threat.1, ..verdict });
+            let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
+            if let Some(p) = check.penalty {
+                if cell.penalty.blocked(now) {
+                    let wait = cell.penalty.blocked_until - now;
+                    verdict = Verdict { allowed: false, remaining: 0, retry_after_ms: wait, reset_after_ms: wait, ..verdict };
+                } else if !verdict.allowed && mode == Mode::Consume {
+                    cell.penalty.violate(now, p, 1);
+                    cell.expires_at = cell.expires_at.max(cell.penalty.expires_at(p));
+                    if cell.penalty.blocked(now) {
+                        let wait = cell.penalty.blocked_until - now;
+                        verdict = Verdict { retry_after_ms: wait, reset_after_ms: wait, ..verdict };
+                    }
+                }
+            }
+            verdicts.push(verdict);
             next_windows.push(next);
         }
 
@@ -325,6 +350,7 @@ impl LocalStore {
                 expires_at: 0,
                 attempts: Count::default(),
                 failures: Count::default(),
+                penalty: PenaltyState::default(),
             }))
         });
         Arc::clone(&entry)
@@ -368,8 +394,8 @@ impl Store for LocalStore {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
-    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.report_failures_at(keys, self.now_ms());
+    fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.report_failures_at(failures, self.now_ms());
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -387,6 +413,7 @@ mod tests {
             shadow: false,
             on_failure: FailureMode::Local,
             adaptive: None,
+            penalty: None,
         }
     }
 

@@ -14,6 +14,7 @@ use std::fmt;
 
 use futures::future::BoxFuture;
 
+use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::threat::Adaptive;
 
@@ -34,6 +35,20 @@ pub struct Check {
     pub on_failure: FailureMode,
     /// Present when the tier's limit adapts to the threat score.
     pub adaptive: Option<AdaptiveCheck>,
+    /// Present when repeated violations block the key.
+    pub penalty: Option<Penalty>,
+}
+
+/// One reported failure on one tier-key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The tier-key, as in `Check::key`.
+    pub key: String,
+    pub window_ms: u64,
+    /// Counts toward the failed-logins factor.
+    pub adaptive: bool,
+    /// Counts as a violation.
+    pub penalty: Option<Penalty>,
 }
 
 /// The adaptive part of a check: the tier's settings, what the request itself gave away, and the
@@ -84,8 +99,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>>;
 
-    /// Counts one reported failure (e.g. a failed login) on each `(tier-key, window_ms)`.
-    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Counts one reported failure (e.g. a failed login) on each tier-key.
+    fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Keeps a security event where operators can read it (`sluice events`), at most `max_len` of
     /// them. Stores without a place for events drop it; the log line and metric are written anyway.

@@ -24,7 +24,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use super::script::{DECIDE, REPORT};
-use super::{Check, EVENTS_STREAM, Mode, Outcome, SecurityEvent, Source, Store, StoreError};
+use super::{Check, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError};
+use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Verdict};
 use crate::metrics;
 
@@ -229,27 +230,36 @@ impl RedisStore {
         }
     }
 
-    /// Counts one failure on each key, one script call per Cluster slot.
-    pub async fn report_failures_at(&self, keys: &[(String, u64)], now: u64) -> Result<(), StoreError> {
-        let mut groups: Vec<(u16, Vec<&(String, u64)>)> = Vec::new();
-        for key in keys {
-            let slot = key_slot(key.0.as_bytes());
+    /// Counts one failure on each tier-key, one script call per Cluster slot.
+    pub async fn report_failures_at(&self, failures: &[Failure], now: u64) -> Result<(), StoreError> {
+        let mut groups: Vec<(u16, Vec<&Failure>)> = Vec::new();
+        for failure in failures.iter().filter(|f| f.adaptive || f.penalty.is_some()) {
+            let slot = key_slot(failure.key.as_bytes());
             match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, members)) => members.push(key),
-                None => groups.push((slot, vec![key])),
+                Some((_, members)) => members.push(failure),
+                None => groups.push((slot, vec![failure])),
             }
         }
         let calls = groups.iter().map(|(_, members)| {
+            let keys: usize = members.iter().map(|f| usize::from(f.adaptive) + usize::from(f.penalty.is_some())).sum();
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(REPORT.get_hash()).arg(members.len());
-            for (key, _) in members {
-                cmd.arg(format!("{key}:fail"));
+            cmd.arg(REPORT.get_hash()).arg(keys);
+            for f in members {
+                if f.adaptive {
+                    cmd.arg(format!("{}:fail", f.key));
+                }
+                if f.penalty.is_some() {
+                    cmd.arg(format!("{}:pen", f.key));
+                }
             }
-            cmd.arg(now);
-            for (_, window_ms) in members {
-                cmd.arg(window_ms);
+            cmd.arg(now).arg(members.len());
+            for f in members {
+                cmd.arg(f.window_ms).arg(u8::from(f.adaptive)).arg(u8::from(f.penalty.is_some()));
+                if let Some(p) = &f.penalty {
+                    penalty_args(&mut cmd, p);
+                }
             }
-            async move { self.query::<Vec<i64>>(Some(&REPORT), &cmd).await }
+            async move { self.query::<i64>(Some(&REPORT), &cmd).await }
         });
         futures::future::try_join_all(calls).await?;
         Ok(())
@@ -289,7 +299,7 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         .iter()
         .map(|c| {
             let algorithm = if c.algorithm == Algorithm::SlidingLog { 2 } else { 1 };
-            algorithm + if c.adaptive.is_some() { 2 } else { 0 }
+            algorithm + if c.adaptive.is_some() { 2 } else { 0 } + usize::from(c.penalty.is_some())
         })
         .sum::<usize>()
         + reputation.len();
@@ -307,31 +317,41 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         if check.adaptive.is_some() {
             cmd.arg(format!("{}:att", check.key)).arg(format!("{}:fail", check.key));
         }
+        if check.penalty.is_some() {
+            cmd.arg(format!("{}:pen", check.key));
+        }
     }
     cmd.arg(reputation);
     cmd.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len()).arg(reputation.len());
     for check in checks {
         let q = check.quota;
-        cmd.arg(check.algorithm.code()).arg(q.limit).arg(q.window_ms).arg(q.cost).arg(u8::from(check.shadow));
-        match &check.adaptive {
-            None => {
-                cmd.arg(0);
-            }
-            Some(a) => {
-                let s = a.settings;
-                cmd.arg(1)
-                    .arg(s.weights.score(a.client_factors))
-                    .arg(a.client_factors)
-                    .arg(s.weights.reputation)
-                    .arg(s.weights.burst)
-                    .arg(s.weights.failed_logins)
-                    .arg(s.burst_multiple)
-                    .arg(s.failed_logins)
-                    .arg(s.reduction_percent);
-            }
+        cmd.arg(check.algorithm.code())
+            .arg(q.limit)
+            .arg(q.window_ms)
+            .arg(q.cost)
+            .arg(u8::from(check.shadow))
+            .arg(u8::from(check.adaptive.is_some()))
+            .arg(u8::from(check.penalty.is_some()));
+        if let Some(a) = &check.adaptive {
+            let s = a.settings;
+            cmd.arg(s.weights.score(a.client_factors))
+                .arg(a.client_factors)
+                .arg(s.weights.reputation)
+                .arg(s.weights.burst)
+                .arg(s.weights.failed_logins)
+                .arg(s.burst_multiple)
+                .arg(s.failed_logins)
+                .arg(s.reduction_percent);
+        }
+        if let Some(p) = &check.penalty {
+            penalty_args(&mut cmd, p);
         }
     }
     cmd
+}
+
+fn penalty_args(cmd: &mut redis::Cmd, p: &Penalty) {
+    cmd.arg(p.violations).arg(p.period_ms).arg(p.base_ms).arg(p.factor).arg(p.max_ms);
 }
 
 fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
@@ -384,8 +404,8 @@ impl Store for RedisStore {
         Box::pin(self.run(checks, mode, 0))
     }
 
-    fn report_failures<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.report_failures_at(keys, 0))
+    fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.report_failures_at(failures, 0))
     }
 
     fn security_event<'a>(&'a self, event: &'a SecurityEvent, max_len: u64) -> BoxFuture<'a, ()> {

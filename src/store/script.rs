@@ -11,6 +11,8 @@ pub const SOURCE: &str = concat!(
     "\n",
     include_str!("../../lua/adaptive.lua"),
     "\n",
+    include_str!("../../lua/penalty.lua"),
+    "\n",
     include_str!("../../lua/decide.lua"),
 );
 
@@ -18,7 +20,12 @@ pub const SOURCE: &str = concat!(
 pub static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SOURCE));
 
 /// lua/report.lua with the counter it shares with the decision script.
-pub const REPORT_SOURCE: &str =
-    concat!(include_str!("../../lua/adaptive.lua"), "\n", include_str!("../../lua/report.lua"));
+pub const REPORT_SOURCE: &str = concat!(
+    include_str!("../../lua/adaptive.lua"),
+    "\n",
+    include_str!("../../lua/penalty.lua"),
+    "\n",
+    include_str!("../../lua/report.lua"),
+);
 
 pub static REPORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPORT_SOURCE));

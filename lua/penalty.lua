@@ -1,0 +1,25 @@
+-- Penalty blocks: the twin of `Penalty` in src/threat.rs and its use in src/store/local.rs.
+-- KEYS: one hash per tier-key (`<tier-key>:pen`) with fields v (violations in the current period),
+--       r (the instant, ms, at which the violation count restarts), u (blocked until, ms) and
+--       n (blocks so far).
+-- penalty_read(key) -> the state; penalty_violate(key, st, now, p, count) adds violations and, on
+--       reaching p.violations, blocks for min(p.base * p.factor ^ n, p.max). The key expires p.max
+--       after the block or the period ends, so the escalation is forgotten after a quiet spell.
+
+local function penalty_read(key)
+  local st = redis.call('HMGET', key, 'v', 'r', 'u', 'n')
+  return { v = tonumber(st[1]) or 0, r = tonumber(st[2]) or 0, u = tonumber(st[3]) or 0, n = tonumber(st[4]) or 0 }
+end
+
+local function penalty_violate(key, st, now, p, count)
+  if now >= st.r then
+    st.v, st.r = 0, now + p.period
+  end
+  st.v = st.v + count
+  if st.v >= p.violations then
+    st.u = now + math.min(p.base * (p.factor ^ st.n), p.max)
+    st.n, st.v, st.r = st.n + 1, 0, now + p.period
+  end
+  redis.call('HSET', key, 'v', st.v, 'r', st.r, 'u', st.u, 'n', st.n)
+  redis.call('PEXPIRE', key, math.max(st.u, st.r) - now + p.max)
+end

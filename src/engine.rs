@@ -93,6 +93,10 @@ impl Engine {
         self.tiers.load_full()
     }
 
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub async fn check(&self, request: &Request, mode: Mode) -> Result<Decision, RequestError> {
         let started = Instant::now();
         let tiers = self.tiers.load();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::admin::AdminService;
 use crate::api::native::NativeService;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -26,13 +27,20 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    /// The admin API's, when it is configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
     pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
+        let admin = match &settings.admin {
+            Some(admin) => Some(TcpListener::bind(admin.grpc_addr).await?),
+            None => None,
+        };
         Ok(Listeners {
             grpc: TcpListener::bind(settings.server.grpc_addr).await?,
             http: TcpListener::bind(settings.server.http_addr).await?,
+            admin,
         })
     }
 }
@@ -91,10 +99,30 @@ pub async fn run(
     let http = axum::serve(listeners.http, crate::http::router(handle, ready))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
+    let admin_stop = stop_rx.clone();
+    let admin_engine = Arc::clone(&engine);
+    let admin = async move {
+        match (listeners.admin, settings.admin) {
+            (Some(listener), Some(admin)) => {
+                tracing::info!(admin = %listener.local_addr()?, "serving the admin API");
+                tonic::transport::Server::builder()
+                    .add_service(AdminService::into_server(admin_engine, admin.token))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        stopped(admin_stop),
+                    )
+                    .await
+                    .map_err(ServerError::from)
+            }
+            _ => Ok(()),
+        }
+    };
     let serving = async {
-        tokio::try_join!(async { grpc.await.map_err(ServerError::from) }, async {
-            http.await.map_err(ServerError::from)
-        })
+        tokio::try_join!(
+            async { grpc.await.map_err(ServerError::from) },
+            async { http.await.map_err(ServerError::from) },
+            admin
+        )
     };
     tokio::pin!(serving);
     tokio::select! {

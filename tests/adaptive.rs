@@ -161,3 +161,130 @@ tiers:
     assert_eq!(lines[2]["factors"], "user_agent,parameters,burst");
     assert!(lines[2]["correlation_id"].as_str().is_some_and(|id| id.starts_with("req-")));
 }
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+async fn admin(server: &SluiceServer) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+    let addr = server.admin_addr.expect("the admin API is configured");
+    pb::admin_client::AdminClient::connect(format!("http://{addr}")).await.expect("connect to admin")
+}
+
+fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("metadata"));
+    request
+}
+
+fn key_request(tier: &str, attrs: &[(&str, &str)]) -> pb::KeyRequest {
+    pb::KeyRequest { tier: tier.into(), attributes: request(attrs).attributes }
+}
+
+async fn penalties_escalate_and_unblock_lifts_them(redis: Option<&RedisServer>) {
+    let yaml = format!(
+        "admin:
+  grpc_addr: 127.0.0.1:0
+  token: {TOKEN}
+tiers:
+  - name: login
+    match: {{endpoint: /login}}
+    key: [ip, username]
+    limit: 100
+    window: 15m
+    penalty: {{violations: 5, period: 15m, base: 1s, factor: 2, max: 1m}}
+"
+    );
+    let server = SluiceServer::start(&yaml, redis.map(|r| r.url()).as_deref()).await;
+    let mut client = server.client().await;
+    let attrs =
+        |username: &'static str| [("ip", "203.0.113.9"), ("endpoint", "/login"), ("username", username)];
+    let fail = |username: &'static str| pb::ReportRequest {
+        attributes: request(&attrs(username)).attributes,
+        outcome: pb::Outcome::Failure.into(),
+        tiers: vec![],
+    };
+
+    for round in 0..2 {
+        for _ in 0..5 {
+            assert!(check(&mut client, request(&attrs("alice"))).await.allowed, "round {round}");
+            client.report(fail("alice")).await.expect("report");
+        }
+        let blocked = check(&mut client, request(&attrs("alice"))).await;
+        assert!(!blocked.allowed, "round {round}: five failures block");
+        let expected = 1_000 << round;
+        assert!(
+            blocked.retry_after_ms <= expected && blocked.retry_after_ms > expected - 500,
+            "round {round}: retry after {} ms, block of {expected} ms",
+            blocked.retry_after_ms
+        );
+        assert!(check(&mut client, request(&attrs("bob"))).await.allowed, "another username is not blocked");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(blocked.retry_after_ms + 50)).await;
+            assert!(check(&mut client, request(&attrs("alice"))).await.allowed, "the block ends");
+        }
+    }
+
+    let mut admin = admin(&server).await;
+    let status = admin.unblock(key_request("login", &attrs("alice"))).await.expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let inspected =
+        admin.inspect(authorized(key_request("login", &attrs("alice")))).await.expect("inspect").into_inner();
+    assert_eq!(inspected.fields.get("pen.n").map(String::as_str), Some("2"), "{inspected:?}");
+    admin.unblock(authorized(key_request("login", &attrs("alice")))).await.expect("unblock");
+    assert!(check(&mut client, request(&attrs("alice"))).await.allowed, "unblock lifts the block");
+    admin.reset(authorized(key_request("login", &attrs("alice")))).await.expect("reset");
+    let inspected =
+        admin.inspect(authorized(key_request("login", &attrs("alice")))).await.expect("inspect").into_inner();
+    assert!(inspected.fields.is_empty(), "reset forgets the key: {inspected:?}");
+}
+
+#[tokio::test]
+async fn penalties_on_redis() {
+    let redis = RedisServer::start();
+    penalties_escalate_and_unblock_lifts_them(Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn penalties_in_process() {
+    penalties_escalate_and_unblock_lifts_them(None).await;
+}
+
+#[tokio::test]
+async fn reputation_through_the_admin_api_and_its_bad_input() {
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "admin:\n  grpc_addr: 127.0.0.1:0\n  token: {TOKEN}\ntiers:\n  - name: api\n    key: [ip]\n    limit: 100\n    window: 1m\n    adaptive: true\n"
+    );
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut client = server.client().await;
+    let mut admin = admin(&server).await;
+    let ua = ("user_agent", "Mozilla/5.0 (X11; Linux)");
+
+    let set = pb::SetReputationRequest { ip: "192.0.2.44".into(), user: String::new(), ttl_ms: 60_000 };
+    admin.set_reputation(authorized(set)).await.expect("set reputation");
+    let d = check(&mut client, request(&[("ip", "192.0.2.44"), ua])).await;
+    assert_eq!((d.threat_score, d.threat_factors.clone()), (50, vec!["reputation".to_owned()]));
+    let clear = pb::ClearReputationRequest { ip: "192.0.2.44".into(), user: String::new() };
+    admin.clear_reputation(authorized(clear)).await.expect("clear reputation");
+    assert_eq!(check(&mut client, request(&[("ip", "192.0.2.44"), ua])).await.threat_score, 0);
+
+    let bad = [
+        (pb::SetReputationRequest { ip: "192.0.2.44".into(), user: String::new(), ttl_ms: -5 }, "ttl_ms:"),
+        (pb::SetReputationRequest { ip: "300.1.1.1".into(), user: String::new(), ttl_ms: 1_000 }, "ip:"),
+        (pb::SetReputationRequest { ip: "10.0.0.0/8".into(), user: String::new(), ttl_ms: 1_000 }, "ip:"),
+        (pb::SetReputationRequest { ip: "192.0.2.1".into(), user: "eve".into(), ttl_ms: 1_000 }, "ip:"),
+        (pb::SetReputationRequest { ip: String::new(), user: String::new(), ttl_ms: 1_000 }, "ip:"),
+    ];
+    for (request, field) in bad {
+        let status = admin.set_reputation(authorized(request)).await.expect_err("bad input");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{field} not first in {}", status.message());
+    }
+    for (request, field) in [
+        (key_request("nope", &[("ip", "1.2.3.4")]), "tier:"),
+        (key_request("api", &[("user", "no-ip")]), "attributes:"),
+    ] {
+        let status = admin.inspect(authorized(request)).await.expect_err("bad input");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{field} not first in {}", status.message());
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice::algorithm::{Algorithm, Quota};
 use sluice::algorithm::penalty::Penalty;
+use sluice::algorithm::{Algorithm, Quota};
 use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, RedisStore, Topology};
 use sluice::threat::Adaptive;
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology};
+use sluice::store::{
+    AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
+};
 use sluice::threat::Adaptive;
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
@@ -55,7 +57,12 @@ impl Subject {
     async fn report(&self, keys: &[(String, u64)], now: u64) {
         let failures: Vec<Failure> = keys
             .iter()
-            .map(|(key, window_ms)| Failure { key: key.clone(), window_ms: *window_ms, adaptive: true, penalty: None })
+            .map(|(key, window_ms)| Failure {
+                key: key.clone(),
+                window_ms: *window_ms,
+                adaptive: true,
+                penalty: None,
+            })
             .collect();
         match self {
             Subject::Local(s) => s.report_failures_at(&failures, now),

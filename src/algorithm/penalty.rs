@@ -39,7 +39,8 @@ impl PenaltyState {
         }
         self.violations += count;
         if self.violations >= p.violations {
-            let length = p.factor.checked_pow(self.blocks).and_then(|f| p.base_ms.checked_mul(f)).unwrap_or(u64::MAX);
+            let length =
+                p.factor.checked_pow(self.blocks).and_then(|f| p.base_ms.checked_mul(f)).unwrap_or(u64::MAX);
             self.blocked_until = now + length.min(p.max_ms);
             self.blocks += 1;
             self.violations = 0;

@@ -1,6 +1,7 @@
 //! Transports: protocol messages in, domain requests to the engine, decisions back out. Nothing here
 //! decides anything.
 
+pub mod admin;
 pub mod native;
 pub mod status;
 

@@ -37,6 +37,20 @@ pub struct Settings {
     pub tiers: Tiers,
     /// Most entries in the Redis security event stream.
     pub events_max_len: u64,
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin API's listener and token (never logged).
+#[derive(Clone)]
+pub struct AdminSettings {
+    pub grpc_addr: SocketAddr,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +162,21 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
     let http_addr = addr("server.http_addr", &file.server.http_addr);
 
+    let admin = file.admin.and_then(|a| {
+        let grpc_addr = a
+            .grpc_addr
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems
+                    .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
+            })
+            .ok();
+        if a.token.chars().count() < 16 {
+            problems.push("admin.token: must be at least 16 characters".into());
+            return None;
+        }
+        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token })
+    });
     let redis = file.redis.and_then(|r| redis(r, &mut problems));
     let default_failure = failure_mode("fallback.mode", &file.fallback.mode, &mut problems);
     if file.fallback.replicas == 0 {
@@ -206,6 +235,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             tiers
         },
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
+        admin,
     })
 }
 

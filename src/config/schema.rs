@@ -22,6 +22,9 @@ pub struct File {
     /// What makes a request look hostile, for tiers with `adaptive`.
     #[serde(default)]
     pub threat: Threat,
+    /// The admin API; absent, it is not served.
+    #[serde(default)]
+    pub admin: Option<Admin>,
     /// Size limits on every request, so hostile input costs bounded memory.
     #[serde(default)]
     pub limits: Limits,
@@ -75,6 +78,22 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_probe_interval_ms() -> u64 {
     250
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Its own gRPC listener, e.g. 127.0.0.1:8082.
+    pub grpc_addr: String,
+    /// Callers present `authorization: Bearer <token>`; at least 16 characters. Set it from the
+    /// environment (`SLUICE__ADMIN__TOKEN`) rather than the file; it is never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Deserialize)]

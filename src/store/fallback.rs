@@ -21,7 +21,9 @@ use futures::future::BoxFuture;
 
 use super::local::Counting;
 use super::redis::Topology;
-use super::{Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError};
+use super::{
+    AdminOp, Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError,
+};
 use crate::algorithm::Verdict;
 use crate::metrics;
 
@@ -218,7 +220,9 @@ impl Store for SharedFallback {
         Box::pin(async move {
             match self.0.redis.load_full() {
                 Some(redis) if !self.0.is_open() => {
-                    match tokio::time::timeout(self.0.settings.deadline, redis.report_failures(failures)).await {
+                    match tokio::time::timeout(self.0.settings.deadline, redis.report_failures(failures))
+                        .await
+                    {
                         Ok(Ok(())) => return Ok(()),
                         Ok(Err(e)) if !e.is_transient() => return Err(e),
                         _ => {}
@@ -228,6 +232,17 @@ impl Store for SharedFallback {
             }
             self.0.local.report_failures_at(failures, self.0.local.now_ms());
             Ok(())
+        })
+    }
+
+    /// Applies to the fallback's buckets and, when it answers, to Redis.
+    fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            let local = self.0.local.admin_at(op, self.0.local.now_ms());
+            match self.0.redis.load_full() {
+                Some(redis) => redis.admin(op).await,
+                None => Ok(local),
+            }
         })
     }
 

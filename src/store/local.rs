@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{Check, Failure, Mode, Outcome, Source, Store, StoreError};
+use super::{AdminOp, Check, Failure, Mode, Outcome, Source, Store, StoreError};
 use crate::algorithm::penalty::PenaltyState;
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
@@ -154,6 +154,61 @@ impl LocalStore {
         }
     }
 
+    /// Carries out an operator's action at `now` (see `Store::admin`).
+    pub fn admin_at(&self, op: AdminOp<'_>, now: u64) -> Vec<(String, String)> {
+        let touched = |key: &str| vec![("key".to_owned(), key.to_owned())];
+        match op {
+            AdminOp::SetReputation { key, ttl_ms } => {
+                self.set_reputation_at(key, ttl_ms, now);
+                touched(key)
+            }
+            AdminOp::ClearReputation { key } => {
+                self.clear_reputation(key);
+                touched(key)
+            }
+            AdminOp::Unblock { key } => {
+                if let Some(cell) = self.cells.get(key).map(|c| Arc::clone(&c)) {
+                    let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                    cell.penalty.blocked_until = 0;
+                    cell.penalty.violations = 0;
+                }
+                touched(key)
+            }
+            AdminOp::Reset { key } => {
+                self.cells.remove(key);
+                touched(key)
+            }
+            AdminOp::Inspect { key } => {
+                let Some(cell) = self.cells.get(key).map(|c| Arc::clone(&c)) else { return Vec::new() };
+                let cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut fields = Vec::new();
+                let mut field = |name: &str, value: u64| fields.push((name.to_owned(), value.to_string()));
+                match &cell.state {
+                    State::Window(w) => {
+                        field("sw.c", w.current);
+                        field("sw.p", w.previous);
+                        field("sw.s", w.start_ms);
+                    }
+                    State::Log(log) => field("log.count", log.entries.len() as u64),
+                    State::Bucket(b) => field("bucket.tat", u64::try_from(b.tat).unwrap_or(u64::MAX)),
+                }
+                if cell.attempts.count > 0 && now < cell.attempts.reset_at {
+                    field("att.c", cell.attempts.count);
+                }
+                if cell.failures.count > 0 && now < cell.failures.reset_at {
+                    field("fail.c", cell.failures.count);
+                }
+                if cell.penalty != PenaltyState::default() {
+                    field("pen.u", cell.penalty.blocked_until);
+                    field("pen.n", u64::from(cell.penalty.blocks));
+                    field("pen.v", cell.penalty.violations);
+                }
+                fields.sort();
+                fields
+            }
+        }
+    }
+
     /// What decisions report as their source.
     fn source(&self) -> Source {
         match self.counting {
@@ -277,7 +332,13 @@ impl LocalStore {
             if let Some(p) = check.penalty {
                 if cell.penalty.blocked(now) {
                     let wait = cell.penalty.blocked_until - now;
-                    verdict = Verdict { allowed: false, remaining: 0, retry_after_ms: wait, reset_after_ms: wait, ..verdict };
+                    verdict = Verdict {
+                        allowed: false,
+                        remaining: 0,
+                        retry_after_ms: wait,
+                        reset_after_ms: wait,
+                        ..verdict
+                    };
                 } else if !verdict.allowed && mode == Mode::Consume {
                     cell.penalty.violate(now, p, 1);
                     cell.expires_at = cell.expires_at.max(cell.penalty.expires_at(p));
@@ -392,6 +453,10 @@ impl Store for LocalStore {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         let outcome = self.decide_at(checks, mode, self.now_ms());
         Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.admin_at(op, self.now_ms()))))
     }
 
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {

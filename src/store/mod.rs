@@ -102,11 +102,26 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Counts one reported failure (e.g. a failed login) on each tier-key.
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Carries out an operator's action; answers `(field, value)` pairs: what `Inspect` found, or
+    /// `("key", name)` for each key touched.
+    fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>>;
+
     /// Keeps a security event where operators can read it (`sluice events`), at most `max_len` of
     /// them. Stores without a place for events drop it; the log line and metric are written anyway.
     fn security_event<'a>(&'a self, _event: &'a SecurityEvent, _max_len: u64) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))
     }
+}
+
+/// What operators do to stored state. Keys are reputation keys (`tier::reputation_keys`) or
+/// tier-keys (`Tier::key_for`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminOp<'a> {
+    SetReputation { key: &'a str, ttl_ms: u64 },
+    ClearReputation { key: &'a str },
+    Unblock { key: &'a str },
+    Reset { key: &'a str },
+    Inspect { key: &'a str },
 }
 
 /// A hostile request denied: what was seen and why.

@@ -14,8 +14,11 @@
 //! Gathering them into explicit pipelines was measured and bought nothing: Redis spends its time
 //! running the script, not reading sockets (see README, Performance).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
+
+/// Every suffix a tier-key's data may live under.
+const SUFFIXES: [&str; 6] = ["sw", "log", "seq", "att", "fail", "pen"];
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -24,7 +27,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use super::script::{DECIDE, REPORT};
-use super::{Check, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError};
+use super::{
+    AdminOp, Check, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError,
+};
 use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Verdict};
 use crate::metrics;
@@ -241,7 +246,8 @@ impl RedisStore {
             }
         }
         let calls = groups.iter().map(|(_, members)| {
-            let keys: usize = members.iter().map(|f| usize::from(f.adaptive) + usize::from(f.penalty.is_some())).sum();
+            let keys: usize =
+                members.iter().map(|f| usize::from(f.adaptive) + usize::from(f.penalty.is_some())).sum();
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(REPORT.get_hash()).arg(keys);
             for f in members {
@@ -263,6 +269,51 @@ impl RedisStore {
         });
         futures::future::try_join_all(calls).await?;
         Ok(())
+    }
+
+    pub async fn admin_op(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, StoreError> {
+        static UNBLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'u', 0, 'v', 0) return 1 end return 0",
+            )
+        });
+        let touched = |keys: &[String]| keys.iter().map(|k| ("key".to_owned(), k.clone())).collect();
+        match op {
+            AdminOp::SetReputation { key, ttl_ms } => {
+                self.query::<()>(None, redis::cmd("SET").arg(key).arg("bad").arg("PX").arg(ttl_ms)).await?;
+                Ok(touched(&[key.to_owned()]))
+            }
+            AdminOp::ClearReputation { key } => {
+                self.query::<i64>(None, redis::cmd("DEL").arg(key)).await?;
+                Ok(touched(&[key.to_owned()]))
+            }
+            AdminOp::Unblock { key } => {
+                let pen = format!("{key}:pen");
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(UNBLOCK.get_hash()).arg(1).arg(&pen);
+                self.query::<i64>(Some(&UNBLOCK), &cmd).await?;
+                Ok(touched(&[pen]))
+            }
+            AdminOp::Reset { key } => {
+                let keys: Vec<String> = SUFFIXES.iter().map(|s| format!("{key}:{s}")).collect();
+                self.query::<i64>(None, redis::cmd("DEL").arg(&keys)).await?;
+                Ok(touched(&keys))
+            }
+            AdminOp::Inspect { key } => {
+                let mut fields = Vec::new();
+                for suffix in ["sw", "att", "fail", "pen"] {
+                    let hash: Vec<(String, String)> =
+                        self.query(None, redis::cmd("HGETALL").arg(format!("{key}:{suffix}"))).await?;
+                    fields.extend(hash.into_iter().map(|(f, v)| (format!("{suffix}.{f}"), v)));
+                }
+                let count: i64 = self.query(None, redis::cmd("ZCARD").arg(format!("{key}:log"))).await?;
+                if count > 0 {
+                    fields.push(("log.count".into(), count.to_string()));
+                }
+                fields.sort();
+                Ok(fields)
+            }
+        }
     }
 
     /// Appends a security event to the bounded stream.
@@ -406,6 +457,10 @@ impl Store for RedisStore {
 
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.report_failures_at(failures, 0))
+    }
+
+    fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(self.admin_op(op))
     }
 
     fn security_event<'a>(&'a self, event: &'a SecurityEvent, max_len: u64) -> BoxFuture<'a, ()> {

@@ -166,6 +166,8 @@ pub fn signal(pid: u32, name: &str) {
 pub struct SluiceServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin API's address, when the config has an `admin` section.
+    pub admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _config: tempfile::NamedTempFile,
@@ -186,6 +188,7 @@ impl SluiceServer {
         let listeners = Listeners::bind(&settings).await.expect("bind loopback listeners");
         let grpc_addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.local_addr().expect("addr");
+        let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server::run(settings, listeners, async {
@@ -194,7 +197,7 @@ impl SluiceServer {
             .await
             .expect("server failed");
         });
-        SluiceServer { grpc_addr, http_addr, stop: Some(stop), task: Some(task), _config: file }
+        SluiceServer { grpc_addr, http_addr, admin_addr, stop: Some(stop), task: Some(task), _config: file }
     }
 
     pub async fn client(&self) -> RateLimiterClient<Channel> {

@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::algorithm::sliding_log::Log;
 use sluice::algorithm::sliding_window::{self, Window};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, FailureMode, LocalStore, Mode};
+use sluice::store::{Check, Counts, FailureMode, LocalStore, Mode};
 
 const KEYS: usize = 1000;
 
@@ -54,6 +54,7 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
                     on_failure: FailureMode::Local,
                     adaptive: None,
                     penalty: None,
+                    counts: Counts::Requests,
                 })
                 .collect()
         })

@@ -11,7 +11,8 @@
 --       [3] n, the number of tiers
 --       [4] the number of reputation keys at the end of KEYS (0 to 2)
 --       then per tier: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms, cost,
---       shadow (1 = evaluate and report, never deny), adaptive (0/1), penalty (0/1); an adaptive
+--       shadow (1 = evaluate and report, never deny), counts (1 = consumes when admitted, 0 = a
+--       tier that counts reported failures only), adaptive (0/1), penalty (0/1); an adaptive
 --       tier adds client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
 --       failed_threshold, reduction_percent; a penalty adds violations, period_ms, base_ms, factor,
 --       max_ms
@@ -53,17 +54,18 @@ for i = 1, n do
   local algorithm = tonumber(ARGV[a + 1])
   local limit, window, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local shadow = ARGV[a + 5] == '1'
-  local adaptive = ARGV[a + 6] == '1'
-  local penalty = ARGV[a + 7] == '1'
-  a = a + 7
-  local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0 }
+  local counts = ARGV[a + 6] == '1'
+  local adaptive = ARGV[a + 7] == '1'
+  local penalty = ARGV[a + 8] == '1'
+  a = a + 8
+  local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0, counts = counts }
   if algorithm == 1 then
     next_key = next_key + 1
   elseif algorithm == 2 then
     v.seq_key = KEYS[next_key + 1]
     next_key = next_key + 2
   else
-    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 6]))
+    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 7]))
   end
   if adaptive then
     local p = {
@@ -111,7 +113,9 @@ end
 if admitted and commit then
   for i = 1, n do
     local v = verdicts[i]
-    if v.algorithm == 1 then
+    if not v.counts then
+      -- counts reported failures only
+    elseif v.algorithm == 1 then
       sliding_window_commit(v.key, v.state, v.window, v.cost)
     else
       sliding_log_commit(v.key, v.seq_key, now, v.window, v.cost)

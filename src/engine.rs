@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::decision::Decision;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Failure, Mode, SecurityEvent, Store, StoreError};
+use crate::store::{AdaptiveCheck, Check, Counts, Failure, Mode, SecurityEvent, Store, StoreError};
 use crate::tier::{Attributes, Rule, Tier, Tiers};
 
 /// One gateway request to decide.
@@ -64,7 +64,33 @@ impl Engine {
             return Ok(0);
         }
         let tiers = self.tiers.load();
-        let failures: Vec<Failure> = matching(&tiers, request)?
+        let matched = matching(&tiers, request)?;
+        // Tiers that count failures only consume one unit now.
+        let counted: Vec<Check> = matched
+            .iter()
+            .filter(|t| t.counts == Counts::Failures)
+            .filter_map(|t| match t.rule {
+                Rule::Limited(limit) => Some(Check {
+                    key: t.key_for(&request.attributes),
+                    algorithm: limit.algorithm,
+                    quota: crate::algorithm::Quota {
+                        limit: limit.limit,
+                        window_ms: limit.window_ms,
+                        cost: 1,
+                    },
+                    shadow: false,
+                    on_failure: t.on_failure,
+                    adaptive: None,
+                    penalty: None,
+                    counts: Counts::Requests,
+                }),
+                _ => None,
+            })
+            .collect();
+        if !counted.is_empty() {
+            self.store.decide(&counted, Mode::Consume).await?;
+        }
+        let failures: Vec<Failure> = matched
             .into_iter()
             .filter(|t| t.adaptive.is_some() || t.penalty.is_some())
             .filter_map(|t| match t.rule {
@@ -80,7 +106,7 @@ impl Engine {
         if !failures.is_empty() {
             self.store.report_failures(&failures).await?;
         }
-        Ok(failures.len())
+        Ok(failures.len() + counted.len())
     }
 
     /// Swaps in a new set of tiers; requests in flight finish with the old one.
@@ -130,6 +156,7 @@ impl Engine {
                 shadow: tier.shadow,
                 on_failure: tier.on_failure,
                 penalty: tier.penalty,
+                counts: tier.counts,
                 adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
                     settings,
                     client_factors: tiers.signals.client_factors(&settings, &request.attributes),

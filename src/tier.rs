@@ -116,6 +116,8 @@ pub struct Tier {
     pub adaptive: Option<crate::threat::Adaptive>,
     /// Present when repeated violations block a key.
     pub penalty: Option<crate::algorithm::penalty::Penalty>,
+    /// What consumes the quota: requests, or reported failures only.
+    pub counts: crate::store::Counts,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
@@ -134,6 +136,7 @@ impl Tier {
             counters: Default::default(),
             adaptive: None,
             penalty: None,
+            counts: crate::store::Counts::Requests,
             key_prefix: format!("sluice:{{{name}:"),
         }
     }

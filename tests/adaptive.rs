@@ -288,3 +288,37 @@ async fn reputation_through_the_admin_api_and_its_bad_input() {
         assert!(status.message().starts_with(field), "{field} not first in {}", status.message());
     }
 }
+
+/// A tier that counts failed logins only: successful requests pass freely, reported failures use
+/// up the quota.
+#[tokio::test]
+async fn a_tier_can_count_reported_failures_only() {
+    let redis = RedisServer::start();
+    let yaml = "tiers:
+  - name: failed_logins
+    match: {endpoint: /login}
+    key: [ip, username]
+    algorithm: sliding_log
+    limit: 3
+    window: 15m
+    count: failures
+";
+    let server = SluiceServer::start(yaml, Some(&redis.url())).await;
+    let mut client = server.client().await;
+    let login = || request(&[("ip", "198.51.100.3"), ("endpoint", "/login"), ("username", "carol")]);
+    for i in 0..10 {
+        let d = check(&mut client, login()).await;
+        assert!(d.allowed && d.remaining == 2, "check {i} consumes nothing: {d:?}");
+    }
+    for i in 0..3 {
+        let report = pb::ReportRequest {
+            attributes: login().attributes,
+            outcome: pb::Outcome::Failure.into(),
+            tiers: vec![],
+        };
+        assert_eq!(client.report(report).await.expect("report").into_inner().tiers_counted, 1, "failure {i}");
+    }
+    let d = check(&mut client, login()).await;
+    assert!(!d.allowed, "three failures use up the quota");
+    assert!(d.retry_after_ms > 890_000, "{d:?}");
+}

@@ -9,7 +9,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::store::{
+    AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode, RedisStore, Topology,
+};
 use sluice::threat::Adaptive;
 
 const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500, factor: 3, max_ms: 4_000 };
@@ -59,6 +61,8 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     on_failure: FailureMode::Local,
                     // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
                     penalty: (t == 1).then_some(PENALTY),
+                    // Tier 3 counts reported failures only: its checks never consume.
+                    counts: if t == 3 { Counts::Failures } else { Counts::Requests },
                     // A third of the checks adapt: attempts, reported failures and client factors.
                     adaptive: (rng.random_range(0..3) == 0).then(|| AdaptiveCheck {
                         settings: Adaptive { burst_multiple: 1, failed_logins: 2, ..Adaptive::default() },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::store::{
-    AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
+    AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
 };
 use sluice::threat::Adaptive;
 
@@ -80,6 +80,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
         on_failure: FailureMode::Local,
         adaptive: None,
         penalty: None,
+        counts: Counts::Requests,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::algorithm::Algorithm;
 use crate::algorithm::penalty::Penalty;
-use crate::store::{FailureMode, Topology};
+use crate::store::{Counts, FailureMode, Topology};
 use crate::threat::{Adaptive, Cidr, DEFAULT_PATTERNS, Signals, Weights};
 use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
 
@@ -321,6 +321,14 @@ fn tier(
     if penalty.is_some() && (t.shadow || !matches!(rule, Some(Rule::Limited(_)) | None)) {
         problems.push(format!("{at}.penalty: only a limited tier that is not in shadow mode can block"));
     }
+    let counts = match t.count.as_deref() {
+        None | Some("requests") => Counts::Requests,
+        Some("failures") => Counts::Failures,
+        Some(other) => {
+            problems.push(format!("{at}.count: {other:?} is not one of requests, failures"));
+            Counts::Requests
+        }
+    };
     let on_failure = match &t.on_redis_failure {
         Some(mode) => failure_mode(&format!("{at}.on_redis_failure"), mode, problems),
         None => default_failure,
@@ -333,6 +341,7 @@ fn tier(
     tier.on_failure = on_failure;
     tier.adaptive = adaptive;
     tier.penalty = penalty;
+    tier.counts = counts;
     Some(tier)
 }
 

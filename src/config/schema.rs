@@ -207,6 +207,10 @@ pub struct Tier {
     /// Block a key after repeated violations (denials by this tier, or reported failures).
     #[serde(default)]
     pub penalty: Option<PenaltySpec>,
+    /// What consumes the quota: `requests` (default), or `failures`, counted only when `Report`
+    /// says a request failed (e.g. failed logins, not successful ones).
+    #[serde(default)]
+    pub count: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{AdminOp, Check, Failure, Mode, Outcome, Source, Store, StoreError};
+use super::{AdminOp, Check, Counts, Failure, Mode, Outcome, Source, Store, StoreError};
 use crate::algorithm::penalty::PenaltyState;
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
@@ -138,6 +138,7 @@ impl LocalStore {
                 on_failure: super::FailureMode::Local,
                 adaptive: None,
                 penalty: None,
+                counts: Counts::Requests,
             };
             let cell = self.cell(&probe, now);
             let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
@@ -355,6 +356,9 @@ impl LocalStore {
         let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
         if admitted && mode == Mode::Consume {
             for ((check, (_, cell)), next) in checks.iter().zip(guards.iter_mut()).zip(next_windows) {
+                if check.counts == Counts::Failures {
+                    continue;
+                }
                 let q = check.quota;
                 match (&mut cell.state, next) {
                     (State::Window(w), Next::Window(next)) => {
@@ -479,6 +483,7 @@ mod tests {
             on_failure: FailureMode::Local,
             adaptive: None,
             penalty: None,
+            counts: Counts::Requests,
         }
     }
 

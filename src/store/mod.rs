@@ -37,6 +37,19 @@ pub struct Check {
     pub adaptive: Option<AdaptiveCheck>,
     /// Present when repeated violations block the key.
     pub penalty: Option<Penalty>,
+    /// What consumes the tier's quota.
+    pub counts: Counts,
+}
+
+/// What consumes a tier's quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Counts {
+    /// Every admitted request.
+    #[default]
+    Requests,
+    /// Only failures reported afterwards (e.g. failed logins): checks deny once the quota is used
+    /// up, but do not consume it.
+    Failures,
 }
 
 /// One reported failure on one tier-key.

@@ -42,6 +42,17 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Operators' actions through the admin API.
+    Admin {
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        addr: String,
+        /// The admin token.
+        #[arg(long, env = "SLUICE__ADMIN__TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Ask a running Sluice for one decision.
     Check {
         /// Sluice's gRPC address.
@@ -66,6 +77,43 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Mark an IP or a user as of bad reputation for a while.
+    SetReputation {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        ip: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// How long, in milliseconds.
+        #[arg(long, allow_hyphen_values = true)]
+        ttl_ms: i64,
+    },
+    /// Lift a reputation mark.
+    ClearReputation {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        ip: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Lift a tier-key's penalty block.
+    Unblock(KeyArgs),
+    /// Forget what a tier counted for a key.
+    Reset(KeyArgs),
+    /// Show what a tier holds for a key.
+    Inspect(KeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// The tier.
+    #[arg(long)]
+    tier: String,
+    /// The attributes the tier's key is built from, as name=value; repeatable.
+    #[arg(long = "attr", value_parser = parse_attr)]
+    attrs: Vec<(String, String)>,
+}
+
 fn parse_attr(s: &str) -> Result<(String, String), String> {
     let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not name=value"))?;
     Ok((name.to_owned(), value.to_owned()))
@@ -85,6 +133,7 @@ pub fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(&file),
             Command::Events { redis, count, follow } => events(&redis, count, follow).await,
+            Command::Admin { addr, token, action } => admin(addr, token, action).await,
             Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
                 check(addr, attrs, cost, tiers, dry_run, json).await
             }
@@ -220,16 +269,82 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
     }
 }
 
-async fn check(
-    addr: String,
-    attrs: Vec<(String, String)>,
-    cost: Option<u64>,
-    tiers: Vec<String>,
-    dry_run: bool,
-    json: bool,
-) -> ExitCode {
+async fn admin(addr: String, token: String, action: AdminAction) -> ExitCode {
+    let channel = match tonic::transport::Endpoint::from_shared(addr.clone()) {
+        Ok(endpoint) => match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                eprintln!("sluice: cannot connect to {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("sluice: {addr:?} is not an address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let Ok(bearer) = format!("Bearer {token}").parse::<tonic::metadata::MetadataValue<_>>() else {
+        eprintln!("sluice: the token holds characters a header cannot carry");
+        return ExitCode::FAILURE;
+    };
+    fn with<T>(
+        bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        message: T,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", bearer.clone());
+        request
+    }
+    let key = |k: KeyArgs| pb::KeyRequest { tier: k.tier, attributes: Some(attributes(k.attrs)) };
+    let result = match action {
+        AdminAction::SetReputation { ip, user, ttl_ms } => client
+            .set_reputation(with(
+                &bearer,
+                pb::SetReputationRequest {
+                    ip: ip.unwrap_or_default(),
+                    user: user.unwrap_or_default(),
+                    ttl_ms,
+                },
+            ))
+            .await
+            .map(|r| serde_json::json!({ "keys": r.into_inner().keys })),
+        AdminAction::ClearReputation { ip, user } => client
+            .clear_reputation(with(
+                &bearer,
+                pb::ClearReputationRequest { ip: ip.unwrap_or_default(), user: user.unwrap_or_default() },
+            ))
+            .await
+            .map(|r| serde_json::json!({ "keys": r.into_inner().keys })),
+        AdminAction::Unblock(k) => client
+            .unblock(with(&bearer, key(k)))
+            .await
+            .map(|r| serde_json::json!({ "keys": r.into_inner().keys })),
+        AdminAction::Reset(k) => client
+            .reset(with(&bearer, key(k)))
+            .await
+            .map(|r| serde_json::json!({ "keys": r.into_inner().keys })),
+        AdminAction::Inspect(k) => client.inspect(with(&bearer, key(k))).await.map(|r| {
+            let r = r.into_inner();
+            serde_json::json!({ "key": r.key, "fields": r.fields })
+        }),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(status) => {
+            eprintln!("sluice: {}: {}", status.code(), status.message());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Attributes from name=value pairs: the built-in names go to their fields, others to `extra`.
+fn attributes(pairs: Vec<(String, String)>) -> pb::Attributes {
     let mut a = pb::Attributes::default();
-    for (name, value) in attrs {
+    for (name, value) in pairs {
         match name.as_str() {
             "ip" => a.ip = value,
             "user" => a.user = value,
@@ -242,6 +357,18 @@ async fn check(
             }
         }
     }
+    a
+}
+
+async fn check(
+    addr: String,
+    attrs: Vec<(String, String)>,
+    cost: Option<u64>,
+    tiers: Vec<String>,
+    dry_run: bool,
+    json: bool,
+) -> ExitCode {
+    let a = attributes(attrs);
     let request =
         pb::CheckRequest { requests: vec![pb::RateRequest { attributes: Some(a), cost, tiers }], dry_run };
     let mut client = match pb::rate_limiter_client::RateLimiterClient::connect(addr.clone()).await {

@@ -322,3 +322,45 @@ async fn a_tier_can_count_reported_failures_only() {
     assert!(!d.allowed, "three failures use up the quota");
     assert!(d.retry_after_ms > 890_000, "{d:?}");
 }
+
+#[tokio::test]
+async fn the_admin_cli() {
+    let yaml = format!(
+        "admin:\n  grpc_addr: 127.0.0.1:0\n  token: {TOKEN}\ntiers:\n  - name: api\n    key: [ip]\n    limit: 100\n    window: 1m\n    adaptive: true\n"
+    );
+    let server = SluiceServer::start(&yaml, None).await;
+    let mut client = server.client().await;
+    let addr = format!("http://{}", server.admin_addr.expect("admin"));
+    let sluice = move |args: &[&str]| {
+        let mut all = vec!["admin", "--addr", &addr];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(String::from).collect();
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&all)
+            .env("SLUICE__ADMIN__TOKEN", TOKEN)
+            .output()
+            .expect("sluice admin")
+    };
+    let run = |args: &'static [&'static str]| {
+        let sluice = sluice.clone();
+        tokio::task::spawn_blocking(move || sluice(args))
+    };
+    let out = run(&["set-reputation", "--ip", "192.0.2.50", "--ttl-ms", "60000"]).await.expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = check(&mut client, request(&[("ip", "192.0.2.50"), ("user_agent", "Mozilla/5.0 (X11; Linux)")]))
+        .await;
+    assert_eq!(d.threat_factors, ["reputation"]);
+
+    let out = run(&["inspect", "--tier", "api", "--attr", "ip=192.0.2.50"]).await.expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(inspected["fields"]["sw.c"], "1", "{inspected}");
+
+    let out = run(&["set-reputation", "--ip", "192.0.2.50", "--ttl-ms", "-1"]).await.expect("cli");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ttl_ms:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

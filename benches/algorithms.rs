@@ -55,6 +55,7 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
                     adaptive: None,
                     penalty: None,
                     counts: Counts::Requests,
+                    baseline: None,
                 })
                 .collect()
         })

@@ -3,7 +3,9 @@
 --
 -- KEYS  per tier in ARGV order: sliding_window -> 1 key (hash); sliding_log -> 2 keys (zset, seq);
 --       an adaptive tier adds its attempts and failures counters (see adaptive.lua), a tier with a
---       penalty its penalty hash (see penalty.lua). Each tier's
+--       penalty its penalty hash (see penalty.lua), a tier with a baseline its average (see
+--       baseline.lua). The limit applied is the base limit, raised by the baseline, then shrunk
+--       by the threat score. Each tier's
 --       keys share one hash tag, so a tier-key lives in one Cluster slot. Last, the request's
 --       reputation keys (ARGV[4] of them).
 -- ARGV  [1] now in ms, or 0 to read Redis TIME (the normal case: one clock for every replica)
@@ -12,10 +14,11 @@
 --       [4] the number of reputation keys at the end of KEYS (0 to 2)
 --       then per tier: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms, cost,
 --       shadow (1 = evaluate and report, never deny), counts (1 = consumes when admitted, 0 = a
---       tier that counts reported failures only), adaptive (0/1), penalty (0/1); an adaptive
+--       tier that counts reported failures only), adaptive (0/1), penalty (0/1), baseline (0/1);
+--       an adaptive
 --       tier adds client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
 --       failed_threshold, reduction_percent; a penalty adds violations, period_ms, base_ms, factor,
---       max_ms
+--       max_ms; a baseline (sliding_window only) adds sensitivity_percent, max_percent
 -- Reply {admitted (1/0), now_ms, then per tier: allowed (1/0), remaining, retry_after_ms,
 --       reset_after_ms, effective limit, score, factor bits}
 --
@@ -55,9 +58,8 @@ for i = 1, n do
   local limit, window, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local shadow = ARGV[a + 5] == '1'
   local counts = ARGV[a + 6] == '1'
-  local adaptive = ARGV[a + 7] == '1'
-  local penalty = ARGV[a + 8] == '1'
-  a = a + 8
+  local adaptive, penalty, baseline = ARGV[a + 7] == '1', ARGV[a + 8] == '1', ARGV[a + 9] == '1'
+  a = a + 9
   local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0, counts = counts }
   if algorithm == 1 then
     next_key = next_key + 1
@@ -65,20 +67,18 @@ for i = 1, n do
     v.seq_key = KEYS[next_key + 1]
     next_key = next_key + 2
   else
-    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(ARGV[a - 7]))
+    return redis.error_reply('ERR sluice: unknown algorithm ' .. tostring(algorithm))
   end
+  local p, client_score, client_bits, reduction
   if adaptive then
-    local p = {
+    p = {
       w_reputation = tonumber(ARGV[a + 3]), w_burst = tonumber(ARGV[a + 4]), w_failed = tonumber(ARGV[a + 5]),
       burst_multiple = tonumber(ARGV[a + 6]), failed_threshold = tonumber(ARGV[a + 7]),
     }
-    local client_score, client_bits, reduction = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 8])
+    client_score, client_bits, reduction = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 8])
     a = a + 8
-    local attempts = adaptive_count(KEYS[next_key], now, window, commit and 1 or 0)
-    local failures = adaptive_count(KEYS[next_key + 1], now, window, 0)
+    v.attempts_key, v.failures_key = KEYS[next_key], KEYS[next_key + 1]
     next_key = next_key + 2
-    v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
-    limit = adaptive_limit(limit, v.score, reduction)
   end
   if penalty then
     v.penalty = {
@@ -90,13 +90,30 @@ for i = 1, n do
     next_key = next_key + 1
     v.penalty_state = penalty_read(v.penalty_key)
   end
-  v.limit = limit
+  local effective = limit
+  if baseline then
+    local sensitivity, max = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 2
+    v.baseline_key = KEYS[next_key]
+    next_key = next_key + 1
+    local sw = redis.call('HMGET', v.key, 's', 'c')
+    local stored = tonumber(redis.call('HGET', v.baseline_key, 'a')) or 0
+    v.baseline = baseline_fold(stored, tonumber(sw[1]) or 0, tonumber(sw[2]) or 0, now - (now % window), window)
+    effective = baseline_limit(limit, v.baseline, sensitivity, max)
+  end
+  if adaptive then
+    local attempts = adaptive_count(v.attempts_key, now, window, commit and 1 or 0)
+    local failures = adaptive_count(v.failures_key, now, window, 0)
+    v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
+    effective = adaptive_limit(effective, v.score, reduction)
+  end
+  v.limit = effective
   if penalty and v.penalty_state.u > now then
     v.allowed, v.remaining, v.retry, v.reset = false, 0, v.penalty_state.u - now, v.penalty_state.u - now
   elseif algorithm == 1 then
-    v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, limit, window, cost)
+    v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, effective, window, cost)
   else
-    v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, limit, window, cost)
+    v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, effective, window, cost)
   end
   if penalty and not v.allowed and commit and v.penalty_state.u <= now then
     penalty_violate(v.penalty_key, v.penalty_state, now, v.penalty, 1)
@@ -117,6 +134,10 @@ if admitted and commit then
       -- counts reported failures only
     elseif v.algorithm == 1 then
       sliding_window_commit(v.key, v.state, v.window, v.cost)
+      if v.baseline_key then
+        redis.call('HSET', v.baseline_key, 'a', v.baseline)
+        redis.call('PEXPIRE', v.baseline_key, 64 * v.window)
+      end
     else
       sliding_log_commit(v.key, v.seq_key, now, v.window, v.cost)
     end

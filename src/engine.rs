@@ -83,6 +83,7 @@ impl Engine {
                     adaptive: None,
                     penalty: None,
                     counts: Counts::Requests,
+                    baseline: None,
                 }),
                 _ => None,
             })
@@ -157,6 +158,7 @@ impl Engine {
                 on_failure: tier.on_failure,
                 penalty: tier.penalty,
                 counts: tier.counts,
+                baseline: tier.baseline,
                 adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
                     settings,
                     client_factors: tiers.signals.client_factors(&settings, &request.attributes),

@@ -118,6 +118,8 @@ pub struct Tier {
     pub penalty: Option<crate::algorithm::penalty::Penalty>,
     /// What consumes the quota: requests, or reported failures only.
     pub counts: crate::store::Counts,
+    /// Present when a heavy key's typical volume may raise its limit.
+    pub baseline: Option<crate::algorithm::baseline::Baseline>,
     /// `sluice:{<name>:`, the static part of every key of this tier.
     key_prefix: String,
 }
@@ -137,6 +139,7 @@ impl Tier {
             adaptive: None,
             penalty: None,
             counts: crate::store::Counts::Requests,
+            baseline: None,
             key_prefix: format!("sluice:{{{name}:"),
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice::algorithm::baseline::Baseline;
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::store::{
@@ -63,6 +64,8 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     penalty: (t == 1).then_some(PENALTY),
                     // Tier 3 counts reported failures only: its checks never consume.
                     counts: if t == 3 { Counts::Failures } else { Counts::Requests },
+                    // Tier 0 keeps a baseline.
+                    baseline: (t == 0).then_some(Baseline { sensitivity_percent: 150, max_percent: 300 }),
                     // A third of the checks adapt: attempts, reported failures and client factors.
                     adaptive: (rng.random_range(0..3) == 0).then(|| AdaptiveCheck {
                         settings: Adaptive { burst_multiple: 1, failed_logins: 2, ..Adaptive::default() },

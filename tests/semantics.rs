@@ -81,6 +81,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
         adaptive: None,
         penalty: None,
         counts: Counts::Requests,
+        baseline: None,
     }
 }
 
@@ -286,7 +287,35 @@ async fn missing_user_agent_and_bad_reputation_shrink_100_to_65(s: Subject) {
     assert_eq!(o.verdicts[0].limit, 65);
 }
 
+async fn a_steady_heavy_key_earns_a_higher_limit_up_to_the_cap(s: Subject) {
+    let mut c = check("heavy", Algorithm::SlidingWindow, 10, 1_000);
+    c.baseline = Some(sluice::algorithm::baseline::Baseline { sensitivity_percent: 150, max_percent: 300 });
+    let c = [c];
+    let start = T0 - T0 % 1_000;
+    let mut used = Vec::new();
+    for w in 0..60 {
+        // A steady client: every 50 ms, as much as it is allowed.
+        let mut n = 0;
+        for t in (0..1_000).step_by(50) {
+            while s.consume(&c, start + w * 1_000 + t).await.admitted {
+                n += 1;
+            }
+        }
+        used.push(n);
+    }
+    assert!(used[0] <= 10, "the base limit first: {used:?}");
+    let last = *used.last().expect("windows");
+    assert!((25..=30).contains(&last), "near the cap of 300% after a while: {used:?}");
+    let o = s.decide(&c, Mode::DryRun, start + 60_000).await;
+    assert_eq!(o.verdicts[0].limit, 30, "{used:?}");
+    // A quiet key stays at the base limit.
+    let mut quiet = c[0].clone();
+    quiet.key = "sluice:{quiet}".into();
+    assert_eq!(s.decide(&[quiet], Mode::DryRun, start + 50_000).await.verdicts[0].limit, 10);
+}
+
 on_both_stores!(
+    a_steady_heavy_key_earns_a_higher_limit_up_to_the_cap,
     each_factor_adds_its_weight,
     missing_user_agent_and_bad_reputation_shrink_100_to_65,
     admits_exactly_the_limit,

@@ -4,6 +4,7 @@
 //! twin in `lua/` that must give the same answers for the same instants, which the differential test
 //! holds them to.
 
+pub mod baseline;
 pub mod penalty;
 pub mod sliding_log;
 pub mod sliding_window;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::algorithm::Algorithm;
+use crate::algorithm::baseline::Baseline;
 use crate::algorithm::penalty::Penalty;
 use crate::store::{Counts, FailureMode, Topology};
 use crate::threat::{Adaptive, Cidr, DEFAULT_PATTERNS, Signals, Weights};
@@ -321,6 +322,22 @@ fn tier(
     if penalty.is_some() && (t.shadow || !matches!(rule, Some(Rule::Limited(_)) | None)) {
         problems.push(format!("{at}.penalty: only a limited tier that is not in shadow mode can block"));
     }
+    let baseline = t.baseline.take().and_then(|b| {
+        let before = problems.len();
+        if !(100..=1_000).contains(&b.sensitivity_percent) {
+            problems.push(format!("{at}.baseline.sensitivity_percent: must be 100 to 1000"));
+        }
+        if !(100..=10_000).contains(&b.max_percent) {
+            problems.push(format!("{at}.baseline.max_percent: must be 100 to 10000"));
+        }
+        let sliding_window =
+            matches!(&rule, Some(Rule::Limited(l)) if l.algorithm == Algorithm::SlidingWindow);
+        if !sliding_window && rule.is_some() {
+            problems.push(format!("{at}.baseline: only a sliding_window tier keeps a baseline"));
+        }
+        (problems.len() == before)
+            .then_some(Baseline { sensitivity_percent: b.sensitivity_percent, max_percent: b.max_percent })
+    });
     let counts = match t.count.as_deref() {
         None | Some("requests") => Counts::Requests,
         Some("failures") => Counts::Failures,
@@ -342,6 +359,7 @@ fn tier(
     tier.adaptive = adaptive;
     tier.penalty = penalty;
     tier.counts = counts;
+    tier.baseline = baseline;
     Some(tier)
 }
 

@@ -207,6 +207,9 @@ pub struct Tier {
     /// Block a key after repeated violations (denials by this tier, or reported failures).
     #[serde(default)]
     pub penalty: Option<PenaltySpec>,
+    /// Let a key's typical volume raise its limit (sliding_window tiers only).
+    #[serde(default)]
+    pub baseline: Option<BaselineSpec>,
     /// What consumes the quota: `requests` (default), or `failures`, counted only when `Report`
     /// says a request failed (e.g. failed logins, not successful ones).
     #[serde(default)]
@@ -228,6 +231,24 @@ pub struct PenaltySpec {
 
 fn default_factor() -> u64 {
     2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    /// Percent of the typical volume per window a key may use (default 150).
+    #[serde(default = "default_sensitivity")]
+    pub sensitivity_percent: u64,
+    /// The highest the limit may grow, in percent of the base limit (default 300).
+    #[serde(default = "default_max_percent")]
+    pub max_percent: u64,
+}
+
+fn default_sensitivity() -> u64 {
+    150
+}
+fn default_max_percent() -> u64 {
+    300
 }
 
 #[derive(Debug, Deserialize)]

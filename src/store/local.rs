@@ -52,6 +52,8 @@ struct Cell {
     attempts: Count,
     failures: Count,
     penalty: PenaltyState,
+    /// The behavioural baseline's moving average, in thousandths of a unit per window.
+    baseline: u64,
 }
 
 /// A count that restarts one window after its first unit: the twin of `adaptive_count` in
@@ -139,6 +141,7 @@ impl LocalStore {
                 adaptive: None,
                 penalty: None,
                 counts: Counts::Requests,
+                baseline: None,
             };
             let cell = self.cell(&probe, now);
             let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
@@ -288,9 +291,23 @@ impl LocalStore {
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut next_windows = Vec::with_capacity(checks.len());
         let mut bad_reputation = None;
+        let mut baselines = Vec::with_capacity(checks.len());
         for (check, (_, cell)) in checks.iter().zip(guards.iter_mut()) {
             let mut quota = self.quota(check);
             let mut threat = (0, 0);
+            let mut baseline = None;
+            if let Some(b) = check.baseline {
+                let (start, current) = match &cell.state {
+                    State::Window(w) => (w.start_ms, w.current),
+                    _ => (0, 0),
+                };
+                let window_start = now - now % quota.window_ms;
+                let avg =
+                    algorithm::baseline::fold(cell.baseline, start, current, window_start, quota.window_ms);
+                quota.limit = algorithm::baseline::limit(quota.limit, avg, b);
+                baseline = Some(avg);
+            }
+            baselines.push(baseline);
             if let Some(a) = &check.adaptive {
                 let s = a.settings;
                 let attempts = cell.attempts.add(now, quota.window_ms, u64::from(mode == Mode::Consume));
@@ -355,9 +372,14 @@ impl LocalStore {
 
         let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
         if admitted && mode == Mode::Consume {
-            for ((check, (_, cell)), next) in checks.iter().zip(guards.iter_mut()).zip(next_windows) {
+            for (((check, (_, cell)), next), baseline) in
+                checks.iter().zip(guards.iter_mut()).zip(next_windows).zip(baselines)
+            {
                 if check.counts == Counts::Failures {
                     continue;
+                }
+                if let (Some(avg), Next::Window(_)) = (baseline, &next) {
+                    cell.baseline = avg;
                 }
                 let q = check.quota;
                 match (&mut cell.state, next) {
@@ -416,6 +438,7 @@ impl LocalStore {
                 attempts: Count::default(),
                 failures: Count::default(),
                 penalty: PenaltyState::default(),
+                baseline: 0,
             }))
         });
         Arc::clone(&entry)
@@ -484,6 +507,7 @@ mod tests {
             adaptive: None,
             penalty: None,
             counts: Counts::Requests,
+            baseline: None,
         }
     }
 

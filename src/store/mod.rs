@@ -14,6 +14,7 @@ use std::fmt;
 
 use futures::future::BoxFuture;
 
+use crate::algorithm::baseline::Baseline;
 use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::threat::Adaptive;
@@ -39,6 +40,8 @@ pub struct Check {
     pub penalty: Option<Penalty>,
     /// What consumes the tier's quota.
     pub counts: Counts,
+    /// Present when a heavy key's typical volume may raise its limit (sliding windows only).
+    pub baseline: Option<Baseline>,
 }
 
 /// What consumes a tier's quota.

@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// Every suffix a tier-key's data may live under.
-const SUFFIXES: [&str; 6] = ["sw", "log", "seq", "att", "fail", "pen"];
+const SUFFIXES: [&str; 7] = ["sw", "log", "seq", "att", "fail", "pen", "base"];
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -350,7 +350,10 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         .iter()
         .map(|c| {
             let algorithm = if c.algorithm == Algorithm::SlidingLog { 2 } else { 1 };
-            algorithm + if c.adaptive.is_some() { 2 } else { 0 } + usize::from(c.penalty.is_some())
+            algorithm
+                + if c.adaptive.is_some() { 2 } else { 0 }
+                + usize::from(c.penalty.is_some())
+                + usize::from(c.baseline.is_some())
         })
         .sum::<usize>()
         + reputation.len();
@@ -371,6 +374,9 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         if check.penalty.is_some() {
             cmd.arg(format!("{}:pen", check.key));
         }
+        if check.baseline.is_some() {
+            cmd.arg(format!("{}:base", check.key));
+        }
     }
     cmd.arg(reputation);
     cmd.arg(now).arg(u8::from(mode == Mode::Consume)).arg(checks.len()).arg(reputation.len());
@@ -383,7 +389,8 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
             .arg(u8::from(check.shadow))
             .arg(u8::from(check.counts == Counts::Requests))
             .arg(u8::from(check.adaptive.is_some()))
-            .arg(u8::from(check.penalty.is_some()));
+            .arg(u8::from(check.penalty.is_some()))
+            .arg(u8::from(check.baseline.is_some()));
         if let Some(a) = &check.adaptive {
             let s = a.settings;
             cmd.arg(s.weights.score(a.client_factors))
@@ -397,6 +404,9 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         }
         if let Some(p) = &check.penalty {
             penalty_args(&mut cmd, p);
+        }
+        if let Some(b) = &check.baseline {
+            cmd.arg(b.sensitivity_percent).arg(b.max_percent);
         }
     }
     cmd

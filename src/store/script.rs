@@ -13,6 +13,8 @@ pub const SOURCE: &str = concat!(
     "\n",
     include_str!("../../lua/penalty.lua"),
     "\n",
+    include_str!("../../lua/baseline.lua"),
+    "\n",
     include_str!("../../lua/decide.lua"),
 );
 

@@ -1,0 +1,63 @@
+//! Behavioural baseline: a per-key moving average of the units consumed per window, which lets a
+//! consistently heavy client go above the base limit, up to `typical * sensitivity`, capped at
+//! `limit * max_percent / 100`, and never below the base limit. Twin of lua/baseline.lua.
+//!
+//! The average is kept in thousandths of a unit and moves by 1/8 per completed window (an
+//! exponentially weighted moving average): `avg = avg - avg / 8 + count * 1000 / 8`. Windows with
+//! no traffic count as zero. It is folded from the sliding window's own counters, when they roll
+//! over, so it costs no extra counting.
+
+/// A tier's baseline settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    /// Percent of the typical volume allowed (e.g. 150).
+    pub sensitivity_percent: u64,
+    /// The most the limit can grow to, in percent of the base limit (e.g. 300).
+    pub max_percent: u64,
+}
+
+/// The average after the window that started at `start_ms` holding `count` units, and any empty
+/// windows after it, up to the window that starts at `now_start`.
+pub fn fold(avg_milli: u64, start_ms: u64, count: u64, now_start: u64, window_ms: u64) -> u64 {
+    if (start_ms == 0 && count == 0) || start_ms >= now_start {
+        return avg_milli;
+    }
+    let mut avg = avg_milli - avg_milli / 8 + count * 125;
+    let empty = (now_start - start_ms) / window_ms - 1;
+    if empty > 64 {
+        return 0;
+    }
+    for _ in 0..empty {
+        avg -= avg / 8;
+    }
+    avg
+}
+
+/// The limit a key may use given its typical volume.
+pub fn limit(base: u64, avg_milli: u64, b: Baseline) -> u64 {
+    let typical = avg_milli / 1000;
+    let raised = typical.saturating_mul(b.sensitivity_percent) / 100;
+    let cap = base.saturating_mul(b.max_percent) / 100;
+    base.max(raised.min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_heavy_client_earns_more_up_to_the_cap() {
+        let b = Baseline { sensitivity_percent: 150, max_percent: 300 };
+        let (window, base) = (1_000, 10);
+        let mut avg = 0;
+        let mut allowed = base;
+        for w in 1..200u64 {
+            // The client uses its whole allowance every window.
+            avg = fold(avg, w * window, allowed, (w + 1) * window, window);
+            allowed = limit(base, avg, b);
+        }
+        assert_eq!(allowed, 30, "capped at 300% of the base");
+        assert_eq!(limit(base, 0, b), 10, "never below the base");
+        assert_eq!(fold(8_000, 1_000, 0, 100_000, 1_000), 0, "a long silence forgets");
+    }
+}

@@ -2,7 +2,8 @@
 # Sluice under load, next to a no-op RateLimiter server that does nothing but answer "allowed":
 #   noop                  benches/loadgen.rs's no-op server
 #   sluice-local          `sluice serve`, in-process store
-#   sluice-redis          `sluice serve` on Redis (pipelined script calls over one connection)
+#   sluice-redis          `sluice serve` on Redis (one multiplexed connection)
+#   sluice-redis-adaptive the same with the tier's adaptive threat score on
 # each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision script alone with
 # redis-benchmark. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
 # admitted decision. Everything listens on 127.0.0.1 on free ports; every process started here is
@@ -88,7 +89,7 @@ load() {
 
 # serve_sluice TARGET [yaml lines of a redis section]: serves, loads, and prints where decisions came from.
 serve_sluice() {
-  local target=$1 redis_yaml=${2:-} grpc http cfg pid
+  local target=$1 redis_yaml=${2:-} tier_yaml=${3:-} grpc http cfg pid
   grpc=$(free_port)
   http=$(free_port)
   cfg=$WORK/$target.yaml
@@ -103,6 +104,7 @@ tiers:
     key: [ip]
     limit: 100000000
     window: 1s
+$tier_yaml
 $redis_yaml
 EOF
   "$SLUICE" serve --config "$cfg" >"$WORK/$target.log" 2>&1 &
@@ -145,7 +147,9 @@ for _ in $(seq 200); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PO
 redis-cli -p "$REDIS_PORT" ping | grep -q PONG
 
 # Sluice's decision script exactly as src/store/script.rs builds it.
-{ cat lua/sliding_window.lua; printf '\n'; cat lua/sliding_log.lua; printf '\n'; cat lua/decide.lua; } >"$WORK/decide.lua"
+# The same concatenation as src/store/script.rs (the check after Sluice's run proves it).
+for f in sliding_window sliding_log adaptive penalty baseline decide; do cat "lua/$f.lua"; printf '\n'; done |
+  head -c -1 >"$WORK/decide.lua"
 SHA=$(redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD <"$WORK/decide.lua")
 echo "== decision script sha1 $SHA" >&2
 BENCH_LINES=$WORK/redis-benchmark.txt
@@ -153,9 +157,10 @@ BENCH_LINES=$WORK/redis-benchmark.txt
 for c in $CONCURRENCY; do
   n=$((c == 1 ? 30000 : 200000))
   before=$(cpu_ticks "$REDIS_PID")
-  # ARGV: now (0 = Redis TIME), commit, 1 tier: sliding_window, limit, window_ms, cost, shadow.
+  # ARGV (see lua/decide.lua): now (0 = Redis TIME), commit, 1 tier, 0 reputation keys; the tier:
+  # sliding_window, limit, window_ms, cost, shadow, counts, adaptive, penalty, baseline.
   csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
-    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 1 100000000 1000 1 0 | tail -n 1)
+    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 1 0 0 0 | tail -n 1)
   after=$(cpu_ticks "$REDIS_PID")
   python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
 import csv, sys
@@ -171,6 +176,8 @@ redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
 redis-cli -p "$REDIS_PORT" SCRIPT FLUSH >/dev/null
 
 serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
+# The same tier with the adaptive threat score on (requests carry no user agent: score 20).
+serve_sluice sluice-redis-adaptive "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}" "    adaptive: true"
 SAME_SCRIPT=$(redis-cli -p "$REDIS_PORT" SCRIPT EXISTS "$SHA" | head -n 1)
 
 # --- summary

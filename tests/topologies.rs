@@ -67,6 +67,7 @@ async fn cluster_holds_limits_across_slots_and_survives_a_master() {
     algorithm: sliding_log
     limit: 5
     window: 1h
+    adaptive: {{reduction_percent: 0}}
 {EDGE}",
         seeds.join(", ")
     );
@@ -104,6 +105,8 @@ async fn cluster_holds_limits_across_slots_and_survives_a_master() {
     for _ in 0..8 {
         let d = check(&mut client, request(&[("user", "carol"), ("ip", "192.0.2.9")])).await;
         assert_eq!(d.source, "redis");
+        // Adaptive in a Cluster: the reputation keys' slot is read apart; no user agent scores 20.
+        assert_eq!(d.threat_score, 20);
         allowed += usize::from(d.allowed);
     }
     assert_eq!(allowed, 5, "the sliding log of 5 decides");

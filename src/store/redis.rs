@@ -8,7 +8,8 @@
 //! failovers), or Sentinel (the master is asked of the sentinels again whenever `recover` runs,
 //! which is how a promoted replica is found). In a Cluster, the checks of one request are grouped by
 //! hash slot and each group is one script call, all sent at once: each group is atomic on its own,
-//! but a denial in one slot does not undo what another slot's group consumed.
+//! but a denial in one slot does not undo what another slot's group consumed. Reputation keys live
+//! in a slot of their own, so for adaptive tiers they are read first, in one more round trip.
 //!
 //! Every call goes over one multiplexed connection per node, which pipelines concurrent calls.
 //! Gathering them into explicit pipelines was measured and bought nothing: Redis spends its time
@@ -173,6 +174,30 @@ impl RedisStore {
         mode: Mode,
         now: u64,
     ) -> Result<Outcome, StoreError> {
+        // Reputation keys live in their own slot (`{rep}`): read them first, then hand the factor
+        // to the script as a client-side one. One more round trip, for adaptive requests only.
+        let reputation = checks.iter().find_map(|c| c.adaptive.as_ref()).map(|a| Arc::clone(&a.reputation));
+        let owned: Vec<Check>;
+        let checks = match reputation.filter(|keys| !keys.is_empty()) {
+            None => checks,
+            Some(keys) => {
+                let marked: i64 = redis::cmd("EXISTS").arg(&*keys).query_async(&mut conn.clone()).await?;
+                owned = checks
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        if let Some(a) = &mut c.adaptive {
+                            a.reputation = Arc::from(Vec::new());
+                            if marked > 0 {
+                                a.client_factors |= crate::threat::REPUTATION;
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+                &owned
+            }
+        };
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, check) in checks.iter().enumerate() {
             let slot = key_slot(check.key.as_bytes());

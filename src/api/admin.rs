@@ -50,7 +50,7 @@ impl AdminService {
         if !matches!(tier.rule, Rule::Limited(_)) {
             return Err(invalid("tier", &format!("tier {:?} counts nothing", tier.name)));
         }
-        let attrs = attributes(r.attributes.unwrap_or_default());
+        let attrs = Attributes::from(r.attributes.unwrap_or_default());
         if let Some(missing) = tier.key.iter().find(|a| attrs.get(a).is_none()) {
             return Err(invalid(
                 "attributes",
@@ -74,18 +74,6 @@ fn truncate(s: &str) -> &str {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn attributes(a: pb::Attributes) -> Attributes {
-    Attributes {
-        ip: a.ip,
-        user: a.user,
-        endpoint: a.endpoint,
-        method: a.method,
-        user_agent: a.user_agent,
-        client_tier: a.client_tier,
-        extra: a.extra.into_iter().collect(),
-    }
 }
 
 /// The reputation key of exactly one of `ip` and `user`.

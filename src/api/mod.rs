@@ -5,6 +5,20 @@ pub mod admin;
 pub mod native;
 pub mod status;
 
+impl From<pb::Attributes> for crate::tier::Attributes {
+    fn from(a: pb::Attributes) -> Self {
+        crate::tier::Attributes {
+            ip: a.ip,
+            user: a.user,
+            endpoint: a.endpoint,
+            method: a.method,
+            user_agent: a.user_agent,
+            client_tier: a.client_tier,
+            extra: a.extra.into_iter().collect(),
+        }
+    }
+}
+
 /// Code generated from proto/sluice/v1/sluice.proto.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

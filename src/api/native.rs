@@ -159,16 +159,7 @@ fn to_parts(
         }
         check_len(&at(&format!("attributes.extra[{name:?}]")), value, limits)?;
     }
-    let attributes = Attributes {
-        ip: a.ip,
-        user: a.user,
-        endpoint: a.endpoint,
-        method: a.method,
-        user_agent: a.user_agent,
-        client_tier: a.client_tier,
-        extra: a.extra.into_iter().collect(),
-    };
-    Ok(engine::Request { attributes, cost: 1, tiers, correlation_id: String::new() })
+    Ok(engine::Request { attributes: Attributes::from(a), cost: 1, tiers, correlation_id: String::new() })
 }
 
 fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status> {

@@ -58,6 +58,8 @@ pub struct FallbackStore {
     local: LocalStore,
     open: AtomicBool,
     settings: FallbackSettings,
+    /// Where to connect when no connection was ever made.
+    topology: Topology,
 }
 
 impl FallbackStore {
@@ -65,28 +67,29 @@ impl FallbackStore {
     /// then, serves from the fallback while it keeps trying in the background, so Sluice serves
     /// even when Redis is down at start-up.
     pub async fn start(topology: Topology, settings: FallbackSettings, patience: Duration) -> Arc<Self> {
+        let first = tokio::time::timeout(patience, RedisStore::connect(&topology, settings.deadline)).await;
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
             local: LocalStore::new(Counting::FairShare { replicas: settings.replicas }, settings.max_keys),
             open: AtomicBool::new(true),
             settings,
+            topology,
         });
-        let first = tokio::time::timeout(patience, RedisStore::connect(&topology, settings.deadline)).await;
         match first {
             Ok(Ok(redis)) => {
                 store.redis.store(Some(Arc::new(redis)));
                 store.set_open(false);
-                tracing::info!(topology = ?topology, "connected to redis");
+                tracing::info!(topology = ?store.topology, "connected to redis");
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot connect to redis yet; deciding in process meanwhile");
                 store.set_open(true);
-                tokio::spawn(Arc::clone(&store).connect_in_background(topology));
+                tokio::spawn(Arc::clone(&store).probe());
             }
             Err(_) => {
                 tracing::warn!("redis did not answer at start-up; deciding in process meanwhile");
                 store.set_open(true);
-                tokio::spawn(Arc::clone(&store).connect_in_background(topology));
+                tokio::spawn(Arc::clone(&store).probe());
             }
         }
         store
@@ -107,7 +110,9 @@ impl FallbackStore {
         metrics::circuit_open(open);
     }
 
-    async fn connect_in_background(self: Arc<Self>, topology: Topology) {
+    /// Until Redis answers: every probe interval, connect (if no connection was ever made) or
+    /// ping (asking the sentinels anew where they are used); the first answer closes the circuit.
+    async fn probe(self: Arc<Self>) {
         let mut last = Instant::now();
         loop {
             tokio::time::sleep(self.settings.probe_interval).await;
@@ -116,43 +121,44 @@ impl FallbackStore {
             if Arc::strong_count(&self) == 1 {
                 return;
             }
-            if let Ok(redis) = RedisStore::connect(&topology, self.settings.deadline).await {
-                self.redis.store(Some(Arc::new(redis)));
+            let patience = self.settings.deadline * 4;
+            let answered = match self.redis.load_full() {
+                None => match tokio::time::timeout(
+                    patience.max(Duration::from_secs(1)),
+                    RedisStore::connect(&self.topology, self.settings.deadline),
+                )
+                .await
+                {
+                    Ok(Ok(redis)) => {
+                        self.redis.store(Some(Arc::new(redis)));
+                        true
+                    }
+                    _ => false,
+                },
+                Some(redis) => {
+                    let ping = async {
+                        redis.recover().await?;
+                        redis.ping().await
+                    };
+                    matches!(tokio::time::timeout(patience, ping).await, Ok(Ok(())))
+                }
+            };
+            if answered {
                 self.set_open(false);
-                tracing::info!(topology = ?topology, "connected to redis");
+                tracing::info!(topology = ?self.topology, "redis answers: decisions are shared again");
                 return;
             }
         }
     }
 
     /// Opens the circuit (once) and starts the probe that will close it.
-    fn trip(self: &Arc<Self>, redis: Arc<RedisStore>, error: &StoreError) {
+    fn trip(self: &Arc<Self>, error: &StoreError) {
         if self.open.swap(true, Ordering::AcqRel) {
             return;
         }
         metrics::circuit_open(true);
         tracing::warn!(error = %error, "redis unavailable: deciding in process until it answers again");
-        let store = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut last = Instant::now();
-            loop {
-                tokio::time::sleep(store.settings.probe_interval).await;
-                metrics::fallback_time(last.elapsed());
-                last = Instant::now();
-                if Arc::strong_count(&store) == 1 {
-                    return;
-                }
-                let probe = async {
-                    redis.recover().await?;
-                    redis.ping().await
-                };
-                if let Ok(Ok(())) = tokio::time::timeout(store.settings.deadline * 4, probe).await {
-                    store.set_open(false);
-                    tracing::info!("redis answers again: decisions are shared again");
-                    return;
-                }
-            }
-        });
+        tokio::spawn(Arc::clone(self).probe());
     }
 
     async fn run(self: &Arc<Self>, checks: &[Check], mode: Mode) -> Result<Outcome, StoreError> {
@@ -168,7 +174,7 @@ impl FallbackStore {
             Err(_) => StoreError::Timeout(deadline_ms),
         };
         metrics::redis_error(error.kind());
-        self.trip(redis, &error);
+        self.trip(&error);
         Ok(self.without_redis(checks, mode))
     }
 

@@ -1,23 +1,32 @@
 -- Behavioural baseline: the twin of src/algorithm/baseline.rs (read its doc for the maths).
--- KEYS: one hash per tier-key (`<tier-key>:base`) with field a, the moving average of units per
---       window in thousandths; it expires with the sliding window it follows.
--- baseline_fold(a, s, c, start, window) -> the average once the window that started at s with c
---       units, and the empty windows after it, are folded in, up to the window starting at start.
+-- KEYS: one hash per tier-key (`<tier-key>:base`) with fields a, the moving average of units per
+--       window in thousandths, and w, the start of the first window not folded in yet; it expires
+--       64 windows after its last write, when the average would be spent anyway.
+-- baseline_fold(a, w, s, c, start, window) -> a, w: every window from w up to the one starting at
+--       start folded in, with c units for the window starting at s (the sliding window's) and 0
+--       for the others.
 -- baseline_limit(base, a, sensitivity, max) -> the limit the key may use.
 
-local function baseline_fold(a, s, c, start, window)
-  if (s == 0 and c == 0) or s >= start then
-    return a
+local function baseline_fold(a, w, s, c, start, window)
+  local from = w
+  if from == 0 then
+    from = (s > 0) and s or start
   end
-  a = a - math.floor(a / 8) + c * 125
-  local empty = (start - s) / window - 1
-  if empty > 64 then
-    return 0
+  if from >= start then
+    return a, from
   end
-  for _ = 1, empty do
-    a = a - math.floor(a / 8)
+  local windows = (start - from) / window
+  if windows > 64 then
+    return 0, start
   end
-  return a
+  for i = 0, windows - 1 do
+    local units = 0
+    if from + i * window == s then
+      units = c
+    end
+    a = a - math.floor(a / 8) + units * 125
+  end
+  return a, start
 end
 
 local function baseline_limit(base, a, sensitivity, max)

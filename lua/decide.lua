@@ -23,7 +23,8 @@
 --       reset_after_ms, effective limit, score, factor bits}
 --
 -- All or nothing: the request is admitted only when every enforcing tier allows it, and only then
--- does any tier consume. A denied request changes no count, except an adaptive tier's attempts
+-- does any tier consume (a shadow tier only what it would have allowed). A denied request changes
+-- no count, except an adaptive tier's attempts
 -- counter, which counts every attempt that is not a dry run, and a penalty's violations, which
 -- count each denial by their own tier. A blocked tier-key is denied until its block ends.
 
@@ -88,7 +89,7 @@ for i = 1, n do
     a = a + 5
     v.penalty_key = KEYS[next_key]
     next_key = next_key + 1
-    v.penalty_state = penalty_read(v.penalty_key)
+    v.penalty_state = penalty_read(v.penalty_key, now, v.penalty)
   end
   local effective = limit
   if baseline then
@@ -97,8 +98,9 @@ for i = 1, n do
     v.baseline_key = KEYS[next_key]
     next_key = next_key + 1
     local sw = redis.call('HMGET', v.key, 's', 'c')
-    local stored = tonumber(redis.call('HGET', v.baseline_key, 'a')) or 0
-    v.baseline = baseline_fold(stored, tonumber(sw[1]) or 0, tonumber(sw[2]) or 0, now - (now % window), window)
+    local base = redis.call('HMGET', v.baseline_key, 'a', 'w')
+    v.baseline, v.baseline_w = baseline_fold(tonumber(base[1]) or 0, tonumber(base[2]) or 0,
+      tonumber(sw[1]) or 0, tonumber(sw[2]) or 0, now - (now % window), window)
     effective = baseline_limit(limit, v.baseline, sensitivity, max)
   end
   if adaptive then
@@ -130,12 +132,13 @@ end
 if admitted and commit then
   for i = 1, n do
     local v = verdicts[i]
-    if not v.counts then
-      -- counts reported failures only
+    if not v.counts or not v.allowed then
+      -- counts reported failures only, or a shadow tier that would have denied: counting past the
+      -- limit would only grow its state
     elseif v.algorithm == 1 then
       sliding_window_commit(v.key, v.state, v.window, v.cost)
       if v.baseline_key then
-        redis.call('HSET', v.baseline_key, 'a', v.baseline)
+        redis.call('HSET', v.baseline_key, 'a', v.baseline, 'w', v.baseline_w)
         redis.call('PEXPIRE', v.baseline_key, 64 * v.window)
       end
     else

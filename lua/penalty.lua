@@ -2,13 +2,18 @@
 -- KEYS: one hash per tier-key (`<tier-key>:pen`) with fields v (violations in the current period),
 --       r (the instant, ms, at which the violation count restarts), u (blocked until, ms) and
 --       n (blocks so far).
--- penalty_read(key) -> the state; penalty_violate(key, st, now, p, count) adds violations and, on
---       reaching p.violations, blocks for min(p.base * p.factor ^ n, p.max). The key expires p.max
---       after the block or the period ends, so the escalation is forgotten after a quiet spell.
+-- penalty_read(key, now, p) -> the state; penalty_violate(key, st, now, p, count) adds violations
+--       and, on reaching p.violations, blocks for min(p.base * p.factor ^ n, p.max). The state is
+--       forgotten p.max after the block or the period ends (the key's TTL says the same), so the
+--       escalation goes after a quiet spell.
 
-local function penalty_read(key)
+local function penalty_read(key, now, p)
   local st = redis.call('HMGET', key, 'v', 'r', 'u', 'n')
-  return { v = tonumber(st[1]) or 0, r = tonumber(st[2]) or 0, u = tonumber(st[3]) or 0, n = tonumber(st[4]) or 0 }
+  st = { v = tonumber(st[1]) or 0, r = tonumber(st[2]) or 0, u = tonumber(st[3]) or 0, n = tonumber(st[4]) or 0 }
+  if st.r ~= 0 and now >= math.max(st.u, st.r) + p.max then
+    st = { v = 0, r = 0, u = 0, n = 0 }
+  end
+  return st
 end
 
 local function penalty_violate(key, st, now, p, count)

@@ -26,7 +26,7 @@ for _ = 1, tonumber(ARGV[2]) do
       factor = tonumber(ARGV[a + 4]), max = tonumber(ARGV[a + 5]),
     }
     a = a + 5
-    local st = penalty_read(KEYS[k])
+    local st = penalty_read(KEYS[k], now, p)
     -- A failure while blocked adds nothing: the block already stands.
     if st.u <= now then
       penalty_violate(KEYS[k], st, now, p, 1)

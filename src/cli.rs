@@ -33,7 +33,7 @@ enum Command {
     /// Print the security events kept in Redis (oldest first), one JSON object a line.
     Events {
         /// The Redis that Sluice uses (a standalone URL).
-        #[arg(long, env = "SLUICE__REDIS__URL")]
+        #[arg(long, env = "SLUICE__REDIS__URL", hide_env_values = true)]
         redis: String,
         /// How many of the newest events to print.
         #[arg(long, default_value_t = 100)]

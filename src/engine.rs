@@ -107,7 +107,9 @@ impl Engine {
         if !failures.is_empty() {
             self.store.report_failures(&failures).await?;
         }
-        Ok(failures.len() + counted.len())
+        // A tier both failure-only and adaptive (or with a penalty) counts once.
+        let both = failures.iter().filter(|f| counted.iter().any(|c| c.key == f.key)).count();
+        Ok(failures.len() + counted.len() - both)
     }
 
     /// Swaps in a new set of tiers; requests in flight finish with the old one.

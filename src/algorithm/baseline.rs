@@ -16,21 +16,36 @@ pub struct Baseline {
     pub max_percent: u64,
 }
 
-/// The average after the window that started at `start_ms` holding `count` units, and any empty
-/// windows after it, up to the window that starts at `now_start`.
-pub fn fold(avg_milli: u64, start_ms: u64, count: u64, now_start: u64, window_ms: u64) -> u64 {
-    if (start_ms == 0 && count == 0) || start_ms >= now_start {
-        return avg_milli;
+/// The average folded up to the window that starts at `now_start`: every window from `folded`
+/// (the first one not folded yet; 0 when nothing was) to `now_start`, each with its units: `count`
+/// for the window that started at `start_ms` (the sliding window's current one), 0 for the others.
+/// Returns the new average and the new `folded`.
+pub fn fold(
+    avg_milli: u64,
+    folded: u64,
+    start_ms: u64,
+    count: u64,
+    now_start: u64,
+    window_ms: u64,
+) -> (u64, u64) {
+    let from = match folded {
+        0 if start_ms > 0 => start_ms,
+        0 => now_start,
+        w => w,
+    };
+    if from >= now_start {
+        return (avg_milli, from);
     }
-    let mut avg = avg_milli - avg_milli / 8 + count * 125;
-    let empty = (now_start - start_ms) / window_ms - 1;
-    if empty > 64 {
-        return 0;
+    let windows = (now_start - from) / window_ms;
+    if windows > 64 {
+        return (0, now_start);
     }
-    for _ in 0..empty {
-        avg -= avg / 8;
+    let mut avg = avg_milli;
+    for i in 0..windows {
+        let units = if from + i * window_ms == start_ms { count } else { 0 };
+        avg = avg - avg / 8 + units * 125;
     }
-    avg
+    (avg, now_start)
 }
 
 /// The limit a key may use given its typical volume.
@@ -49,15 +64,18 @@ mod tests {
     fn a_steady_heavy_client_earns_more_up_to_the_cap() {
         let b = Baseline { sensitivity_percent: 150, max_percent: 300 };
         let (window, base) = (1_000, 10);
-        let mut avg = 0;
+        let (mut avg, mut folded) = (0, 0);
         let mut allowed = base;
         for w in 1..200u64 {
             // The client uses its whole allowance every window.
-            avg = fold(avg, w * window, allowed, (w + 1) * window, window);
+            (avg, folded) = fold(avg, folded, w * window, allowed, (w + 1) * window, window);
             allowed = limit(base, avg, b);
         }
         assert_eq!(allowed, 30, "capped at 300% of the base");
         assert_eq!(limit(base, 0, b), 10, "never below the base");
-        assert_eq!(fold(8_000, 1_000, 0, 100_000, 1_000), 0, "a long silence forgets");
+        // Quiet windows count as zero, even when the sliding window's own state is gone.
+        let (quiet, _) = fold(avg, folded, 0, 0, folded + 5 * window, window);
+        assert!(quiet < avg * 6 / 10, "{quiet} after five quiet windows, from {avg}");
+        assert_eq!(fold(8_000, 1_000, 0, 0, 100_000, 1_000), (0, 100_000), "a long silence forgets");
     }
 }

@@ -31,7 +31,15 @@ impl PenaltyState {
         self.blocked_until > now
     }
 
-    /// Adds `count` violations at `now`; blocks on reaching the threshold.
+    /// Forgets everything once `max` has passed since the block or the period ended (a quiet
+    /// spell), as the Redis key expires.
+    pub fn refresh(&mut self, now: u64, p: Penalty) {
+        if self.restart_at != 0 && now >= self.expires_at(p) {
+            *self = PenaltyState::default();
+        }
+    }
+
+    /// Adds `count` violations at `now`; blocks on reaching the threshold. Call `refresh` first.
     pub fn violate(&mut self, now: u64, p: Penalty, count: u64) {
         if now >= self.restart_at {
             self.violations = 0;

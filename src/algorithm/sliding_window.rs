@@ -43,7 +43,7 @@ impl Window {
 }
 
 /// Decides one request against one key; returns the verdict and the state to store if the request
-/// is consumed (whatever this tier's verdict: a shadow tier counts what the others admit).
+/// is consumed.
 pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     let w = u128::from(q.window_ms);
     let s = state.at(now, q.window_ms);
@@ -54,7 +54,7 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     let used = prev * (w - elapsed) + cur * w;
     let capacity = limit * w;
     let allowed = used + cost * w <= capacity;
-    // Consumed when the request is admitted, even if this tier denied (a shadow tier counts on).
+    // What to store if the request is consumed.
     let next = Window { current: s.current + q.cost, ..s };
 
     if allowed {

@@ -536,10 +536,12 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
 fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> {
     let before = problems.len();
     let url_problem = |problems: &mut Vec<String>, key: String, url: &str| {
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-        if !schemes.iter().any(|s| url.starts_with(s)) {
+        let schemes = ["redis://", "redis+unix://", "unix://"];
+        if url.starts_with("rediss://") {
+            problems.push(format!("{key}: TLS to Redis (rediss://) is not supported by this build"));
+        } else if !schemes.iter().any(|s| url.starts_with(s)) {
             // The value is not echoed: it may hold a password.
-            problems.push(format!("{key}: must start with redis://, rediss://, redis+unix:// or unix://"));
+            problems.push(format!("{key}: must start with redis://, redis+unix:// or unix://"));
         }
     };
     let topology = match (r.url, r.cluster, r.sentinel) {

@@ -9,8 +9,9 @@
 //!
 //! What the fallback answers is each tier's failure mode: `local` counts the tier in fair-share
 //! token buckets (`LocalStore` with `Counting::FairShare`), `allow` lets it pass uncounted, `deny`
-//! denies it. A non-transient error (a reply the script should never give) is a bug and is returned
-//! as one.
+//! denies it. Any Redis error opens the circuit, transient or not (an out-of-memory or
+//! re-passworded Redis is no reason to fail a gateway); the ones that will not heal by themselves
+//! are logged as errors.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,10 +170,14 @@ impl FallbackStore {
         let deadline_ms = u64::try_from(self.settings.deadline.as_millis()).unwrap_or(u64::MAX);
         let error = match tokio::time::timeout(self.settings.deadline, redis.decide(checks, mode)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
-            Ok(Err(e)) if !e.is_transient() => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => StoreError::Timeout(deadline_ms),
         };
+        if !error.is_transient() {
+            // Out of memory, a misconfigured or re-passworded Redis, a script error: still no
+            // reason to fail the gateway. Logged loudly, since it will not heal by itself.
+            tracing::error!(error = %error, "redis refused a decision; deciding in process");
+        }
         metrics::redis_error(error.kind());
         self.trip(&error);
         Ok(self.without_redis(checks, mode))

@@ -52,8 +52,9 @@ struct Cell {
     attempts: Count,
     failures: Count,
     penalty: PenaltyState,
-    /// The behavioural baseline's moving average, in thousandths of a unit per window.
-    baseline: u64,
+    /// The behavioural baseline: its moving average (thousandths of a unit per window) and the
+    /// start of the first window not folded into it yet.
+    baseline: (u64, u64),
 }
 
 /// A count that restarts one window after its first unit: the twin of `adaptive_count` in
@@ -148,6 +149,9 @@ impl LocalStore {
             if f.adaptive {
                 cell.failures.add(now, f.window_ms, 1);
                 cell.expires_at = cell.expires_at.max(cell.failures.reset_at);
+            }
+            if let Some(p) = f.penalty {
+                cell.penalty.refresh(now, p);
             }
             if let Some(p) = f.penalty
                 && !cell.penalty.blocked(now)
@@ -302,10 +306,16 @@ impl LocalStore {
                     _ => (0, 0),
                 };
                 let window_start = now - now % quota.window_ms;
-                let avg =
-                    algorithm::baseline::fold(cell.baseline, start, current, window_start, quota.window_ms);
+                let (avg, folded) = algorithm::baseline::fold(
+                    cell.baseline.0,
+                    cell.baseline.1,
+                    start,
+                    current,
+                    window_start,
+                    quota.window_ms,
+                );
                 quota.limit = algorithm::baseline::limit(quota.limit, avg, b);
-                baseline = Some(avg);
+                baseline = Some((avg, folded));
             }
             baselines.push(baseline);
             if let Some(a) = &check.adaptive {
@@ -348,6 +358,7 @@ impl LocalStore {
             };
             let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
             if let Some(p) = check.penalty {
+                cell.penalty.refresh(now, p);
                 if cell.penalty.blocked(now) {
                     let wait = cell.penalty.blocked_until - now;
                     verdict = Verdict {
@@ -372,14 +383,15 @@ impl LocalStore {
 
         let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
         if admitted && mode == Mode::Consume {
-            for (((check, (_, cell)), next), baseline) in
-                checks.iter().zip(guards.iter_mut()).zip(next_windows).zip(baselines)
+            for ((((check, (_, cell)), next), baseline), verdict) in
+                checks.iter().zip(guards.iter_mut()).zip(next_windows).zip(baselines).zip(&verdicts)
             {
-                if check.counts == Counts::Failures {
+                // A failure-only tier never consumes here; a shadow tier only what it would allow.
+                if check.counts == Counts::Failures || !verdict.allowed {
                     continue;
                 }
-                if let (Some(avg), Next::Window(_)) = (baseline, &next) {
-                    cell.baseline = avg;
+                if let (Some(fold), Next::Window(_)) = (baseline, &next) {
+                    cell.baseline = fold;
                 }
                 let q = check.quota;
                 match (&mut cell.state, next) {
@@ -394,8 +406,9 @@ impl LocalStore {
                     (State::Bucket(b), Next::Bucket(next, capacity)) => {
                         *b = next;
                         // Full again (and so forgettable) at tat.
-                        cell.expires_at =
-                            u64::try_from(next.tat.div_ceil(u128::from(capacity))).unwrap_or(u64::MAX);
+                        cell.expires_at = cell
+                            .expires_at
+                            .max(u64::try_from(next.tat.div_ceil(u128::from(capacity))).unwrap_or(u64::MAX));
                     }
                     _ => unreachable!("the next state is computed from the same cell state"),
                 }
@@ -438,7 +451,7 @@ impl LocalStore {
                 attempts: Count::default(),
                 failures: Count::default(),
                 penalty: PenaltyState::default(),
-                baseline: 0,
+                baseline: (0, 0),
             }))
         });
         Arc::clone(&entry)

@@ -158,7 +158,11 @@ impl Tier {
             if i > 0 {
                 key.push('|');
             }
-            escape_into(&mut key, attrs.get(attr).unwrap_or_default());
+            let value = attrs.get(attr).unwrap_or_default();
+            match attr {
+                Attr::Ip => escape_into(&mut key, &canonical_ip(value)),
+                _ => escape_into(&mut key, value),
+            }
         }
         key.push('}');
         key
@@ -171,14 +175,27 @@ impl Tier {
 /// `sluice:{rep}:user:<user>` (values escaped as in tier keys).
 pub fn reputation_keys(attrs: &Attributes) -> Vec<String> {
     let mut keys = Vec::with_capacity(2);
-    for (kind, value) in [("ip", &attrs.ip), ("user", &attrs.user)] {
+    for (kind, value) in [("ip", canonical_ip(&attrs.ip)), ("user", attrs.user.as_str().into())] {
         if !value.is_empty() {
             let mut key = format!("sluice:{{rep}}:{kind}:");
-            escape_into(&mut key, value);
+            escape_into(&mut key, &value);
             keys.push(key);
         }
     }
     keys
+}
+
+/// One spelling per address (`2001:DB8:0::1` is `2001:db8::1`, `::ffff:192.0.2.1` is
+/// `192.0.2.1`), so that a client cannot get a fresh counter by writing its address differently;
+/// a value that is no address is kept as it is.
+fn canonical_ip(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let canonical = ip.to_canonical().to_string();
+            if canonical == value { value.into() } else { canonical.into() }
+        }
+        Err(_) => value.into(),
+    }
 }
 
 fn escape_into(out: &mut String, value: &str) {
@@ -252,6 +269,16 @@ mod tests {
         assert_eq!(c.matches('{').count(), 1);
         assert_eq!(c.matches('}').count(), 1);
         assert_ne!(t.key_for(&attrs("%7C", "b")), t.key_for(&attrs("|", "b")));
+    }
+
+    #[test]
+    fn one_key_per_address_however_written() {
+        let t = tier(vec![Attr::Ip]);
+        let key = |ip: &str| t.key_for(&Attributes { ip: ip.into(), ..Default::default() });
+        assert_eq!(key("2001:DB8:0::1"), key("2001:db8::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.10"));
+        assert_eq!(key("not-an-ip"), "sluice:{auth:not-an-ip}");
     }
 
     #[test]

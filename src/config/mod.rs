@@ -133,15 +133,7 @@ pub fn parse(
     let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Yaml))
-        .add_source(
-            config::Environment::with_prefix("SLUICE")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("redis.cluster")
-                .with_list_parse_key("redis.sentinel.nodes")
-                .source(env),
-        )
+        .add_source(config::Environment::with_prefix("SLUICE").separator("__").source(env))
         .build()
         .map_err(|e| parse_error(e.to_string()))?;
     let file: schema::File = serde_path_to_error::deserialize(layered).map_err(|e| {
@@ -550,6 +542,7 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
             Topology::Standalone { url }
         }
         (None, Some(nodes), None) => {
+            let nodes = nodes.into_vec();
             if nodes.is_empty() {
                 problems.push("redis.cluster: needs at least one seed node URL".into());
             }
@@ -559,16 +552,17 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
             Topology::Cluster { nodes }
         }
         (None, None, Some(sentinel)) => {
-            if sentinel.master_name.is_empty() {
+            let (master_name, nodes) = (sentinel.master_name, sentinel.nodes.into_vec());
+            if master_name.is_empty() {
                 problems.push("redis.sentinel.master_name: must not be empty".into());
             }
-            if sentinel.nodes.is_empty() {
+            if nodes.is_empty() {
                 problems.push("redis.sentinel.nodes: needs at least one sentinel URL".into());
             }
-            for (i, url) in sentinel.nodes.iter().enumerate() {
+            for (i, url) in nodes.iter().enumerate() {
                 url_problem(problems, format!("redis.sentinel.nodes[{i}]"), url);
             }
-            Topology::Sentinel { nodes: sentinel.nodes, master_name: sentinel.master_name }
+            Topology::Sentinel { nodes, master_name }
         }
         (None, None, None) => {
             problems.push(
@@ -709,5 +703,36 @@ tiers:
         assert!(parse_duration_ms("0s").is_err());
         assert!(parse_duration_ms("m").is_err());
         assert!(parse_duration_ms("99999999999999999999d").is_err());
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn env_numbers_and_secrets() {
+        let env = HashMap::from([
+            ("SLUICE__REDIS__URL".to_owned(), "redis://127.0.0.1:1".to_owned()),
+            ("SLUICE__REDIS__TIMEOUT_MS".to_owned(), "75".to_owned()),
+            ("SLUICE__ADMIN__GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("SLUICE__ADMIN__TOKEN".to_owned(), "00012345678901234567890123".to_owned()),
+        ]);
+        let s = parse("tiers: []\n", "t", Some(env)).expect("valid");
+        assert_eq!(s.redis.expect("redis").timeout, Duration::from_millis(75));
+        assert_eq!(
+            s.admin.expect("admin").token,
+            "00012345678901234567890123",
+            "a token of digits stays as written"
+        );
+        let env = HashMap::from([(
+            "SLUICE__REDIS__CLUSTER".to_owned(),
+            "redis://a:7000, redis://b:7000".to_owned(),
+        )]);
+        let s = parse("tiers: []\n", "t", Some(env)).expect("valid");
+        let Some(RedisSettings { topology: Topology::Cluster { nodes }, .. }) = s.redis else {
+            panic!("a cluster")
+        };
+        assert_eq!(nodes, ["redis://a:7000", "redis://b:7000"]);
     }
 }

@@ -59,9 +59,10 @@ pub struct Redis {
     /// A standalone server: `redis://[user:password@]host:port[/db]`; never logged.
     #[serde(default)]
     pub url: Option<String>,
-    /// Redis Cluster: seed node URLs (any few nodes; the rest are discovered).
+    /// Redis Cluster: seed node URLs (any few nodes; the rest are discovered); a list, or one
+    /// comma-separated string (as from the environment).
     #[serde(default)]
-    pub cluster: Option<Vec<String>>,
+    pub cluster: Option<UrlList>,
     /// Redis Sentinel: the sentinels and the name of the master they watch.
     #[serde(default)]
     pub sentinel: Option<Sentinel>,
@@ -100,8 +101,27 @@ impl std::fmt::Debug for Admin {
 #[serde(deny_unknown_fields)]
 pub struct Sentinel {
     pub master_name: String,
-    /// Sentinel URLs, e.g. `redis://10.0.0.7:26379`.
-    pub nodes: Vec<String>,
+    /// Sentinel URLs, e.g. `redis://10.0.0.7:26379`; a list, or one comma-separated string.
+    pub nodes: UrlList,
+}
+
+/// A list of URLs, or one comma-separated string of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UrlList {
+    List(Vec<String>),
+    Joined(String),
+}
+
+impl UrlList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            UrlList::List(urls) => urls,
+            UrlList::Joined(s) => {
+                s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -250,8 +250,12 @@ impl Store for SharedFallback {
     fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
         Box::pin(async move {
             let local = self.0.local.admin_at(op, self.0.local.now_ms());
+            let patience = self.0.settings.deadline * 4;
             match self.0.redis.load_full() {
-                Some(redis) => redis.admin(op).await,
+                Some(redis) => match tokio::time::timeout(patience, redis.admin(op)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Timeout(u64::try_from(patience.as_millis()).unwrap_or(u64::MAX))),
+                },
                 None => Ok(local),
             }
         })

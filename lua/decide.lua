@@ -13,8 +13,8 @@
 --       [3] n, the number of tiers
 --       [4] the number of reputation keys at the end of KEYS (0 to 2)
 --       then per tier: algorithm (1 sliding_window, 2 sliding_log), limit, window_ms, cost,
---       shadow (1 = evaluate and report, never deny), counts (1 = consumes when admitted, 0 = a
---       tier that counts reported failures only), adaptive (0/1), penalty (0/1), baseline (0/1);
+--       shadow (1 = evaluate and report, never deny), counts (1 = consumes when admitted, 2 =
+--       consumes on every request, denied or not, 0 = counts reported failures only), adaptive (0/1), penalty (0/1), baseline (0/1);
 --       an adaptive
 --       tier adds client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
 --       failed_threshold, reduction_percent; a penalty adds violations, period_ms, base_ms, factor,
@@ -58,7 +58,7 @@ for i = 1, n do
   local algorithm = tonumber(ARGV[a + 1])
   local limit, window, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local shadow = ARGV[a + 5] == '1'
-  local counts = ARGV[a + 6] == '1'
+  local counts = tonumber(ARGV[a + 6])
   local adaptive, penalty, baseline = ARGV[a + 7] == '1', ARGV[a + 8] == '1', ARGV[a + 9] == '1'
   a = a + 9
   local v = { algorithm = algorithm, window = window, cost = cost, key = KEYS[next_key], score = 0, bits = 0, counts = counts }
@@ -129,12 +129,21 @@ for i = 1, n do
   verdicts[i] = v
 end
 
-if admitted and commit then
+if commit then
   for i = 1, n do
     local v = verdicts[i]
-    if not v.counts or not v.allowed then
-      -- counts reported failures only, or a shadow tier that would have denied: counting past the
-      -- limit would only grow its state
+    local consume
+    if v.counts == 2 then
+      -- counts every request, denied or not (envoyproxy/ratelimit's way); a blocked tier has no
+      -- window state to write
+      consume = v.algorithm ~= 1 or v.state ~= nil
+    else
+      -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
+      -- the count would only grow its state); a failure-only tier (0) never here
+      consume = admitted and v.counts == 1 and v.allowed
+    end
+    if not consume then
+      -- nothing to write
     elseif v.algorithm == 1 then
       sliding_window_commit(v.key, v.state, v.window, v.cost)
       if v.baseline_key then

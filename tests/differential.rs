@@ -63,7 +63,12 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
                     penalty: (t == 1).then_some(PENALTY),
                     // Tier 3 counts reported failures only: its checks never consume.
-                    counts: if t == 3 { Counts::Failures } else { Counts::Requests },
+                    // Tier 0's key k0 counts every request, denied or not.
+                    counts: match (t, key) {
+                        (3, _) => Counts::Failures,
+                        (0, 0) => Counts::Everything,
+                        _ => Counts::Requests,
+                    },
                     // Tier 0 keeps a baseline.
                     baseline: (t == 0).then_some(Baseline { sensitivity_percent: 150, max_percent: 300 }),
                     // A third of the checks adapt: attempts, reported failures and client factors.

@@ -331,7 +331,26 @@ fn tier(
             .then_some(Baseline { sensitivity_percent: b.sensitivity_percent, max_percent: b.max_percent })
     });
     let counts = match t.count.as_deref() {
+        None | Some("requests") if t.count_denied => {
+            let sliding_window =
+                matches!(&rule, Some(Rule::Limited(l)) if l.algorithm == Algorithm::SlidingWindow);
+            if !sliding_window && rule.is_some() {
+                problems
+                    .push(format!("{at}.count_denied: only a sliding_window tier can count denied requests"));
+            }
+            if t.penalty.is_some() || penalty.is_some() {
+                problems
+                    .push(format!("{at}.count_denied: a tier that counts denied requests takes no penalty"));
+            }
+            Counts::Everything
+        }
         None | Some("requests") => Counts::Requests,
+        Some("failures") if t.count_denied => {
+            problems.push(format!(
+                "{at}.count_denied: a tier that counts failures only cannot count denied requests"
+            ));
+            Counts::Failures
+        }
         Some("failures") => Counts::Failures,
         Some(other) => {
             problems.push(format!("{at}.count: {other:?} is not one of requests, failures"));

@@ -234,6 +234,10 @@ pub struct Tier {
     /// says a request failed (e.g. failed logins, not successful ones).
     #[serde(default)]
     pub count: Option<String>,
+    /// Count every request, denied or not, whatever the other tiers say (as envoyproxy/ratelimit
+    /// does): attacker pressure then extends its own wait. sliding_window tiers only.
+    #[serde(default)]
+    pub count_denied: bool,
 }
 
 #[derive(Debug, Deserialize)]

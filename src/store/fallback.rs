@@ -254,7 +254,9 @@ impl Store for SharedFallback {
             match self.0.redis.load_full() {
                 Some(redis) => match tokio::time::timeout(patience, redis.admin(op)).await {
                     Ok(result) => result,
-                    Err(_) => Err(StoreError::Timeout(u64::try_from(patience.as_millis()).unwrap_or(u64::MAX))),
+                    Err(_) => {
+                        Err(StoreError::Timeout(u64::try_from(patience.as_millis()).unwrap_or(u64::MAX)))
+                    }
                 },
                 None => Ok(local),
             }

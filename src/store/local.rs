@@ -382,12 +382,18 @@ impl LocalStore {
         }
 
         let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
-        if admitted && mode == Mode::Consume {
+        if mode == Mode::Consume {
             for ((((check, (_, cell)), next), baseline), verdict) in
                 checks.iter().zip(guards.iter_mut()).zip(next_windows).zip(baselines).zip(&verdicts)
             {
-                // A failure-only tier never consumes here; a shadow tier only what it would allow.
-                if check.counts == Counts::Failures || !verdict.allowed {
+                // Admitted requests consume (a shadow tier only what it would allow, a failure-only
+                // tier never); a tier that counts everything consumes whatever was decided.
+                let consume = match check.counts {
+                    Counts::Everything => true,
+                    Counts::Requests => admitted && verdict.allowed,
+                    Counts::Failures => false,
+                };
+                if !consume {
                     continue;
                 }
                 if let (Some(fold), Next::Window(_)) = (baseline, &next) {

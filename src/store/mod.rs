@@ -53,6 +53,20 @@ pub enum Counts {
     /// Only failures reported afterwards (e.g. failed logins): checks deny once the quota is used
     /// up, but do not consume it.
     Failures,
+    /// Every request that is not a dry run, denied or not, whatever the other tiers say: how
+    /// envoyproxy/ratelimit counts (sliding_window tiers only).
+    Everything,
+}
+
+impl Counts {
+    /// The code the Lua script reads.
+    pub fn code(self) -> u8 {
+        match self {
+            Counts::Failures => 0,
+            Counts::Requests => 1,
+            Counts::Everything => 2,
+        }
+    }
 }
 
 /// One reported failure on one tier-key.

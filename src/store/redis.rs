@@ -29,7 +29,7 @@ use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use super::script::{DECIDE, REPORT};
 use super::{
-    AdminOp, Check, Counts, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError,
+    AdminOp, Check, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError,
 };
 use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Verdict};
@@ -412,7 +412,7 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
             .arg(q.window_ms)
             .arg(q.cost)
             .arg(u8::from(check.shadow))
-            .arg(u8::from(check.counts == Counts::Requests))
+            .arg(check.counts.code())
             .arg(u8::from(check.adaptive.is_some()))
             .arg(u8::from(check.penalty.is_some()))
             .arg(u8::from(check.baseline.is_some()));

@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod descriptor;
 pub mod engine;
 pub mod http;
 pub mod metrics;

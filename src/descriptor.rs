@@ -1,0 +1,385 @@
+//! Rate limit configuration in envoyproxy/ratelimit's format, and its matching rules.
+//!
+//! A file holds one `domain` and a tree of `descriptors`. A request descriptor (an ordered list of
+//! key/value entries) walks the tree one level per entry: an exact `key` + `value` node first, then
+//! the wildcard values (`*` matches any run of characters) in file order, then a key-only node
+//! (any value). No backtracking. A limit applies only when every entry matched and the node of the
+//! last entry has a `rate_limit`; a request with more entries than the path is deep gets none.
+//! Units: second, minute, hour, day, week, month (30 days), year (365 days), in any case. Where no
+//! unit says a window (15 minutes), a descriptor may add Sluice's own `sluice: {window: 15m}`.
+
+use std::collections::{HashMap, HashSet};
+
+/// A loaded domain.
+#[derive(Debug, Default)]
+pub struct Domain {
+    pub name: String,
+    root: Level,
+}
+
+#[derive(Debug, Default)]
+struct Level {
+    exact: HashMap<(String, String), Node>,
+    wildcards: Vec<(String, String, Node)>,
+    any_value: HashMap<String, Node>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub rule: Option<Rule>,
+    pub shadow_mode: bool,
+    /// With a wildcard value: every matching value shares one counter.
+    pub share_threshold: bool,
+    pub detailed_metric: bool,
+    children: Level,
+}
+
+/// A node's `rate_limit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub unlimited: bool,
+    pub requests_per_unit: u64,
+    pub window_ms: u64,
+    /// The Envoy unit code (1 second, 2 minute, 3 hour, 4 day, 5 month, 6 year, 7 week).
+    pub unit: i32,
+    pub name: String,
+    pub replaces: Vec<String>,
+}
+
+/// What a request descriptor matched.
+#[derive(Debug)]
+pub struct Match<'d> {
+    pub node: &'d Node,
+    /// The counter's identity: each entry's key and value (the pattern, for a shared wildcard).
+    pub identity: Vec<(&'d str, String)>,
+    /// The config path, for metrics: keys, wildcard patterns, and values only where detailed.
+    pub path: String,
+}
+
+impl Domain {
+    /// Matches one request descriptor; `None` when it gets no limit.
+    pub fn matches<'d>(&'d self, entries: &[(String, String)]) -> Option<Match<'d>> {
+        let mut level = &self.root;
+        let mut node = None;
+        let mut identity = Vec::with_capacity(entries.len());
+        let mut path = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let (n, part, shared) = if let Some((k, n)) =
+                level.exact.get_key_value(&(key.clone(), value.clone())).map(|((k, _), n)| (k, n))
+            {
+                (n, format!("{k}_{value}"), None)
+            } else if let Some((k, pattern, n)) =
+                level.wildcards.iter().find(|(k, p, _)| k == key && wildcard_match(p, value))
+            {
+                (n, format!("{k}_{pattern}"), n.share_threshold.then(|| pattern.clone()))
+            } else if let Some((k, n)) = level.any_value.get_key_value(key) {
+                (n, k.clone(), None)
+            } else {
+                return None;
+            };
+            identity.push((key_of(level, key), shared.unwrap_or_else(|| value.clone())));
+            path.push(part);
+            node = Some(n);
+            level = &n.children;
+        }
+        let node = node?;
+        node.rule.as_ref()?;
+        let path = if node.detailed_metric {
+            entries.iter().map(|(k, v)| format!("{k}_{v}")).collect::<Vec<_>>().join(".")
+        } else {
+            path.join(".")
+        };
+        Some(Match { node, identity, path })
+    }
+}
+
+/// The stored key string, so that `Match` borrows from the domain rather than the request.
+fn key_of<'d>(level: &'d Level, key: &str) -> &'d str {
+    level
+        .exact
+        .keys()
+        .map(|(k, _)| k.as_str())
+        .chain(level.wildcards.iter().map(|(k, _, _)| k.as_str()))
+        .chain(level.any_value.keys().map(String::as_str))
+        .find(|k| *k == key)
+        .unwrap_or("")
+}
+
+/// `*` matches any run of characters, anywhere in the pattern.
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, rest) = parts.split_first().expect("split yields at least one part");
+    let Some(mut tail) = value.strip_prefix(first) else { return false };
+    for (i, part) in rest.iter().enumerate() {
+        if i == rest.len() - 1 {
+            return tail.ends_with(part);
+        }
+        match tail.find(part) {
+            Some(at) => tail = &tail[at + part.len()..],
+            None => return false,
+        }
+    }
+    tail.is_empty()
+}
+
+/// Window length in ms of an Envoy unit name, and its code.
+fn unit(name: &str) -> Option<(u64, i32)> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "SECOND" => (1_000, 1),
+        "MINUTE" => (60_000, 2),
+        "HOUR" => (3_600_000, 3),
+        "DAY" => (86_400_000, 4),
+        "MONTH" => (30 * 86_400_000, 5),
+        "YEAR" => (365 * 86_400_000, 6),
+        "WEEK" => (7 * 86_400_000, 7),
+        _ => return None,
+    })
+}
+
+const FIELDS: [&str; 17] = [
+    "domain",
+    "descriptors",
+    "key",
+    "value",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "name",
+    "replaces",
+    "shadow_mode",
+    "quota_mode",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "metadata",
+    "sluice",
+];
+
+/// Parses one file; `origin` names it in errors. Every problem is reported.
+pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
+    let doc: serde_json::Value = serde_yaml_ng_value(text).map_err(|e| vec![format!("{origin}: {e}")])?;
+    let mut problems = Vec::new();
+    check_keys(&doc, &mut problems, origin);
+    let name = doc.get("domain").and_then(|d| d.as_str()).unwrap_or_default().to_owned();
+    if name.is_empty() {
+        problems.push(format!("{origin}: domain: must not be empty"));
+    }
+    let mut root = Level::default();
+    if let Some(list) = doc.get("descriptors") {
+        level(list, &name, "descriptors", &mut root, &mut problems, origin);
+    }
+    if problems.is_empty() { Ok(Domain { name, root }) } else { Err(problems) }
+}
+
+fn serde_yaml_ng_value(text: &str) -> Result<serde_json::Value, String> {
+    let value = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+        .build()
+        .map_err(|e| e.to_string())?;
+    value.try_deserialize::<serde_json::Value>().map_err(|e| e.to_string())
+}
+
+fn check_keys(v: &serde_json::Value, problems: &mut Vec<String>, origin: &str) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                if !FIELDS.contains(&k.as_str()) {
+                    problems.push(format!("{origin}: unknown key {k:?}"));
+                }
+                if k != "metadata" && k != "sluice" {
+                    check_keys(child, problems, origin);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| check_keys(i, problems, origin)),
+        _ => {}
+    }
+}
+
+fn flag(v: &serde_json::Value, name: &str) -> bool {
+    match v.get(name) {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+fn level(
+    list: &serde_json::Value,
+    path: &str,
+    at: &str,
+    into: &mut Level,
+    problems: &mut Vec<String>,
+    origin: &str,
+) {
+    let Some(items) = list.as_array() else {
+        problems.push(format!("{origin}: {at}: must be a list"));
+        return;
+    };
+    let mut seen = HashSet::new();
+    for (i, d) in items.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let key = d.get("key").map(scalar).unwrap_or_default();
+        let value = d.get("value").map(scalar).unwrap_or_default();
+        if key.is_empty() {
+            problems.push(format!("{origin}: {at}.key: must not be empty"));
+            continue;
+        }
+        let composite = if value.is_empty() { key.clone() } else { format!("{key}_{value}") };
+        if !seen.insert(composite.clone()) {
+            problems.push(format!("{origin}: {at}: duplicate descriptor composite key '{path}.{composite}'"));
+            continue;
+        }
+        let share_threshold = flag(d, "share_threshold");
+        if share_threshold && !value.contains('*') {
+            problems.push(format!("{origin}: {at}.share_threshold: only with a wildcard value (containing '*')"));
+        }
+        let rule = d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
+        let mut node = Node {
+            rule,
+            shadow_mode: flag(d, "shadow_mode"),
+            share_threshold,
+            detailed_metric: flag(d, "detailed_metric"),
+            children: Level::default(),
+        };
+        if let Some(children) = d.get("descriptors") {
+            level(children, &format!("{path}.{composite}"), &format!("{at}.descriptors"), &mut node.children, problems, origin);
+        }
+        if value.is_empty() {
+            into.any_value.insert(key, node);
+        } else if value.contains('*') {
+            into.wildcards.push((key, value, node));
+        } else {
+            into.exact.insert((key, value), node);
+        }
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn rule(r: &serde_json::Value, d: &serde_json::Value, at: &str, problems: &mut Vec<String>, origin: &str) -> Option<Rule> {
+    let unlimited = flag(r, "unlimited");
+    let unit_name = r.get("unit").map(scalar).unwrap_or_default();
+    let name = r.get("name").map(scalar).unwrap_or_default();
+    let replaces: Vec<String> = r
+        .get("replaces")
+        .and_then(|l| l.as_array())
+        .map(|l| l.iter().map(|e| e.get("name").map(scalar).unwrap_or_default()).collect())
+        .unwrap_or_default();
+    if replaces.iter().any(String::is_empty) {
+        problems.push(format!("{origin}: {at}.replaces: should not have an empty entry"));
+    }
+    if !name.is_empty() && replaces.contains(&name) {
+        problems.push(format!("{origin}: {at}.replaces: should not contain its own name {name:?}"));
+    }
+    let requests_per_unit = match r.get("requests_per_unit") {
+        None => 0,
+        Some(v) => match scalar(v).parse::<u64>() {
+            Ok(n) if n <= u64::from(u32::MAX) => n,
+            _ => {
+                problems.push(format!("{origin}: {at}.requests_per_unit: {} is not a whole number up to 4294967295", scalar(v)));
+                0
+            }
+        },
+    };
+    let window = d.get("sluice").and_then(|s| s.get("window")).map(scalar);
+    if unlimited {
+        if unit(&unit_name).is_some() {
+            problems.push(format!("{origin}: {at}.unit: should not be given when unlimited"));
+        }
+        return Some(Rule { unlimited, requests_per_unit, window_ms: 0, unit: 0, name, replaces });
+    }
+    let (window_ms, code) = match (unit(&unit_name), window) {
+        (_, Some(w)) => match crate::config::parse_duration_ms(&w) {
+            Ok(ms) => (ms, unit(&unit_name).map_or(0, |(_, c)| c)),
+            Err(reason) => {
+                problems.push(format!("{origin}: {at}: sluice.window: {reason}"));
+                return None;
+            }
+        },
+        (Some(u), None) => u,
+        (None, None) => {
+            problems.push(format!("{origin}: {at}.unit: invalid rate limit unit {unit_name:?}"));
+            return None;
+        }
+    };
+    Some(Rule { unlimited, requests_per_unit, window_ms, unit: code, name, replaces })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    const CONFIG: &str = "
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: key
+    value: value
+    descriptors:
+      - key: subkey
+        rate_limit: {unit: Minute, requests_per_unit: 300}
+  - key: database
+    value: ldap
+    rate_limit: {unlimited: true}
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+  - key: login
+    rate_limit: {unit: minute, requests_per_unit: 5}
+    sluice: {window: 15m}
+";
+
+    #[test]
+    fn the_reference_rules() {
+        let d = parse(CONFIG, "t.yaml").expect("valid");
+        let m = d.matches(&entries(&[("remote_address", "50.0.0.1")])).expect("key-only");
+        assert_eq!(m.node.rule.as_ref().expect("rule").requests_per_unit, 10);
+        let m = d.matches(&entries(&[("remote_address", "50.0.0.5")])).expect("exact first");
+        assert_eq!(m.node.rule.as_ref().expect("rule").requests_per_unit, 0);
+        assert!(d.matches(&entries(&[("key", "value")])).is_none(), "no limit on the intermediate node");
+        assert!(d.matches(&entries(&[("remote_address", "1"), ("extra", "x")])).is_none(), "too deep");
+        let m = d.matches(&entries(&[("key", "value"), ("subkey", "x")])).expect("nested");
+        assert_eq!(m.node.rule.as_ref().expect("rule").window_ms, 60_000);
+        assert!(d.matches(&entries(&[("database", "ldap")])).expect("unlimited").node.rule.as_ref().expect("rule").unlimited);
+        let a = d.matches(&entries(&[("files", "files/a.pdf")])).expect("wildcard");
+        let b = d.matches(&entries(&[("files", "files/b.csv")])).expect("wildcard");
+        assert_eq!(a.identity, b.identity, "a shared wildcard is one counter");
+        assert_eq!(d.matches(&entries(&[("login", "x")])).expect("login").node.rule.as_ref().expect("rule").window_ms, 900_000);
+        assert!(d.matches(&entries(&[("unknown", "x")])).is_none());
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("files/*", "files/a"));
+        assert!(wildcard_match("files/*", "files/"));
+        assert!(wildcard_match("a*c*e", "abcde"));
+        assert!(!wildcard_match("a*c*e", "abcd"));
+        assert!(!wildcard_match("files/*", "file"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let bad = "domain: ''\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n  - key: a\n  - key: b\n    colour: red\n  - key: c\n    value: x\n    share_threshold: true\n";
+        let problems = parse(bad, "bad.yaml").expect_err("invalid");
+        for expected in ["domain: must not be empty", "invalid rate limit unit \"fortnight\"", "duplicate descriptor composite key", "unknown key \"colour\"", "share_threshold"] {
+            assert!(problems.iter().any(|p| p.contains(expected)), "{expected} not in {problems:?}");
+        }
+    }
+}

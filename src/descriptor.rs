@@ -233,9 +233,11 @@ fn level(
         }
         let share_threshold = flag(d, "share_threshold");
         if share_threshold && !value.contains('*') {
-            problems.push(format!("{origin}: {at}.share_threshold: only with a wildcard value (containing '*')"));
+            problems
+                .push(format!("{origin}: {at}.share_threshold: only with a wildcard value (containing '*')"));
         }
-        let rule = d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
+        let rule =
+            d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
         let mut node = Node {
             rule,
             shadow_mode: flag(d, "shadow_mode"),
@@ -244,7 +246,14 @@ fn level(
             children: Level::default(),
         };
         if let Some(children) = d.get("descriptors") {
-            level(children, &format!("{path}.{composite}"), &format!("{at}.descriptors"), &mut node.children, problems, origin);
+            level(
+                children,
+                &format!("{path}.{composite}"),
+                &format!("{at}.descriptors"),
+                &mut node.children,
+                problems,
+                origin,
+            );
         }
         if value.is_empty() {
             into.any_value.insert(key, node);
@@ -264,7 +273,13 @@ fn scalar(v: &serde_json::Value) -> String {
     }
 }
 
-fn rule(r: &serde_json::Value, d: &serde_json::Value, at: &str, problems: &mut Vec<String>, origin: &str) -> Option<Rule> {
+fn rule(
+    r: &serde_json::Value,
+    d: &serde_json::Value,
+    at: &str,
+    problems: &mut Vec<String>,
+    origin: &str,
+) -> Option<Rule> {
     let unlimited = flag(r, "unlimited");
     let unit_name = r.get("unit").map(scalar).unwrap_or_default();
     let name = r.get("name").map(scalar).unwrap_or_default();
@@ -284,7 +299,10 @@ fn rule(r: &serde_json::Value, d: &serde_json::Value, at: &str, problems: &mut V
         Some(v) => match scalar(v).parse::<u64>() {
             Ok(n) if n <= u64::from(u32::MAX) => n,
             _ => {
-                problems.push(format!("{origin}: {at}.requests_per_unit: {} is not a whole number up to 4294967295", scalar(v)));
+                problems.push(format!(
+                    "{origin}: {at}.requests_per_unit: {} is not a whole number up to 4294967295",
+                    scalar(v)
+                ));
                 0
             }
         },
@@ -357,11 +375,28 @@ descriptors:
         assert!(d.matches(&entries(&[("remote_address", "1"), ("extra", "x")])).is_none(), "too deep");
         let m = d.matches(&entries(&[("key", "value"), ("subkey", "x")])).expect("nested");
         assert_eq!(m.node.rule.as_ref().expect("rule").window_ms, 60_000);
-        assert!(d.matches(&entries(&[("database", "ldap")])).expect("unlimited").node.rule.as_ref().expect("rule").unlimited);
+        assert!(
+            d.matches(&entries(&[("database", "ldap")]))
+                .expect("unlimited")
+                .node
+                .rule
+                .as_ref()
+                .expect("rule")
+                .unlimited
+        );
         let a = d.matches(&entries(&[("files", "files/a.pdf")])).expect("wildcard");
         let b = d.matches(&entries(&[("files", "files/b.csv")])).expect("wildcard");
         assert_eq!(a.identity, b.identity, "a shared wildcard is one counter");
-        assert_eq!(d.matches(&entries(&[("login", "x")])).expect("login").node.rule.as_ref().expect("rule").window_ms, 900_000);
+        assert_eq!(
+            d.matches(&entries(&[("login", "x")]))
+                .expect("login")
+                .node
+                .rule
+                .as_ref()
+                .expect("rule")
+                .window_ms,
+            900_000
+        );
         assert!(d.matches(&entries(&[("unknown", "x")])).is_none());
     }
 
@@ -378,7 +413,13 @@ descriptors:
     fn errors_name_the_problem() {
         let bad = "domain: ''\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n  - key: a\n  - key: b\n    colour: red\n  - key: c\n    value: x\n    share_threshold: true\n";
         let problems = parse(bad, "bad.yaml").expect_err("invalid");
-        for expected in ["domain: must not be empty", "invalid rate limit unit \"fortnight\"", "duplicate descriptor composite key", "unknown key \"colour\"", "share_threshold"] {
+        for expected in [
+            "domain: must not be empty",
+            "invalid rate limit unit \"fortnight\"",
+            "duplicate descriptor composite key",
+            "unknown key \"colour\"",
+            "share_threshold",
+        ] {
             assert!(problems.iter().any(|p| p.contains(expected)), "{expected} not in {problems:?}");
         }
     }

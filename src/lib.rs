@@ -23,6 +23,7 @@ pub mod config;
 pub mod decision;
 pub mod descriptor;
 pub mod engine;
+pub mod envoy;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
+use crate::api::envoy::EnvoyService;
 use crate::api::native::NativeService;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -66,9 +67,18 @@ pub async fn run(
     let store = build_store(&settings, stop_rx.clone()).await;
     let engine = Arc::new(Engine::new(settings.tiers, store, settings.events_max_len));
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
+    let envoy = EnvoyService::new(
+        Arc::clone(&engine),
+        Arc::new(settings.domains),
+        settings.limits,
+        settings.envoy_headers,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<crate::api::pb::rate_limiter_server::RateLimiterServer<NativeService>>().await;
+    health
+        .set_serving::<envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<EnvoyService>>()
+        .await;
 
     let ready = Arc::new(AtomicBool::new(true));
     let grace = settings.server.shutdown_grace;
@@ -92,6 +102,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(native.into_server())
+        .add_service(envoy.into_server())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),

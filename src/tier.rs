@@ -198,7 +198,7 @@ fn canonical_ip(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn escape_into(out: &mut String, value: &str) {
+pub(crate) fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         if matches!(c, '%' | '|' | '{' | '}') || c.is_control() {
             let mut buf = [0u8; 4];

@@ -2,6 +2,7 @@
 //! decides anything.
 
 pub mod admin;
+pub mod envoy;
 pub mod native;
 pub mod status;
 

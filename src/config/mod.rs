@@ -39,6 +39,9 @@ pub struct Settings {
     /// Most entries in the Redis security event stream.
     pub events_max_len: u64,
     pub admin: Option<AdminSettings>,
+    /// Domains in envoyproxy/ratelimit's format, for `ShouldRateLimit`.
+    pub domains: crate::envoy::Domains,
+    pub envoy_headers: crate::api::envoy::Headers,
 }
 
 /// The admin API's listener and token (never logged).
@@ -170,6 +173,16 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
         Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token })
     });
+    let domains = domains(&file.envoy, &mut problems);
+    let envoy_headers = match file.envoy.headers.as_str() {
+        "draft" => crate::api::envoy::Headers::Draft,
+        "x_ratelimit" => crate::api::envoy::Headers::XRateLimit,
+        "none" => crate::api::envoy::Headers::None,
+        other => {
+            problems.push(format!("envoy.headers: {other:?} is not one of draft, x_ratelimit, none"));
+            crate::api::envoy::Headers::Draft
+        }
+    };
     let redis = file.redis.and_then(|r| redis(r, &mut problems));
     let default_failure = failure_mode("fallback.mode", &file.fallback.mode, &mut problems);
     if file.fallback.replicas == 0 {
@@ -229,6 +242,8 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         },
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
+        domains,
+        envoy_headers,
     })
 }
 
@@ -407,6 +422,45 @@ fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Opti
         problems.push(format!("{at}.max: must not be shorter than base"));
     }
     (problems.len() == before).then_some(penalty)
+}
+
+/// Loads every file of `envoy.paths` (a directory: its `.yaml` and `.yml` files, in name order).
+fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> crate::envoy::Domains {
+    let mut files = Vec::new();
+    for (i, path) in e.paths.iter().enumerate() {
+        let p = Path::new(path);
+        match std::fs::read_dir(p) {
+            Ok(entries) => {
+                let mut found: Vec<_> = entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(_) if p.is_file() => files.push(p.to_path_buf()),
+            Err(e) => problems.push(format!("envoy.paths[{i}]: cannot read {path:?}: {e}")),
+        }
+    }
+    let mut by_name = HashMap::new();
+    for file in files {
+        let origin = file.display().to_string();
+        match std::fs::read_to_string(&file) {
+            Err(e) => problems.push(format!("{origin}: cannot read: {e}")),
+            Ok(text) => match crate::descriptor::parse(&text, &origin) {
+                Ok(domain) => {
+                    if by_name.contains_key(&domain.name) {
+                        problems.push(format!("{origin}: duplicate domain {:?}", domain.name));
+                    } else {
+                        by_name.insert(domain.name.clone(), domain);
+                    }
+                }
+                Err(file_problems) => problems.extend(file_problems),
+            },
+        }
+    }
+    crate::envoy::Domains { by_name, count_denied: e.count_denied }
 }
 
 /// Keeps the adaptive arithmetic exact in Lua's doubles: limit * 10000 < 2^53.

@@ -25,6 +25,9 @@ pub struct File {
     /// The admin API; absent, it is not served.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// `envoy.service.ratelimit.v3.RateLimitService` and its configuration files.
+    #[serde(default)]
+    pub envoy: Envoy,
     /// Size limits on every request, so hostile input costs bounded memory.
     #[serde(default)]
     pub limits: Limits,
@@ -79,6 +82,25 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_probe_interval_ms() -> u64 {
     250
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Envoy {
+    /// Files, or directories of `.yaml`/`.yml` files, in envoyproxy/ratelimit's format: one
+    /// domain each.
+    pub paths: Vec<String>,
+    /// Headers for the gateway: `draft` (RateLimit-Policy, RateLimit, Retry-After),
+    /// `x_ratelimit` (X-RateLimit-Limit, -Remaining, -Reset) or `none`.
+    pub headers: String,
+    /// Count the hits of denied requests on every descriptor, as the reference does by default.
+    pub count_denied: bool,
+}
+
+impl Default for Envoy {
+    fn default() -> Self {
+        Envoy { paths: Vec::new(), headers: "draft".into(), count_denied: true }
+    }
 }
 
 #[derive(Deserialize)]

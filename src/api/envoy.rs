@@ -1,0 +1,209 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: Envoy's messages in, the
+//! `envoy` module's statuses out, with the rate limit headers the configuration asks for.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::{Request, Response, Status};
+
+use super::status::invalid;
+use crate::config::InputLimits;
+use crate::engine::Engine;
+use crate::envoy::{self, Descriptor, Domains, Status as Decided};
+
+/// Most entries in one descriptor.
+const MAX_ENTRIES: usize = 64;
+
+/// Which rate limit headers go back to the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Headers {
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit`, and `Retry-After` when over.
+    Draft,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    XRateLimit,
+    None,
+}
+
+#[derive(Debug)]
+pub struct EnvoyService {
+    engine: Arc<Engine>,
+    domains: Arc<Domains>,
+    limits: InputLimits,
+    headers: Headers,
+}
+
+impl EnvoyService {
+    pub fn new(engine: Arc<Engine>, domains: Arc<Domains>, limits: InputLimits, headers: Headers) -> Self {
+        EnvoyService { engine, domains, limits, headers }
+    }
+
+    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for EnvoyService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let r = request.into_inner();
+        if r.domain.is_empty() {
+            return Err(invalid("domain", "must not be empty"));
+        }
+        if r.descriptors.is_empty() {
+            return Err(invalid("descriptors", "must hold at least one descriptor"));
+        }
+        if r.descriptors.len() > self.limits.max_batch {
+            return Err(invalid(
+                "descriptors",
+                &format!(
+                    "{} descriptors exceed the maximum of {}",
+                    r.descriptors.len(),
+                    self.limits.max_batch
+                ),
+            ));
+        }
+        let mut descriptors = Vec::with_capacity(r.descriptors.len());
+        for (i, d) in r.descriptors.into_iter().enumerate() {
+            if d.entries.len() > MAX_ENTRIES {
+                return Err(invalid(
+                    &format!("descriptors[{i}].entries"),
+                    &format!("more than {MAX_ENTRIES} entries"),
+                ));
+            }
+            let mut entries = Vec::with_capacity(d.entries.len());
+            for (j, e) in d.entries.into_iter().enumerate() {
+                if e.key.is_empty() {
+                    return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
+                }
+                for (what, text) in [("key", &e.key), ("value", &e.value)] {
+                    if text.len() > self.limits.max_value_bytes {
+                        return Err(invalid(
+                            &format!("descriptors[{i}].entries[{j}].{what}"),
+                            &format!(
+                                "{} bytes exceed the maximum of {}",
+                                text.len(),
+                                self.limits.max_value_bytes
+                            ),
+                        ));
+                    }
+                }
+                entries.push((e.key, e.value));
+            }
+            descriptors.push(Descriptor {
+                entries,
+                limit_override: d.limit.map(|l| (u64::from(l.requests_per_unit), l.unit)),
+                hits: d.hits_addend.map(|h| h.value),
+            });
+        }
+        let hits = u64::from(r.hits_addend.max(1));
+        let statuses = envoy::decide(&self.domains, self.engine.store(), &r.domain, &descriptors, hits)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "store failed");
+                Status::internal("internal error")
+            })?;
+        Ok(Response::new(respond(&statuses, self.headers)))
+    }
+}
+
+fn respond(statuses: &[Decided], headers: Headers) -> RateLimitResponse {
+    let over = statuses.iter().any(Decided::over);
+    let descriptor_statuses = statuses
+        .iter()
+        .map(|s| match s {
+            Decided::Unmatched => DescriptorStatus { code: Code::Ok.into(), ..Default::default() },
+            Decided::Unlimited => {
+                DescriptorStatus { code: Code::Ok.into(), limit_remaining: u32::MAX, ..Default::default() }
+            }
+            Decided::Limited { rule, verdict, .. } => DescriptorStatus {
+                code: if s.over() { Code::OverLimit.into() } else { Code::Ok.into() },
+                current_limit: Some(RateLimit {
+                    name: rule.name.clone(),
+                    requests_per_unit: u32::try_from(rule.requests_per_unit).unwrap_or(u32::MAX),
+                    unit: rule.unit,
+                }),
+                limit_remaining: if verdict.allowed {
+                    u32::try_from(verdict.remaining).unwrap_or(u32::MAX)
+                } else {
+                    0
+                },
+                duration_until_reset: Some(duration(verdict.reset_after_ms)),
+                ..Default::default()
+            },
+        })
+        .collect();
+    RateLimitResponse {
+        overall_code: if over { Code::OverLimit.into() } else { Code::Ok.into() },
+        statuses: descriptor_statuses,
+        response_headers_to_add: header_values(statuses, headers, over),
+        ..Default::default()
+    }
+}
+
+fn duration(ms: u64) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// From the deciding descriptor: an over-limit one first, else the one with the least remaining.
+fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<HeaderValue> {
+    let limited: Vec<(usize, &crate::descriptor::Rule, &crate::algorithm::Verdict)> = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Decided::Limited { rule, verdict, .. } => Some((i, rule, verdict)),
+            _ => None,
+        })
+        .collect();
+    let deciding = limited
+        .iter()
+        .filter(|(i, _, _)| statuses[*i].over())
+        .max_by_key(|(_, _, v)| v.retry_after_ms)
+        .or_else(|| limited.iter().min_by_key(|(_, _, v)| v.remaining));
+    let Some(&(i, rule, verdict)) = deciding else { return Vec::new() };
+    let secs = |ms: u64| ms.div_ceil(1000).to_string();
+    let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
+    let name = |i: usize, rule: &crate::descriptor::Rule| {
+        if rule.name.is_empty() { format!("descriptor_{i}") } else { rule.name.clone() }
+    };
+    let header = |key: &str, value: String| HeaderValue { key: key.into(), value, ..Default::default() };
+    match headers {
+        Headers::None => Vec::new(),
+        Headers::XRateLimit => vec![
+            header("X-RateLimit-Limit", rule.requests_per_unit.to_string()),
+            header("X-RateLimit-Remaining", remaining.to_string()),
+            header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
+        ],
+        Headers::Draft => {
+            let policies: Vec<String> = limited
+                .iter()
+                .map(|(i, rule, _)| {
+                    format!("\"{}\";q={};w={}", name(*i, rule), rule.requests_per_unit, secs(rule.window_ms))
+                })
+                .collect();
+            let mut out = vec![
+                header("RateLimit-Policy", policies.join(", ")),
+                header(
+                    "RateLimit",
+                    format!("\"{}\";r={remaining};t={}", name(i, rule), secs(verdict.reset_after_ms)),
+                ),
+            ];
+            if over {
+                out.push(header("Retry-After", secs(verdict.retry_after_ms)));
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Envoy's rate limit service semantics on top of the engine's store: which descriptors a request's
+//! domain limits (see `descriptor`), one check per limited descriptor, all of them in one store
+//! call, and one status per descriptor as envoyproxy/ratelimit answers.
+//!
+//! As in that service, every limited descriptor counts its hits whether or not the request is over
+//! (`count_denied`, on by default for these files), an unknown domain or an unmatched descriptor is
+//! answered OK with nothing remaining, an unlimited one OK with `u32::MAX` remaining, and a limit
+//! named in another matched limit's `replaces` is skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::algorithm::{Algorithm, Quota, Verdict};
+use crate::descriptor::{Domain, Rule};
+use crate::store::{Check, Counts, FailureMode, Mode, Store, StoreError};
+use crate::tier::escape_into;
+
+/// Every loaded domain, by name.
+#[derive(Debug, Default)]
+pub struct Domains {
+    pub by_name: HashMap<String, Domain>,
+    /// Count the hits of denied requests (the reference's default).
+    pub count_denied: bool,
+}
+
+/// One request descriptor: its entries, and an optional limit given in the request itself.
+#[derive(Clone, Debug, Default)]
+pub struct Descriptor {
+    pub entries: Vec<(String, String)>,
+    /// `(requests_per_unit, unit code)` from the request, which then bypasses the configuration.
+    pub limit_override: Option<(u64, i32)>,
+    /// This descriptor's own hits, if given (0 checks without counting).
+    pub hits: Option<u64>,
+}
+
+/// What one descriptor got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No limit applies (unknown domain, no match, or replaced).
+    Unmatched,
+    Unlimited,
+    Limited {
+        rule: Rule,
+        verdict: Verdict,
+        shadow: bool,
+    },
+}
+
+impl Status {
+    pub fn over(&self) -> bool {
+        matches!(self, Status::Limited { verdict, shadow: false, .. } if !verdict.allowed)
+    }
+}
+
+/// Window length in ms of an Envoy unit code; `None` for UNKNOWN or out of range.
+pub fn unit_window_ms(code: i32) -> Option<u64> {
+    Some(match code {
+        1 => 1_000,
+        2 => 60_000,
+        3 => 3_600_000,
+        4 => 86_400_000,
+        5 => 30 * 86_400_000,
+        6 => 365 * 86_400_000,
+        7 => 7 * 86_400_000,
+        _ => return None,
+    })
+}
+
+/// Decides a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise.
+pub async fn decide(
+    domains: &Domains,
+    store: &Arc<dyn Store>,
+    domain: &str,
+    descriptors: &[Descriptor],
+    hits: u64,
+) -> Result<Vec<Status>, StoreError> {
+    let Some(config) = domains.by_name.get(domain) else {
+        return Ok(vec![Status::Unmatched; descriptors.len()]);
+    };
+    let matched: Vec<Option<(Rule, bool, String)>> = descriptors
+        .iter()
+        .map(|d| match d.limit_override {
+            Some((requests_per_unit, unit)) => unit_window_ms(unit).map(|window_ms| {
+                let rule = Rule {
+                    unlimited: false,
+                    requests_per_unit,
+                    window_ms,
+                    unit,
+                    name: String::new(),
+                    replaces: vec![],
+                };
+                (
+                    rule,
+                    false,
+                    identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone()))),
+                )
+            }),
+            None => config.matches(&d.entries).map(|m| {
+                let rule = m.node.rule.clone().expect("a match has a rule");
+                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()))
+            }),
+        })
+        .collect();
+    let replaced: HashSet<&str> =
+        matched.iter().flatten().flat_map(|(rule, _, _)| rule.replaces.iter().map(String::as_str)).collect();
+
+    let mut checks = Vec::new();
+    let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
+    let mut slots = Vec::new();
+    for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
+        let Some((rule, shadow, key)) = m else {
+            statuses.push(Status::Unmatched);
+            continue;
+        };
+        if !rule.name.is_empty() && replaced.contains(rule.name.as_str()) {
+            statuses.push(Status::Unmatched);
+            continue;
+        }
+        if rule.unlimited {
+            statuses.push(Status::Unlimited);
+            continue;
+        }
+        let cost = d.hits.unwrap_or(hits);
+        checks.push(Check {
+            key: key.clone(),
+            algorithm: Algorithm::SlidingWindow,
+            quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost: cost.max(1) },
+            shadow: *shadow,
+            on_failure: FailureMode::Local,
+            adaptive: None,
+            penalty: None,
+            counts: if domains.count_denied { Counts::Everything } else { Counts::Requests },
+            baseline: None,
+        });
+        slots.push((i, rule.clone(), *shadow, cost == 0));
+        statuses.push(Status::Unmatched);
+    }
+    if checks.is_empty() {
+        return Ok(statuses);
+    }
+    // A descriptor with 0 hits only looks: a dry run for the whole call keeps it simple and exact.
+    let mode = if slots.iter().all(|(_, _, _, look)| *look) { Mode::DryRun } else { Mode::Consume };
+    let outcome = store.decide(&checks, mode).await?;
+    for ((i, rule, shadow, _), verdict) in slots.into_iter().zip(outcome.verdicts) {
+        statuses[i] = Status::Limited { rule, verdict, shadow };
+    }
+    Ok(statuses)
+}
+
+/// `sluice:{envoy|<domain>|<kind>|<k1>|<v1>|...}`, every part escaped, so that no two descriptors
+/// of any two domains share a counter unless the configuration says so.
+fn identity<'a>(domain: &str, kind: &str, entries: impl Iterator<Item = (&'a str, String)>) -> String {
+    let mut key = String::from("sluice:{envoy|");
+    escape_into(&mut key, domain);
+    key.push('|');
+    key.push_str(kind);
+    for (k, v) in entries {
+        key.push('|');
+        escape_into(&mut key, k);
+        key.push('|');
+        escape_into(&mut key, &v);
+    }
+    key.push('}');
+    key
+}

@@ -1,0 +1,215 @@
+//! Envoy's rate limit service v3 over real gRPC, with configuration files in envoyproxy/ratelimit's
+//! format and the decisions that service documents for them.
+
+mod common;
+
+use common::{RedisServer, SluiceServer};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::transport::Channel;
+
+const EDGE: &str = "
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: message_type
+    value: marketing
+    descriptors:
+      - key: to_number
+        rate_limit: {unit: day, requests_per_unit: 5}
+  - key: to_number
+    rate_limit: {unit: day, requests_per_unit: 100}
+  - key: database
+    value: ldap
+    rate_limit: {unlimited: true}
+  - key: service
+    descriptors:
+      - key: user
+        value: user-a
+        shadow_mode: true
+        rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: key_1
+    value: value_1
+    descriptors:
+      - key: user
+        rate_limit: {unit: minute, requests_per_unit: 5, name: specific_limit}
+  - key: key_2
+    value: value_2
+    descriptors:
+      - key: user
+        rate_limit:
+          unit: minute
+          requests_per_unit: 10
+          replaces: [{name: specific_limit}]
+";
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| rate_limit_descriptor::Entry { key: (*k).into(), value: (*v).into() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    domain: &str,
+    descriptors: Vec<RateLimitDescriptor>,
+    hits: u32,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(RateLimitRequest { domain: domain.into(), descriptors, hits_addend: hits })
+        .await
+        .expect("ShouldRateLimit")
+        .into_inner()
+}
+
+async fn server(redis: &RedisServer, headers: &str) -> (SluiceServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("edge.yaml"), EDGE).expect("write");
+    std::fs::write(
+        dir.path().join("other.yml"),
+        "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\n  headers: {headers}\ntiers: []\n", dir.path().display());
+    (SluiceServer::start(&yaml, Some(&redis.url())).await, dir)
+}
+
+async fn client(server: &SluiceServer) -> RateLimitServiceClient<Channel> {
+    RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect")
+}
+
+#[tokio::test]
+async fn ok_n_times_then_over_limit_with_reset_and_headers() {
+    let redis = RedisServer::start();
+    let (server, _dir) = server(&redis, "x_ratelimit").await;
+    let mut c = client(&server).await;
+    for i in 0..10 {
+        let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.1")])], 0).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "request {i}");
+        assert_eq!(r.statuses[0].limit_remaining, 9 - i);
+        assert_eq!(r.statuses[0].current_limit.as_ref().expect("limit").requests_per_unit, 10);
+    }
+    let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.1")])], 0).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    let reset = r.statuses[0].duration_until_reset.expect("duration_until_reset");
+    assert!(reset.seconds <= 2 && (reset.seconds > 0 || reset.nanos > 0), "{reset:?}");
+    let header =
+        |name: &str| r.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.clone());
+    assert_eq!(header("X-RateLimit-Limit").as_deref(), Some("10"));
+    assert_eq!(header("X-RateLimit-Remaining").as_deref(), Some("0"));
+    assert!(header("X-RateLimit-Reset").is_some());
+    // The exact value is limited before the key-only one: 0 per second.
+    let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+}
+
+#[tokio::test]
+async fn the_reference_rules_over_the_wire() {
+    let redis = RedisServer::start();
+    let (server, _dir) = server(&redis, "draft").await;
+    let mut c = client(&server).await;
+
+    // Nested plus aggregate: the sixth marketing message to a number in a day is over.
+    let marketing = || {
+        vec![
+            descriptor(&[("message_type", "marketing"), ("to_number", "2061111111")]),
+            descriptor(&[("to_number", "2061111111")]),
+        ]
+    };
+    for _ in 0..5 {
+        assert_eq!(ask(&mut c, "edge", marketing(), 1).await.overall_code, Code::Ok as i32);
+    }
+    let r = ask(&mut c, "edge", marketing(), 1).await;
+    assert_eq!((r.statuses[0].code, r.statuses[1].code), (Code::OverLimit as i32, Code::Ok as i32));
+    assert!(r.response_headers_to_add.iter().any(|h| h.key == "Retry-After"));
+
+    // Too deep for the tree: no limit, OK with nothing remaining.
+    let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "1.1.1.1"), ("extra", "x")])], 1).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, 0));
+    assert!(r.statuses[0].current_limit.is_none());
+
+    // Unlimited.
+    let r = ask(&mut c, "edge", vec![descriptor(&[("database", "ldap")])], 1).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, u32::MAX));
+
+    // Shadow mode: over its 3 per minute, still OK.
+    for _ in 0..6 {
+        let r = ask(&mut c, "edge", vec![descriptor(&[("service", "auth"), ("user", "user-a")])], 1).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+
+    // replaces: with both in one request only the 10 per minute limit counts.
+    let both = || {
+        vec![
+            descriptor(&[("key_1", "value_1"), ("user", "bk")]),
+            descriptor(&[("key_2", "value_2"), ("user", "bk")]),
+        ]
+    };
+    for i in 0..10 {
+        let r = ask(&mut c, "edge", both(), 1).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "request {i}");
+        assert!(r.statuses[0].current_limit.is_none(), "the replaced limit is not applied");
+    }
+    assert_eq!(ask(&mut c, "edge", both(), 1).await.overall_code, Code::OverLimit as i32);
+    // ...and the 5 per minute limit was never counted.
+    let alone = ask(&mut c, "edge", vec![descriptor(&[("key_1", "value_1"), ("user", "bk")])], 1).await;
+    assert_eq!((alone.overall_code, alone.statuses[0].limit_remaining), (Code::Ok as i32, 4));
+
+    // hits_addend counts several hits; a second domain from another file of the directory.
+    let r = ask(&mut c, "other", vec![descriptor(&[("k", "v")])], 2).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, 0));
+    assert_eq!(
+        ask(&mut c, "other", vec![descriptor(&[("k", "v")])], 1).await.overall_code,
+        Code::OverLimit as i32
+    );
+
+    // A limit given in the request itself bypasses the configuration.
+    let mut overridden = descriptor(&[("anything", "x")]);
+    overridden.limit = Some(rate_limit_descriptor::RateLimitOverride { requests_per_unit: 1, unit: 3 });
+    assert_eq!(ask(&mut c, "edge", vec![overridden.clone()], 1).await.overall_code, Code::Ok as i32);
+    assert_eq!(ask(&mut c, "edge", vec![overridden], 1).await.overall_code, Code::OverLimit as i32);
+
+    // An unknown domain is OK, as in the reference.
+    let r = ask(&mut c, "nowhere", vec![descriptor(&[("a", "b")])], 1).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let redis = RedisServer::start();
+    let (server, _dir) = server(&redis, "none").await;
+    let mut c = client(&server).await;
+    let status = c
+        .should_rate_limit(RateLimitRequest { domain: "edge".into(), descriptors: vec![], hits_addend: 0 })
+        .await
+        .expect_err("no descriptors");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("descriptors:"), "{}", status.message());
+    let status = c
+        .should_rate_limit(RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![descriptor(&[("", "v")])],
+            hits_addend: 0,
+        })
+        .await
+        .expect_err("empty key");
+    assert!(status.message().starts_with("descriptors[0].entries[0].key:"), "{}", status.message());
+    // 1000 descriptors: one status each.
+    let many: Vec<_> = (0..1000)
+        .map(|i| descriptor(&[("remote_address", &format!("10.0.{}.{}", i / 256, i % 256))]))
+        .collect();
+    let r = ask(&mut c, "edge", many, 1).await;
+    assert_eq!(r.statuses.len(), 1000);
+    assert!(r.response_headers_to_add.is_empty(), "headers: none");
+}

@@ -149,6 +149,23 @@ fn report_config_error(e: &ConfigError) -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
+    // A file in envoyproxy/ratelimit's format (a `domain` at the top) is checked as one.
+    if let Ok(text) = std::fs::read_to_string(file)
+        && text.lines().any(|l| l.starts_with("domain:"))
+    {
+        return match crate::descriptor::parse(&text, &file.display().to_string()) {
+            Ok(domain) => {
+                println!("{}: ok, domain {:?}", file.display(), domain.name);
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("sluice: {p}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     match config::load(Some(file)) {
         Ok(settings) => {
             println!("{}: ok, {} tiers", file.display(), settings.tiers.len());

@@ -213,3 +213,22 @@ async fn bad_requests_name_the_field() {
     assert_eq!(r.statuses.len(), 1000);
     assert!(r.response_headers_to_add.is_empty(), "headers: none");
 }
+
+#[test]
+fn check_config_reads_the_reference_format_too() {
+    let good = common::write_config(EDGE);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", good.path().to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = common::write_config(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", bad.path().to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid rate limit unit \"fortnight\""));
+}

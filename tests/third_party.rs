@@ -1,0 +1,77 @@
+//! Clients that no one here wrote, on the wire: the grpcio and grpclib stubs of the
+//! envoy-data-plane package (PyPI) call ShouldRateLimit.
+//! The test installs them into a virtual environment under the target directory when missing, and
+//! fails (never skips) when that is impossible.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{RedisServer, SluiceServer};
+
+/// A Python virtual environment with tests/clients/requirements.txt installed.
+fn python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("third-party-clients");
+    let python = venv.join("bin/python");
+    let requirements = common::repo_path("tests/clients/requirements.txt");
+    let stamp = venv.join("installed.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .expect("python3 must be installed");
+        assert!(status.success(), "python3 -m venv failed");
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(&requirements)
+            .output()
+            .expect("pip");
+        assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&stamp, wanted).expect("stamp");
+    }
+    python
+}
+
+#[tokio::test]
+async fn envoy_data_plane_clients_get_ok_then_over_limit() {
+    let python = tokio::task::spawn_blocking(python).await.expect("venv");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 4}\n",
+    )
+    .expect("write");
+    let yaml =
+        format!("envoy:\n  paths: [\"{}\"]\n  headers: x_ratelimit\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let target = server.grpc_addr.to_string();
+    let script = common::repo_path("tests/clients/rls_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([&target, "edge", "user=42", "6"])
+            .output()
+            .expect("run the client")
+    })
+    .await
+    .expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let overall: Vec<&str> = lines.iter().map(|l| l["overall"].as_str().expect("overall")).collect();
+    assert_eq!(overall, ["OK", "OK", "OK", "OK", "OVER_LIMIT", "OVER_LIMIT"]);
+    assert_eq!(lines[0]["client"], "grpcio");
+    assert_eq!(lines[5]["client"], "grpclib");
+    assert_eq!(lines[3]["remaining"], 0);
+    assert!(lines[4]["reset_s"].as_f64().is_some_and(|s| s > 0.0 && s <= 120.0), "{}", lines[4]);
+    assert_eq!(lines[4]["headers"]["X-RateLimit-Limit"], "4");
+    assert_eq!(lines[4]["headers"]["X-RateLimit-Remaining"], "0");
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::descriptor::{Domain, Rule};
+use crate::metrics;
 use crate::store::{Check, Counts, FailureMode, Mode, Store, StoreError};
 use crate::tier::escape_into;
 
@@ -74,10 +75,13 @@ pub async fn decide(
     descriptors: &[Descriptor],
     hits: u64,
 ) -> Result<Vec<Status>, StoreError> {
-    let Some(config) = domains.by_name.get(domain) else {
+    let Some((domain_label, config)) = domains.by_name.get_key_value(domain) else {
+        metrics::envoy_unknown_domain();
         return Ok(vec![Status::Unmatched; descriptors.len()]);
     };
-    let matched: Vec<Option<(Rule, bool, String)>> = descriptors
+    // Metric labels come from the configuration (its domain and paths), never from the request,
+    // except the values of a `detailed_metric` node, which its author asked for.
+    let matched: Vec<Option<(Rule, bool, String, String)>> = descriptors
         .iter()
         .map(|d| match d.limit_override {
             Some((requests_per_unit, unit)) => unit_window_ms(unit).map(|window_ms| {
@@ -89,26 +93,27 @@ pub async fn decide(
                     name: String::new(),
                     replaces: vec![],
                 };
-                (
-                    rule,
-                    false,
-                    identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone()))),
-                )
+                let key =
+                    identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                (rule, false, key, "(override)".to_owned())
             }),
             None => config.matches(&d.entries).map(|m| {
                 let rule = m.node.rule.clone().expect("a match has a rule");
-                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()))
+                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()), m.path)
             }),
         })
         .collect();
-    let replaced: HashSet<&str> =
-        matched.iter().flatten().flat_map(|(rule, _, _)| rule.replaces.iter().map(String::as_str)).collect();
+    let replaced: HashSet<&str> = matched
+        .iter()
+        .flatten()
+        .flat_map(|(rule, _, _, _)| rule.replaces.iter().map(String::as_str))
+        .collect();
 
     let mut checks = Vec::new();
     let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
     let mut slots = Vec::new();
     for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
-        let Some((rule, shadow, key)) = m else {
+        let Some((rule, shadow, key, path)) = m else {
             statuses.push(Status::Unmatched);
             continue;
         };
@@ -132,16 +137,23 @@ pub async fn decide(
             counts: if domains.count_denied { Counts::Everything } else { Counts::Requests },
             baseline: None,
         });
-        slots.push((i, rule.clone(), *shadow, cost == 0));
+        slots.push((i, rule.clone(), *shadow, cost == 0, path.clone()));
         statuses.push(Status::Unmatched);
     }
     if checks.is_empty() {
         return Ok(statuses);
     }
     // A descriptor with 0 hits only looks: a dry run for the whole call keeps it simple and exact.
-    let mode = if slots.iter().all(|(_, _, _, look)| *look) { Mode::DryRun } else { Mode::Consume };
+    let mode = if slots.iter().all(|(_, _, _, look, _)| *look) { Mode::DryRun } else { Mode::Consume };
     let outcome = store.decide(&checks, mode).await?;
-    for ((i, rule, shadow, _), verdict) in slots.into_iter().zip(outcome.verdicts) {
+    let source = outcome.source.as_str();
+    for ((i, rule, shadow, _, path), verdict) in slots.into_iter().zip(outcome.verdicts) {
+        let decision = match (verdict.allowed, shadow) {
+            (true, _) => "allow",
+            (false, false) => "deny",
+            (false, true) => "shadow_deny",
+        };
+        metrics::envoy_decision(domain_label, &path, decision, source);
         statuses[i] = Status::Limited { rule, verdict, shadow };
     }
     Ok(statuses)

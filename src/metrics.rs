@@ -17,6 +17,8 @@ pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
 pub const CIRCUIT_OPEN: &str = "sluice_circuit_open";
 pub const THREAT_SCORE: &str = "sluice_threat_score";
+pub const ENVOY_DECISIONS: &str = "sluice_envoy_decisions_total";
+pub const ENVOY_UNKNOWN_DOMAIN: &str = "sluice_envoy_unknown_domain_total";
 pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
 pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
 
@@ -56,6 +58,11 @@ fn describe() {
     describe_gauge!(LOCAL_KEYS, "Keys held by the in-process store, by role (local, fallback)");
     describe_histogram!(THREAT_SCORE, "Threat scores (0-100) of requests checked by adaptive tiers, by tier");
     describe_counter!(SECURITY_EVENTS, "Hostile requests denied, by tier and by factor present");
+    describe_counter!(
+        ENVOY_DECISIONS,
+        "ShouldRateLimit decisions per limited descriptor, by domain, descriptor path (from the configuration), decision and source"
+    );
+    describe_counter!(ENVOY_UNKNOWN_DOMAIN, "ShouldRateLimit calls for a domain no file declares");
     describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
 }
@@ -112,6 +119,15 @@ pub fn threat_score(tier: &std::sync::Arc<str>, score: u8) {
 
 pub fn security_event(tier: &std::sync::Arc<str>, factor: &'static str) {
     counter!(SECURITY_EVENTS, "tier" => std::sync::Arc::clone(tier), "factor" => factor).increment(1);
+}
+
+pub fn envoy_decision(domain: &str, descriptor: &str, decision: &'static str, source: &'static str) {
+    counter!(ENVOY_DECISIONS, "domain" => domain.to_owned(), "descriptor" => descriptor.to_owned(), "decision" => decision, "source" => source)
+        .increment(1);
+}
+
+pub fn envoy_unknown_domain() {
+    counter!(ENVOY_UNKNOWN_DOMAIN).increment(1);
 }
 
 pub fn circuit_open(open: bool) {

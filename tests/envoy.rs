@@ -112,6 +112,15 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     // The exact value is limited before the key-only one: 0 per second.
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(ask(&mut c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await.overall_code, Code::Ok as i32);
+
+    // Metrics by domain and descriptor path from the configuration; no client value as a label.
+    let metrics = common::http_get(server.http_addr, "/metrics").await.1;
+    let series = "sluice_envoy_decisions_total{domain=\"edge\",descriptor=\"remote_address\",decision=\"deny\",source=\"redis\"}";
+    assert!(metrics.contains(series), "{metrics}");
+    assert!(metrics.contains("descriptor=\"remote_address_50.0.0.5\""), "a value written in the config is part of its path");
+    assert!(!metrics.contains("50.0.0.1"), "a client value leaked into a label");
+    assert!(metrics.contains("sluice_envoy_unknown_domain_total"), "{metrics}");
 }
 
 #[tokio::test]

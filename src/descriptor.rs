@@ -10,6 +10,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::algorithm::Algorithm;
+use crate::algorithm::penalty::Penalty;
+use crate::config::schema::{AdaptiveSpec, DescriptorOptions};
+use crate::store::FailureMode;
+use crate::threat::Adaptive;
+
 /// A loaded domain.
 #[derive(Debug, Default)]
 pub struct Domain {
@@ -27,11 +33,22 @@ struct Level {
 #[derive(Debug)]
 pub struct Node {
     pub rule: Option<Rule>,
+    pub options: Options,
     pub shadow_mode: bool,
     /// With a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
     pub detailed_metric: bool,
     children: Level,
+}
+
+/// Sluice's own options on a node (`sluice:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub algorithm: Algorithm,
+    /// `None`: the global `fallback.mode`.
+    pub on_failure: Option<FailureMode>,
+    pub adaptive: Option<Adaptive>,
+    pub penalty: Option<Penalty>,
 }
 
 /// A node's `rate_limit`.
@@ -238,8 +255,10 @@ fn level(
         }
         let rule =
             d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
+        let options = options(d.get("sluice"), &format!("{origin}: {at}.sluice"), problems);
         let mut node = Node {
             rule,
+            options,
             shadow_mode: flag(d, "shadow_mode"),
             share_threshold,
             detailed_metric: flag(d, "detailed_metric"),
@@ -262,6 +281,39 @@ fn level(
         } else {
             into.exact.insert((key, value), node);
         }
+    }
+}
+
+fn options(v: Option<&serde_json::Value>, at: &str, problems: &mut Vec<String>) -> Options {
+    let Some(v) = v else { return Options::default() };
+    let spec: DescriptorOptions = match serde_json::from_value(v.clone()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            problems.push(format!("{at}: {e}"));
+            return Options::default();
+        }
+    };
+    let algorithm = match spec.algorithm.as_deref() {
+        None | Some("sliding_window") => Algorithm::SlidingWindow,
+        Some("sliding_log") => Algorithm::SlidingLog,
+        Some(other) => {
+            problems.push(format!("{at}.algorithm: {other:?} is not one of sliding_window, sliding_log"));
+            Algorithm::SlidingWindow
+        }
+    };
+    Options {
+        algorithm,
+        on_failure: spec
+            .on_redis_failure
+            .map(|m| crate::config::failure_mode(&format!("{at}.on_redis_failure"), &m, problems)),
+        adaptive: match spec.adaptive {
+            None | Some(AdaptiveSpec::Enabled(false)) => None,
+            Some(AdaptiveSpec::Enabled(true)) => Some(Adaptive::default()),
+            Some(AdaptiveSpec::Settings(s)) => {
+                crate::config::adaptive(&format!("{at}.adaptive"), s, problems)
+            }
+        },
+        penalty: spec.penalty.and_then(|p| crate::config::penalty(&format!("{at}.penalty"), p, problems)),
     }
 }
 

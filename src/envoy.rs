@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::descriptor::{Domain, Rule};
 use crate::metrics;
-use crate::store::{Check, Counts, FailureMode, Mode, Store, StoreError};
+use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode, Store, StoreError};
 use crate::tier::escape_into;
 
 /// Every loaded domain, by name.
@@ -22,6 +22,10 @@ pub struct Domains {
     pub by_name: HashMap<String, Domain>,
     /// Count the hits of denied requests (the reference's default).
     pub count_denied: bool,
+    /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
+    pub attributes: Vec<(String, crate::tier::Attr)>,
+    /// Failure mode of descriptors that set none.
+    pub default_failure: FailureMode,
 }
 
 /// One request descriptor: its entries, and an optional limit given in the request itself.
@@ -70,6 +74,7 @@ pub fn unit_window_ms(code: i32) -> Option<u64> {
 /// Decides a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise.
 pub async fn decide(
     domains: &Domains,
+    signals: &crate::threat::Signals,
     store: &Arc<dyn Store>,
     domain: &str,
     descriptors: &[Descriptor],
@@ -81,7 +86,9 @@ pub async fn decide(
     };
     // Metric labels come from the configuration (its domain and paths), never from the request,
     // except the values of a `detailed_metric` node, which its author asked for.
-    let matched: Vec<Option<(Rule, bool, String, String)>> = descriptors
+    let attrs = attributes(domains, descriptors);
+    let mut reputation: Option<Arc<[String]>> = None;
+    let matched: Vec<Option<(Rule, bool, String, String, crate::descriptor::Options)>> = descriptors
         .iter()
         .map(|d| match d.limit_override {
             Some((requests_per_unit, unit)) => unit_window_ms(unit).map(|window_ms| {
@@ -95,25 +102,26 @@ pub async fn decide(
                 };
                 let key =
                     identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
-                (rule, false, key, "(override)".to_owned())
+                (rule, false, key, "(override)".to_owned(), crate::descriptor::Options::default())
             }),
             None => config.matches(&d.entries).map(|m| {
                 let rule = m.node.rule.clone().expect("a match has a rule");
-                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()), m.path)
+                let options = m.node.options.clone();
+                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()), m.path, options)
             }),
         })
         .collect();
     let replaced: HashSet<&str> = matched
         .iter()
         .flatten()
-        .flat_map(|(rule, _, _, _)| rule.replaces.iter().map(String::as_str))
+        .flat_map(|(rule, _, _, _, _)| rule.replaces.iter().map(String::as_str))
         .collect();
 
     let mut checks = Vec::new();
     let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
     let mut slots = Vec::new();
     for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
-        let Some((rule, shadow, key, path)) = m else {
+        let Some((rule, shadow, key, path, options)) = m else {
             statuses.push(Status::Unmatched);
             continue;
         };
@@ -126,15 +134,29 @@ pub async fn decide(
             continue;
         }
         let cost = d.hits.unwrap_or(hits);
+        let counts = if domains.count_denied
+            && options.algorithm == Algorithm::SlidingWindow
+            && options.penalty.is_none()
+        {
+            Counts::Everything
+        } else {
+            Counts::Requests
+        };
         checks.push(Check {
             key: key.clone(),
-            algorithm: Algorithm::SlidingWindow,
+            algorithm: options.algorithm,
             quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost: cost.max(1) },
             shadow: *shadow,
-            on_failure: FailureMode::Local,
-            adaptive: None,
-            penalty: None,
-            counts: if domains.count_denied { Counts::Everything } else { Counts::Requests },
+            on_failure: options.on_failure.unwrap_or(domains.default_failure),
+            adaptive: options.adaptive.map(|settings| AdaptiveCheck {
+                settings,
+                client_factors: signals.client_factors(&settings, &attrs),
+                reputation: Arc::clone(
+                    reputation.get_or_insert_with(|| crate::tier::reputation_keys(&attrs).into()),
+                ),
+            }),
+            penalty: options.penalty,
+            counts,
             baseline: None,
         });
         slots.push((i, rule.clone(), *shadow, cost == 0, path.clone()));
@@ -157,6 +179,30 @@ pub async fn decide(
         statuses[i] = Status::Limited { rule, verdict, shadow };
     }
     Ok(statuses)
+}
+
+/// The request attributes the descriptors carry, by `envoy.attributes`.
+fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> crate::tier::Attributes {
+    let mut attrs = crate::tier::Attributes::default();
+    if domains.attributes.is_empty() {
+        return attrs;
+    }
+    for (key, value) in descriptors.iter().flat_map(|d| d.entries.iter()) {
+        if let Some((_, attr)) = domains.attributes.iter().find(|(k, _)| k == key) {
+            use crate::tier::Attr;
+            let slot = match attr {
+                Attr::Ip => &mut attrs.ip,
+                Attr::User => &mut attrs.user,
+                Attr::Endpoint => &mut attrs.endpoint,
+                Attr::Method => &mut attrs.method,
+                Attr::UserAgent => &mut attrs.user_agent,
+                Attr::ClientTier => &mut attrs.client_tier,
+                Attr::Extra(name) => attrs.extra.entry(name.clone()).or_default(),
+            };
+            value.clone_into(slot);
+        }
+    }
+    attrs
 }
 
 /// `sluice:{envoy|<domain>|<kind>|<k1>|<v1>|...}`, every part escaped, so that no two descriptors

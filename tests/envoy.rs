@@ -112,13 +112,19 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     // The exact value is limited before the key-only one: 0 per second.
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
-    assert_eq!(ask(&mut c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await.overall_code, Code::Ok as i32);
+    assert_eq!(
+        ask(&mut c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await.overall_code,
+        Code::Ok as i32
+    );
 
     // Metrics by domain and descriptor path from the configuration; no client value as a label.
     let metrics = common::http_get(server.http_addr, "/metrics").await.1;
     let series = "sluice_envoy_decisions_total{domain=\"edge\",descriptor=\"remote_address\",decision=\"deny\",source=\"redis\"}";
     assert!(metrics.contains(series), "{metrics}");
-    assert!(metrics.contains("descriptor=\"remote_address_50.0.0.5\""), "a value written in the config is part of its path");
+    assert!(
+        metrics.contains("descriptor=\"remote_address_50.0.0.5\""),
+        "a value written in the config is part of its path"
+    );
     assert!(!metrics.contains("50.0.0.1"), "a client value leaked into a label");
     assert!(metrics.contains("sluice_envoy_unknown_domain_total"), "{metrics}");
 }
@@ -240,4 +246,65 @@ fn check_config_reads_the_reference_format_too() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid rate limit unit \"fortnight\""));
+}
+
+/// Sluice's own options on a descriptor: a window no unit says, a sliding log, an adaptive score
+/// fed by descriptor entries mapped to attributes, and a penalty.
+#[tokio::test]
+async fn sluice_options_on_descriptors() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("auth.yaml"),
+        "domain: auth
+descriptors:
+  - key: remote_address
+    descriptors:
+      - key: username
+        rate_limit: {unit: minute, requests_per_unit: 10}
+        sluice:
+          window: 15m
+          algorithm: sliding_log
+          adaptive: true
+          penalty: {violations: 2, period: 15m, base: 30s, max: 1h}
+",
+    )
+    .expect("write");
+    let yaml = format!(
+        "envoy:\n  paths: [\"{}\"]\n  attributes: {{remote_address: ip, user_agent: user_agent}}\ntiers: []\n",
+        dir.path().display()
+    );
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut c = client(&server).await;
+    // No user agent entry: score 20, so 10 becomes 9, over a 15-minute window.
+    let login = || vec![descriptor(&[("remote_address", "192.0.2.1"), ("username", "eve")])];
+    for i in 0..9 {
+        let r = ask(&mut c, "auth", login(), 1).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "attempt {i}");
+    }
+    let r = ask(&mut c, "auth", login(), 1).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let reset = r.statuses[0].duration_until_reset.expect("reset").seconds;
+    assert!(reset > 800, "a 15-minute window: {reset} s");
+    // A second denial is the second violation: blocked for 30 s.
+    let r = ask(&mut c, "auth", login(), 1).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let inspect: Vec<String> = redis.cmd(redis::cmd("KEYS").arg("sluice:*:pen"));
+    assert_eq!(inspect.len(), 1, "{inspect:?}");
+    let blocked: String = redis.cmd(redis::cmd("HGET").arg(&inspect[0]).arg("n"));
+    assert_eq!(blocked, "1");
+    // A bad option names itself.
+    let bad = common::write_config(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1}\n    sluice: {algorithm: fixed}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", bad.path().to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sluice.algorithm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,9 +13,10 @@ pub mod token_bucket;
 use std::fmt;
 
 /// How a tier counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// Two fixed-window counters, the previous weighted by its overlap with the sliding window.
+    #[default]
     SlidingWindow,
     /// One timestamp per unit consumed: exact, for small limits such as logins.
     SlidingLog,

@@ -106,12 +106,14 @@ impl RateLimitService for EnvoyService {
             });
         }
         let hits = u64::from(r.hits_addend.max(1));
-        let statuses = envoy::decide(&self.domains, self.engine.store(), &r.domain, &descriptors, hits)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "store failed");
-                Status::internal("internal error")
-            })?;
+        let tiers = self.engine.tiers();
+        let statuses =
+            envoy::decide(&self.domains, &tiers.signals, self.engine.store(), &r.domain, &descriptors, hits)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "store failed");
+                    Status::internal("internal error")
+                })?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
 }

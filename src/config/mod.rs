@@ -173,7 +173,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
         Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token })
     });
-    let domains = domains(&file.envoy, &mut problems);
+    let mut domains = domains(&file.envoy, &mut problems);
     let envoy_headers = match file.envoy.headers.as_str() {
         "draft" => crate::api::envoy::Headers::Draft,
         "x_ratelimit" => crate::api::envoy::Headers::XRateLimit,
@@ -185,6 +185,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     };
     let redis = file.redis.and_then(|r| redis(r, &mut problems));
     let default_failure = failure_mode("fallback.mode", &file.fallback.mode, &mut problems);
+    domains.default_failure = default_failure;
     if file.fallback.replicas == 0 {
         problems.push("fallback.replicas: must be at least 1".into());
     }
@@ -392,7 +393,7 @@ fn tier(
 /// The longest block, so that block arithmetic stays exact in Lua's doubles.
 const MAX_BLOCK_MS: u64 = 30 * 86_400_000;
 
-fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Option<Penalty> {
+pub(crate) fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Option<Penalty> {
     let before = problems.len();
     let mut duration = |key: &str, text: &str| match parse_duration_ms(text) {
         Ok(ms) if ms > MAX_BLOCK_MS => {
@@ -460,13 +461,24 @@ fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> crate::envoy::Domai
             },
         }
     }
-    crate::envoy::Domains { by_name, count_denied: e.count_denied }
+    let attributes =
+        e.attributes.iter().map(|(key, attr)| (key.clone(), crate::tier::Attr::parse(attr))).collect();
+    crate::envoy::Domains {
+        by_name,
+        count_denied: e.count_denied,
+        attributes,
+        default_failure: FailureMode::Local,
+    }
 }
 
 /// Keeps the adaptive arithmetic exact in Lua's doubles: limit * 10000 < 2^53.
 const MAX_ADAPTIVE_LIMIT: u64 = 100_000_000_000;
 
-fn adaptive(at: &str, s: schema::AdaptiveSettings, problems: &mut Vec<String>) -> Option<Adaptive> {
+pub(crate) fn adaptive(
+    at: &str,
+    s: schema::AdaptiveSettings,
+    problems: &mut Vec<String>,
+) -> Option<Adaptive> {
     let before = problems.len();
     let d = Adaptive::default();
     let w = s.weights;
@@ -662,7 +674,7 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
     })
 }
 
-fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
+pub(crate) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
     match value {
         "local" => FailureMode::Local,
         "allow" => FailureMode::Allow,

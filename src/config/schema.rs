@@ -84,6 +84,20 @@ fn default_probe_interval_ms() -> u64 {
     250
 }
 
+/// Sluice's own options on a descriptor of an envoyproxy/ratelimit file, under `sluice:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DescriptorOptions {
+    /// A window no unit can say, e.g. `15m`.
+    pub window: Option<String>,
+    /// `sliding_window` (default) or `sliding_log`.
+    pub algorithm: Option<String>,
+    /// `local`, `allow` or `deny`; default `fallback.mode`.
+    pub on_redis_failure: Option<String>,
+    pub adaptive: Option<AdaptiveSpec>,
+    pub penalty: Option<PenaltySpec>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Envoy {
@@ -95,11 +109,19 @@ pub struct Envoy {
     pub headers: String,
     /// Count the hits of denied requests on every descriptor, as the reference does by default.
     pub count_denied: bool,
+    /// Descriptor entry key -> request attribute, for the adaptive threat score, e.g.
+    /// `{remote_address: ip, user_agent: user_agent, path: endpoint}`.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Envoy {
     fn default() -> Self {
-        Envoy { paths: Vec::new(), headers: "draft".into(), count_denied: true }
+        Envoy {
+            paths: Vec::new(),
+            headers: "draft".into(),
+            count_denied: true,
+            attributes: Default::default(),
+        }
     }
 }
 

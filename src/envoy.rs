@@ -57,6 +57,16 @@ impl Status {
     }
 }
 
+/// A descriptor that matched a limit: what applies and the counter it goes to.
+struct Matched {
+    rule: Rule,
+    shadow: bool,
+    key: String,
+    /// The configuration path, for metrics.
+    path: String,
+    options: crate::descriptor::Options,
+}
+
 /// Window length in ms of an Envoy unit code; `None` for UNKNOWN or out of range.
 pub fn unit_window_ms(code: i32) -> Option<u64> {
     Some(match code {
@@ -88,7 +98,7 @@ pub async fn decide(
     // except the values of a `detailed_metric` node, which its author asked for.
     let attrs = attributes(domains, descriptors);
     let mut reputation: Option<Arc<[String]>> = None;
-    let matched: Vec<Option<(Rule, bool, String, String, crate::descriptor::Options)>> = descriptors
+    let matched: Vec<Option<Matched>> = descriptors
         .iter()
         .map(|d| match d.limit_override {
             Some((requests_per_unit, unit)) => unit_window_ms(unit).map(|window_ms| {
@@ -102,26 +112,30 @@ pub async fn decide(
                 };
                 let key =
                     identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
-                (rule, false, key, "(override)".to_owned(), crate::descriptor::Options::default())
+                Matched {
+                    rule,
+                    shadow: false,
+                    key,
+                    path: "(override)".to_owned(),
+                    options: Default::default(),
+                }
             }),
             None => config.matches(&d.entries).map(|m| {
                 let rule = m.node.rule.clone().expect("a match has a rule");
                 let options = m.node.options.clone();
-                (rule, m.node.shadow_mode, identity(domain, "", m.identity.into_iter()), m.path, options)
+                let key = identity(domain, "", m.identity.into_iter());
+                Matched { rule, shadow: m.node.shadow_mode, key, path: m.path, options }
             }),
         })
         .collect();
-    let replaced: HashSet<&str> = matched
-        .iter()
-        .flatten()
-        .flat_map(|(rule, _, _, _, _)| rule.replaces.iter().map(String::as_str))
-        .collect();
+    let replaced: HashSet<&str> =
+        matched.iter().flatten().flat_map(|m| m.rule.replaces.iter().map(String::as_str)).collect();
 
     let mut checks = Vec::new();
     let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
     let mut slots = Vec::new();
     for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
-        let Some((rule, shadow, key, path, options)) = m else {
+        let Some(Matched { rule, shadow, key, path, options }) = m else {
             statuses.push(Status::Unmatched);
             continue;
         };

@@ -38,6 +38,8 @@ pub struct Node {
     /// With a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
     pub detailed_metric: bool,
+    /// A key-only or wildcard match shows the request's value in the metric path.
+    pub value_to_metric: bool,
     children: Level,
 }
 
@@ -88,9 +90,14 @@ impl Domain {
             } else if let Some((k, pattern, n)) =
                 level.wildcards.iter().find(|(k, p, _)| k == key && wildcard_match(p, value))
             {
-                (n, format!("{k}_{pattern}"), n.share_threshold.then(|| pattern.clone()))
+                let part = if n.value_to_metric && !n.share_threshold {
+                    format!("{k}_{value}")
+                } else {
+                    format!("{k}_{pattern}")
+                };
+                (n, part, n.share_threshold.then(|| pattern.clone()))
             } else if let Some((k, n)) = level.any_value.get_key_value(key) {
-                (n, k.clone(), None)
+                (n, if n.value_to_metric { format!("{k}_{value}") } else { k.clone() }, None)
             } else {
                 return None;
             };
@@ -262,6 +269,7 @@ fn level(
             shadow_mode: flag(d, "shadow_mode"),
             share_threshold,
             detailed_metric: flag(d, "detailed_metric"),
+            value_to_metric: flag(d, "value_to_metric"),
             children: Level::default(),
         };
         if let Some(children) = d.get("descriptors") {
@@ -450,6 +458,12 @@ descriptors:
             900_000
         );
         assert!(d.matches(&entries(&[("unknown", "x")])).is_none());
+        assert_eq!(
+            d.matches(&entries(&[("remote_address", "9.9.9.9")])).expect("key-only").path,
+            "remote_address"
+        );
+        let shown = parse("domain: d\ndescriptors:\n  - key: route\n    value_to_metric: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n", "t").expect("valid");
+        assert_eq!(shown.matches(&entries(&[("route", "api")])).expect("match").path, "route_api");
     }
 
     #[test]

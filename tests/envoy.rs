@@ -109,6 +109,7 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     assert_eq!(header("X-RateLimit-Limit").as_deref(), Some("10"));
     assert_eq!(header("X-RateLimit-Remaining").as_deref(), Some("0"));
     assert!(header("X-RateLimit-Reset").is_some());
+    assert!(header("Retry-After").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s <= 2)));
     // The exact value is limited before the key-only one: 0 per second.
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);

@@ -183,11 +183,17 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
     let header = |key: &str, value: String| HeaderValue { key: key.into(), value, ..Default::default() };
     match headers {
         Headers::None => Vec::new(),
-        Headers::XRateLimit => vec![
-            header("X-RateLimit-Limit", rule.requests_per_unit.to_string()),
-            header("X-RateLimit-Remaining", remaining.to_string()),
-            header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
-        ],
+        Headers::XRateLimit => {
+            let mut out = vec![
+                header("X-RateLimit-Limit", rule.requests_per_unit.to_string()),
+                header("X-RateLimit-Remaining", remaining.to_string()),
+                header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
+            ];
+            if over {
+                out.push(header("Retry-After", secs(verdict.retry_after_ms)));
+            }
+            out
+        }
         Headers::Draft => {
             let policies: Vec<String> = limited
                 .iter()

@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, value_parser};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use hdrhistogram::Histogram;
 use sluice::api::pb;
 use sluice::api::pb::rate_limiter_client::RateLimiterClient;
@@ -64,6 +67,10 @@ struct LoadArgs {
     /// Name for the `target=` field of the result line.
     #[arg(long, default_value = "unnamed")]
     target: String,
+    /// Call Envoy's `ShouldRateLimit` for this domain (one descriptor `remote_address`) instead of
+    /// `sluice.v1.RateLimiter/Check`.
+    #[arg(long)]
+    envoy_domain: Option<String>,
     /// Calls in flight.
     #[arg(short = 'c', long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=4096))]
     concurrency: u32,
@@ -269,29 +276,68 @@ fn request_for(key: u32) -> pb::CheckRequest {
     }
 }
 
-async fn task(
-    mut client: RateLimiterClient<Channel>,
-    requests: Arc<[pb::CheckRequest]>,
-    first: usize,
-    stride: usize,
-    max_calls: u64,
-    schedule: Schedule,
-) -> Tally {
+/// One of the two APIs, with the requests to cycle through.
+#[derive(Clone)]
+enum Caller {
+    Native(RateLimiterClient<Channel>, Arc<[pb::CheckRequest]>),
+    Envoy(RateLimitServiceClient<Channel>, Arc<[RateLimitRequest]>),
+}
+
+impl Caller {
+    fn len(&self) -> usize {
+        match self {
+            Caller::Native(_, r) => r.len(),
+            Caller::Envoy(_, r) => r.len(),
+        }
+    }
+
+    /// Whether the call was allowed; `Err` with a message when it failed.
+    async fn call(&mut self, i: usize) -> Result<bool, String> {
+        match self {
+            Caller::Native(client, requests) => match client.check(requests[i].clone()).await {
+                Ok(r) => {
+                    let d = r.into_inner().decisions;
+                    Ok(!d.is_empty() && d.iter().all(|d| d.allowed))
+                }
+                Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            },
+            Caller::Envoy(client, requests) => match client.should_rate_limit(requests[i].clone()).await {
+                Ok(r) => Ok(r.into_inner().overall_code == 1),
+                Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            },
+        }
+    }
+}
+
+fn envoy_request_for(domain: &str, key: u32) -> RateLimitRequest {
+    let ip = format!("10.{}.{}.{}", (key >> 16) & 0xff, (key >> 8) & 0xff, key & 0xff);
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![rate_limit_descriptor::Entry { key: "remote_address".into(), value: ip }],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    }
+}
+
+async fn task(mut caller: Caller, first: usize, stride: usize, max_calls: u64, schedule: Schedule) -> Tally {
     let mut tally = Tally::new();
     let mut next = first;
+    let len = caller.len();
     for _ in 0..max_calls {
         let sent = Instant::now();
         if sent >= schedule.measure_until || tally.errors >= MAX_ERRORS_PER_TASK {
             break;
         }
-        let request = requests[next % requests.len()].clone();
-        next = (next + stride) % requests.len();
-        let answer = tokio::time::timeout(schedule.call_timeout, client.check(request)).await;
+        let i = next % len;
+        next = (next + stride) % len;
+        let answer = tokio::time::timeout(schedule.call_timeout, caller.call(i)).await;
         let took = sent.elapsed();
-        let response = match answer {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => {
-                tally.error(|| format!("{:?}: {}", status.code(), status.message()));
+        let allowed = match answer {
+            Ok(Ok(allowed)) => allowed,
+            Ok(Err(message)) => {
+                tally.error(|| message);
                 continue;
             }
             Err(_) => {
@@ -303,7 +349,7 @@ async fn task(
             continue;
         }
         tally.latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
-        if !response.decisions.iter().all(|d| d.allowed) || response.decisions.is_empty() {
+        if !allowed {
             tally.denied += 1;
         }
     }
@@ -316,11 +362,19 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let connections = args.connections.unwrap_or(args.concurrency.min(4)).min(args.concurrency) as usize;
     let ticks_per_sec = clock_ticks_per_sec();
 
-    let mut clients = Vec::with_capacity(connections);
+    let mut callers = Vec::with_capacity(connections);
+    let native: Arc<[pb::CheckRequest]> = (0..args.keys).map(request_for).collect();
+    let envoy: Arc<[RateLimitRequest]> = match &args.envoy_domain {
+        Some(domain) => (0..args.keys).map(|k| envoy_request_for(domain, k)).collect(),
+        None => Arc::from(Vec::new()),
+    };
     for _ in 0..connections {
-        clients.push(RateLimiterClient::new(connect(args.addr).await?));
+        let channel = connect(args.addr).await?;
+        callers.push(match args.envoy_domain {
+            Some(_) => Caller::Envoy(RateLimitServiceClient::new(channel), Arc::clone(&envoy)),
+            None => Caller::Native(RateLimiterClient::new(channel), Arc::clone(&native)),
+        });
     }
-    let requests: Arc<[pb::CheckRequest]> = (0..args.keys).map(request_for).collect();
 
     let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
     let schedule = Schedule {
@@ -331,8 +385,8 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let calls_per_task = (args.max_calls / args.concurrency as u64).max(1);
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
-            let client = clients[w % connections].clone();
-            tokio::spawn(task(client, Arc::clone(&requests), w, concurrency, calls_per_task, schedule))
+            let caller = callers[w % connections].clone();
+            tokio::spawn(task(caller, w, concurrency, calls_per_task, schedule))
         })
         .collect();
 

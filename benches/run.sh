@@ -107,18 +107,27 @@ tiers:
 $tier_yaml
 $redis_yaml
 EOF
+  # Targets named *-envoy call ShouldRateLimit on an envoyproxy/ratelimit file with the same limit.
+  local api=()
+  if [[ $target == *-envoy ]]; then
+    mkdir -p "$WORK/envoy"
+    printf '%s\n' "domain: bench" "descriptors:" "  - key: remote_address" \
+      "    rate_limit: {unit: second, requests_per_unit: 100000000}" >"$WORK/envoy/bench.yaml"
+    printf '%s\n' "envoy:" "  paths: [\"$WORK/envoy\"]" >>"$cfg"
+    api=(--envoy-domain bench)
+  fi
   "$SLUICE" serve --config "$cfg" >"$WORK/$target.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   wait_port "$grpc"
   if [[ -n $redis_yaml ]]; then
-    load "$target" "$grpc" "$pid" --redis-pid "$REDIS_PID"
+    load "$target" "$grpc" "$pid" --redis-pid "$REDIS_PID" "${api[@]}"
   else
-    load "$target" "$grpc" "$pid"
+    load "$target" "$grpc" "$pid" "${api[@]}"
   fi
   # Decisions by source (redis, fallback, local) and Redis errors over all of this target's runs.
   curl -fsS "http://127.0.0.1:$http/metrics" | awk -v t="$target" '
-    /^sluice_decisions_total\{/ { match($0, /source="[a-z]+"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF }
+    /^sluice_(envoy_)?decisions_total\{/ { match($0, /source="[a-z]+"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF }
     /^sluice_redis_errors_total\{/ { e += $NF }
     END { printf "== %s decisions by source:", t; for (k in s) printf " %s=%d", k, s[k]; printf " redis_errors=%d\n", e }' |
     tee -a "$RESULTS" "$WORK/sources.txt" >&2
@@ -136,6 +145,7 @@ stop "$NOOP_PID"
 
 # --- Sluice, in process
 serve_sluice sluice-local
+serve_sluice sluice-local-envoy
 
 # --- Redis: our own server, never 6379
 REDIS_PORT=$(free_port)
@@ -178,6 +188,7 @@ redis-cli -p "$REDIS_PORT" SCRIPT FLUSH >/dev/null
 serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 # The same tier with the adaptive threat score on (requests carry no user agent: score 20).
 serve_sluice sluice-redis-adaptive "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}" "    adaptive: true"
+serve_sluice sluice-redis-envoy "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 SAME_SCRIPT=$(redis-cli -p "$REDIS_PORT" SCRIPT EXISTS "$SHA" | head -n 1)
 
 # --- summary

@@ -54,6 +54,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Serves until `shutdown` resolves, then lets calls in flight finish (up to the grace period).
@@ -100,6 +102,8 @@ pub async fn run(
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
     let grpc = tonic::transport::Server::builder()
+        .add_service(reflection()?.build_v1()?)
+        .add_service(reflection()?.build_v1alpha()?)
         .add_service(health_service)
         .add_service(native.into_server())
         .add_service(envoy.into_server())
@@ -146,6 +150,24 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Server reflection over the services this port serves and can describe (v1, and v1alpha for
+/// older tools such as grpcurl 1.8). Envoy's service is served but not listed: no descriptor of it
+/// is compiled in.
+fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerError> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in [
+        "sluice.v1.RateLimiter",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        builder = builder.with_service_name(name);
+    }
+    Ok(builder)
 }
 
 async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {

@@ -176,3 +176,51 @@ async fn http_endpoints_health_and_metrics() {
         );
     }
 }
+
+/// Server reflection lists Sluice's services and describes them, for grpcurl-style tools.
+#[tokio::test]
+async fn reflection_lists_and_describes_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = SluiceServer::start("tiers: []\n", None).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }])
+    };
+    let mut replies = client
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .expect("list")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.message().await.expect("reply").and_then(|r| r.message_response)
+    else {
+        panic!("no list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["sluice.v1.RateLimiter", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "sluice.v1.Admin"), "the admin API is not on this port: {names:?}");
+    let mut replies = client
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol("sluice.v1.RateLimiter".into())))
+        .await
+        .expect("describe")
+        .into_inner();
+    let described = replies.message().await.expect("reply").and_then(|r| r.message_response);
+    assert!(
+        matches!(&described, Some(MessageResponse::FileDescriptorResponse(f)) if !f.file_descriptor_proto.is_empty()),
+        "{described:?}"
+    );
+}

@@ -46,6 +46,8 @@ pub enum RequestError {
 #[derive(Debug)]
 pub struct Engine {
     tiers: ArcSwap<Tiers>,
+    /// Domains in envoyproxy/ratelimit's format, for `ShouldRateLimit`.
+    domains: ArcSwap<crate::envoy::Domains>,
     store: Arc<dyn Store>,
     events_max_len: u64,
 }
@@ -54,7 +56,16 @@ impl Engine {
     /// `events_max_len` bounds the stream of security events where the store keeps one.
     pub fn new(tiers: Tiers, store: Arc<dyn Store>, events_max_len: u64) -> Engine {
         metrics::tiers(tiers.len());
-        Engine { tiers: ArcSwap::from_pointee(tiers), store, events_max_len }
+        Engine { tiers: ArcSwap::from_pointee(tiers), domains: Default::default(), store, events_max_len }
+    }
+
+    pub fn domains(&self) -> Arc<crate::envoy::Domains> {
+        self.domains.load_full()
+    }
+
+    /// Swaps in new domains; calls in flight finish with the old ones.
+    pub fn replace_domains(&self, domains: crate::envoy::Domains) {
+        self.domains.store(Arc::new(domains));
     }
 
     /// Takes in a request's outcome. A failure counts once on every adaptive tier that matches it

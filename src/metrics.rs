@@ -17,6 +17,7 @@ pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
 pub const CIRCUIT_OPEN: &str = "sluice_circuit_open";
 pub const THREAT_SCORE: &str = "sluice_threat_score";
+pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 pub const ENVOY_DECISIONS: &str = "sluice_envoy_decisions_total";
 pub const ENVOY_UNKNOWN_DOMAIN: &str = "sluice_envoy_unknown_domain_total";
 pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
@@ -63,6 +64,7 @@ fn describe() {
         "ShouldRateLimit decisions per limited descriptor, by domain, descriptor path (from the configuration), decision and source"
     );
     describe_counter!(ENVOY_UNKNOWN_DOMAIN, "ShouldRateLimit calls for a domain no file declares");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result (ok, error)");
     describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
 }
@@ -128,6 +130,10 @@ pub fn envoy_decision(domain: &str, descriptor: &str, decision: &'static str, so
 
 pub fn envoy_unknown_domain() {
     counter!(ENVOY_UNKNOWN_DOMAIN).increment(1);
+}
+
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }
 
 pub fn circuit_open(open: bool) {

@@ -69,12 +69,11 @@ pub async fn run(
     let store = build_store(&settings, stop_rx.clone()).await;
     let engine = Arc::new(Engine::new(settings.tiers, store, settings.events_max_len));
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
-    let envoy = EnvoyService::new(
-        Arc::clone(&engine),
-        Arc::new(settings.domains),
-        settings.limits,
-        settings.envoy_headers,
-    );
+    engine.replace_domains(settings.domains);
+    let envoy = EnvoyService::new(Arc::clone(&engine), settings.limits, settings.envoy_headers);
+    if let Some(path) = settings.source.clone() {
+        spawn_reloader(Arc::clone(&engine), path, stop_rx.clone());
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<crate::api::pb::rate_limiter_server::RateLimiterServer<NativeService>>().await;
@@ -193,6 +192,58 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
             Arc::new(SharedFallback(store))
         }
     }
+}
+
+/// How often the configuration file is looked at for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Reloads the configuration when its file changes or on SIGHUP: the new tiers, threat lists and
+/// Envoy domains are swapped in at once (calls in flight finish with the old ones, counts stay
+/// under the same tier names); a file that does not load keeps the old configuration serving.
+fn spawn_reloader(engine: Arc<Engine>, path: std::path::PathBuf, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut seen = std::fs::read(&path).ok();
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut every = tokio::time::interval(RELOAD_EVERY);
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = every.tick() => {
+                    let now = std::fs::read(&path).ok();
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                }
+                _ = hup => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            match crate::config::load(Some(&path)) {
+                Ok(settings) => {
+                    let tiers = settings.tiers.len();
+                    engine.replace_tiers(settings.tiers);
+                    engine.replace_domains(settings.domains);
+                    metrics::config_reload("ok");
+                    tracing::info!(config = %path.display(), tiers, "configuration reloaded");
+                }
+                Err(e) => {
+                    metrics::config_reload("error");
+                    for line in e.lines() {
+                        tracing::error!(problem = %line, "configuration not reloaded; the previous one keeps serving");
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn spawn_sweeper(local: LocalStore, role: &'static str, mut stop: watch::Receiver<bool>) {

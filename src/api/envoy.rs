@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::status::invalid;
 use crate::config::InputLimits;
 use crate::engine::Engine;
-use crate::envoy::{self, Descriptor, Domains, Status as Decided};
+use crate::envoy::{self, Descriptor, Status as Decided};
 
 /// Most entries in one descriptor.
 const MAX_ENTRIES: usize = 64;
@@ -34,14 +34,13 @@ pub enum Headers {
 #[derive(Debug)]
 pub struct EnvoyService {
     engine: Arc<Engine>,
-    domains: Arc<Domains>,
     limits: InputLimits,
     headers: Headers,
 }
 
 impl EnvoyService {
-    pub fn new(engine: Arc<Engine>, domains: Arc<Domains>, limits: InputLimits, headers: Headers) -> Self {
-        EnvoyService { engine, domains, limits, headers }
+    pub fn new(engine: Arc<Engine>, limits: InputLimits, headers: Headers) -> Self {
+        EnvoyService { engine, limits, headers }
     }
 
     pub fn into_server(self) -> RateLimitServiceServer<Self> {
@@ -107,13 +106,19 @@ impl RateLimitService for EnvoyService {
         }
         let hits = u64::from(r.hits_addend.max(1));
         let tiers = self.engine.tiers();
-        let statuses =
-            envoy::decide(&self.domains, &tiers.signals, self.engine.store(), &r.domain, &descriptors, hits)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "store failed");
-                    Status::internal("internal error")
-                })?;
+        let statuses = envoy::decide(
+            &self.engine.domains(),
+            &tiers.signals,
+            self.engine.store(),
+            &r.domain,
+            &descriptors,
+            hits,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store failed");
+            Status::internal("internal error")
+        })?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
 }

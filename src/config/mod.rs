@@ -27,6 +27,8 @@ const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug)]
 pub struct Settings {
+    /// The file these settings came from (`None`: the built-in default); reloads read it again.
+    pub source: Option<std::path::PathBuf>,
     pub server: ServerSettings,
     pub redis: Option<RedisSettings>,
     /// Replicas sharing each limit while each decides alone.
@@ -121,7 +123,9 @@ pub fn load_with_env(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            parse(&text, &path.display().to_string(), env)
+            let mut settings = parse(&text, &path.display().to_string(), env)?;
+            settings.source = Some(path.to_path_buf());
+            Ok(settings)
         }
         None => parse(DEFAULT_YAML, "built-in default", env),
     }
@@ -222,6 +226,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         return Err(problems);
     }
     Ok(Settings {
+        source: None,
         server: ServerSettings {
             grpc_addr: grpc_addr.expect("checked above"),
             http_addr: http_addr.expect("checked above"),

@@ -212,6 +212,11 @@ impl SluiceServer {
         }
     }
 
+    /// The configuration file the server loaded (and reloads when it changes).
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
     /// Stops the server and waits until it has shut down.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

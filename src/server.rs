@@ -100,7 +100,17 @@ pub async fn run(
     let http_addr = listeners.http.local_addr()?;
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.server.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+        tracing::info!(mutual = tls.client_ca_pem.is_some(), "TLS on the gRPC listener");
+    }
+    let grpc = builder
         .add_service(reflection()?.build_v1()?)
         .add_service(reflection()?.build_v1alpha()?)
         .add_service(health_service)

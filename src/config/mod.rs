@@ -64,6 +64,21 @@ pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    pub tls: Option<TlsSettings>,
+}
+
+/// The gRPC listener's certificate, key and (for mutual TLS) client CA, read at load time.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings").field("mutual", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+    }
 }
 
 /// Redis and the fallback. `Topology`'s `Debug` leaves out URLs, which may hold passwords.
@@ -161,6 +176,20 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     };
     let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
     let http_addr = addr("server.http_addr", &file.server.http_addr);
+    let tls = file.server.tls.as_ref().and_then(|t| {
+        let mut read = |key: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|e| problems.push(format!("server.tls.{key}: cannot read {path:?}: {e}")))
+                .ok()
+        };
+        let cert_pem = read("cert_file", &t.cert_file);
+        let key_pem = read("key_file", &t.key_file);
+        let client_ca_pem = match &t.client_ca_file {
+            Some(path) => Some(read("client_ca_file", path)?),
+            None => None,
+        };
+        Some(TlsSettings { cert_pem: cert_pem?, key_pem: key_pem?, client_ca_pem })
+    });
 
     let admin = file.admin.and_then(|a| {
         let grpc_addr = a
@@ -231,6 +260,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             grpc_addr: grpc_addr.expect("checked above"),
             http_addr: http_addr.expect("checked above"),
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
+            tls,
         },
         redis,
         replicas: file.fallback.replicas,

@@ -47,11 +47,30 @@ pub struct Server {
     pub http_addr: String,
     /// On SIGTERM or SIGINT, how long calls in flight may take to finish.
     pub shutdown_grace_secs: u64,
+    /// TLS on the gRPC listener; absent, plaintext.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain of the server.
+    pub cert_file: String,
+    /// PEM private key of the server.
+    pub key_file: String,
+    /// PEM CA certificate(s): when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { grpc_addr: "0.0.0.0:8081".into(), http_addr: "0.0.0.0:9090".into(), shutdown_grace_secs: 10 }
+        Server {
+            grpc_addr: "0.0.0.0:8081".into(),
+            http_addr: "0.0.0.0:9090".into(),
+            shutdown_grace_secs: 10,
+            tls: None,
+        }
     }
 }
 

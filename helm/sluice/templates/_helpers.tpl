@@ -1,0 +1,64 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "sluice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart unless the release name already holds the chart name. */}}
+{{- define "sluice.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sluice.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sluice.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sluice.labels" -}}
+helm.sh/chart: {{ include "sluice.chart" . }}
+{{ include "sluice.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sluice.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sluice.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The configuration file: the config values, plus the admin listener when the admin API is enabled.
+*/}}
+{{- define "sluice.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if .Values.admin.enabled }}
+{{- $admin := dict "grpc_addr" (printf "0.0.0.0:%d" (int .Values.admin.port)) }}
+{{- $_ := set $config "admin" (merge (default dict (get $config "admin")) $admin) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $tls := dict "cert_file" (printf "/etc/sluice/tls/%s" .Values.tls.certKey) "key_file" (printf "/etc/sluice/tls/%s" .Values.tls.keyKey) }}
+{{- if .Values.tls.clientCaKey }}
+{{- $_ := set $tls "client_ca_file" (printf "/etc/sluice/tls/%s" .Values.tls.clientCaKey) }}
+{{- end }}
+{{- $server := merge (dict "tls" $tls) (default dict (get $config "server")) }}
+{{- $_ := set $config "server" $server }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}

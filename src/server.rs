@@ -197,7 +197,13 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
                 replicas: settings.replicas,
                 max_keys: settings.local_max_keys,
             };
-            let store = FallbackStore::start(redis.topology.clone(), fallback, CONNECT_PATIENCE).await;
+            let store = FallbackStore::start(
+                redis.topology.clone(),
+                redis.credentials.clone(),
+                fallback,
+                CONNECT_PATIENCE,
+            )
+            .await;
             spawn_sweeper(store.local().clone(), "fallback", stop);
             Arc::new(SharedFallback(store))
         }

@@ -111,3 +111,25 @@ async fn redis_restart_mid_run_fails_nothing() {
     let (ok, failed) = finish(tasks).await;
     assert_eq!(failed, 0, "{failed} failed RPCs out of {}", ok + failed);
 }
+
+/// Credentials from a file (a mounted Secret, say): decisions go to a Redis that requires a
+/// password; without it, Sluice serves from the fallback rather than failing.
+#[tokio::test]
+async fn a_password_from_a_file_reaches_redis() {
+    let redis = RedisServer::start_with_password(Some("s3cret-pass"));
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "s3cret-pass\n").expect("write");
+    let yaml = |extra: &str| {
+        format!(
+            "redis:\n  url: {}\n  timeout_ms: 100\n{extra}tiers:\n  - name: edge\n    key: [ip]\n    limit: 10\n    window: 1m\n",
+            redis.plain_url()
+        )
+    };
+    let with = SluiceServer::start(&yaml(&format!("  password_file: {}\n", secret.display())), None).await;
+    let d = common::check(&mut with.client().await, request(&[("ip", "10.9.9.9")])).await;
+    assert_eq!(d.source, "redis");
+    let without = SluiceServer::start(&yaml(""), None).await;
+    let d = common::check(&mut without.client().await, request(&[("ip", "10.9.9.9")])).await;
+    assert_eq!(d.source, "fallback", "no password: decided in process, not failed");
+}

@@ -85,6 +85,8 @@ impl std::fmt::Debug for TlsSettings {
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub topology: Topology,
+    /// ACL credentials for every Redis node (and the master behind Sentinel).
+    pub credentials: Option<crate::store::redis::Credentials>,
     pub timeout: Duration,
     pub probe_interval: Duration,
 }
@@ -702,8 +704,29 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
             problems.push(format!("{key}: must be at least 1"));
         }
     }
+    let password = match (r.password, r.password_file) {
+        (Some(_), Some(_)) => {
+            problems.push("redis.password: set password or password_file, not both".into());
+            None
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(e) => {
+                problems.push(format!("redis.password_file: cannot read {path:?}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if r.username.is_some() && password.is_none() {
+        problems.push("redis.username: needs a password (redis.password or redis.password_file)".into());
+    }
+    let credentials =
+        password.map(|password| crate::store::redis::Credentials { username: r.username, password });
     (problems.len() == before).then(|| RedisSettings {
         topology,
+        credentials,
         timeout: Duration::from_millis(r.timeout_ms),
         probe_interval: Duration::from_millis(r.probe_interval_ms),
     })

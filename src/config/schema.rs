@@ -91,6 +91,15 @@ pub struct Redis {
     /// While Redis is unavailable, how often one probe tries it again.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// ACL user (Redis 6+); with a password, it overrides any user in the URLs.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, best set from the environment (`SLUICE__REDIS__PASSWORD`); never logged.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (e.g. a mounted Secret); trailing newlines are ignored.
+    #[serde(default)]
+    pub password_file: Option<String>,
     /// Deadline of one decision call to Redis; past it the request is decided in process.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,

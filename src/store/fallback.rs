@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
 
 use super::local::Counting;
-use super::redis::Topology;
+use super::redis::{Credentials, Topology};
 use super::{
     AdminOp, Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError,
 };
@@ -61,20 +61,28 @@ pub struct FallbackStore {
     settings: FallbackSettings,
     /// Where to connect when no connection was ever made.
     topology: Topology,
+    credentials: Option<Credentials>,
 }
 
 impl FallbackStore {
     /// Connects, waiting at most `patience` for the first connection; if Redis is not there by
     /// then, serves from the fallback while it keeps trying in the background, so Sluice serves
     /// even when Redis is down at start-up.
-    pub async fn start(topology: Topology, settings: FallbackSettings, patience: Duration) -> Arc<Self> {
-        let first = tokio::time::timeout(patience, RedisStore::connect(&topology, settings.deadline)).await;
+    pub async fn start(
+        topology: Topology,
+        credentials: Option<Credentials>,
+        settings: FallbackSettings,
+        patience: Duration,
+    ) -> Arc<Self> {
+        let connect = RedisStore::connect(&topology, credentials.as_ref(), settings.deadline);
+        let first = tokio::time::timeout(patience, connect).await;
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
             local: LocalStore::new(Counting::FairShare { replicas: settings.replicas }, settings.max_keys),
             open: AtomicBool::new(true),
             settings,
             topology,
+            credentials,
         });
         match first {
             Ok(Ok(redis)) => {
@@ -126,7 +134,7 @@ impl FallbackStore {
             let answered = match self.redis.load_full() {
                 None => match tokio::time::timeout(
                     patience.max(Duration::from_secs(1)),
-                    RedisStore::connect(&self.topology, self.settings.deadline),
+                    RedisStore::connect(&self.topology, self.credentials.as_ref(), self.settings.deadline),
                 )
                 .await
                 {

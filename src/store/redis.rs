@@ -35,6 +35,29 @@ use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Verdict};
 use crate::metrics;
 
+/// ACL credentials, applied to every connection; never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    fn apply(&self, info: redis::RedisConnectionInfo) -> redis::RedisConnectionInfo {
+        let info = info.set_password(&self.password);
+        match &self.username {
+            Some(user) => info.set_username(user),
+            None => info,
+        }
+    }
+}
+
 /// Where Redis is and how to reach it. URLs may hold credentials; they are never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Topology {
@@ -86,7 +109,11 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects; `timeout` bounds connecting, not the calls (callers put their own deadline on
     /// those).
-    pub async fn connect(topology: &Topology, timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        topology: &Topology,
+        credentials: Option<&Credentials>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let connect_timeout = timeout.max(Duration::from_millis(200));
         let conn = match topology {
             Topology::Standalone { url } => {
@@ -95,23 +122,39 @@ impl RedisStore {
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
+                let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+                if let Some(c) = credentials {
+                    let settings = c.apply(info.redis_settings().clone());
+                    info = info.set_redis_settings(settings);
+                }
                 Connection::Manager(
-                    redis::Client::open(url.as_str())?.get_connection_manager_with_config(config).await?,
+                    redis::Client::open(info)?.get_connection_manager_with_config(config).await?,
                 )
             }
             Topology::Cluster { nodes } => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                     .connection_timeout(connect_timeout)
                     .response_timeout(connect_timeout * 5)
-                    .retries(2)
-                    .build()?;
+                    .retries(2);
+                if let Some(c) = credentials {
+                    builder = builder.password(&c.password);
+                    if let Some(user) = &c.username {
+                        builder = builder.username(user);
+                    }
+                }
+                let client = builder.build()?;
                 Connection::Cluster(client.get_async_connection().await?)
             }
             Topology::Sentinel { nodes, master_name } => {
+                // The credentials are the master's; the sentinels take theirs from their URLs.
+                let master = credentials.map(|c| {
+                    redis::sentinel::SentinelNodeConnectionInfo::default()
+                        .set_redis_connection_info(c.apply(redis::RedisConnectionInfo::default()))
+                });
                 let mut client = SentinelClient::build(
                     nodes.iter().map(String::as_str).collect(),
                     master_name.clone(),
-                    None,
+                    master,
                     SentinelServerType::Master,
                 )?;
                 let current = client.get_async_connection().await?;

@@ -42,18 +42,35 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `requirepass`, when the server has one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server; panics (the test fails, never skips) when redis-server cannot run.
     pub fn start() -> RedisServer {
+        Self::start_with_password(None)
+    }
+
+    /// A server that requires `password` (Redis `requirepass`) when one is given.
+    pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer { port: free_port(), dir, child: None };
+        let mut server =
+            RedisServer { port: free_port(), dir, child: None, password: password.map(String::from) };
         server.spawn();
         server
     }
 
+    /// The URL, with the password when the server has one.
     pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.plain_url(),
+        }
+    }
+
+    /// The URL without any credentials.
+    pub fn plain_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -73,6 +90,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.dir.path().join("redis.log"))
+            .args(self.password.iter().flat_map(|p| ["--requirepass".to_owned(), p.clone()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -18,9 +18,6 @@ use crate::config::InputLimits;
 use crate::engine::Engine;
 use crate::envoy::{self, Descriptor, Status as Decided};
 
-/// Most entries in one descriptor.
-const MAX_ENTRIES: usize = 64;
-
 /// Which rate limit headers go back to the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Headers {
@@ -54,63 +51,13 @@ impl RateLimitService for EnvoyService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let r = request.into_inner();
-        if r.domain.is_empty() {
-            return Err(invalid("domain", "must not be empty"));
-        }
-        if r.descriptors.is_empty() {
-            return Err(invalid("descriptors", "must hold at least one descriptor"));
-        }
-        if r.descriptors.len() > self.limits.max_batch {
-            return Err(invalid(
-                "descriptors",
-                &format!(
-                    "{} descriptors exceed the maximum of {}",
-                    r.descriptors.len(),
-                    self.limits.max_batch
-                ),
-            ));
-        }
-        let mut descriptors = Vec::with_capacity(r.descriptors.len());
-        for (i, d) in r.descriptors.into_iter().enumerate() {
-            if d.entries.len() > MAX_ENTRIES {
-                return Err(invalid(
-                    &format!("descriptors[{i}].entries"),
-                    &format!("more than {MAX_ENTRIES} entries"),
-                ));
-            }
-            let mut entries = Vec::with_capacity(d.entries.len());
-            for (j, e) in d.entries.into_iter().enumerate() {
-                if e.key.is_empty() {
-                    return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
-                }
-                for (what, text) in [("key", &e.key), ("value", &e.value)] {
-                    if text.len() > self.limits.max_value_bytes {
-                        return Err(invalid(
-                            &format!("descriptors[{i}].entries[{j}].{what}"),
-                            &format!(
-                                "{} bytes exceed the maximum of {}",
-                                text.len(),
-                                self.limits.max_value_bytes
-                            ),
-                        ));
-                    }
-                }
-                entries.push((e.key, e.value));
-            }
-            descriptors.push(Descriptor {
-                entries,
-                limit_override: d.limit.map(|l| (u64::from(l.requests_per_unit), l.unit)),
-                hits: d.hits_addend.map(|h| h.value),
-            });
-        }
-        let hits = u64::from(r.hits_addend.max(1));
+        let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
         let tiers = self.engine.tiers();
         let statuses = envoy::decide(
             &self.engine.domains(),
             &tiers.signals,
             self.engine.store(),
-            &r.domain,
+            &domain,
             &descriptors,
             hits,
         )
@@ -121,6 +68,71 @@ impl RateLimitService for EnvoyService {
         })?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
+}
+
+/// A `ShouldRateLimit` request within the input bounds, in the domain's terms.
+#[derive(Debug)]
+pub struct Converted {
+    pub domain: String,
+    pub descriptors: Vec<Descriptor>,
+    /// Units each descriptor consumes unless it carries its own `hits_addend`.
+    pub hits: u64,
+}
+
+/// Checks a request against the input bounds and converts it; a request past a bound gets
+/// INVALID_ARGUMENT naming the field and the bound.
+pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, Status> {
+    if r.domain.is_empty() {
+        return Err(invalid("domain", "must not be empty"));
+    }
+    too_long("domain", &r.domain, limits)?;
+    if r.descriptors.is_empty() {
+        return Err(invalid("descriptors", "must hold at least one descriptor"));
+    }
+    if r.descriptors.len() > limits.max_descriptors {
+        return Err(invalid(
+            "descriptors",
+            &format!(
+                "{} descriptors exceed limits.max_descriptors ({})",
+                r.descriptors.len(),
+                limits.max_descriptors
+            ),
+        ));
+    }
+    let mut descriptors = Vec::with_capacity(r.descriptors.len());
+    for (i, d) in r.descriptors.into_iter().enumerate() {
+        if d.entries.len() > limits.max_entries {
+            return Err(invalid(
+                &format!("descriptors[{i}].entries"),
+                &format!("{} entries exceed limits.max_entries ({})", d.entries.len(), limits.max_entries),
+            ));
+        }
+        let mut entries = Vec::with_capacity(d.entries.len());
+        for (j, e) in d.entries.into_iter().enumerate() {
+            if e.key.is_empty() {
+                return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
+            }
+            too_long(&format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
+            too_long(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
+            entries.push((e.key, e.value));
+        }
+        descriptors.push(Descriptor {
+            entries,
+            limit_override: d.limit.map(|l| (u64::from(l.requests_per_unit), l.unit)),
+            hits: d.hits_addend.map(|h| h.value),
+        });
+    }
+    Ok(Converted { domain: r.domain, descriptors, hits: u64::from(r.hits_addend.max(1)) })
+}
+
+fn too_long(field: &str, text: &str, limits: InputLimits) -> Result<(), Status> {
+    if text.len() > limits.max_value_bytes {
+        return Err(invalid(
+            field,
+            &format!("{} bytes exceed limits.max_value_bytes ({})", text.len(), limits.max_value_bytes),
+        ));
+    }
+    Ok(())
 }
 
 fn respond(statuses: &[Decided], headers: Headers) -> RateLimitResponse {

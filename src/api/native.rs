@@ -15,9 +15,6 @@ use crate::store::Mode;
 use crate::threat::factor_names;
 use crate::tier::{Attr, Attributes};
 
-/// Most tier names one request may list.
-const MAX_NAMED_TIERS: usize = 64;
-
 #[derive(Debug)]
 pub struct NativeService {
     engine: Arc<Engine>,
@@ -87,14 +84,18 @@ fn correlation_id(metadata: &tonic::metadata::MetadataMap) -> String {
     id.char_indices().take_while(|(i, c)| i + c.len_utf8() <= 128).map(|(_, c)| c).collect()
 }
 
-fn to_requests(requests: Vec<pb::RateRequest>, limits: InputLimits) -> Result<Vec<engine::Request>, Status> {
+/// Checks a batch against the input bounds and converts it to engine requests.
+pub fn to_requests(
+    requests: Vec<pb::RateRequest>,
+    limits: InputLimits,
+) -> Result<Vec<engine::Request>, Status> {
     if requests.is_empty() {
         return Err(invalid("requests", "must hold at least one request"));
     }
     if requests.len() > limits.max_batch {
         return Err(invalid(
             "requests",
-            &format!("{} requests exceed the maximum of {} per call", requests.len(), limits.max_batch),
+            &format!("{} requests exceed limits.max_batch ({})", requests.len(), limits.max_batch),
         ));
     }
     requests.into_iter().enumerate().map(|(i, r)| to_request(i, r, limits)).collect()
@@ -120,10 +121,10 @@ fn to_parts(
     tiers: Vec<String>,
     limits: InputLimits,
 ) -> Result<engine::Request, Status> {
-    if tiers.len() > MAX_NAMED_TIERS {
+    if tiers.len() > limits.max_named_tiers {
         return Err(invalid(
             &at("tiers"),
-            &format!("{} names exceed the maximum of {MAX_NAMED_TIERS}", tiers.len()),
+            &format!("{} names exceed limits.max_named_tiers ({})", tiers.len(), limits.max_named_tiers),
         ));
     }
     for (j, name) in tiers.iter().enumerate() {
@@ -143,7 +144,7 @@ fn to_parts(
     if a.extra.len() > limits.max_extra {
         return Err(invalid(
             &at("attributes.extra"),
-            &format!("{} entries exceed the maximum of {}", a.extra.len(), limits.max_extra),
+            &format!("{} entries exceed limits.max_extra ({})", a.extra.len(), limits.max_extra),
         ));
     }
     for (name, value) in &a.extra {
@@ -166,7 +167,7 @@ fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status
     if value.len() > limits.max_value_bytes {
         return Err(invalid(
             field,
-            &format!("{} bytes exceed the maximum of {}", value.len(), limits.max_value_bytes),
+            &format!("{} bytes exceed limits.max_value_bytes ({})", value.len(), limits.max_value_bytes),
         ));
     }
     Ok(())

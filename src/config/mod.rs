@@ -91,11 +91,35 @@ pub struct RedisSettings {
     pub probe_interval: Duration,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// Bounds on what one request may carry; past one, the request is refused with
+/// INVALID_ARGUMENT naming the field and the bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InputLimits {
+    /// Requests in one `Check` call.
     pub max_batch: usize,
+    /// Bytes in one attribute value, tier name, domain, descriptor key or value.
     pub max_value_bytes: usize,
+    /// Free-form attributes in one request.
     pub max_extra: usize,
+    /// Tier names one `Check` request may list.
+    pub max_named_tiers: usize,
+    /// Descriptors in one `ShouldRateLimit` request.
+    pub max_descriptors: usize,
+    /// Entries in one descriptor.
+    pub max_entries: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_batch: 1000,
+            max_value_bytes: 4096,
+            max_extra: 32,
+            max_named_tiers: 64,
+            max_descriptors: 64,
+            max_entries: 64,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -228,9 +252,13 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         problems.push("local.max_keys: must be at least 1".into());
     }
 
-    for (key, value) in
-        [("limits.max_batch", file.limits.max_batch), ("limits.max_value_bytes", file.limits.max_value_bytes)]
-    {
+    for (key, value) in [
+        ("limits.max_batch", file.limits.max_batch),
+        ("limits.max_value_bytes", file.limits.max_value_bytes),
+        ("limits.max_named_tiers", file.limits.max_named_tiers),
+        ("limits.max_descriptors", file.limits.max_descriptors),
+        ("limits.max_entries", file.limits.max_entries),
+    ] {
         if value == 0 {
             problems.push(format!("{key}: must be at least 1"));
         }
@@ -271,6 +299,9 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             max_batch: file.limits.max_batch,
             max_value_bytes: file.limits.max_value_bytes,
             max_extra: file.limits.max_extra,
+            max_named_tiers: file.limits.max_named_tiers,
+            max_descriptors: file.limits.max_descriptors,
+            max_entries: file.limits.max_entries,
         },
         log: LogSettings { json, level: file.log.level },
         tiers: {

@@ -234,11 +234,25 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most free-form attributes in one request.
     pub max_extra: usize,
+    /// Most tier names one `Check` request may list.
+    pub max_named_tiers: usize,
+    /// Most descriptors in one `ShouldRateLimit` request.
+    pub max_descriptors: usize,
+    /// Most entries in one descriptor.
+    pub max_entries: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_batch: 1000, max_value_bytes: 4096, max_extra: 32 }
+        let d = crate::config::InputLimits::default();
+        Limits {
+            max_batch: d.max_batch,
+            max_value_bytes: d.max_value_bytes,
+            max_extra: d.max_extra,
+            max_named_tiers: d.max_named_tiers,
+            max_descriptors: d.max_descriptors,
+            max_entries: d.max_entries,
+        }
     }
 }
 

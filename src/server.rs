@@ -3,6 +3,7 @@
 //! call the same `run`.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -72,7 +73,7 @@ pub async fn run(
     engine.replace_domains(settings.domains);
     let envoy = EnvoyService::new(Arc::clone(&engine), settings.limits, settings.envoy_headers);
     if let Some(path) = settings.source.clone() {
-        spawn_reloader(Arc::clone(&engine), path, stop_rx.clone());
+        spawn_reloader(Arc::clone(&engine), path, settings.envoy_paths.clone(), stop_rx.clone());
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -199,7 +200,7 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
             };
             let store = FallbackStore::start(
                 redis.topology.clone(),
-                redis.credentials.clone(),
+                redis.access.clone(),
                 fallback,
                 CONNECT_PATIENCE,
             )
@@ -216,9 +217,36 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// Reloads the configuration when its file changes or on SIGHUP: the new tiers, threat lists and
 /// Envoy domains are swapped in at once (calls in flight finish with the old ones, counts stay
 /// under the same tier names); a file that does not load keeps the old configuration serving.
-fn spawn_reloader(engine: Arc<Engine>, path: std::path::PathBuf, mut stop: watch::Receiver<bool>) {
+/// What the reloader compares: the bytes of the configuration file and of every Envoy domain file
+/// it names (a directory's `.yaml`/`.yml` files, sorted), so an edit, a new file or a removed one
+/// is noticed.
+fn snapshot(path: &Path, envoy_paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut files = vec![path.to_path_buf()];
+    for p in envoy_paths {
+        match std::fs::read_dir(p) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(_) => files.push(p.clone()),
+        }
+    }
+    files.into_iter().map(|f| (std::fs::read(&f).ok(), f)).map(|(bytes, f)| (f, bytes)).collect()
+}
+
+fn spawn_reloader(
+    engine: Arc<Engine>,
+    path: PathBuf,
+    mut envoy_paths: Vec<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
-        let mut seen = std::fs::read(&path).ok();
+        let mut seen = snapshot(&path, &envoy_paths);
         #[cfg(unix)]
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut every = tokio::time::interval(RELOAD_EVERY);
@@ -234,7 +262,7 @@ fn spawn_reloader(engine: Arc<Engine>, path: std::path::PathBuf, mut stop: watch
             let hup = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = every.tick() => {
-                    let now = std::fs::read(&path).ok();
+                    let now = snapshot(&path, &envoy_paths);
                     if now == seen {
                         continue;
                     }
@@ -246,6 +274,10 @@ fn spawn_reloader(engine: Arc<Engine>, path: std::path::PathBuf, mut stop: watch
             match crate::config::load(Some(&path)) {
                 Ok(settings) => {
                     let tiers = settings.tiers.len();
+                    if settings.envoy_paths != envoy_paths {
+                        envoy_paths = settings.envoy_paths;
+                        seen = snapshot(&path, &envoy_paths);
+                    }
                     engine.replace_tiers(settings.tiers);
                     engine.replace_domains(settings.domains);
                     metrics::config_reload("ok");

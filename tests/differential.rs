@@ -20,10 +20,13 @@ const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
     let server = common::RedisServer::start();
-    let redis =
-        RedisStore::connect(&Topology::Standalone { url: server.url() }, None, Duration::from_secs(2))
-            .await
-            .expect("connect");
+    let redis = RedisStore::connect(
+        &Topology::Standalone { url: server.url() },
+        &Default::default(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("connect");
     let local = LocalStore::default();
 
     // A few tiers over a few keys, so counts collide and windows roll over many times.

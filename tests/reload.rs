@@ -51,3 +51,44 @@ async fn a_changed_file_is_swapped_in_and_a_broken_one_is_refused() {
     assert!(failed.is_empty(), "{} failed RPCs during the reloads: {:?}", failed.len(), failed.first());
     assert!(seen.len() > 100);
 }
+
+#[tokio::test]
+async fn an_edited_envoy_domain_file_is_reloaded_without_a_signal() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    let domain = |per_hour: u32| {
+        format!(
+            "domain: api\ndescriptors:\n  - key: user\n    rate_limit: {{unit: hour, requests_per_unit: {per_hour}}}\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("api.yaml"), domain(2)).expect("write the domain");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, None).await;
+    let mut client =
+        RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
+    let mut limit = async || {
+        let request = RateLimitRequest {
+            domain: "api".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![rate_limit_descriptor::Entry { key: "user".into(), value: "ann".into() }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        };
+        let response = client.should_rate_limit(request).await.expect("ShouldRateLimit").into_inner();
+        response.statuses[0].current_limit.as_ref().expect("a limit").requests_per_unit
+    };
+    assert_eq!(limit().await, 2);
+
+    std::fs::write(dir.path().join("api.yaml"), domain(7)).expect("edit the domain");
+    let changed = Instant::now();
+    while limit().await != 7 {
+        assert!(changed.elapsed() < Duration::from_secs(3), "the edited domain file was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -27,10 +27,13 @@ impl Subject {
 
     async fn redis() -> Subject {
         let server = RedisServer::start();
-        let store =
-            RedisStore::connect(&Topology::Standalone { url: server.url() }, None, Duration::from_secs(2))
-                .await
-                .expect("connect to the test redis");
+        let store = RedisStore::connect(
+            &Topology::Standalone { url: server.url() },
+            &Default::default(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("connect to the test redis");
         Subject::Redis(store, server)
     }
 

@@ -43,6 +43,8 @@ pub struct Settings {
     pub admin: Option<AdminSettings>,
     /// Domains in envoyproxy/ratelimit's format, for `ShouldRateLimit`.
     pub domains: crate::envoy::Domains,
+    /// The files and directories the domains were read from, watched for changes.
+    pub envoy_paths: Vec<std::path::PathBuf>,
     pub envoy_headers: crate::api::envoy::Headers,
 }
 
@@ -85,8 +87,9 @@ impl std::fmt::Debug for TlsSettings {
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub topology: Topology,
-    /// ACL credentials for every Redis node (and the master behind Sentinel).
-    pub credentials: Option<crate::store::redis::Credentials>,
+    /// ACL credentials for every Redis node (and the master behind Sentinel), and TLS
+    /// certificates.
+    pub access: crate::store::redis::Access,
     pub timeout: Duration,
     pub probe_interval: Duration,
 }
@@ -312,6 +315,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
         domains,
+        envoy_paths: file.envoy.paths.iter().map(std::path::PathBuf::from).collect(),
         envoy_headers,
     })
 }
@@ -681,12 +685,11 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
 fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> {
     let before = problems.len();
     let url_problem = |problems: &mut Vec<String>, key: String, url: &str| {
-        let schemes = ["redis://", "redis+unix://", "unix://"];
-        if url.starts_with("rediss://") {
-            problems.push(format!("{key}: TLS to Redis (rediss://) is not supported by this build"));
-        } else if !schemes.iter().any(|s| url.starts_with(s)) {
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
             // The value is not echoed: it may hold a password.
-            problems.push(format!("{key}: must start with redis://, redis+unix:// or unix://"));
+            problems
+                .push(format!("{key}: must start with redis://, rediss:// (TLS), redis+unix:// or unix://"));
         }
     };
     let topology = match (r.url, r.cluster, r.sentinel) {
@@ -755,12 +758,55 @@ fn redis(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> 
     }
     let credentials =
         password.map(|password| crate::store::redis::Credentials { username: r.username, password });
+    let tls = redis_tls(&topology, r.tls, problems);
     (problems.len() == before).then(|| RedisSettings {
         topology,
-        credentials,
+        access: crate::store::redis::Access { credentials, tls },
         timeout: Duration::from_millis(r.timeout_ms),
         probe_interval: Duration::from_millis(r.probe_interval_ms),
     })
+}
+
+/// TLS is on when every URL says `rediss://`; `redis.tls` only brings certificates.
+fn redis_tls(
+    topology: &Topology,
+    files: Option<schema::RedisTls>,
+    problems: &mut Vec<String>,
+) -> Option<crate::store::redis::TlsFiles> {
+    let urls: &[String] = match topology {
+        Topology::Standalone { url } => std::slice::from_ref(url),
+        Topology::Cluster { nodes } | Topology::Sentinel { nodes, .. } => nodes,
+    };
+    let secure = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if secure != 0 && secure != urls.len() {
+        problems.push("redis: either every URL uses rediss:// (TLS) or none does".into());
+        return None;
+    }
+    let Some(files) = files else {
+        return (secure != 0).then(Default::default);
+    };
+    if secure == 0 {
+        problems
+            .push("redis.tls: certificates are set but the URLs use redis://; use rediss:// for TLS".into());
+        return None;
+    }
+    let mut read = |key: &str, path: &str| match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            problems.push(format!("{key}: cannot read {path:?}: {e}"));
+            None
+        }
+    };
+    let ca_pem = files.ca_file.as_deref().and_then(|p| read("redis.tls.ca_file", p));
+    let client = match (files.cert_file.as_deref(), files.key_file.as_deref()) {
+        (Some(cert), Some(key)) => read("redis.tls.cert_file", cert).zip(read("redis.tls.key_file", key)),
+        (None, None) => None,
+        _ => {
+            problems.push("redis.tls: set both cert_file and key_file, or neither".into());
+            None
+        }
+    };
+    Some(crate::store::redis::TlsFiles { ca_pem, client })
 }
 
 pub(crate) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {

@@ -103,6 +103,20 @@ pub struct Redis {
     /// Deadline of one decision call to Redis; past it the request is decided in process.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Certificates for TLS to Redis; TLS itself is on when the URLs say `rediss://`.
+    #[serde(default)]
+    pub tls: Option<RedisTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTls {
+    /// PEM CA certificate(s) that signed the servers' certificates; absent, the system's roots.
+    pub ca_file: Option<String>,
+    /// PEM client certificate, for servers that verify clients (`tls-auth-clients yes`).
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
 
 use super::local::Counting;
-use super::redis::{Credentials, Topology};
+use super::redis::{Access, Topology};
 use super::{
     AdminOp, Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError,
 };
@@ -61,7 +61,7 @@ pub struct FallbackStore {
     settings: FallbackSettings,
     /// Where to connect when no connection was ever made.
     topology: Topology,
-    credentials: Option<Credentials>,
+    access: Access,
 }
 
 impl FallbackStore {
@@ -70,11 +70,11 @@ impl FallbackStore {
     /// even when Redis is down at start-up.
     pub async fn start(
         topology: Topology,
-        credentials: Option<Credentials>,
+        access: Access,
         settings: FallbackSettings,
         patience: Duration,
     ) -> Arc<Self> {
-        let connect = RedisStore::connect(&topology, credentials.as_ref(), settings.deadline);
+        let connect = RedisStore::connect(&topology, &access, settings.deadline);
         let first = tokio::time::timeout(patience, connect).await;
         let store = Arc::new(FallbackStore {
             redis: ArcSwapOption::empty(),
@@ -82,7 +82,7 @@ impl FallbackStore {
             open: AtomicBool::new(true),
             settings,
             topology,
-            credentials,
+            access,
         });
         match first {
             Ok(Ok(redis)) => {
@@ -134,7 +134,7 @@ impl FallbackStore {
             let answered = match self.redis.load_full() {
                 None => match tokio::time::timeout(
                     patience.max(Duration::from_secs(1)),
-                    RedisStore::connect(&self.topology, self.credentials.as_ref(), self.settings.deadline),
+                    RedisStore::connect(&self.topology, &self.access, self.settings.deadline),
                 )
                 .await
                 {

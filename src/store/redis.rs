@@ -58,6 +58,42 @@ impl Credentials {
     }
 }
 
+/// Certificates for TLS to Redis (`rediss://` URLs), as PEM bytes. Without a CA the system's roots
+/// are trusted; a certificate and key are presented to servers that verify clients.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+}
+
+/// What it takes to be let in: ACL credentials and TLS certificates, both optional.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub credentials: Option<Credentials>,
+    pub tls: Option<TlsFiles>,
+}
+
 /// Where Redis is and how to reach it. URLs may hold credentials; they are never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Topology {
@@ -106,14 +142,60 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// A client for the master the sentinels name. The sentinels take their credentials from their
+/// URLs (the first that has any); `access` is the master's. TLS to the sentinels (`rediss://`)
+/// means TLS to the master too.
+fn sentinel_client(
+    nodes: &[String],
+    master_name: &str,
+    access: &Access,
+) -> Result<SentinelClient, StoreError> {
+    let infos = nodes
+        .iter()
+        .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secure = infos.iter().any(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }));
+    let mut builder = redis::sentinel::SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        master_name,
+        SentinelServerType::Master,
+    )?;
+    if let Some(own) = infos.iter().map(|i| i.redis_settings()).find(|s| s.password().is_some()) {
+        if let Some(user) = own.username() {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = own.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    if let Some(c) = &access.credentials {
+        builder = builder.set_client_to_redis_password(&c.password);
+        if let Some(user) = &c.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+    }
+    if secure {
+        builder = builder
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(tls) = &access.tls {
+            builder = builder
+                .set_client_to_sentinel_certificates(tls.certificates())
+                .set_client_to_redis_certificates(tls.certificates());
+        }
+    }
+    Ok(builder.build()?)
+}
+
 impl RedisStore {
     /// Connects; `timeout` bounds connecting, not the calls (callers put their own deadline on
     /// those).
     pub async fn connect(
         topology: &Topology,
-        credentials: Option<&Credentials>,
+        access: &Access,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        let credentials = access.credentials.as_ref();
         let connect_timeout = timeout.max(Duration::from_millis(200));
         let conn = match topology {
             Topology::Standalone { url } => {
@@ -127,9 +209,11 @@ impl RedisStore {
                     let settings = c.apply(info.redis_settings().clone());
                     info = info.set_redis_settings(settings);
                 }
-                Connection::Manager(
-                    redis::Client::open(info)?.get_connection_manager_with_config(config).await?,
-                )
+                let client = match &access.tls {
+                    Some(tls) => redis::Client::build_with_tls(info, tls.certificates())?,
+                    None => redis::Client::open(info)?,
+                };
+                Connection::Manager(client.get_connection_manager_with_config(config).await?)
             }
             Topology::Cluster { nodes } => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
@@ -142,21 +226,14 @@ impl RedisStore {
                         builder = builder.username(user);
                     }
                 }
+                if let Some(tls) = &access.tls {
+                    builder = builder.certs(tls.certificates());
+                }
                 let client = builder.build()?;
                 Connection::Cluster(client.get_async_connection().await?)
             }
             Topology::Sentinel { nodes, master_name } => {
-                // The credentials are the master's; the sentinels take theirs from their URLs.
-                let master = credentials.map(|c| {
-                    redis::sentinel::SentinelNodeConnectionInfo::default()
-                        .set_redis_connection_info(c.apply(redis::RedisConnectionInfo::default()))
-                });
-                let mut client = SentinelClient::build(
-                    nodes.iter().map(String::as_str).collect(),
-                    master_name.clone(),
-                    master,
-                    SentinelServerType::Master,
-                )?;
+                let mut client = sentinel_client(nodes, master_name, access)?;
                 let current = client.get_async_connection().await?;
                 let sentinel = Arc::new(SentinelConnection {
                     client: tokio::sync::Mutex::new(client),

@@ -2,6 +2,7 @@
 //! a Sluice server (`server::run` on port 0). Both are stopped on drop, even when a test fails.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod proxy;
 pub mod sentinel;
@@ -44,6 +45,16 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `requirepass`, when the server has one.
     password: Option<String>,
+    /// TLS only (no plaintext port), clients verified against the CA, when set.
+    tls: Option<TlsServer>,
+}
+
+/// The PEM files of a Redis server that speaks only TLS and verifies its clients.
+pub struct TlsServer {
+    pub ca: String,
+    pub server: (String, String),
+    /// A client certificate the server accepts.
+    pub client: (String, String),
 }
 
 impl RedisServer {
@@ -55,10 +66,36 @@ impl RedisServer {
     /// A server that requires `password` (Redis `requirepass`) when one is given.
     pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server =
-            RedisServer { port: free_port(), dir, child: None, password: password.map(String::from) };
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            password: password.map(String::from),
+            tls: None,
+        };
         server.spawn();
         server
+    }
+
+    /// A server that speaks only TLS (`rediss://`), with a certificate for 127.0.0.1 from `ca`, and
+    /// refuses clients without a certificate from `ca`.
+    pub fn start_tls(ca: &certs::Ca) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = TlsServer { ca: ca.pem(), server: ca.leaf(&["127.0.0.1"]), client: ca.leaf(&["sluice"]) };
+        let mut server = RedisServer { port: free_port(), dir, child: None, password: None, tls: Some(tls) };
+        server.spawn();
+        server
+    }
+
+    /// Writes a file into the server's directory and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write a file for redis");
+        path.display().to_string()
+    }
+
+    pub fn tls(&self) -> Option<&TlsServer> {
+        self.tls.as_ref()
     }
 
     /// The URL, with the password when the server has one.
@@ -69,23 +106,33 @@ impl RedisServer {
         }
     }
 
-    /// The URL without any credentials.
+    /// The URL without any credentials (`rediss://` for a TLS server).
     pub fn plain_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
+        let ports = match &self.tls {
+            None => vec!["--port".to_owned(), self.port.to_string()],
+            Some(tls) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                self.file("server.crt", &tls.server.0),
+                "--tls-key-file".into(),
+                self.file("server.key", &tls.server.1),
+                "--tls-ca-cert-file".into(),
+                self.file("ca.crt", &tls.ca),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -114,7 +161,20 @@ impl RedisServer {
     }
 
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis url")
+        match &self.tls {
+            None => redis::Client::open(self.url()).expect("redis url"),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: tls.client.0.clone().into_bytes(),
+                        client_key: tls.client.1.clone().into_bytes(),
+                    }),
+                    root_cert: Some(tls.ca.clone().into_bytes()),
+                },
+            )
+            .expect("redis tls client"),
+        }
     }
 
     /// Runs one command synchronously.

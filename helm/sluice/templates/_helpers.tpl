@@ -60,5 +60,15 @@ The configuration file: the config values, plus the admin listener when the admi
 {{- $server := merge (dict "tls" $tls) (default dict (get $config "server")) }}
 {{- $_ := set $config "server" $server }}
 {{- end }}
+{{- with .Values.redis.tls }}
+{{- if .secretName }}
+{{- $redisTls := dict }}
+{{- if .caKey }}{{- $_ := set $redisTls "ca_file" (printf "/etc/sluice/redis-tls/%s" .caKey) }}{{- end }}
+{{- if .certKey }}{{- $_ := set $redisTls "cert_file" (printf "/etc/sluice/redis-tls/%s" .certKey) }}{{- end }}
+{{- if .keyKey }}{{- $_ := set $redisTls "key_file" (printf "/etc/sluice/redis-tls/%s" .keyKey) }}{{- end }}
+{{- $redis := merge (dict "tls" $redisTls) (default dict (get $config "redis")) }}
+{{- $_ := set $config "redis" $redis }}
+{{- end }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}

@@ -1,10 +1,51 @@
-//! Compiles proto/ with a pure-Rust protobuf compiler, so no system `protoc` is needed.
+//! Compiles proto/ with a pure-Rust protobuf compiler, so no system `protoc` is needed. Also writes
+//! the descriptors of Envoy's rate limit service (from the envoy-types crate's own proto files) for
+//! server reflection, when those files can be found.
+
+use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=Cargo.lock");
     let descriptors = protox::compile(["sluice/v1/sluice.proto", "sluice/v1/admin.proto"], ["proto"])?;
-    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("sluice_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    let envoy = match envoy_proto_dir() {
+        Some(dir) => {
+            let includes =
+                ["data-plane-api", "xds", "protoc-gen-validate", "googleapis"].map(|d| dir.join(d));
+            let fds = protox::compile(["envoy/service/ratelimit/v3/rls.proto"], includes)?;
+            prost::Message::encode_to_vec(&fds)
+        }
+        None => {
+            println!(
+                "cargo:warning=envoy-types' proto files not found: reflection will not describe ShouldRateLimit"
+            );
+            Vec::new()
+        }
+    };
+    std::fs::write(out_dir.join("envoy_rls_descriptor.bin"), envoy)?;
     Ok(())
+}
+
+/// The `proto` directory of the envoy-types release in Cargo.lock, in Cargo's registry sources.
+fn envoy_proto_dir() -> Option<PathBuf> {
+    let lock = std::fs::read_to_string("Cargo.lock").ok()?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"envoy-types\""))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))?
+        .trim_end_matches('"')
+        .to_owned();
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+    std::fs::read_dir(home.join("registry").join("src"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|index| index.path().join(format!("envoy-types-{version}")).join("proto"))
+        .find(|p| p.join("data-plane-api").is_dir())
 }

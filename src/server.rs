@@ -165,10 +165,19 @@ pub async fn run(
 /// Server reflection over the services this port serves and can describe (v1, and v1alpha for
 /// older tools such as grpcurl 1.8). Envoy's service is served but not listed: no descriptor of it
 /// is compiled in.
+/// Envoy's rate limit service and everything it imports, compiled by build.rs (empty when the
+/// proto files were not found at build time).
+const ENVOY_RLS_DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_rls_descriptor.bin"));
+
 fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerError> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    if !ENVOY_RLS_DESCRIPTOR.is_empty() {
+        builder = builder
+            .register_encoded_file_descriptor_set(ENVOY_RLS_DESCRIPTOR)
+            .with_service_name("envoy.service.ratelimit.v3.RateLimitService");
+    }
     for name in [
         "sluice.v1.RateLimiter",
         "grpc.health.v1.Health",

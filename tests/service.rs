@@ -209,18 +209,22 @@ async fn reflection_lists_and_describes_the_services() {
         panic!("no list")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["sluice.v1.RateLimiter", "grpc.health.v1.Health"] {
+    for expected in
+        ["sluice.v1.RateLimiter", "envoy.service.ratelimit.v3.RateLimitService", "grpc.health.v1.Health"]
+    {
         assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
     }
     assert!(!names.iter().any(|n| n == "sluice.v1.Admin"), "the admin API is not on this port: {names:?}");
-    let mut replies = client
-        .server_reflection_info(ask(MessageRequest::FileContainingSymbol("sluice.v1.RateLimiter".into())))
-        .await
-        .expect("describe")
-        .into_inner();
-    let described = replies.message().await.expect("reply").and_then(|r| r.message_response);
-    assert!(
-        matches!(&described, Some(MessageResponse::FileDescriptorResponse(f)) if !f.file_descriptor_proto.is_empty()),
-        "{described:?}"
-    );
+    for symbol in ["sluice.v1.RateLimiter", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let mut replies = client
+            .server_reflection_info(ask(MessageRequest::FileContainingSymbol(symbol.into())))
+            .await
+            .expect("describe")
+            .into_inner();
+        let described = replies.message().await.expect("reply").and_then(|r| r.message_response);
+        assert!(
+            matches!(&described, Some(MessageResponse::FileDescriptorResponse(f)) if !f.file_descriptor_proto.is_empty()),
+            "{symbol}: {described:?}"
+        );
+    }
 }

@@ -138,6 +138,16 @@ impl Engine {
     }
 
     pub async fn check(&self, request: &Request, mode: Mode) -> Result<Decision, RequestError> {
+        self.check_by(request, mode, None).await
+    }
+
+    /// As `check`, answering by the failure mode rather than waiting past the caller's deadline.
+    pub async fn check_by(
+        &self,
+        request: &Request,
+        mode: Mode,
+        deadline: Option<Instant>,
+    ) -> Result<Decision, RequestError> {
         let started = Instant::now();
         let tiers = self.tiers.load();
         let matched = matching(&tiers, request)?;
@@ -189,7 +199,7 @@ impl Engine {
             return Ok(Decision::uncounted(None));
         }
 
-        let outcome = self.store.decide(&checks, mode).await?;
+        let outcome = self.store.decide_by(&checks, mode, deadline).await?;
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
         for (status, (counters, threshold)) in decision.statuses.iter().zip(&counters) {

@@ -89,6 +89,7 @@ pub async fn decide(
     domain: &str,
     descriptors: &[Descriptor],
     hits: u64,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Vec<Status>, StoreError> {
     let Some((domain_label, config)) = domains.by_name.get_key_value(domain) else {
         metrics::envoy_unknown_domain();
@@ -181,7 +182,7 @@ pub async fn decide(
     }
     // A descriptor with 0 hits only looks: a dry run for the whole call keeps it simple and exact.
     let mode = if slots.iter().all(|(_, _, _, look, _)| *look) { Mode::DryRun } else { Mode::Consume };
-    let outcome = store.decide(&checks, mode).await?;
+    let outcome = store.decide_by(&checks, mode, deadline).await?;
     let source = outcome.source.as_str();
     for ((i, rule, shadow, _, path), verdict) in slots.into_iter().zip(outcome.verdicts) {
         let decision = match (verdict.allowed, shadow) {

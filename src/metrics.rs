@@ -22,6 +22,8 @@ pub const ENVOY_DECISIONS: &str = "sluice_envoy_decisions_total";
 pub const ENVOY_UNKNOWN_DOMAIN: &str = "sluice_envoy_unknown_domain_total";
 pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
 pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
+pub const SHED: &str = "sluice_shed_total";
+pub const OVER_LIMIT_KEYS: &str = "sluice_over_limit_cache_keys";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -67,21 +69,26 @@ fn describe() {
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result (ok, error)");
     describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
+    describe_counter!(
+        SHED,
+        "Decisions answered at once by the failure mode, by reason (queue: too many in flight; deadline: the caller's deadline could not be met)"
+    );
+    describe_gauge!(OVER_LIMIT_KEYS, "Keys held by the over-limit cache");
 }
 
 const DECISION_LABELS: [&str; 4] = ["allow", "deny", "shadow_deny", "exempt"];
-const SOURCE_LABELS: [&str; 4] = ["redis", "local", "fallback", "none"];
+const SOURCE_LABELS: [&str; 6] = ["redis", "local", "fallback", "shed", "cache", "none"];
 
 /// One tier's decision counters, each registered on first use and then incremented without a
 /// registry lookup.
 #[derive(Debug, Default)]
-pub struct TierCounters([std::sync::OnceLock<metrics::Counter>; 16]);
+pub struct TierCounters([std::sync::OnceLock<metrics::Counter>; DECISION_LABELS.len() * SOURCE_LABELS.len()]);
 
 impl TierCounters {
     pub fn record(&self, tier: &std::sync::Arc<str>, decision: &'static str, source: &'static str) {
         let d = DECISION_LABELS.iter().position(|l| *l == decision).unwrap_or(0);
-        let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(3);
-        self.0[d * 4 + s]
+        let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(SOURCE_LABELS.len() - 1);
+        self.0[d * SOURCE_LABELS.len() + s]
             .get_or_init(|| {
                 let tier = std::sync::Arc::clone(tier);
                 counter!(DECISIONS, "tier" => tier, "decision" => DECISION_LABELS[d], "source" => SOURCE_LABELS[s])
@@ -148,6 +155,14 @@ pub fn fallback_time(elapsed: Duration) {
     let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let total = TOTAL_MS.fetch_add(ms, Ordering::Relaxed).saturating_add(ms);
     counter!(FALLBACK_TIME).absolute(total / 1000);
+}
+
+pub fn shed(reason: &'static str) {
+    counter!(SHED, "reason" => reason).increment(1);
+}
+
+pub fn over_limit_keys(count: usize) {
+    gauge!(OVER_LIMIT_KEYS).set(count as f64);
 }
 
 pub fn local_keys(role: &'static str, count: usize) {

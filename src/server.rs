@@ -17,7 +17,7 @@ use crate::api::native::NativeService;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Store};
+use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Shedding, Store};
 
 /// How long start-up waits for a first Redis connection before serving from the fallback.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
@@ -67,7 +67,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store = build_store(&settings, stop_rx.clone()).await;
+    let store: Arc<dyn Store> =
+        Arc::new(Shedding::new(build_store(&settings, stop_rx.clone()).await, settings.server.max_in_flight));
     let engine = Arc::new(Engine::new(settings.tiers, store, settings.events_max_len));
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
     engine.replace_domains(settings.domains);
@@ -101,7 +102,8 @@ pub async fn run(
     let http_addr = listeners.http.local_addr()?;
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
-    let mut builder = tonic::transport::Server::builder();
+    let transport = settings.server.transport;
+    let mut builder = crate::api::transport::configure(tonic::transport::Server::builder(), &transport);
     if let Some(tls) = &settings.server.tls {
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
@@ -111,16 +113,20 @@ pub async fn run(
         builder = builder.tls_config(config)?;
         tracing::info!(mutual = tls.client_ca_pem.is_some(), "TLS on the gRPC listener");
     }
+    let incoming = futures::StreamExt::map(
+        tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+        move |conn| conn.map(|c| crate::api::transport::IdleTimeout::new(c, transport.idle_timeout)),
+    );
     let grpc = builder
+        .layer(tower::util::MapResponseLayer::new(crate::api::transport::name_message_bound(
+            transport.max_message_bytes,
+        )))
         .add_service(reflection()?.build_v1()?)
         .add_service(reflection()?.build_v1alpha()?)
         .add_service(health_service)
-        .add_service(native.into_server())
-        .add_service(envoy.into_server())
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
+        .add_service(native.into_server().max_decoding_message_size(transport.max_message_bytes))
+        .add_service(envoy.into_server().max_decoding_message_size(transport.max_message_bytes))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let http = axum::serve(listeners.http, crate::http::router(handle, ready))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
@@ -130,12 +136,15 @@ pub async fn run(
         match (listeners.admin, settings.admin) {
             (Some(listener), Some(admin)) => {
                 tracing::info!(admin = %listener.local_addr()?, "serving the admin API");
-                tonic::transport::Server::builder()
+                let incoming = futures::StreamExt::map(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    move |conn| {
+                        conn.map(|c| crate::api::transport::IdleTimeout::new(c, transport.idle_timeout))
+                    },
+                );
+                crate::api::transport::configure(tonic::transport::Server::builder(), &transport)
                     .add_service(AdminService::into_server(admin_engine, admin.token))
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
-                        stopped(admin_stop),
-                    )
+                    .serve_with_incoming_shutdown(incoming, stopped(admin_stop))
                     .await
                     .map_err(ServerError::from)
             }

@@ -51,6 +51,7 @@ impl RateLimitService for EnvoyService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let deadline = super::deadline(request.metadata());
         let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
         let tiers = self.engine.tiers();
         let statuses = envoy::decide(
@@ -60,6 +61,7 @@ impl RateLimitService for EnvoyService {
             &domain,
             &descriptors,
             hits,
+            deadline,
         )
         .await
         .map_err(|e| {

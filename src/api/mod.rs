@@ -5,6 +5,31 @@ pub mod admin;
 pub mod envoy;
 pub mod native;
 pub mod status;
+pub mod transport;
+
+use std::time::{Duration, Instant};
+
+/// The caller's deadline from its `grpc-timeout` header (1 to 8 digits and a unit: H, M, S, m, u,
+/// n), counted from now, when it arrived. A header that does not parse is ignored.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
 
 impl From<pb::Attributes> for crate::tier::Attributes {
     fn from(a: pb::Attributes) -> Self {

@@ -35,6 +35,7 @@ impl NativeService {
 impl pb::rate_limiter_server::RateLimiter for NativeService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let correlation_id = correlation_id(request.metadata());
+        let deadline = super::deadline(request.metadata());
         let request = request.into_inner();
         let mut requests =
             to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
@@ -44,9 +45,9 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
 
         let results = if let [single] = requests.as_slice() {
-            vec![self.engine.check(single, mode).await]
+            vec![self.engine.check_by(single, mode, deadline).await]
         } else {
-            futures::future::join_all(requests.iter().map(|r| self.engine.check(r, mode))).await
+            futures::future::join_all(requests.iter().map(|r| self.engine.check_by(r, mode, deadline))).await
         };
         let decisions = results
             .into_iter()

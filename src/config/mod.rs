@@ -67,6 +67,23 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsSettings>,
+    pub transport: Transport,
+    /// Decisions in flight at once before load is shed.
+    pub max_in_flight: usize,
+}
+
+/// Bounds on the gRPC transport. A request message past `max_message_bytes` gets
+/// RESOURCE_EXHAUSTED naming `server.max_message_bytes`; the others are HTTP/2 settings and
+/// timers the peer is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transport {
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_bytes: u32,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_age: Option<Duration>,
 }
 
 /// The gRPC listener's certificate, key and (for mutual TLS) client CA, read at load time.
@@ -256,6 +273,14 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     }
 
     for (key, value) in [
+        ("server.max_message_bytes", file.server.max_message_bytes),
+        ("server.max_concurrent_streams", file.server.max_concurrent_streams as usize),
+        ("server.max_header_list_bytes", file.server.max_header_list_bytes as usize),
+        (
+            "server.keepalive_timeout_secs",
+            usize::try_from(file.server.keepalive_timeout_secs).unwrap_or(usize::MAX),
+        ),
+        ("server.max_in_flight", file.server.max_in_flight),
         ("limits.max_batch", file.limits.max_batch),
         ("limits.max_value_bytes", file.limits.max_value_bytes),
         ("limits.max_named_tiers", file.limits.max_named_tiers),
@@ -294,6 +319,16 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             http_addr: http_addr.expect("checked above"),
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
             tls,
+            transport: Transport {
+                max_message_bytes: file.server.max_message_bytes,
+                max_concurrent_streams: file.server.max_concurrent_streams,
+                max_header_list_bytes: file.server.max_header_list_bytes,
+                keepalive_interval: secs(file.server.keepalive_interval_secs),
+                keepalive_timeout: Duration::from_secs(file.server.keepalive_timeout_secs),
+                idle_timeout: secs(file.server.idle_timeout_secs),
+                max_connection_age: secs(file.server.max_connection_age_secs),
+            },
+            max_in_flight: file.server.max_in_flight,
         },
         redis,
         replicas: file.fallback.replicas,
@@ -822,6 +857,11 @@ pub(crate) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -
 }
 
 /// `500ms`, `30s`, `15m`, `1h`, `1d` -> milliseconds.
+/// Whole seconds, with 0 meaning "never".
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a duration such as 500ms, 30s, 15m, 1h or 1d");
     let t = text.trim();

@@ -49,6 +49,22 @@ pub struct Server {
     pub shutdown_grace_secs: u64,
     /// TLS on the gRPC listener; absent, plaintext.
     pub tls: Option<Tls>,
+    /// Largest gRPC request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Largest block of request headers (metadata), in bytes.
+    pub max_header_list_bytes: u32,
+    /// How often an HTTP/2 ping checks a connection; 0: never.
+    pub keepalive_interval_secs: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// A connection that sends nothing for this long is closed; 0: never.
+    pub idle_timeout_secs: u64,
+    /// Connections older than this are asked to go away (GOAWAY) and reconnect; 0: never.
+    pub max_connection_age_secs: u64,
+    /// Decisions in flight at once; past it, requests are answered at once by the failure mode.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +86,14 @@ impl Default for Server {
             http_addr: "0.0.0.0:9090".into(),
             shutdown_grace_secs: 10,
             tls: None,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            max_connection_age_secs: 0,
+            max_in_flight: 1024,
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum FailureMode {
     Deny,
 }
 
+/// How long before a caller's deadline the answer must be on its way, at least.
+const ANSWER_MARGIN: Duration = Duration::from_millis(1);
+
 #[derive(Clone, Copy, Debug)]
 pub struct FallbackSettings {
     /// Deadline of one Redis call.
@@ -170,16 +173,38 @@ impl FallbackStore {
         tokio::spawn(Arc::clone(self).probe());
     }
 
-    async fn run(self: &Arc<Self>, checks: &[Check], mode: Mode) -> Result<Outcome, StoreError> {
+    /// Redis within the deadline: our own (`redis.timeout_ms`), or the caller's when that comes
+    /// first. A caller's deadline missed is no sign of a sick Redis, so it answers by the failure
+    /// mode (counted as shed) without opening the circuit; a hostile client's 1 ms deadline must not
+    /// push every other request off Redis.
+    async fn run(
+        self: &Arc<Self>,
+        checks: &[Check],
+        mode: Mode,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, StoreError> {
         let redis = match self.redis.load_full() {
             Some(redis) if !self.is_open() => redis,
             _ => return Ok(self.without_redis(checks, mode)),
         };
-        let deadline_ms = u64::try_from(self.settings.deadline.as_millis()).unwrap_or(u64::MAX);
-        let error = match tokio::time::timeout(self.settings.deadline, redis.decide(checks, mode)).await {
+        let mut budget = self.settings.deadline;
+        let mut callers = false;
+        if let Some(deadline) = deadline {
+            // Leave the answer time to travel back: a tenth of what is left, at least a millisecond.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.saturating_sub((left / 10).max(ANSWER_MARGIN));
+            if left < budget {
+                (budget, callers) = (left, true);
+            }
+        }
+        if budget.is_zero() {
+            return Ok(self.shed_for_deadline(checks, mode));
+        }
+        let error = match tokio::time::timeout(budget, redis.decide(checks, mode)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(e)) => e,
-            Err(_) => StoreError::Timeout(deadline_ms),
+            Err(_) if callers => return Ok(self.shed_for_deadline(checks, mode)),
+            Err(_) => StoreError::Timeout(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX)),
         };
         if !error.is_transient() {
             // Out of memory, a misconfigured or re-passworded Redis, a script error: still no
@@ -191,39 +216,72 @@ impl FallbackStore {
         Ok(self.without_redis(checks, mode))
     }
 
+    fn shed_for_deadline(&self, checks: &[Check], mode: Mode) -> Outcome {
+        metrics::shed("deadline");
+        Outcome { source: Source::Shed, ..self.without_redis(checks, mode) }
+    }
+
     /// The fallback's answer: each tier as its failure mode says, all or nothing as ever.
     fn without_redis(&self, checks: &[Check], mode: Mode) -> Outcome {
-        let now = self.local.now_ms();
-        if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
-            return self.local.decide_at(checks, mode, now);
-        }
-        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
-        let counted: Vec<Check> =
-            checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
-        // A tier that fails closed denies the request, so the counted tiers must not consume.
-        let local = self.local.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
-        let mut counted_verdicts = local.verdicts.into_iter();
         let probe_ms = u64::try_from(self.settings.probe_interval.as_millis()).unwrap_or(u64::MAX);
+        by_failure_mode(Some(&self.local), checks, mode, probe_ms)
+    }
+}
+
+/// Each check as its failure mode says, all or nothing as ever: `local` checks in `local` (allowed
+/// uncounted without one), `allow` allowed uncounted, `deny` denied with `deny_retry_ms`. The
+/// source is the local store's, or `Shed` without one.
+pub(crate) fn by_failure_mode(
+    local: Option<&LocalStore>,
+    checks: &[Check],
+    mode: Mode,
+    deny_retry_ms: u64,
+) -> Outcome {
+    let allow = |c: &Check| Verdict {
+        allowed: true,
+        remaining: c.quota.limit,
+        limit: c.quota.limit,
+        ..Verdict::default()
+    };
+    let Some(local) = local else {
+        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
         let verdicts = checks
             .iter()
             .map(|c| match c.on_failure {
-                FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
-                FailureMode::Allow => Verdict {
-                    allowed: true,
-                    remaining: c.quota.limit,
-                    limit: c.quota.limit,
-                    ..Verdict::default()
-                },
                 FailureMode::Deny => Verdict {
                     allowed: false,
-                    retry_after_ms: probe_ms,
+                    retry_after_ms: deny_retry_ms,
                     limit: c.quota.limit,
                     ..Verdict::default()
                 },
+                _ => allow(c),
             })
             .collect();
-        Outcome { admitted: local.admitted && !denies, verdicts, source: Source::Fallback }
+        return Outcome { admitted: !denies, verdicts, source: Source::Shed };
+    };
+    let now = local.now_ms();
+    if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
+        return local.decide_at(checks, mode, now);
     }
+    let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
+    let counted: Vec<Check> = checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
+    // A tier that fails closed denies the request, so the counted tiers must not consume.
+    let counted_outcome = local.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
+    let mut counted_verdicts = counted_outcome.verdicts.into_iter();
+    let verdicts = checks
+        .iter()
+        .map(|c| match c.on_failure {
+            FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
+            FailureMode::Allow => allow(c),
+            FailureMode::Deny => Verdict {
+                allowed: false,
+                retry_after_ms: deny_retry_ms,
+                limit: c.quota.limit,
+                ..Verdict::default()
+            },
+        })
+        .collect();
+    Outcome { admitted: counted_outcome.admitted && !denies, verdicts, source: counted_outcome.source }
 }
 
 /// The store is shared as `Arc<FallbackStore>`; the probe needs its own handle.
@@ -232,7 +290,20 @@ pub struct SharedFallback(pub Arc<FallbackStore>);
 
 impl Store for SharedFallback {
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
-        Box::pin(self.0.run(checks, mode))
+        Box::pin(self.0.run(checks, mode, None))
+    }
+
+    fn decide_by<'a>(
+        &'a self,
+        checks: &'a [Check],
+        mode: Mode,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        Box::pin(self.0.run(checks, mode, deadline))
+    }
+
+    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
+        Outcome { source: Source::Shed, ..self.0.without_redis(checks, mode) }
     }
 
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {

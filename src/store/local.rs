@@ -501,6 +501,11 @@ impl Store for LocalStore {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
+    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
+        let outcome = super::fallback::by_failure_mode(Some(self), checks, mode, super::SHED_RETRY_MS);
+        Outcome { source: super::Source::Shed, ..outcome }
+    }
+
     fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
         Box::pin(std::future::ready(Ok(self.admin_at(op, self.now_ms()))))
     }

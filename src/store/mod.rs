@@ -9,8 +9,10 @@ pub mod fallback;
 pub mod local;
 pub mod redis;
 pub mod script;
+pub mod shedding;
 
 use std::fmt;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 
@@ -22,6 +24,7 @@ use crate::threat::Adaptive;
 pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
 pub use local::{Counting, LocalStore};
 pub use redis::{RedisStore, Topology};
+pub use shedding::Shedding;
 
 /// One tier-key of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +107,11 @@ pub enum Source {
     Local,
     /// The in-process buckets answered because Redis failed or missed its deadline.
     Fallback,
+    /// Answered at once by the failure mode: Sluice was overloaded or the caller's deadline could
+    /// not be met.
+    Shed,
+    /// The over-limit cache denied it without asking the store.
+    Cache,
 }
 
 impl Source {
@@ -112,6 +120,8 @@ impl Source {
             Source::Redis => "redis",
             Source::Local => "local",
             Source::Fallback => "fallback",
+            Source::Shed => "shed",
+            Source::Cache => "cache",
         }
     }
 }
@@ -128,6 +138,24 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
     fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+
+    /// As `decide`, answering by the failure mode rather than waiting past `deadline` (the
+    /// caller's, when it sent one). Stores that never wait ignore it.
+    fn decide_by<'a>(
+        &'a self,
+        checks: &'a [Check],
+        mode: Mode,
+        _deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        self.decide(checks, mode)
+    }
+
+    /// Answers at once by each check's failure mode without waiting on anything: for load that
+    /// Sluice sheds. `local` checks count in process where the store keeps counts there, and are
+    /// allowed uncounted where it does not.
+    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
+        fallback::by_failure_mode(None, checks, mode, SHED_RETRY_MS)
+    }
 
     /// Counts one reported failure (e.g. a failed login) on each tier-key.
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>>;
@@ -174,6 +202,9 @@ impl SecurityEvent {
         ]
     }
 }
+
+/// The retry-after of a check that fails closed (`deny`) when its load is shed.
+pub const SHED_RETRY_MS: u64 = 1000;
 
 /// The Redis stream of security events.
 pub const EVENTS_STREAM: &str = "sluice:events";

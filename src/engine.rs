@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::decision::Decision;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Counts, Failure, Mode, SecurityEvent, Store, StoreError};
+use crate::over_limit::OverLimitCache;
+use crate::store::{AdaptiveCheck, Check, Counts, Failure, Mode, SecurityEvent, Source, Store, StoreError};
 use crate::tier::{Attributes, Rule, Tier, Tiers};
 
 /// One gateway request to decide.
@@ -50,13 +51,31 @@ pub struct Engine {
     domains: ArcSwap<crate::envoy::Domains>,
     store: Arc<dyn Store>,
     events_max_len: u64,
+    over_limit: OverLimitCache,
 }
 
 impl Engine {
-    /// `events_max_len` bounds the stream of security events where the store keeps one.
-    pub fn new(tiers: Tiers, store: Arc<dyn Store>, events_max_len: u64) -> Engine {
+    /// `events_max_len` bounds the stream of security events where the store keeps one;
+    /// `over_limit_max_keys` bounds the over-limit cache (0: no cache).
+    pub fn new(
+        tiers: Tiers,
+        store: Arc<dyn Store>,
+        events_max_len: u64,
+        over_limit_max_keys: usize,
+    ) -> Engine {
         metrics::tiers(tiers.len());
-        Engine { tiers: ArcSwap::from_pointee(tiers), domains: Default::default(), store, events_max_len }
+        Engine {
+            tiers: ArcSwap::from_pointee(tiers),
+            domains: Default::default(),
+            store,
+            events_max_len,
+            over_limit: OverLimitCache::new(over_limit_max_keys),
+        }
+    }
+
+    /// The over-limit cache, for the sweeper and operators' actions.
+    pub fn over_limit(&self) -> &OverLimitCache {
+        &self.over_limit
     }
 
     pub fn domains(&self) -> Arc<crate::envoy::Domains> {
@@ -127,6 +146,7 @@ impl Engine {
     pub fn replace_tiers(&self, tiers: Tiers) {
         metrics::tiers(tiers.len());
         self.tiers.store(Arc::new(tiers));
+        self.over_limit.clear();
     }
 
     pub fn tiers(&self) -> Arc<Tiers> {
@@ -199,7 +219,17 @@ impl Engine {
             return Ok(Decision::uncounted(None));
         }
 
+        if let Some((i, verdict)) = self.over_limit.denied(&checks) {
+            // Only the tier that denies was looked at, so only it is reported.
+            let outcome =
+                crate::store::Outcome { admitted: false, verdicts: vec![verdict], source: Source::Cache };
+            let decision = Decision::counted(vec![counted.swap_remove(i)], outcome);
+            counters[i].0.record(&decision.statuses[0].tier, "deny", Source::Cache.as_str());
+            metrics::decision_duration(started.elapsed());
+            return Ok(decision);
+        }
         let outcome = self.store.decide_by(&checks, mode, deadline).await?;
+        self.over_limit.remember(&checks, &outcome);
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
         for (status, (counters, threshold)) in decision.statuses.iter().zip(&counters) {

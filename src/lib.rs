@@ -26,6 +26,7 @@ pub mod engine;
 pub mod envoy;
 pub mod http;
 pub mod metrics;
+pub mod over_limit;
 pub mod server;
 pub mod store;
 pub mod threat;

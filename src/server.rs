@@ -23,6 +23,8 @@ use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, Shared
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 /// How often expired in-process keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the in-process stores are trimmed under their bound, and the over-limit cache swept.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// The two listeners, bound before `run` so that callers (and tests) know the ports.
 #[derive(Debug)]
@@ -69,7 +71,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let store: Arc<dyn Store> =
         Arc::new(Shedding::new(build_store(&settings, stop_rx.clone()).await, settings.server.max_in_flight));
-    let engine = Arc::new(Engine::new(settings.tiers, store, settings.events_max_len));
+    let engine =
+        Arc::new(Engine::new(settings.tiers, store, settings.events_max_len, settings.over_limit_max_keys));
+    spawn_cache_sweeper(Arc::clone(&engine), stop_rx.clone());
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
     engine.replace_domains(settings.domains);
     let envoy = EnvoyService::new(Arc::clone(&engine), settings.limits, settings.envoy_headers);
@@ -312,17 +316,52 @@ fn spawn_reloader(
     });
 }
 
+/// Every second: trims the store when it is past 90% of its bound, so eviction happens here and
+/// not inside a request; every `SWEEP_EVERY`, drops expired keys. Both walk the whole map, so they
+/// run on the blocking pool, off the threads that answer requests.
 fn spawn_sweeper(local: LocalStore, role: &'static str, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = every.tick() => {
-                    local.sweep(local.now_ms());
-                    metrics::local_keys(role, local.len());
-                }
+                _ = every.tick() => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
+            let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+            if sweep {
+                last_sweep = tokio::time::Instant::now();
+            }
+            let store = local.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let now = store.now_ms();
+                if sweep {
+                    store.sweep(now);
+                }
+                store.trim(now);
+            })
+            .await;
+            metrics::local_keys(role, local.len());
+        }
+    });
+}
+
+fn spawn_cache_sweeper(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            let cache = Arc::clone(&engine);
+            let len = tokio::task::spawn_blocking(move || {
+                cache.over_limit().sweep();
+                cache.over_limit().len()
+            })
+            .await
+            .unwrap_or_default();
+            metrics::over_limit_keys(len);
         }
     });
 }

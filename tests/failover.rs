@@ -20,6 +20,9 @@ fn yaml(url: &str) -> String {
   probe_interval_ms: 100
 fallback:
   replicas: 2
+local:
+  # Without the over-limit cache, so the hot key shows the fallback's own buckets.
+  over_limit_max_keys: 0
 tiers:
   - name: hot
     match: {{endpoint: /hot}}

@@ -37,7 +37,8 @@ async fn decisions_are_shared_through_a_tls_redis_that_verifies_clients() {
     for i in 0..6 {
         let client = if i % 2 == 0 { &mut ca_client } else { &mut cb_client };
         let d = common::check(client, request(&[("ip", "10.1.1.1")])).await;
-        assert_eq!(d.source, "redis", "decision {i} comes from Redis over TLS");
+        // A repeated denial may come from the over-limit cache that Redis's first one filled.
+        assert!(d.source == "redis" || (d.source == "cache" && !d.allowed), "decision {i}: {}", d.source);
         allowed += usize::from(d.allowed);
     }
     assert_eq!(allowed, 3, "exactly the limit passes across both replicas");

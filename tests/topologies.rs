@@ -176,7 +176,8 @@ async fn a_replica_cut_off_from_redis_falls_back_while_the_other_keeps_exact_cou
         let mut exact = 0;
         for _ in 0..6 {
             let d = check(&mut whole_client, request(&[("user", user)])).await;
-            assert_eq!(d.source, "redis", "{fault}");
+            // Repeated denials come from the over-limit cache Redis's first denial filled.
+            assert!(d.source == "redis" || (d.source == "cache" && !d.allowed), "{fault}: {}", d.source);
             exact += usize::from(d.allowed);
         }
         assert_eq!(exact, 4, "{fault}: 10 - 6 already counted in redis");

@@ -61,6 +61,8 @@ impl AdminService {
     }
 
     async fn run(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, Status> {
+        // A reset or unblock must not be undone by a denial remembered from before it.
+        self.engine.over_limit().clear();
         self.engine.store().admin(op).await.map_err(|e| {
             tracing::warn!(error = %e, "admin action failed");
             Status::unavailable("the store is unavailable")

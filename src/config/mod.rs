@@ -35,6 +35,8 @@ pub struct Settings {
     pub replicas: u64,
     /// Bound on keys held in process.
     pub local_max_keys: usize,
+    /// Bound on the over-limit cache; 0: no cache.
+    pub over_limit_max_keys: usize,
     pub limits: InputLimits,
     pub log: LogSettings,
     pub tiers: Tiers,
@@ -136,7 +138,7 @@ impl Default for InputLimits {
             max_value_bytes: 4096,
             max_extra: 32,
             max_named_tiers: 64,
-            max_descriptors: 64,
+            max_descriptors: 1000,
             max_entries: 64,
         }
     }
@@ -333,6 +335,7 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         redis,
         replicas: file.fallback.replicas,
         local_max_keys: file.local.max_keys,
+        over_limit_max_keys: file.local.over_limit_max_keys,
         limits: InputLimits {
             max_batch: file.limits.max_batch,
             max_value_bytes: file.limits.max_value_bytes,

@@ -255,11 +255,13 @@ impl Default for Fallback {
 pub struct Local {
     /// Most keys held in process; past it the idlest are evicted.
     pub max_keys: usize,
+    /// Most keys in the over-limit cache (denied keys answered without the store); 0: no cache.
+    pub over_limit_max_keys: usize,
 }
 
 impl Default for Local {
     fn default() -> Self {
-        Local { max_keys: 1_000_000 }
+        Local { max_keys: 1_000_000, over_limit_max_keys: 100_000 }
     }
 }
 

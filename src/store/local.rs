@@ -5,8 +5,9 @@
 //! other in a cycle, decides, commits or not, and lets go. Nothing is held across an `.await`.
 //! Every cell carries an expiry like a Redis TTL; `sweep` drops the expired ones.
 //!
-//! Memory is bounded: past `max_keys`, expired keys go first, then the keys closest to expiring
-//! (those idle the longest for a given window), down to 90% of the bound. An evicted key starts
+//! Memory is bounded: past 90% of `max_keys` (checked every second by the server's sweeper, and
+//! inside a request only if the store is full), expired keys go first, then the keys closest to
+//! expiring (those idle the longest for a given window), down to 90% of the bound. An evicted key starts
 //! over from zero, so a flood of distinct keys can make another key's count restart, never make
 //! the process grow.
 //!
@@ -239,8 +240,10 @@ impl LocalStore {
         self.cells.is_empty()
     }
 
-    /// Drops every key whose state expired before `now`; returns how many went.
+    /// Drops every key whose state expired before `now`, and expired reputation marks; returns how
+    /// many keys went.
     pub fn sweep(&self, now: u64) -> usize {
+        self.reputation.retain(|_, until| *until > now);
         let before = self.cells.len();
         // A cell some request still holds (strong count above one) is kept even if expired, or that
         // request could commit into a cell no longer in the map. Clones are only taken under the
@@ -249,6 +252,14 @@ impl LocalStore {
             Arc::strong_count(cell) > 1 || cell.try_lock().map_or(true, |cell| cell.expires_at > now)
         });
         before.saturating_sub(self.cells.len())
+    }
+
+    /// Brings the store under 90% of `max_keys` when it is past that: what the sweeper calls
+    /// every second, so requests rarely find the store full.
+    pub fn trim(&self, now: u64) {
+        if self.cells.len() > self.max_keys / 10 * 9 {
+            self.make_room(now);
+        }
     }
 
     /// Brings the store under 90% of `max_keys`: expired keys first, then those closest to

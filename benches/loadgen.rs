@@ -77,6 +77,14 @@ struct LoadArgs {
     /// Distinct keys: the values of the ip attribute.
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..=1_000_000))]
     keys: u32,
+    /// Every call asks about a key never used before (ip = 10.x.y.z, then 11.x.y.z, ...), instead
+    /// of cycling through `--keys`: a flood of distinct keys.
+    #[arg(long)]
+    distinct: bool,
+    /// Open loop: start this many calls per second whatever the answers, with at most C in flight
+    /// (a call that would exceed C is counted as `unsent`), instead of C closed-loop tasks.
+    #[arg(long, value_parser = value_parser!(u64).range(1..=1_000_000))]
+    rate: Option<u64>,
     /// HTTP/2 connections [default: min(C, 4)].
     #[arg(long, value_parser = value_parser!(u32).range(1..=64))]
     connections: Option<u32>,
@@ -264,8 +272,13 @@ async fn connect(addr: SocketAddr) -> Result<Channel, String> {
     }
 }
 
-fn request_for(key: u32) -> pb::CheckRequest {
-    let ip = format!("10.{}.{}.{}", (key >> 16) & 0xff, (key >> 8) & 0xff, key & 0xff);
+/// The ip of key number `key`: 10.0.0.0 upwards, 16.7 million to a first octet.
+fn ip_of(key: u64) -> String {
+    format!("{}.{}.{}.{}", 10 + (key >> 24), (key >> 16) & 0xff, (key >> 8) & 0xff, key & 0xff)
+}
+
+fn request_for(key: u64) -> pb::CheckRequest {
+    let ip = ip_of(key);
     pb::CheckRequest {
         requests: vec![pb::RateRequest {
             attributes: Some(pb::Attributes { ip, ..Default::default() }),
@@ -276,41 +289,58 @@ fn request_for(key: u32) -> pb::CheckRequest {
     }
 }
 
-/// One of the two APIs, with the requests to cycle through.
+/// One of the two APIs; requests are built per call from a key number.
 #[derive(Clone)]
 enum Caller {
-    Native(RateLimiterClient<Channel>, Arc<[pb::CheckRequest]>),
-    Envoy(RateLimitServiceClient<Channel>, Arc<[RateLimitRequest]>),
+    Native(RateLimiterClient<Channel>),
+    Envoy(RateLimitServiceClient<Channel>, Arc<str>),
 }
 
 impl Caller {
-    fn len(&self) -> usize {
-        match self {
-            Caller::Native(_, r) => r.len(),
-            Caller::Envoy(_, r) => r.len(),
-        }
-    }
-
     /// Whether the call was allowed; `Err` with a message when it failed.
-    async fn call(&mut self, i: usize) -> Result<bool, String> {
+    async fn call(&mut self, key: u64) -> Result<bool, String> {
         match self {
-            Caller::Native(client, requests) => match client.check(requests[i].clone()).await {
+            Caller::Native(client) => match client.check(request_for(key)).await {
                 Ok(r) => {
                     let d = r.into_inner().decisions;
                     Ok(!d.is_empty() && d.iter().all(|d| d.allowed))
                 }
                 Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
             },
-            Caller::Envoy(client, requests) => match client.should_rate_limit(requests[i].clone()).await {
-                Ok(r) => Ok(r.into_inner().overall_code == 1),
-                Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
-            },
+            Caller::Envoy(client, domain) => {
+                match client.should_rate_limit(envoy_request_for(domain, key)).await {
+                    Ok(r) => Ok(r.into_inner().overall_code == 1),
+                    Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+                }
+            }
         }
     }
 }
 
-fn envoy_request_for(domain: &str, key: u32) -> RateLimitRequest {
-    let ip = format!("10.{}.{}.{}", (key >> 16) & 0xff, (key >> 8) & 0xff, key & 0xff);
+/// Which key each call asks about.
+#[derive(Clone)]
+enum Keys {
+    /// Cycle through this many, task w starting at w and striding by the concurrency.
+    Cycle(u64),
+    /// A new key every call.
+    Fresh(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Keys {
+    fn next(&self, cursor: &mut u64, stride: u64) -> u64 {
+        match self {
+            Keys::Cycle(n) => {
+                let key = *cursor % n;
+                *cursor = (*cursor + stride) % n;
+                key
+            }
+            Keys::Fresh(counter) => counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+fn envoy_request_for(domain: &str, key: u64) -> RateLimitRequest {
+    let ip = ip_of(key);
     RateLimitRequest {
         domain: domain.to_owned(),
         descriptors: vec![RateLimitDescriptor {
@@ -321,39 +351,98 @@ fn envoy_request_for(domain: &str, key: u32) -> RateLimitRequest {
     }
 }
 
-async fn task(mut caller: Caller, first: usize, stride: usize, max_calls: u64, schedule: Schedule) -> Tally {
+async fn task(
+    mut caller: Caller,
+    keys: Keys,
+    first: u64,
+    stride: u64,
+    max_calls: u64,
+    schedule: Schedule,
+) -> Tally {
     let mut tally = Tally::new();
-    let mut next = first;
-    let len = caller.len();
+    let mut cursor = first;
     for _ in 0..max_calls {
         let sent = Instant::now();
         if sent >= schedule.measure_until || tally.errors >= MAX_ERRORS_PER_TASK {
             break;
         }
-        let i = next % len;
-        next = (next + stride) % len;
-        let answer = tokio::time::timeout(schedule.call_timeout, caller.call(i)).await;
-        let took = sent.elapsed();
-        let allowed = match answer {
-            Ok(Ok(allowed)) => allowed,
-            Ok(Err(message)) => {
-                tally.error(|| message);
-                continue;
-            }
-            Err(_) => {
-                tally.error(|| format!("no answer within {} ms", schedule.call_timeout.as_millis()));
-                continue;
-            }
-        };
-        if sent < schedule.measure_from {
-            continue;
-        }
-        tally.latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
-        if !allowed {
-            tally.denied += 1;
-        }
+        let key = keys.next(&mut cursor, stride);
+        let answer = tokio::time::timeout(schedule.call_timeout, caller.call(key)).await;
+        record(&mut tally, sent, answer, schedule);
     }
     tally
+}
+
+/// Counts one answer, if its call started in the measured window.
+fn record(
+    tally: &mut Tally,
+    sent: Instant,
+    answer: Result<Result<bool, String>, tokio::time::error::Elapsed>,
+    schedule: Schedule,
+) {
+    let took = sent.elapsed();
+    let allowed = match answer {
+        Ok(Ok(allowed)) => allowed,
+        Ok(Err(message)) => return tally.error(|| message),
+        Err(_) => {
+            return tally.error(|| format!("no answer within {} ms", schedule.call_timeout.as_millis()));
+        }
+    };
+    if sent < schedule.measure_from {
+        return;
+    }
+    tally.latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+    if !allowed {
+        tally.denied += 1;
+    }
+}
+
+/// Starts `rate` calls per second (in 1 ms batches) until the window ends, each in its own task,
+/// with at most `max_in_flight` at once; returns the merged tally and how many calls were not sent
+/// because that many were in flight.
+async fn open_loop(
+    callers: Vec<Caller>,
+    keys: Keys,
+    rate: u64,
+    max_in_flight: usize,
+    schedule: Schedule,
+) -> (Tally, u64) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Tally>();
+    let mut unsent = 0u64;
+    let mut cursor = 0u64;
+    let started = Instant::now();
+    let mut issued = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while Instant::now() < schedule.measure_until {
+        tick.tick().await;
+        let due = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) * rate / 1_000_000;
+        while issued < due {
+            issued += 1;
+            let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                unsent += 1;
+                continue;
+            };
+            let mut caller = callers[(issued % callers.len() as u64) as usize].clone();
+            let key = keys.next(&mut cursor, 1);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(schedule.call_timeout, caller.call(key)).await;
+                let mut tally = Tally::new();
+                record(&mut tally, sent, answer, schedule);
+                drop(permit);
+                let _ = tx.send(tally);
+            });
+        }
+    }
+    drop(tx);
+    let mut total = Tally::new();
+    while let Some(tally) = rx.recv().await {
+        total.merge(tally);
+    }
+    (total, unsent)
 }
 
 async fn load(args: LoadArgs) -> Result<(), String> {
@@ -363,18 +452,14 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let ticks_per_sec = clock_ticks_per_sec();
 
     let mut callers = Vec::with_capacity(connections);
-    let native: Arc<[pb::CheckRequest]> = (0..args.keys).map(request_for).collect();
-    let envoy: Arc<[RateLimitRequest]> = match &args.envoy_domain {
-        Some(domain) => (0..args.keys).map(|k| envoy_request_for(domain, k)).collect(),
-        None => Arc::from(Vec::new()),
-    };
     for _ in 0..connections {
         let channel = connect(args.addr).await?;
-        callers.push(match args.envoy_domain {
-            Some(_) => Caller::Envoy(RateLimitServiceClient::new(channel), Arc::clone(&envoy)),
-            None => Caller::Native(RateLimiterClient::new(channel), Arc::clone(&native)),
+        callers.push(match &args.envoy_domain {
+            Some(domain) => Caller::Envoy(RateLimitServiceClient::new(channel), Arc::from(domain.as_str())),
+            None => Caller::Native(RateLimiterClient::new(channel)),
         });
     }
+    let keys = if args.distinct { Keys::Fresh(Arc::default()) } else { Keys::Cycle(u64::from(args.keys)) };
 
     let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
     let schedule = Schedule {
@@ -383,24 +468,56 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
     };
     let calls_per_task = (args.max_calls / args.concurrency as u64).max(1);
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let caller = callers[w % connections].clone();
-            tokio::spawn(task(caller, w, concurrency, calls_per_task, schedule))
-        })
-        .collect();
+    let running = match args.rate {
+        Some(rate) => tokio::spawn(open_loop(callers, keys, rate, concurrency, schedule)),
+        None => {
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|w| {
+                    let caller = callers[w % connections].clone();
+                    tokio::spawn(task(
+                        caller,
+                        keys.clone(),
+                        w as u64,
+                        concurrency as u64,
+                        calls_per_task,
+                        schedule,
+                    ))
+                })
+                .collect();
+            tokio::spawn(async move {
+                let mut total = Tally::new();
+                for handle in tasks {
+                    if let Ok(tally) = handle.await {
+                        total.merge(tally);
+                    }
+                }
+                (total, 0)
+            })
+        }
+    };
 
-    tokio::time::sleep_until(schedule.measure_from).await;
+    let mut running = running;
+    let mut finished = None;
+    tokio::select! {
+        _ = tokio::time::sleep_until(schedule.measure_from) => {}
+        done = &mut running => finished = Some(done),
+    }
     let cpu_before = Cpu::read(args.pid, args.redis_pid)?;
     let window_started = Instant::now();
-    tokio::time::sleep_until(schedule.measure_until).await;
+    // The window ends at `--secs`, or earlier when `--max-calls` have all been made.
+    if finished.is_none() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(schedule.measure_until) => {}
+            done = &mut running => finished = Some(done),
+        }
+    }
     let cpu_after = Cpu::read(args.pid, args.redis_pid)?;
     let window = window_started.elapsed();
-
-    let mut total = Tally::new();
-    for handle in tasks {
-        total.merge(handle.await.map_err(|e| format!("a load task failed: {e}"))?);
-    }
+    let done = match finished {
+        Some(done) => done,
+        None => running.await,
+    };
+    let (total, unsent) = done.map_err(|e| format!("the load failed: {e}"))?;
 
     let decisions = total.latency.len();
     let per_decision = |before: Option<u64>, after: Option<u64>| match (before, after) {
@@ -414,11 +531,12 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         if decisions > 0 { total.latency.value_at_quantile(q).to_string() } else { "-".to_owned() }
     };
     println!(
-        "target={} c={} keys={} conns={} secs={:.2} decisions={} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} \
-         denied={} errors={} cpu_us_per_decision={} redis_cpu_us_per_decision={} client_cpu_us_per_decision={}",
+        "target={} c={} keys={} rate={} conns={} secs={:.2} decisions={} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} \
+         denied={} errors={} unsent={unsent} cpu_us_per_decision={} redis_cpu_us_per_decision={} client_cpu_us_per_decision={}",
         args.target,
         args.concurrency,
-        args.keys,
+        if args.distinct { "distinct".to_owned() } else { args.keys.to_string() },
+        args.rate.map_or("closed".to_owned(), |r| r.to_string()),
         connections,
         window.as_secs_f64(),
         decisions,

@@ -73,6 +73,9 @@ pub struct Match<'d> {
     pub identity: Vec<(&'d str, String)>,
     /// The config path, for metrics: keys, wildcard patterns, and values only where detailed.
     pub path: String,
+    /// Whether `path` holds values from the request (`detailed_metric`, or `value_to_metric` on a
+    /// node that matched more than one value), so that its label values must be bounded.
+    pub client_values: bool,
 }
 
 impl Domain {
@@ -82,6 +85,7 @@ impl Domain {
         let mut node = None;
         let mut identity = Vec::with_capacity(entries.len());
         let mut path = Vec::with_capacity(entries.len());
+        let mut client_values = false;
         for (key, value) in entries {
             let (n, part, shared) = if let Some((k, n)) =
                 level.exact.get_key_value(&(key.clone(), value.clone())).map(|((k, _), n)| (k, n))
@@ -91,12 +95,14 @@ impl Domain {
                 level.wildcards.iter().find(|(k, p, _)| k == key && wildcard_match(p, value))
             {
                 let part = if n.value_to_metric && !n.share_threshold {
+                    client_values = true;
                     format!("{k}_{value}")
                 } else {
                     format!("{k}_{pattern}")
                 };
                 (n, part, n.share_threshold.then(|| pattern.clone()))
             } else if let Some((k, n)) = level.any_value.get_key_value(key) {
+                client_values |= n.value_to_metric;
                 (n, if n.value_to_metric { format!("{k}_{value}") } else { k.clone() }, None)
             } else {
                 return None;
@@ -109,11 +115,12 @@ impl Domain {
         let node = node?;
         node.rule.as_ref()?;
         let path = if node.detailed_metric {
+            client_values = true;
             entries.iter().map(|(k, v)| format!("{k}_{v}")).collect::<Vec<_>>().join(".")
         } else {
             path.join(".")
         };
-        Some(Match { node, identity, path })
+        Some(Match { node, identity, path, client_values })
     }
 }
 

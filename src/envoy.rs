@@ -125,7 +125,13 @@ pub async fn decide(
                 let rule = m.node.rule.clone().expect("a match has a rule");
                 let options = m.node.options.clone();
                 let key = identity(domain, "", m.identity.into_iter());
-                Matched { rule, shadow: m.node.shadow_mode, key, path: m.path, options }
+                Matched {
+                    rule,
+                    shadow: m.node.shadow_mode,
+                    key,
+                    path: if m.client_values { metrics::client_label(m.path) } else { m.path },
+                    options,
+                }
             }),
         })
         .collect();

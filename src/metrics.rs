@@ -135,6 +135,24 @@ pub fn envoy_decision(domain: &str, descriptor: &str, decision: &'static str, so
         .increment(1);
 }
 
+/// Most distinct descriptor labels built from request values (`detailed_metric`, `value_to_metric`)
+/// over the whole process; past it, new ones show as `(other)`, so even a configuration that asks
+/// for request values keeps the series bounded.
+pub const MAX_CLIENT_LABELS: usize = 1000;
+
+/// `path` if it is already a label or there is room for one more, else `(other)`.
+pub fn client_label(path: String) -> String {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.contains(&path) || seen.len() < MAX_CLIENT_LABELS {
+        seen.insert(path.clone());
+        path
+    } else {
+        "(other)".to_owned()
+    }
+}
+
 pub fn envoy_unknown_domain() {
     counter!(ENVOY_UNKNOWN_DOMAIN).increment(1);
 }
@@ -167,4 +185,18 @@ pub fn over_limit_keys(count: usize) {
 
 pub fn local_keys(role: &'static str, count: usize) {
     gauge!(LOCAL_KEYS, "role" => role).set(count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_from_request_values_stay_bounded() {
+        let labels: std::collections::HashSet<String> =
+            (0..MAX_CLIENT_LABELS + 500).map(|i| client_label(format!("user_{i}"))).collect();
+        assert_eq!(labels.len(), MAX_CLIENT_LABELS + 1, "the bound, plus (other)");
+        assert!(labels.contains("(other)"));
+        assert_eq!(client_label("user_0".into()), "user_0", "a label already shown keeps its name");
+    }
 }

@@ -71,8 +71,8 @@ struct LoadArgs {
     /// `sluice.v1.RateLimiter/Check`.
     #[arg(long)]
     envoy_domain: Option<String>,
-    /// Calls in flight.
-    #[arg(short = 'c', long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=4096))]
+    /// Calls in flight (with `--rate`: workers, so at most this many).
+    #[arg(short = 'c', long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
     /// Distinct keys: the values of the ip attribute.
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..=1_000_000))]
@@ -81,8 +81,13 @@ struct LoadArgs {
     /// of cycling through `--keys`: a flood of distinct keys.
     #[arg(long)]
     distinct: bool,
-    /// Open loop: start this many calls per second whatever the answers, with at most C in flight
-    /// (a call that would exceed C is counted as `unsent`), instead of C closed-loop tasks.
+    /// With `--distinct`, ask about each new key this many times in a row (with a limit of 1, the
+    /// second call is denied: what fills the over-limit cache).
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..=100))]
+    repeat: u64,
+    /// Open loop: start this many calls per second whatever the answers, from C workers (a call
+    /// no worker could start within 100 ms of its instant is counted as `unsent`), instead of C
+    /// closed-loop tasks.
     #[arg(long, value_parser = value_parser!(u64).range(1..=1_000_000))]
     rate: Option<u64>,
     /// HTTP/2 connections [default: min(C, 4)].
@@ -92,7 +97,7 @@ struct LoadArgs {
     #[arg(long, default_value_t = 2, value_parser = value_parser!(u64).range(0..=120))]
     warmup_secs: u64,
     /// Length of the measured window in seconds.
-    #[arg(long, default_value_t = 8, value_parser = value_parser!(u64).range(1..=600))]
+    #[arg(long, default_value_t = 8, value_parser = value_parser!(u64).range(1..=7_200))]
     secs: u64,
     /// Most calls in all, warm-up included; the run ends at whichever limit comes first.
     #[arg(long, default_value_t = 100_000_000, value_parser = value_parser!(u64).range(1..))]
@@ -100,6 +105,9 @@ struct LoadArgs {
     /// Deadline of one call, in ms.
     #[arg(long, default_value_t = 2_000, value_parser = value_parser!(u64).range(1..=60_000))]
     call_timeout_ms: u64,
+    /// Send this deadline to the server (`grpc-timeout`), as a gateway does, in ms.
+    #[arg(long, value_parser = value_parser!(u64).range(1..=60_000))]
+    deadline_ms: Option<u64>,
     /// The server process, whose CPU time per decision is reported as `cpu_us_per_decision`.
     #[arg(long)]
     pid: Option<u32>,
@@ -289,26 +297,37 @@ fn request_for(key: u64) -> pb::CheckRequest {
     }
 }
 
-/// One of the two APIs; requests are built per call from a key number.
+/// One of the two APIs, and the deadline to send; requests are built per call from a key number.
 #[derive(Clone)]
 enum Caller {
-    Native(RateLimiterClient<Channel>),
-    Envoy(RateLimitServiceClient<Channel>, Arc<str>),
+    Native(RateLimiterClient<Channel>, Option<Duration>),
+    Envoy(RateLimitServiceClient<Channel>, Arc<str>, Option<Duration>),
+}
+
+fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    request
 }
 
 impl Caller {
     /// Whether the call was allowed; `Err` with a message when it failed.
     async fn call(&mut self, key: u64) -> Result<bool, String> {
         match self {
-            Caller::Native(client) => match client.check(request_for(key)).await {
-                Ok(r) => {
-                    let d = r.into_inner().decisions;
-                    Ok(!d.is_empty() && d.iter().all(|d| d.allowed))
+            Caller::Native(client, deadline) => {
+                match client.check(with_deadline(request_for(key), *deadline)).await {
+                    Ok(r) => {
+                        let d = r.into_inner().decisions;
+                        Ok(!d.is_empty() && d.iter().all(|d| d.allowed))
+                    }
+                    Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
                 }
-                Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
-            },
-            Caller::Envoy(client, domain) => {
-                match client.should_rate_limit(envoy_request_for(domain, key)).await {
+            }
+            Caller::Envoy(client, domain, deadline) => {
+                match client.should_rate_limit(with_deadline(envoy_request_for(domain, key), *deadline)).await
+                {
                     Ok(r) => Ok(r.into_inner().overall_code == 1),
                     Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
                 }
@@ -322,8 +341,8 @@ impl Caller {
 enum Keys {
     /// Cycle through this many, task w starting at w and striding by the concurrency.
     Cycle(u64),
-    /// A new key every call.
-    Fresh(Arc<std::sync::atomic::AtomicU64>),
+    /// A new key every `.1` calls.
+    Fresh(Arc<std::sync::atomic::AtomicU64>, u64),
 }
 
 impl Keys {
@@ -334,7 +353,9 @@ impl Keys {
                 *cursor = (*cursor + stride) % n;
                 key
             }
-            Keys::Fresh(counter) => counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Keys::Fresh(counter, repeat) => {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / repeat
+            }
         }
     }
 }
@@ -397,52 +418,55 @@ fn record(
     }
 }
 
-/// Starts `rate` calls per second (in 1 ms batches) until the window ends, each in its own task,
-/// with at most `max_in_flight` at once; returns the merged tally and how many calls were not sent
-/// because that many were in flight.
+/// Open loop: call n is due at n / rate seconds from the start. `workers` tasks take the next due
+/// call, wait for its instant, and make it; a call that is already `late` (every worker was busy)
+/// is skipped and counted as unsent rather than sent late, so the offered rate is what the server
+/// sees, not a client's backlog. Returns the merged tally and the unsent count.
 async fn open_loop(
     callers: Vec<Caller>,
     keys: Keys,
     rate: u64,
-    max_in_flight: usize,
+    workers: usize,
     schedule: Schedule,
 ) -> (Tally, u64) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Tally>();
-    let mut unsent = 0u64;
-    let mut cursor = 0u64;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let next = Arc::new(AtomicU64::new(0));
+    let unsent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut issued = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    while Instant::now() < schedule.measure_until {
-        tick.tick().await;
-        let due = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) * rate / 1_000_000;
-        while issued < due {
-            issued += 1;
-            let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-                unsent += 1;
-                continue;
-            };
-            let mut caller = callers[(issued % callers.len() as u64) as usize].clone();
-            let key = keys.next(&mut cursor, 1);
-            let tx = tx.clone();
+    let late = schedule.call_timeout.min(Duration::from_millis(100));
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (next, unsent, keys) = (Arc::clone(&next), Arc::clone(&unsent), keys.clone());
+            let mut caller = callers[w % callers.len()].clone();
             tokio::spawn(async move {
-                let sent = Instant::now();
-                let answer = tokio::time::timeout(schedule.call_timeout, caller.call(key)).await;
                 let mut tally = Tally::new();
-                record(&mut tally, sent, answer, schedule);
-                drop(permit);
-                let _ = tx.send(tally);
-            });
+                let mut cursor = w as u64;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let due = started + Duration::from_nanos(n.saturating_mul(1_000_000_000) / rate);
+                    if due >= schedule.measure_until {
+                        return tally;
+                    }
+                    if Instant::now() > due + late {
+                        unsent.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    tokio::time::sleep_until(due).await;
+                    let key = keys.next(&mut cursor, workers as u64);
+                    let sent = Instant::now();
+                    let answer = tokio::time::timeout(schedule.call_timeout, caller.call(key)).await;
+                    record(&mut tally, sent, answer, schedule);
+                }
+            })
+        })
+        .collect();
+    let mut total = Tally::new();
+    for task in tasks {
+        if let Ok(tally) = task.await {
+            total.merge(tally);
         }
     }
-    drop(tx);
-    let mut total = Tally::new();
-    while let Some(tally) = rx.recv().await {
-        total.merge(tally);
-    }
-    (total, unsent)
+    (total, unsent.load(Ordering::Relaxed))
 }
 
 async fn load(args: LoadArgs) -> Result<(), String> {
@@ -454,12 +478,19 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let mut callers = Vec::with_capacity(connections);
     for _ in 0..connections {
         let channel = connect(args.addr).await?;
+        let deadline = args.deadline_ms.map(Duration::from_millis);
         callers.push(match &args.envoy_domain {
-            Some(domain) => Caller::Envoy(RateLimitServiceClient::new(channel), Arc::from(domain.as_str())),
-            None => Caller::Native(RateLimiterClient::new(channel)),
+            Some(domain) => {
+                Caller::Envoy(RateLimitServiceClient::new(channel), Arc::from(domain.as_str()), deadline)
+            }
+            None => Caller::Native(RateLimiterClient::new(channel), deadline),
         });
     }
-    let keys = if args.distinct { Keys::Fresh(Arc::default()) } else { Keys::Cycle(u64::from(args.keys)) };
+    let keys = if args.distinct {
+        Keys::Fresh(Arc::default(), args.repeat)
+    } else {
+        Keys::Cycle(u64::from(args.keys))
+    };
 
     let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
     let schedule = Schedule {

@@ -93,7 +93,7 @@ impl Default for Server {
             keepalive_timeout_secs: 10,
             idle_timeout_secs: 300,
             max_connection_age_secs: 0,
-            max_in_flight: 1024,
+            max_in_flight: 256,
         }
     }
 }

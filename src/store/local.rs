@@ -559,6 +559,24 @@ mod tests {
     }
 
     #[test]
+    fn trim_brings_the_store_under_ninety_percent_only_when_past_it() {
+        let store = LocalStore::new(Counting::AsConfigured, 1_000);
+        let fill = |from: u64, to: u64| {
+            for i in from..to {
+                store.decide_at(&[check(format!("sluice:{{t:{i}}}"), 10)], Mode::Consume, 1_000 + i);
+            }
+        };
+        fill(0, 900);
+        store.trim(2_000);
+        assert_eq!(store.len(), 900, "at 90% nothing goes");
+        fill(900, 990);
+        store.trim(2_000);
+        assert_eq!(store.len(), 900, "past 90%, down to 90%");
+        let o = store.decide_at(&[check("sluice:{t:989}".into(), 10)], Mode::DryRun, 2_000);
+        assert_eq!(o.verdicts[0].remaining, 8, "the newest keys stay (one counted, one looked at)");
+    }
+
+    #[test]
     fn the_idlest_keys_go_first() {
         let store = LocalStore::new(Counting::AsConfigured, 100);
         let busy = check("sluice:{t:busy}".into(), 1_000);

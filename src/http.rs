@@ -36,3 +36,31 @@ async fn readyz(State(http): State<Http>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
+
+/// The HTTP listener with the gRPC port's idle rule: a connection that sends nothing for `idle`
+/// is closed, so idle sockets cannot pile up here either.
+#[derive(Debug)]
+pub struct IdleListener {
+    inner: tokio::net::TcpListener,
+    idle: Option<std::time::Duration>,
+}
+
+impl IdleListener {
+    pub fn new(inner: tokio::net::TcpListener, idle: Option<std::time::Duration>) -> Self {
+        IdleListener { inner, idle }
+    }
+}
+
+impl axum::serve::Listener for IdleListener {
+    type Io = crate::api::transport::IdleTimeout<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (crate::api::transport::IdleTimeout::new(io, self.idle), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}

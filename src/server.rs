@@ -131,8 +131,11 @@ pub async fn run(
         .add_service(native.into_server().max_decoding_message_size(transport.max_message_bytes))
         .add_service(envoy.into_server().max_decoding_message_size(transport.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    let http = axum::serve(listeners.http, crate::http::router(handle, ready))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(
+        crate::http::IdleListener::new(listeners.http, transport.idle_timeout),
+        crate::http::router(handle, ready),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let admin_stop = stop_rx.clone();
     let admin_engine = Arc::clone(&engine);

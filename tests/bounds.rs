@@ -246,9 +246,14 @@ async fn closed_within(tcp: &mut tokio::net::TcpStream, patience: Duration) -> b
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let yaml = format!("server:\n  idle_timeout_secs: 1\n  keepalive_interval_secs: 0\n{TIERS}");
     let server = SluiceServer::start(&yaml, None).await;
-    let mut silent = tokio::net::TcpStream::connect(server.grpc_addr).await.expect("connect");
-    assert!(!closed_within(&mut silent, Duration::from_millis(500)).await, "closed before the idle timeout");
-    assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "never closed");
+    for (port, addr) in [("gRPC", server.grpc_addr), ("HTTP", server.http_addr)] {
+        let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            !closed_within(&mut silent, Duration::from_millis(500)).await,
+            "{port}: closed before the idle timeout"
+        );
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "{port}: never closed");
+    }
 
     // A connection in use is not idle: calls every 300 ms for 2.5 s on one HTTP/2 connection.
     let mut send = h2_connection(server.grpc_addr).await;

@@ -248,16 +248,8 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 fn snapshot(path: &Path, envoy_paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
     let mut files = vec![path.to_path_buf()];
     for p in envoy_paths {
-        match std::fs::read_dir(p) {
-            Ok(entries) => {
-                let mut found: Vec<PathBuf> = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                    .collect();
-                found.sort();
-                files.extend(found);
-            }
+        match crate::config::yaml_files_in(p) {
+            Ok(found) => files.extend(found),
             Err(_) => files.push(p.clone()),
         }
     }

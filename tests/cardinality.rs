@@ -136,21 +136,8 @@ impl Random {
 }
 
 fn attributes(pairs: Vec<(&str, String)>) -> pb::Attributes {
-    let mut a = pb::Attributes::default();
-    for (name, value) in pairs {
-        match name {
-            "ip" => a.ip = value,
-            "user" => a.user = value,
-            "endpoint" => a.endpoint = value,
-            "method" => a.method = value,
-            "user_agent" => a.user_agent = value,
-            "client_tier" => a.client_tier = value,
-            other => {
-                a.extra.insert(other.to_owned(), value);
-            }
-        }
-    }
-    a
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::request(&pairs).attributes.unwrap_or_default()
 }
 
 fn one(attributes: pb::Attributes) -> pb::RateRequest {

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tonic::{Request, Response, Status};
 
+use super::check_len;
 use super::status::invalid;
 use crate::config::InputLimits;
 use crate::engine::Engine;
@@ -87,7 +88,7 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
     if r.domain.is_empty() {
         return Err(invalid("domain", "must not be empty"));
     }
-    too_long("domain", &r.domain, limits)?;
+    check_len("domain", &r.domain, limits)?;
     if r.descriptors.is_empty() {
         return Err(invalid("descriptors", "must hold at least one descriptor"));
     }
@@ -114,8 +115,8 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
             if e.key.is_empty() {
                 return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
             }
-            too_long(&format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
-            too_long(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
+            check_len(&format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
+            check_len(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
             entries.push((e.key, e.value));
         }
         descriptors.push(Descriptor {
@@ -125,16 +126,6 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
         });
     }
     Ok(Converted { domain: r.domain, descriptors, hits: u64::from(r.hits_addend.max(1)) })
-}
-
-fn too_long(field: &str, text: &str, limits: InputLimits) -> Result<(), Status> {
-    if text.len() > limits.max_value_bytes {
-        return Err(invalid(
-            field,
-            &format!("{} bytes exceed limits.max_value_bytes ({})", text.len(), limits.max_value_bytes),
-        ));
-    }
-    Ok(())
 }
 
 fn respond(statuses: &[Decided], headers: Headers) -> RateLimitResponse {

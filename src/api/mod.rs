@@ -9,6 +9,19 @@ pub mod transport;
 
 use std::time::{Duration, Instant};
 
+use crate::config::InputLimits;
+
+/// INVALID_ARGUMENT naming `field` when `text` is longer than `limits.max_value_bytes`.
+pub(crate) fn check_len(field: &str, text: &str, limits: InputLimits) -> Result<(), tonic::Status> {
+    if text.len() > limits.max_value_bytes {
+        return Err(status::invalid(
+            field,
+            &format!("{} bytes exceed limits.max_value_bytes ({})", text.len(), limits.max_value_bytes),
+        ));
+    }
+    Ok(())
+}
+
 /// The caller's deadline from its `grpc-timeout` header (1 to 8 digits and a unit: H, M, S, m, u,
 /// n), counted from now, when it arrived. A header that does not parse is ignored.
 pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::pb;
 use super::status::{from_request_error, invalid};
+use super::{check_len, pb};
 use crate::config::InputLimits;
 use crate::decision::Decision;
 use crate::engine::{self, Engine};
@@ -162,16 +162,6 @@ fn to_parts(
         check_len(&at(&format!("attributes.extra[{name:?}]")), value, limits)?;
     }
     Ok(engine::Request { attributes: Attributes::from(a), cost: 1, tiers, correlation_id: String::new() })
-}
-
-fn check_len(field: &str, value: &str, limits: InputLimits) -> Result<(), Status> {
-    if value.len() > limits.max_value_bytes {
-        return Err(invalid(
-            field,
-            &format!("{} bytes exceed limits.max_value_bytes ({})", value.len(), limits.max_value_bytes),
-        ));
-    }
-    Ok(())
 }
 
 pub fn to_proto(d: Decision) -> pb::Decision {

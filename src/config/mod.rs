@@ -535,21 +535,24 @@ pub(crate) fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<Strin
     (problems.len() == before).then_some(penalty)
 }
 
+/// The `.yaml` and `.yml` files of a directory, in name order.
+pub fn yaml_files_in(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
 /// Loads every file of `envoy.paths` (a directory: its `.yaml` and `.yml` files, in name order).
 fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> crate::envoy::Domains {
     let mut files = Vec::new();
     for (i, path) in e.paths.iter().enumerate() {
         let p = Path::new(path);
-        match std::fs::read_dir(p) {
-            Ok(entries) => {
-                let mut found: Vec<_> = entries
-                    .filter_map(Result::ok)
-                    .map(|entry| entry.path())
-                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                    .collect();
-                found.sort();
-                files.extend(found);
-            }
+        match yaml_files_in(p) {
+            Ok(found) => files.extend(found),
             Err(_) if p.is_file() => files.push(p.to_path_buf()),
             Err(e) => problems.push(format!("envoy.paths[{i}]: cannot read {path:?}: {e}")),
         }

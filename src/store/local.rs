@@ -244,14 +244,32 @@ impl LocalStore {
     /// many keys went.
     pub fn sweep(&self, now: u64) -> usize {
         self.reputation.retain(|_, until| *until > now);
-        let before = self.cells.len();
-        // A cell some request still holds (strong count above one) is kept even if expired, or that
-        // request could commit into a cell no longer in the map. Clones are only taken under the
-        // shard lock that `retain` holds, so the count cannot rise meanwhile.
-        self.cells.retain(|_, cell| {
-            Arc::strong_count(cell) > 1 || cell.try_lock().map_or(true, |cell| cell.expires_at > now)
-        });
-        before.saturating_sub(self.cells.len())
+        self.evict_where(usize::MAX, |expires_at| expires_at <= now)
+    }
+
+    /// Removes up to `most` keys whose expiry `doomed` accepts. The keys are found under each
+    /// shard's read lock (requests for existing keys go on meanwhile) and removed one at a time,
+    /// so no request waits on a whole shard being rewritten. A cell some request still holds
+    /// (strong count above one) stays, or that request could commit into a cell no longer in the
+    /// map; `remove_if` looks under the shard's write lock, where the count cannot rise.
+    fn evict_where(&self, most: usize, doomed: impl Fn(u64) -> bool) -> usize {
+        let candidates: Vec<String> = self
+            .cells
+            .iter()
+            .filter(|e| e.value().try_lock().is_ok_and(|c| doomed(c.expires_at)))
+            .map(|e| e.key().clone())
+            .take(most)
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|key| {
+                self.cells
+                    .remove_if(key, |_, cell| {
+                        Arc::strong_count(cell) == 1 && cell.try_lock().is_ok_and(|c| doomed(c.expires_at))
+                    })
+                    .is_some()
+            })
+            .count()
     }
 
     /// Brings the store under 90% of `max_keys` when it is past that: what the sweeper calls
@@ -276,15 +294,8 @@ impl LocalStore {
             let excess = self.cells.len() - target;
             if excess > 0 && excess <= expiries.len() {
                 let (_, &mut cutoff, _) = expiries.select_nth_unstable(excess - 1);
-                let mut left = excess;
-                self.cells.retain(|_, cell| {
-                    if left == 0 || Arc::strong_count(cell) > 1 {
-                        return true;
-                    }
-                    let evict = cell.try_lock().is_ok_and(|c| c.expires_at <= cutoff);
-                    left -= usize::from(evict);
-                    !evict
-                });
+                drop(expiries);
+                self.evict_where(excess, |expires_at| expires_at <= cutoff);
             }
         }
         self.evicting.store(false, Ordering::Release);

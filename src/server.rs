@@ -23,6 +23,8 @@ use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, Shared
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 /// How often expired in-process keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often the in-process stores are trimmed under their bound, and the over-limit cache swept.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -74,6 +76,7 @@ pub async fn run(
     let engine =
         Arc::new(Engine::new(settings.tiers, store, settings.events_max_len, settings.over_limit_max_keys));
     spawn_cache_sweeper(Arc::clone(&engine), stop_rx.clone());
+    spawn_metrics_upkeep(handle.clone(), stop_rx.clone());
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
     engine.replace_domains(settings.domains);
     let envoy = EnvoyService::new(Arc::clone(&engine), settings.limits, settings.envoy_headers);
@@ -337,6 +340,24 @@ fn spawn_sweeper(local: LocalStore, role: &'static str, mut stop: watch::Receive
             })
             .await;
             metrics::local_keys(role, local.len());
+        }
+    });
+}
+
+/// Histograms keep their samples until they are folded into buckets, which a scrape does; with no
+/// scraper they would grow by every decision. Folding them every few seconds keeps them bounded.
+fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            handle.run_upkeep();
         }
     });
 }

@@ -13,7 +13,8 @@
 #          minute.
 #   burst  the closed-loop throughput S at 64 in flight on Redis, then an open loop at 2 x S for
 #          BURST_SECS (10): shed decisions, p99 of the answers, failed calls.
-#   env: KEYS, SOAK_MINUTES, SOAK_RATE, BURST_SECS, RESULTS (target/hardening-results.txt)
+#   env: KEYS, REPEAT (times each key is asked in the in-process flood, 2), SOAK_MINUTES, SOAK_RATE,
+#        BURST_SECS, RESULTS (target/hardening-results.txt)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ KEYS=${KEYS:-10000000}
 SOAK_MINUTES=${SOAK_MINUTES:-30}
 SOAK_RATE=${SOAK_RATE:-3000}
 BURST_SECS=${BURST_SECS:-10}
+REPEAT=${REPEAT:-2}
 RESULTS=${RESULTS:-target/hardening-results.txt}
 case $WHAT in flood | soak | burst | all) ;; *) echo "usage: $0 flood|soak|burst|all" >&2; exit 2 ;; esac
 source benches/lib.sh
@@ -88,7 +90,7 @@ TIER_ONE="tiers:
     window: 10m"
 
 if [[ $WHAT == flood || $WHAT == all ]]; then
-  flood local "$TIER_ONE" 2 local
+  flood local "$TIER_ONE" "$REPEAT" local
   flood fallback "$TIER_ONE
 redis:
   url: redis://127.0.0.1:$(free_port)

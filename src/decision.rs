@@ -78,7 +78,7 @@ impl Decision {
                 limit.limit = verdict.limit.max(1);
                 if verdict.allowed && !outcome.admitted {
                     // Another tier denied, so this one consumed nothing: report what is left now.
-                    verdict.remaining = (verdict.remaining + limit.cost).min(limit.limit);
+                    verdict.remaining = verdict.remaining.saturating_add(limit.cost).min(limit.limit);
                 }
                 TierStatus { tier, limit, verdict, shadow }
             })

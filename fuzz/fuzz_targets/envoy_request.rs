@@ -1,0 +1,6 @@
+//! Fuzz target `envoy_request`: see `sluice_fuzz::checks::envoy_request` for what it feeds and what it asserts.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = sluice_fuzz::checks::envoy_request(data);
+});

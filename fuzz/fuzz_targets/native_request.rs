@@ -1,0 +1,6 @@
+//! Fuzz target `native_request`: see `sluice_fuzz::checks::native_request` for what it feeds and what it asserts.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = sluice_fuzz::checks::native_request(data);
+});

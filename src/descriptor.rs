@@ -358,6 +358,13 @@ fn rule(
     if replaces.iter().any(String::is_empty) {
         problems.push(format!("{origin}: {at}.replaces: should not have an empty entry"));
     }
+    // The name is written into the RateLimit headers as a quoted string: printable ASCII only, and
+    // no quote or backslash, so no name can end the string or the header.
+    if name.bytes().any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') {
+        problems.push(format!(
+            "{origin}: {at}.name: {name:?} must be printable ASCII without quotes or backslashes"
+        ));
+    }
     if !name.is_empty() && replaces.contains(&name) {
         problems.push(format!("{origin}: {at}.replaces: should not contain its own name {name:?}"));
     }
@@ -468,6 +475,14 @@ descriptors:
         assert_eq!(
             d.matches(&entries(&[("remote_address", "9.9.9.9")])).expect("key-only").path,
             "remote_address"
+        );
+        let injected = parse(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: \"a\\\"b\\r\\nX: 1\"}\n",
+            "t",
+        );
+        assert!(
+            injected.as_ref().is_err_and(|p| p.iter().any(|p| p.contains("rate_limit.name"))),
+            "{injected:?}"
         );
         let shown = parse("domain: d\ndescriptors:\n  - key: route\n    value_to_metric: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n", "t").expect("valid");
         assert_eq!(shown.matches(&entries(&[("route", "api")])).expect("match").path, "route_api");

@@ -112,8 +112,13 @@ async fn cluster_holds_limits_across_slots_and_survives_a_master() {
     assert_eq!(allowed, 5, "the sliding log of 5 decides");
 
     // Lose the master of the first user's slot under load; Sluice goes on with no failed RPC.
+    // Every call is a fresh user and ip, allowed, so it asks Redis: a denial would be answered
+    // from the over-limit cache until its retry-after and say nothing about Redis.
     let load = Load::start(server.grpc_addr, 4, Duration::from_millis(2), |c, n| {
-        request(&[("ip", &format!("10.{c}.1.{}", n % 50)), ("user", &format!("load-{}", n % 20))])
+        request(&[
+            ("ip", &format!("10.{c}.{}.{}", n / 250 % 250, n % 250)),
+            ("user", &format!("load-{c}-{n}")),
+        ])
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = cluster.master_for_slot(key_slot(format!("sluice:{{per_user:{}}}", users[0]).as_bytes()));

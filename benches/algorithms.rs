@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::algorithm::sliding_log::Log;
 use sluice::algorithm::sliding_window::{self, Window};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, Counts, FailureMode, LocalStore, Mode};
+use sluice::store::{Check, FailureMode, LocalStore, Mode};
 
 const KEYS: usize = 1000;
 
@@ -46,16 +46,9 @@ fn requests(tiers: &[&str]) -> Vec<Vec<Check>> {
         .map(|i| {
             tiers
                 .iter()
-                .map(|tier| Check {
-                    key: format!("sluice:{{{tier}:10.0.{}.{}}}", i / 256, i % 256),
-                    algorithm: Algorithm::SlidingWindow,
-                    quota,
-                    shadow: false,
-                    on_failure: FailureMode::Local,
-                    adaptive: None,
-                    penalty: None,
-                    counts: Counts::Requests,
-                    baseline: None,
+                .map(|tier| {
+                    let key = format!("sluice:{{{tier}:10.0.{}.{}}}", i / 256, i % 256);
+                    Check::plain(key, Algorithm::SlidingWindow, quota, FailureMode::Local)
                 })
                 .collect()
         })

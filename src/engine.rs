@@ -100,21 +100,12 @@ impl Engine {
             .iter()
             .filter(|t| t.counts == Counts::Failures)
             .filter_map(|t| match t.rule {
-                Rule::Limited(limit) => Some(Check {
-                    key: t.key_for(&request.attributes),
-                    algorithm: limit.algorithm,
-                    quota: crate::algorithm::Quota {
-                        limit: limit.limit,
-                        window_ms: limit.window_ms,
-                        cost: 1,
-                    },
-                    shadow: false,
-                    on_failure: t.on_failure,
-                    adaptive: None,
-                    penalty: None,
-                    counts: Counts::Requests,
-                    baseline: None,
-                }),
+                Rule::Limited(limit) => Some(Check::plain(
+                    t.key_for(&request.attributes),
+                    limit.algorithm,
+                    crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost: 1 },
+                    t.on_failure,
+                )),
                 _ => None,
             })
             .collect();

@@ -136,17 +136,8 @@ mod tests {
     use crate::store::FailureMode;
 
     fn check(key: &str, cost: u64) -> Check {
-        Check {
-            key: key.into(),
-            algorithm: Algorithm::SlidingWindow,
-            quota: Quota { limit: 5, window_ms: 60_000, cost },
-            shadow: false,
-            on_failure: FailureMode::Local,
-            adaptive: None,
-            penalty: None,
-            counts: Counts::Requests,
-            baseline: None,
-        }
+        let quota = Quota { limit: 5, window_ms: 60_000, cost };
+        Check::plain(key.into(), Algorithm::SlidingWindow, quota, FailureMode::Local)
     }
 
     fn denied(retry_after_ms: u64) -> Outcome {

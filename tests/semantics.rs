@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::store::{
-    AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
+    AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
 };
 use sluice::threat::Adaptive;
 
@@ -76,17 +76,8 @@ impl Subject {
 }
 
 fn check(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64) -> Check {
-    Check {
-        key: format!("sluice:{{{key}}}"),
-        algorithm,
-        quota: Quota { limit, window_ms, cost: 1 },
-        shadow: false,
-        on_failure: FailureMode::Local,
-        adaptive: None,
-        penalty: None,
-        counts: Counts::Requests,
-        baseline: None,
-    }
+    let quota = Quota { limit, window_ms, cost: 1 };
+    Check::plain(format!("sluice:{{{key}}}"), algorithm, quota, FailureMode::Local)
 }
 
 fn adaptive(mut c: Check, client_factors: u8, reputation: &[&str]) -> Check {

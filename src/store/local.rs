@@ -134,17 +134,12 @@ impl LocalStore {
     /// Counts one reported failure on each key (a tier-key of an adaptive tier) for its window.
     pub fn report_failures_at(&self, failures: &[Failure], now: u64) {
         for f in failures {
-            let probe = Check {
-                key: f.key.clone(),
-                algorithm: Algorithm::SlidingWindow,
-                quota: Quota { limit: 1, window_ms: f.window_ms, cost: 1 },
-                shadow: false,
-                on_failure: super::FailureMode::Local,
-                adaptive: None,
-                penalty: None,
-                counts: Counts::Requests,
-                baseline: None,
-            };
+            let probe = Check::plain(
+                f.key.clone(),
+                Algorithm::SlidingWindow,
+                Quota { limit: 1, window_ms: f.window_ms, cost: 1 },
+                super::FailureMode::Local,
+            );
             let cell = self.cell(&probe, now);
             let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
             if f.adaptive {
@@ -544,17 +539,8 @@ mod tests {
     use crate::store::FailureMode;
 
     fn check(key: String, limit: u64) -> Check {
-        Check {
-            key,
-            algorithm: Algorithm::SlidingWindow,
-            quota: Quota { limit, window_ms: 60_000, cost: 1 },
-            shadow: false,
-            on_failure: FailureMode::Local,
-            adaptive: None,
-            penalty: None,
-            counts: Counts::Requests,
-            baseline: None,
-        }
+        let quota = Quota { limit, window_ms: 60_000, cost: 1 };
+        Check::plain(key, Algorithm::SlidingWindow, quota, FailureMode::Local)
     }
 
     #[test]

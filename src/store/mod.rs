@@ -47,6 +47,24 @@ pub struct Check {
     pub baseline: Option<Baseline>,
 }
 
+impl Check {
+    /// A check that counts admitted requests and nothing more: not shadow, not adaptive, no
+    /// penalty or baseline.
+    pub fn plain(key: String, algorithm: Algorithm, quota: Quota, on_failure: FailureMode) -> Check {
+        Check {
+            key,
+            algorithm,
+            quota,
+            shadow: false,
+            on_failure,
+            adaptive: None,
+            penalty: None,
+            counts: Counts::Requests,
+            baseline: None,
+        }
+    }
+}
+
 /// What consumes a tier's quota.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Counts {

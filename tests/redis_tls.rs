@@ -1,12 +1,31 @@
 //! Redis over TLS (`rediss://`): Sluice verifies the server against a CA and presents a client
-//! certificate to a server that demands one; without one it serves from the fallback.
+//! certificate to a server that demands one; without one it serves from the fallback. Sentinel over
+//! TLS: the sentinels, the master they name and the one they promote are all reached over TLS.
 
 mod common;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use common::certs::Ca;
+use common::sentinel::RedisSentinel;
 use common::{RedisServer, SluiceServer, request};
+use sluice::api::pb::rate_limiter_client::RateLimiterClient;
+use tonic::transport::Channel;
+
+/// Six calls for one ip, taking turns over the clients (Sluice replicas): how many were allowed.
+/// Each answer must come from Redis, or be a repeated denial from the over-limit cache that
+/// Redis's first denial filled.
+async fn allowed_by_redis(clients: &mut [RateLimiterClient<Channel>], ip: &str) -> usize {
+    let mut allowed = 0;
+    for i in 0..6 {
+        let client = &mut clients[i % clients.len()];
+        let d = common::check(client, request(&[("ip", ip)])).await;
+        assert!(d.source == "redis" || (d.source == "cache" && !d.allowed), "decision {i}: {}", d.source);
+        allowed += usize::from(d.allowed);
+    }
+    allowed
+}
 
 fn yaml(redis: &RedisServer, tls: &str) -> String {
     format!(
@@ -30,17 +49,10 @@ async fn decisions_are_shared_through_a_tls_redis_that_verifies_clients() {
         SluiceServer::start(&yaml(&redis, &tls), None).await,
         SluiceServer::start(&yaml(&redis, &tls), None).await,
     );
-    let (mut ca_client, mut cb_client) = (a.client().await, b.client().await);
+    let mut clients = [a.client().await, b.client().await];
 
     // Two replicas share one count of 3 through Redis.
-    let mut allowed = 0;
-    for i in 0..6 {
-        let client = if i % 2 == 0 { &mut ca_client } else { &mut cb_client };
-        let d = common::check(client, request(&[("ip", "10.1.1.1")])).await;
-        // A repeated denial may come from the over-limit cache that Redis's first one filled.
-        assert!(d.source == "redis" || (d.source == "cache" && !d.allowed), "decision {i}: {}", d.source);
-        allowed += usize::from(d.allowed);
-    }
+    let allowed = allowed_by_redis(&mut clients, "10.1.1.1").await;
     assert_eq!(allowed, 3, "exactly the limit passes across both replicas");
     let keys: Vec<String> = redis.cmd(redis::cmd("KEYS").arg("sluice:*"));
     assert!(!keys.is_empty(), "the count lives in the TLS Redis");
@@ -95,4 +107,54 @@ fn tls_settings_that_cannot_work_name_their_key() {
         .is_ok(),
         "rediss:// alone trusts the system's roots"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_over_tls_shares_counts_and_follows_a_failover() {
+    let ca = Ca::new("sentinel test ca");
+    let mut sentinel = tokio::task::block_in_place(|| RedisSentinel::start_tls(&ca));
+    let (ca_file, cert_file, key_file) = sentinel.tls_files().expect("a tls setup");
+    let nodes: Vec<String> = sentinel.sentinel_urls().iter().map(|u| format!("\"{u}\"")).collect();
+    assert!(nodes.iter().all(|u| u.starts_with("\"rediss://")), "{nodes:?}");
+    let yaml = format!(
+        "tiers:\n  - name: edge\n    key: [ip]\n    limit: 3\n    window: 1m\nredis:\n  sentinel:\n    master_name: {}\n    nodes: [{}]\n  timeout_ms: 200\n  probe_interval_ms: 100\n  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+        sentinel.master_name(),
+        nodes.join(", "),
+        ca_file.display(),
+        cert_file.display(),
+        key_file.display(),
+    );
+    let (a, b) = (SluiceServer::start(&yaml, None).await, SluiceServer::start(&yaml, None).await);
+    let mut clients = [a.client().await, b.client().await];
+
+    // Two replicas share one count through the master the sentinels named, over TLS.
+    assert_eq!(
+        allowed_by_redis(&mut clients, "10.2.2.2").await,
+        3,
+        "exactly the limit passes across both replicas"
+    );
+    let keys: Vec<String> = sentinel.cmd_on(sentinel.primary_port(), redis::cmd("KEYS").arg("sluice:*"));
+    assert!(!keys.is_empty(), "the count lives on the primary");
+
+    // The primary dies: the sentinels promote the replica, and Sluice finds it over TLS.
+    sentinel.kill_primary();
+    let promoted = tokio::task::block_in_place(|| sentinel.wait_for_promotion(Duration::from_secs(20)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, client) in clients.iter_mut().enumerate() {
+        for n in 0.. {
+            let d = common::check(client, request(&[("ip", &format!("10.3.{i}.{n}"))])).await;
+            if d.source == "redis" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {i} did not return to redis after the failover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        allowed_by_redis(&mut clients, "10.4.4.4").await,
+        3,
+        "exactly the limit passes on the promoted replica"
+    );
+    let keys: Vec<String> = sentinel.cmd_on(promoted, redis::cmd("KEYS").arg("sluice:{edge:10.4.4.4}*"));
+    assert!(!keys.is_empty(), "counted on the promoted replica");
 }

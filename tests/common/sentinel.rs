@@ -3,10 +3,17 @@
 //!
 //! Sentinel timings are short (down after 1 s, failover timeout 3 s), so a killed primary is replaced in
 //! about 2–2.5 s.
+//!
+//! `start_tls` adds a TLS port to every process (clients verified against a test CA): the replica
+//! replicates, and the sentinels monitor and talk to each other, over TLS, so what the sentinels give
+//! out are TLS addresses. The plaintext ports stay for the fixture's own commands.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::certs::Ca;
 use super::cluster::{RedisProcess, StartFailure, info_field, pick_port, query, temp_dir};
 
 const MASTER_NAME: &str = "mymaster";
@@ -18,6 +25,7 @@ pub struct RedisSentinel {
     primary: RedisProcess,
     replica: RedisProcess,
     sentinels: Vec<RedisProcess>,
+    tls: Option<Tls>,
     // Declared last: the directory goes only after the processes writing into it.
     dir: tempfile::TempDir,
 }
@@ -27,8 +35,18 @@ impl RedisSentinel {
     /// their first INFO already lists the replica) and returns once each sentinel sees one replica and
     /// the two other sentinels. Panics with the logs when that takes more than 20 s.
     pub fn start() -> RedisSentinel {
+        Self::start_with(None)
+    }
+
+    /// As `start`, every process also (and the links between them only) on TLS with certificates
+    /// from `ca`.
+    pub fn start_tls(ca: &Ca) -> RedisSentinel {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&Ca>) -> RedisSentinel {
         for attempt in 1..=3 {
-            match Self::try_start() {
+            match Self::try_start(ca) {
                 Ok(setup) => return setup,
                 Err(StartFailure::PortTaken) if attempt < 3 => continue,
                 Err(StartFailure::PortTaken) => panic!("sentinel setup ports kept being taken"),
@@ -38,11 +56,13 @@ impl RedisSentinel {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn try_start() -> Result<RedisSentinel, StartFailure> {
+    fn try_start(ca: Option<&Ca>) -> Result<RedisSentinel, StartFailure> {
         let dir = temp_dir();
-        let primary = start_server(&dir, "primary", None)?;
-        let replica = start_server(&dir, "replica", Some(primary.port))?;
-        let mut setup = RedisSentinel { primary, replica, sentinels: Vec::new(), dir };
+        let mut tls = ca.map(|ca| Tls::new(ca, &dir));
+        let primary = start_server(&dir, "primary", None, tls.as_mut())?;
+        let upstream = tls.as_ref().map_or(primary.port, |t| t.ports[&primary.port]);
+        let replica = start_server(&dir, "replica", Some(upstream), tls.as_mut())?;
+        let mut setup = RedisSentinel { primary, replica, sentinels: Vec::new(), tls, dir };
         setup.poll(START_PATIENCE, "the replica's master_link_status:up", |s| {
             query::<String>(s.replica.port, redis::cmd("INFO").arg("replication"))
                 .is_ok_and(|info| info_field(&info, "master_link_status") == Some("up"))
@@ -52,17 +72,27 @@ impl RedisSentinel {
             let conf = setup.dir.path().join(format!("sentinel-{port}.conf"));
             let log = setup.dir.path().join(format!("sentinel-{port}.log"));
             // Each sentinel rewrites its own file (ids, discovered peers), so each gets one.
-            let text = [
+            let mut lines = vec![
                 format!("port {port}"),
                 "bind 127.0.0.1".to_owned(),
                 format!("dir {}", setup.dir.path().display()),
                 format!("logfile {}", log.display()),
-                format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2", setup.primary.port),
+                format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {upstream} 2"),
                 format!("sentinel down-after-milliseconds {MASTER_NAME} 1000"),
                 format!("sentinel failover-timeout {MASTER_NAME} 3000"),
                 format!("sentinel parallel-syncs {MASTER_NAME} 1"),
-            ]
-            .join("\n");
+            ];
+            if let Some(tls) = setup.tls.as_mut() {
+                // The same settings as the servers' arguments, as config lines.
+                lines.extend(tls.args(port).chunks(2).map(|pair| {
+                    format!(
+                        "{} {}",
+                        pair[0].to_string_lossy().trim_start_matches("--"),
+                        pair[1].to_string_lossy()
+                    )
+                }));
+            }
+            let text = lines.join("\n");
             std::fs::write(&conf, text + "\n").expect("write sentinel config");
             setup.sentinels.push(RedisProcess::spawn("redis-sentinel", vec![conf.into()], port, log));
         }
@@ -80,9 +110,20 @@ impl RedisSentinel {
         Ok(setup)
     }
 
-    /// `redis://127.0.0.1:PORT` of each sentinel.
+    /// `redis://127.0.0.1:PORT` of each sentinel (`rediss://` and the TLS port with TLS).
     pub fn sentinel_urls(&self) -> Vec<String> {
-        self.sentinels.iter().map(|s| format!("redis://127.0.0.1:{}", s.port)).collect()
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        self.sentinels.iter().map(|s| format!("{scheme}://127.0.0.1:{}", self.client_port(s.port))).collect()
+    }
+
+    /// With TLS: the files a client needs, (CA, client certificate, client key).
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        self.tls.as_ref().map(|t| (t.ca.clone(), t.client.0.clone(), t.client.1.clone()))
+    }
+
+    /// The port clients reach the process on plaintext `port` by: itself, or its TLS port.
+    fn client_port(&self, port: u16) -> u16 {
+        self.tls.as_ref().map_or(port, |t| t.ports[&port])
     }
 
     pub fn sentinel_ports(&self) -> Vec<u16> {
@@ -115,7 +156,8 @@ impl RedisSentinel {
         query(port, cmd).unwrap_or_else(|e| panic!("command on port {port} failed: {e}"))
     }
 
-    /// The master address one sentinel gives out now, as a port (`None` if it does not answer).
+    /// The master address one sentinel gives out now, as a port (`None` if it does not answer); with
+    /// TLS, a TLS port.
     pub fn master_port_per(&self, sentinel_port: u16) -> Option<u16> {
         let addr: Option<Vec<String>> =
             query(sentinel_port, redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME))
@@ -132,8 +174,9 @@ impl RedisSentinel {
     /// replica's port. Panics with the sentinel logs after `patience`.
     pub fn wait_for_promotion(&self, patience: Duration) -> u16 {
         let replica = self.replica.port;
+        let announced = self.client_port(replica);
         self.poll(patience, "the sentinels to promote the replica", |s| {
-            s.sentinels.iter().all(|p| s.master_port_per(p.port) == Some(replica))
+            s.sentinels.iter().all(|p| s.master_port_per(p.port) == Some(announced))
                 && query::<String>(replica, redis::cmd("INFO").arg("replication"))
                     .is_ok_and(|info| info_field(&info, "role") == Some("master"))
         });
@@ -170,15 +213,67 @@ impl Drop for RedisSentinel {
     }
 }
 
+/// The TLS side of a setup: one server certificate for 127.0.0.1 that every process presents (also
+/// on the links it opens), the CA that verifies them, and a client pair for the test's clients.
+#[derive(Debug)]
+struct Tls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client: (PathBuf, PathBuf),
+    /// Plaintext port -> TLS port, for every process.
+    ports: HashMap<u16, u16>,
+}
+
+impl Tls {
+    fn new(ca: &Ca, dir: &tempfile::TempDir) -> Tls {
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write a PEM file");
+            path
+        };
+        let (cert, key) = ca.leaf(&["127.0.0.1"]);
+        let (client_cert, client_key) = ca.leaf(&["sluice"]);
+        Tls {
+            ca: write("ca.crt", &ca.pem()),
+            cert: write("server.crt", &cert),
+            key: write("server.key", &key),
+            client: (write("client.crt", &client_cert), write("client.key", &client_key)),
+            ports: HashMap::new(),
+        }
+    }
+
+    /// The arguments that give the process on plaintext `port` a TLS port of its own.
+    fn args(&mut self, port: u16) -> Vec<OsString> {
+        let tls_port = *self.ports.entry(port).or_insert_with(|| pick_port(false));
+        let mut args: Vec<OsString> = Vec::new();
+        let mut pair = |k: &str, v: OsString| {
+            args.push(k.into());
+            args.push(v);
+        };
+        pair("--tls-port", tls_port.to_string().into());
+        pair("--tls-cert-file", self.cert.clone().into());
+        pair("--tls-key-file", self.key.clone().into());
+        pair("--tls-ca-cert-file", self.ca.clone().into());
+        pair("--tls-auth-clients", "yes".into());
+        pair("--tls-replication", "yes".into());
+        args
+    }
+}
+
 fn start_server(
     dir: &tempfile::TempDir,
     name: &str,
     primary: Option<u16>,
+    tls: Option<&mut Tls>,
 ) -> Result<RedisProcess, StartFailure> {
     let port = pick_port(false);
     let node_dir = dir.path().join(name);
     std::fs::create_dir_all(&node_dir).expect("server dir");
     let mut args = RedisProcess::server_args(port, &node_dir);
+    if let Some(tls) = tls {
+        args.extend(tls.args(port));
+    }
     if let Some(primary) = primary {
         args.push("--replicaof".into());
         args.push("127.0.0.1".into());

@@ -8,19 +8,21 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::certs::Ca;
+use common::cluster::RedisCluster;
 use common::sentinel::RedisSentinel;
 use common::{RedisServer, SluiceServer, request};
 use sluice::api::pb::rate_limiter_client::RateLimiterClient;
+use sluice::store::redis::key_slot;
 use tonic::transport::Channel;
 
-/// Six calls for one ip, taking turns over the clients (Sluice replicas): how many were allowed.
+/// Six calls with the same attributes, taking turns over the clients (Sluice replicas): how many were allowed.
 /// Each answer must come from Redis, or be a repeated denial from the over-limit cache that
 /// Redis's first denial filled.
-async fn allowed_by_redis(clients: &mut [RateLimiterClient<Channel>], ip: &str) -> usize {
+async fn allowed_by_redis(clients: &mut [RateLimiterClient<Channel>], attrs: &[(&str, &str)]) -> usize {
     let mut allowed = 0;
     for i in 0..6 {
         let client = &mut clients[i % clients.len()];
-        let d = common::check(client, request(&[("ip", ip)])).await;
+        let d = common::check(client, request(attrs)).await;
         assert!(d.source == "redis" || (d.source == "cache" && !d.allowed), "decision {i}: {}", d.source);
         allowed += usize::from(d.allowed);
     }
@@ -52,7 +54,7 @@ async fn decisions_are_shared_through_a_tls_redis_that_verifies_clients() {
     let mut clients = [a.client().await, b.client().await];
 
     // Two replicas share one count of 3 through Redis.
-    let allowed = allowed_by_redis(&mut clients, "10.1.1.1").await;
+    let allowed = allowed_by_redis(&mut clients, &[("ip", "10.1.1.1")]).await;
     assert_eq!(allowed, 3, "exactly the limit passes across both replicas");
     let keys: Vec<String> = redis.cmd(redis::cmd("KEYS").arg("sluice:*"));
     assert!(!keys.is_empty(), "the count lives in the TLS Redis");
@@ -113,23 +115,20 @@ fn tls_settings_that_cannot_work_name_their_key() {
 async fn sentinel_over_tls_shares_counts_and_follows_a_failover() {
     let ca = Ca::new("sentinel test ca");
     let mut sentinel = tokio::task::block_in_place(|| RedisSentinel::start_tls(&ca));
-    let (ca_file, cert_file, key_file) = sentinel.tls_files().expect("a tls setup");
+    let tls = sentinel.tls().expect("a tls setup").config();
     let nodes: Vec<String> = sentinel.sentinel_urls().iter().map(|u| format!("\"{u}\"")).collect();
     assert!(nodes.iter().all(|u| u.starts_with("\"rediss://")), "{nodes:?}");
     let yaml = format!(
-        "tiers:\n  - name: edge\n    key: [ip]\n    limit: 3\n    window: 1m\nredis:\n  sentinel:\n    master_name: {}\n    nodes: [{}]\n  timeout_ms: 200\n  probe_interval_ms: 100\n  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+        "tiers:\n  - name: edge\n    key: [ip]\n    limit: 3\n    window: 1m\nredis:\n  sentinel:\n    master_name: {}\n    nodes: [{}]\n  timeout_ms: 200\n  probe_interval_ms: 100\n{tls}",
         sentinel.master_name(),
         nodes.join(", "),
-        ca_file.display(),
-        cert_file.display(),
-        key_file.display(),
     );
     let (a, b) = (SluiceServer::start(&yaml, None).await, SluiceServer::start(&yaml, None).await);
     let mut clients = [a.client().await, b.client().await];
 
     // Two replicas share one count through the master the sentinels named, over TLS.
     assert_eq!(
-        allowed_by_redis(&mut clients, "10.2.2.2").await,
+        allowed_by_redis(&mut clients, &[("ip", "10.2.2.2")]).await,
         3,
         "exactly the limit passes across both replicas"
     );
@@ -151,10 +150,44 @@ async fn sentinel_over_tls_shares_counts_and_follows_a_failover() {
         }
     }
     assert_eq!(
-        allowed_by_redis(&mut clients, "10.4.4.4").await,
+        allowed_by_redis(&mut clients, &[("ip", "10.4.4.4")]).await,
         3,
         "exactly the limit passes on the promoted replica"
     );
     let keys: Vec<String> = sentinel.cmd_on(promoted, redis::cmd("KEYS").arg("sluice:{edge:10.4.4.4}*"));
     assert!(!keys.is_empty(), "counted on the promoted replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_over_tls_shares_counts_on_every_master() {
+    let ca = Ca::new("cluster test ca");
+    let cluster = tokio::task::block_in_place(|| RedisCluster::start_tls(3, 0, &ca));
+    let tls = cluster.tls().expect("a tls cluster").config();
+    let seeds: Vec<String> = cluster.seed_urls().iter().map(|u| format!("\"{u}\"")).collect();
+    assert!(seeds.iter().all(|u| u.starts_with("\"rediss://")), "{seeds:?}");
+    let yaml = format!(
+        "tiers:\n  - name: per_user\n    key: [user]\n    limit: 3\n    window: 1m\nredis:\n  cluster: [{}]\n  timeout_ms: 200\n{tls}",
+        seeds.join(", ")
+    );
+    let (a, b) = (SluiceServer::start(&yaml, None).await, SluiceServer::start(&yaml, None).await);
+    let mut clients = [a.client().await, b.client().await];
+
+    // One user on each master (the cluster names its masters by their TLS ports).
+    let mut masters = std::collections::HashSet::new();
+    let users: Vec<String> = (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| {
+            masters.insert(cluster.master_for_slot(key_slot(format!("sluice:{{per_user:{u}}}").as_bytes())))
+        })
+        .take(3)
+        .collect();
+    for user in &users {
+        let allowed = allowed_by_redis(&mut clients, &[("user", user)]).await;
+        assert_eq!(allowed, 3, "{user}: exactly the limit across both replicas");
+    }
+    // Every master holds a count (asked on the plaintext ports the fixture keeps).
+    for port in cluster.ports() {
+        let keys: u64 = cluster.cmd_on(port, &redis::cmd("DBSIZE"));
+        assert!(keys > 0, "node {port} holds no count");
+    }
 }

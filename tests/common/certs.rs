@@ -1,4 +1,9 @@
-//! Throwaway certificate authorities and leaf certificates for the TLS tests.
+//! Throwaway certificate authorities and leaf certificates for the TLS tests, and the TLS side of
+//! the Redis fixtures' processes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -25,5 +30,81 @@ impl Ca {
             .expect("params");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The TLS side of a Sentinel or Cluster fixture: one server certificate for 127.0.0.1 that every
+/// process presents (also on the links it opens to the others), the CA that verifies them, a client
+/// pair for the test's clients, and each process's TLS port next to its plaintext one.
+#[derive(Debug)]
+pub struct NodeTls {
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Plaintext port -> TLS port, for every process.
+    ports: HashMap<u16, u16>,
+}
+
+impl NodeTls {
+    /// Writes the PEM files into `dir`.
+    pub fn new(ca: &Ca, dir: &Path) -> NodeTls {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write a PEM file");
+            path
+        };
+        let (cert, key) = ca.leaf(&["127.0.0.1"]);
+        let (client_cert, client_key) = ca.leaf(&["sluice"]);
+        NodeTls {
+            ca: write("ca.crt", &ca.pem()),
+            cert: write("server.crt", &cert),
+            key: write("server.key", &key),
+            client_cert: write("client.crt", &client_cert),
+            client_key: write("client.key", &client_key),
+            ports: HashMap::new(),
+        }
+    }
+
+    /// The `redis-server` arguments that give the process on plaintext `port` a TLS port (picked
+    /// with `pick`), clients verified against the CA, and TLS on the replication links it opens.
+    pub fn args(&mut self, port: u16, pick: impl FnOnce() -> u16) -> Vec<OsString> {
+        let tls_port = *self.ports.entry(port).or_insert_with(pick);
+        let mut args: Vec<OsString> = Vec::new();
+        let mut pair = |k: &str, v: OsString| {
+            args.push(k.into());
+            args.push(v);
+        };
+        pair("--tls-port", tls_port.to_string().into());
+        pair("--tls-cert-file", self.cert.clone().into());
+        pair("--tls-key-file", self.key.clone().into());
+        pair("--tls-ca-cert-file", self.ca.clone().into());
+        pair("--tls-auth-clients", "yes".into());
+        pair("--tls-replication", "yes".into());
+        args
+    }
+
+    /// The TLS port of the process on plaintext `port`.
+    pub fn port_for(&self, port: u16) -> u16 {
+        self.ports[&port]
+    }
+
+    /// `redis-cli` arguments for a TLS connection with the client pair.
+    pub fn cli_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--tls".into(), "--cacert".into(), self.ca.clone().into()];
+        args.extend(["--cert".into(), self.client_cert.clone().into()]);
+        args.extend(["--key".into(), self.client_key.clone().into()]);
+        args
+    }
+
+    /// A `redis.tls` config section naming the CA and the client pair.
+    pub fn config(&self) -> String {
+        format!(
+            "  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+            self.ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
     }
 }

@@ -1,6 +1,10 @@
 //! A real Redis Cluster for tests: `redis-server --cluster-enabled yes` children on free loopback ports,
 //! joined with `redis-cli --cluster create`, killed (SIGKILL) on drop.
 //!
+//! `start_tls` gives every node a TLS port as well and turns on `tls-cluster`: the bus, replication
+//! and the addresses the cluster gives out (CLUSTER SLOTS, CLUSTER NODES, MOVED) are then TLS ones,
+//! while the fixture's own commands keep to the plaintext ports.
+//!
 //! Also holds the pieces the Sentinel fixture shares: `RedisProcess` (one child with its log) and
 //! `pick_port`. Everything here talks to nodes one at a time over plain sync connections; it never needs
 //! the redis crate's cluster support.
@@ -13,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use super::certs::{Ca, NodeTls};
 
 /// The cluster bus listens on port + 10000.
 const BUS_OFFSET: u16 = 10000;
@@ -289,6 +295,7 @@ pub struct RedisCluster {
     nodes: Vec<RedisProcess>,
     /// Slots each killed master served when it was killed, for `wait_for_failover_of`.
     killed_slots: HashMap<u16, Vec<RangeInclusive<u16>>>,
+    tls: Option<NodeTls>,
     // Declared last: the directories go only after the processes writing into them.
     dir: tempfile::TempDir,
 }
@@ -298,13 +305,23 @@ impl RedisCluster {
     /// knows every other node, and every replica has finished its first sync (a replica that has not
     /// will never take over). Panics with the logs when that does not happen within 20 s.
     pub fn start(masters: usize, replicas_per_master: usize) -> RedisCluster {
+        Self::start_with(masters, replicas_per_master, None)
+    }
+
+    /// As `start`, with TLS on every node and link (certificates from `ca`).
+    pub fn start_tls(masters: usize, replicas_per_master: usize, ca: &Ca) -> RedisCluster {
+        Self::start_with(masters, replicas_per_master, Some(ca))
+    }
+
+    fn start_with(masters: usize, replicas_per_master: usize, ca: Option<&Ca>) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
         let count = masters * (1 + replicas_per_master);
         let mut attempt = 0;
         let mut cluster = loop {
             attempt += 1;
-            let mut cluster =
-                RedisCluster { nodes: Vec::new(), killed_slots: HashMap::new(), dir: temp_dir() };
+            let dir = temp_dir();
+            let tls = ca.map(|ca| NodeTls::new(ca, dir.path()));
+            let mut cluster = RedisCluster { nodes: Vec::new(), killed_slots: HashMap::new(), tls, dir };
             for _ in 0..count {
                 let port = pick_port(true);
                 let node_dir = cluster.dir.path().join(port.to_string());
@@ -315,6 +332,12 @@ impl RedisCluster {
                 }
                 args.push("--cluster-config-file".into());
                 args.push(node_dir.join("nodes.conf").into());
+                if let Some(tls) = cluster.tls.as_mut() {
+                    args.extend(tls.args(port, || pick_port(false)));
+                    // The bus would follow the TLS port; keep it on the one reserved with `port`.
+                    let bus = (port + BUS_OFFSET).to_string();
+                    args.extend(["--tls-cluster", "yes", "--cluster-port", &bus].map(OsString::from));
+                }
                 let log = node_dir.join("redis.log");
                 cluster.nodes.push(RedisProcess::spawn("redis-server", args, port, log));
             }
@@ -337,9 +360,10 @@ impl RedisCluster {
 
     fn create(&mut self, replicas_per_master: usize) {
         let output = Command::new("redis-cli")
+            .args(self.tls.as_ref().map(NodeTls::cli_args).unwrap_or_default())
             .arg("--cluster")
             .arg("create")
-            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", self.client_port(n.port))))
             .args(["--cluster-replicas", &replicas_per_master.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -389,14 +413,32 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// `redis://127.0.0.1:PORT` for every node, killed ones included.
+    /// `redis://127.0.0.1:PORT` for every node, killed ones included (`rediss://` and the TLS port
+    /// with TLS).
     pub fn urls(&self) -> Vec<String> {
-        self.ports().into_iter().map(url).collect()
+        self.ports().into_iter().map(|p| self.url(p)).collect()
     }
 
     /// URLs of the nodes still running: the seeds to give a cluster client, also after `kill_node`.
     pub fn seed_urls(&self) -> Vec<String> {
-        self.live_ports().into_iter().map(url).collect()
+        self.live_ports().into_iter().map(|p| self.url(p)).collect()
+    }
+
+    /// With TLS: the files a client needs.
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.tls.as_ref()
+    }
+
+    fn url(&self, port: u16) -> String {
+        match &self.tls {
+            Some(tls) => format!("rediss://127.0.0.1:{}", tls.port_for(port)),
+            None => format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The port clients reach the node on plaintext `port` by: itself, or its TLS port.
+    fn client_port(&self, port: u16) -> u16 {
+        self.tls.as_ref().map_or(port, |t| t.port_for(port))
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -538,10 +580,6 @@ impl Drop for RedisCluster {
             node.kill();
         }
     }
-}
-
-fn url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
 }
 
 pub fn temp_dir() -> tempfile::TempDir {

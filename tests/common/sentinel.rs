@@ -9,11 +9,9 @@
 //! out are TLS addresses. The plaintext ports stay for the fixture's own commands.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::certs::Ca;
+use super::certs::{Ca, NodeTls};
 use super::cluster::{RedisProcess, StartFailure, info_field, pick_port, query, temp_dir};
 
 const MASTER_NAME: &str = "mymaster";
@@ -25,7 +23,7 @@ pub struct RedisSentinel {
     primary: RedisProcess,
     replica: RedisProcess,
     sentinels: Vec<RedisProcess>,
-    tls: Option<Tls>,
+    tls: Option<NodeTls>,
     // Declared last: the directory goes only after the processes writing into it.
     dir: tempfile::TempDir,
 }
@@ -58,9 +56,9 @@ impl RedisSentinel {
 
     fn try_start(ca: Option<&Ca>) -> Result<RedisSentinel, StartFailure> {
         let dir = temp_dir();
-        let mut tls = ca.map(|ca| Tls::new(ca, &dir));
+        let mut tls = ca.map(|ca| NodeTls::new(ca, dir.path()));
         let primary = start_server(&dir, "primary", None, tls.as_mut())?;
-        let upstream = tls.as_ref().map_or(primary.port, |t| t.ports[&primary.port]);
+        let upstream = tls.as_ref().map_or(primary.port, |t| t.port_for(primary.port));
         let replica = start_server(&dir, "replica", Some(upstream), tls.as_mut())?;
         let mut setup = RedisSentinel { primary, replica, sentinels: Vec::new(), tls, dir };
         setup.poll(START_PATIENCE, "the replica's master_link_status:up", |s| {
@@ -84,7 +82,7 @@ impl RedisSentinel {
             ];
             if let Some(tls) = setup.tls.as_mut() {
                 // The same settings as the servers' arguments, as config lines.
-                lines.extend(tls.args(port).chunks(2).map(|pair| {
+                lines.extend(tls.args(port, || pick_port(false)).chunks(2).map(|pair| {
                     format!(
                         "{} {}",
                         pair[0].to_string_lossy().trim_start_matches("--"),
@@ -116,14 +114,14 @@ impl RedisSentinel {
         self.sentinels.iter().map(|s| format!("{scheme}://127.0.0.1:{}", self.client_port(s.port))).collect()
     }
 
-    /// With TLS: the files a client needs, (CA, client certificate, client key).
-    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
-        self.tls.as_ref().map(|t| (t.ca.clone(), t.client.0.clone(), t.client.1.clone()))
+    /// With TLS: the files a client needs.
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.tls.as_ref()
     }
 
     /// The port clients reach the process on plaintext `port` by: itself, or its TLS port.
     fn client_port(&self, port: u16) -> u16 {
-        self.tls.as_ref().map_or(port, |t| t.ports[&port])
+        self.tls.as_ref().map_or(port, |t| t.port_for(port))
     }
 
     pub fn sentinel_ports(&self) -> Vec<u16> {
@@ -213,66 +211,18 @@ impl Drop for RedisSentinel {
     }
 }
 
-/// The TLS side of a setup: one server certificate for 127.0.0.1 that every process presents (also
-/// on the links it opens), the CA that verifies them, and a client pair for the test's clients.
-#[derive(Debug)]
-struct Tls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    client: (PathBuf, PathBuf),
-    /// Plaintext port -> TLS port, for every process.
-    ports: HashMap<u16, u16>,
-}
-
-impl Tls {
-    fn new(ca: &Ca, dir: &tempfile::TempDir) -> Tls {
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).expect("write a PEM file");
-            path
-        };
-        let (cert, key) = ca.leaf(&["127.0.0.1"]);
-        let (client_cert, client_key) = ca.leaf(&["sluice"]);
-        Tls {
-            ca: write("ca.crt", &ca.pem()),
-            cert: write("server.crt", &cert),
-            key: write("server.key", &key),
-            client: (write("client.crt", &client_cert), write("client.key", &client_key)),
-            ports: HashMap::new(),
-        }
-    }
-
-    /// The arguments that give the process on plaintext `port` a TLS port of its own.
-    fn args(&mut self, port: u16) -> Vec<OsString> {
-        let tls_port = *self.ports.entry(port).or_insert_with(|| pick_port(false));
-        let mut args: Vec<OsString> = Vec::new();
-        let mut pair = |k: &str, v: OsString| {
-            args.push(k.into());
-            args.push(v);
-        };
-        pair("--tls-port", tls_port.to_string().into());
-        pair("--tls-cert-file", self.cert.clone().into());
-        pair("--tls-key-file", self.key.clone().into());
-        pair("--tls-ca-cert-file", self.ca.clone().into());
-        pair("--tls-auth-clients", "yes".into());
-        pair("--tls-replication", "yes".into());
-        args
-    }
-}
-
 fn start_server(
     dir: &tempfile::TempDir,
     name: &str,
     primary: Option<u16>,
-    tls: Option<&mut Tls>,
+    tls: Option<&mut NodeTls>,
 ) -> Result<RedisProcess, StartFailure> {
     let port = pick_port(false);
     let node_dir = dir.path().join(name);
     std::fs::create_dir_all(&node_dir).expect("server dir");
     let mut args = RedisProcess::server_args(port, &node_dir);
     if let Some(tls) = tls {
-        args.extend(tls.args(port));
+        args.extend(tls.args(port, || pick_port(false)));
     }
     if let Some(primary) = primary {
         args.push("--replicaof".into());

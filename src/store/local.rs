@@ -49,6 +49,13 @@ struct Cell {
     state: State,
     /// Instant (store clock, ms) after which the state no longer matters.
     expires_at: u64,
+    /// Only keys of adaptive, penalty and baseline tiers (or with reported failures) have one: a
+    /// flood of plain keys does not pay for it.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
     /// An adaptive tier's attempts and reported failures in the current window.
     attempts: Count,
     failures: Count,
@@ -141,19 +148,21 @@ impl LocalStore {
                 super::FailureMode::Local,
             );
             let cell = self.cell(&probe, now);
-            let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            let cell = &mut *guard;
+            let extra = cell.extra.get_or_insert_default();
             if f.adaptive {
-                cell.failures.add(now, f.window_ms, 1);
-                cell.expires_at = cell.expires_at.max(cell.failures.reset_at);
+                extra.failures.add(now, f.window_ms, 1);
+                cell.expires_at = cell.expires_at.max(extra.failures.reset_at);
             }
             if let Some(p) = f.penalty {
-                cell.penalty.refresh(now, p);
+                extra.penalty.refresh(now, p);
             }
             if let Some(p) = f.penalty
-                && !cell.penalty.blocked(now)
+                && !extra.penalty.blocked(now)
             {
-                cell.penalty.violate(now, p, 1);
-                cell.expires_at = cell.expires_at.max(cell.penalty.expires_at(p));
+                extra.penalty.violate(now, p, 1);
+                cell.expires_at = cell.expires_at.max(extra.penalty.expires_at(p));
             }
         }
     }
@@ -173,8 +182,10 @@ impl LocalStore {
             AdminOp::Unblock { key } => {
                 if let Some(cell) = self.cells.get(key).map(|c| Arc::clone(&c)) {
                     let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-                    cell.penalty.blocked_until = 0;
-                    cell.penalty.violations = 0;
+                    if let Some(extra) = cell.extra.as_mut() {
+                        extra.penalty.blocked_until = 0;
+                        extra.penalty.violations = 0;
+                    }
                 }
                 touched(key)
             }
@@ -196,16 +207,18 @@ impl LocalStore {
                     State::Log(log) => field("log.count", log.entries.len() as u64),
                     State::Bucket(b) => field("bucket.tat", u64::try_from(b.tat).unwrap_or(u64::MAX)),
                 }
-                if cell.attempts.count > 0 && now < cell.attempts.reset_at {
-                    field("att.c", cell.attempts.count);
-                }
-                if cell.failures.count > 0 && now < cell.failures.reset_at {
-                    field("fail.c", cell.failures.count);
-                }
-                if cell.penalty != PenaltyState::default() {
-                    field("pen.u", cell.penalty.blocked_until);
-                    field("pen.n", u64::from(cell.penalty.blocks));
-                    field("pen.v", cell.penalty.violations);
+                if let Some(extra) = cell.extra.as_deref() {
+                    if extra.attempts.count > 0 && now < extra.attempts.reset_at {
+                        field("att.c", extra.attempts.count);
+                    }
+                    if extra.failures.count > 0 && now < extra.failures.reset_at {
+                        field("fail.c", extra.failures.count);
+                    }
+                    if extra.penalty != PenaltyState::default() {
+                        field("pen.u", extra.penalty.blocked_until);
+                        field("pen.n", u64::from(extra.penalty.blocks));
+                        field("pen.v", extra.penalty.violations);
+                    }
                 }
                 fields.sort();
                 fields
@@ -313,7 +326,8 @@ impl LocalStore {
         let mut next_windows = Vec::with_capacity(checks.len());
         let mut bad_reputation = None;
         let mut baselines = Vec::with_capacity(checks.len());
-        for (check, (_, cell)) in checks.iter().zip(guards.iter_mut()) {
+        for (check, (_, guard)) in checks.iter().zip(guards.iter_mut()) {
+            let cell: &mut Cell = guard;
             let mut quota = self.quota(check);
             let mut threat = (0, 0);
             let mut baseline = None;
@@ -323,23 +337,19 @@ impl LocalStore {
                     _ => (0, 0),
                 };
                 let window_start = now - now % quota.window_ms;
-                let (avg, folded) = algorithm::baseline::fold(
-                    cell.baseline.0,
-                    cell.baseline.1,
-                    start,
-                    current,
-                    window_start,
-                    quota.window_ms,
-                );
+                let (avg, since) = cell.extra.as_ref().map_or((0, 0), |e| e.baseline);
+                let (avg, folded) =
+                    algorithm::baseline::fold(avg, since, start, current, window_start, quota.window_ms);
                 quota.limit = algorithm::baseline::limit(quota.limit, avg, b);
                 baseline = Some((avg, folded));
             }
             baselines.push(baseline);
             if let Some(a) = &check.adaptive {
                 let s = a.settings;
-                let attempts = cell.attempts.add(now, quota.window_ms, u64::from(mode == Mode::Consume));
-                cell.expires_at = cell.expires_at.max(cell.attempts.reset_at);
-                let failures = cell.failures.add(now, quota.window_ms, 0);
+                let extra = cell.extra.get_or_insert_default();
+                let attempts = extra.attempts.add(now, quota.window_ms, u64::from(mode == Mode::Consume));
+                cell.expires_at = cell.expires_at.max(extra.attempts.reset_at);
+                let failures = extra.failures.add(now, quota.window_ms, 0);
                 let bad = *bad_reputation.get_or_insert_with(|| self.bad_reputation(&a.reputation, now));
                 let mut bits = a.client_factors;
                 if bad {
@@ -375,9 +385,10 @@ impl LocalStore {
             };
             let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
             if let Some(p) = check.penalty {
-                cell.penalty.refresh(now, p);
-                if cell.penalty.blocked(now) {
-                    let wait = cell.penalty.blocked_until - now;
+                let penalty = &mut cell.extra.get_or_insert_default().penalty;
+                penalty.refresh(now, p);
+                if penalty.blocked(now) {
+                    let wait = penalty.blocked_until - now;
                     verdict = Verdict {
                         allowed: false,
                         remaining: 0,
@@ -386,10 +397,10 @@ impl LocalStore {
                         ..verdict
                     };
                 } else if !verdict.allowed && mode == Mode::Consume {
-                    cell.penalty.violate(now, p, 1);
-                    cell.expires_at = cell.expires_at.max(cell.penalty.expires_at(p));
-                    if cell.penalty.blocked(now) {
-                        let wait = cell.penalty.blocked_until - now;
+                    penalty.violate(now, p, 1);
+                    cell.expires_at = cell.expires_at.max(penalty.expires_at(p));
+                    if penalty.blocked(now) {
+                        let wait = penalty.blocked_until - now;
                         verdict = Verdict { retry_after_ms: wait, reset_after_ms: wait, ..verdict };
                     }
                 }
@@ -414,7 +425,7 @@ impl LocalStore {
                     continue;
                 }
                 if let (Some(fold), Next::Window(_)) = (baseline, &next) {
-                    cell.baseline = fold;
+                    cell.extra.get_or_insert_default().baseline = fold;
                 }
                 let q = check.quota;
                 match (&mut cell.state, next) {
@@ -468,14 +479,7 @@ impl LocalStore {
             self.make_room(now);
         }
         let entry = self.cells.entry(check.key.clone()).or_insert_with(|| {
-            Arc::new(Mutex::new(Cell {
-                state: State::fresh(self.kind(check)),
-                expires_at: 0,
-                attempts: Count::default(),
-                failures: Count::default(),
-                penalty: PenaltyState::default(),
-                baseline: (0, 0),
-            }))
+            Arc::new(Mutex::new(Cell { state: State::fresh(self.kind(check)), expires_at: 0, extra: None }))
         });
         Arc::clone(&entry)
     }
@@ -541,6 +545,17 @@ mod tests {
     fn check(key: String, limit: u64) -> Check {
         let quota = Quota { limit, window_ms: 60_000, cost: 1 };
         Check::plain(key, Algorithm::SlidingWindow, quota, FailureMode::Local)
+    }
+
+    #[test]
+    fn plain_keys_keep_no_extra_state() {
+        let store = LocalStore::default();
+        let c = [check("sluice:{plain:1}".into(), 10)];
+        store.decide_at(&c, Mode::Consume, 1_000);
+        let cell = store.cells.get("sluice:{plain:1}").map(|c| Arc::clone(&c)).expect("a cell");
+        assert!(cell.lock().expect("lock").extra.is_none());
+        // What a held key costs beyond its name and the map's slot.
+        assert!(std::mem::size_of::<Cell>() <= 64, "{} bytes", std::mem::size_of::<Cell>());
     }
 
     #[test]

@@ -314,70 +314,74 @@ fn spawn_reloader(
     });
 }
 
-/// Every second: trims the store when it is past 90% of its bound, so eviction happens here and
-/// not inside a request; every `SWEEP_EVERY`, drops expired keys. Both walk the whole map, so they
-/// run on the blocking pool, off the threads that answer requests.
-fn spawn_sweeper(local: LocalStore, role: &'static str, mut stop: watch::Receiver<bool>) {
+/// Runs `task` every `period` (the first run at once) until the server stops.
+fn spawn_every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut task: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(TRIM_EVERY);
-        let mut last_sweep = tokio::time::Instant::now();
+        let mut every = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
-            let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
-            if sweep {
-                last_sweep = tokio::time::Instant::now();
-            }
-            let store = local.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            task().await;
+        }
+    });
+}
+
+/// Every second: trims the store when it is past 90% of its bound, so eviction happens here and
+/// not inside a request; every `SWEEP_EVERY`, drops expired keys. Both walk the whole map, so they
+/// run on the blocking pool, off the threads that answer requests.
+fn spawn_sweeper(local: LocalStore, role: &'static str, stop: watch::Receiver<bool>) {
+    let mut last_sweep = tokio::time::Instant::now();
+    spawn_every(TRIM_EVERY, stop, move || {
+        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+        if sweep {
+            last_sweep = tokio::time::Instant::now();
+        }
+        let store = local.clone();
+        async move {
+            let held = tokio::task::spawn_blocking(move || {
                 let now = store.now_ms();
                 if sweep {
                     store.sweep(now);
                 }
                 store.trim(now);
+                store.len()
             })
             .await;
-            metrics::local_keys(role, local.len());
+            if let Ok(held) = held {
+                metrics::local_keys(role, held);
+            }
         }
     });
 }
 
 /// Histograms keep their samples until they are folded into buckets, which a scrape does; with no
 /// scraper they would grow by every decision. Folding them every few seconds keeps them bounded.
-fn spawn_metrics_upkeep(
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-    mut stop: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
-            handle.run_upkeep();
-        }
+fn spawn_metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, stop: watch::Receiver<bool>) {
+    spawn_every(METRICS_UPKEEP_EVERY, stop, move || {
+        handle.run_upkeep();
+        std::future::ready(())
     });
 }
 
-fn spawn_cache_sweeper(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(TRIM_EVERY);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
-            let cache = Arc::clone(&engine);
-            let len = tokio::task::spawn_blocking(move || {
+/// Every second: drops the over-limit cache's ended denials, on the blocking pool.
+fn spawn_cache_sweeper(engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    spawn_every(TRIM_EVERY, stop, move || {
+        let cache = Arc::clone(&engine);
+        async move {
+            let held = tokio::task::spawn_blocking(move || {
                 cache.over_limit().sweep();
                 cache.over_limit().len()
             })
-            .await
-            .unwrap_or_default();
-            metrics::over_limit_keys(len);
+            .await;
+            if let Ok(held) = held {
+                metrics::over_limit_keys(held);
+            }
         }
     });
 }

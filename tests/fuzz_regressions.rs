@@ -139,9 +139,13 @@ fn refused_seeds_name_the_field_at_fault() {
         );
     }
     let domain_problems = message(&results, "config", "envoy_problems.yaml");
-    for fragment in
-        ["domain: must not be empty", "fortnight", "duplicate descriptor", "unknown key \"colour\""]
-    {
+    for fragment in [
+        "domain: must not be empty",
+        "fortnight",
+        "duplicate descriptor",
+        "unknown key \"colour\"",
+        "rate_limit.name: \"g\\\"\\r\\nX-Injected: 1\" must be printable ASCII",
+    ] {
         assert!(domain_problems.contains(fragment), "{fragment} not in:\n{domain_problems}");
     }
 }

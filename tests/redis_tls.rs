@@ -1,6 +1,6 @@
 //! Redis over TLS (`rediss://`): Sluice verifies the server against a CA and presents a client
-//! certificate to a server that demands one; without one it serves from the fallback. Sentinel over
-//! TLS: the sentinels, the master they name and the one they promote are all reached over TLS.
+//! certificate to a server that demands one; without one it serves from the fallback. Sentinel and
+//! Cluster over TLS: every node Sluice reaches, the promoted master included, is reached over TLS.
 
 mod common;
 
@@ -15,9 +15,9 @@ use sluice::api::pb::rate_limiter_client::RateLimiterClient;
 use sluice::store::redis::key_slot;
 use tonic::transport::Channel;
 
-/// Six calls with the same attributes, taking turns over the clients (Sluice replicas): how many were allowed.
-/// Each answer must come from Redis, or be a repeated denial from the over-limit cache that
-/// Redis's first denial filled.
+/// Six calls with the same attributes, taking turns over the clients (Sluice replicas): how many
+/// were allowed. Each answer must come from Redis, or be a repeated denial from the over-limit
+/// cache that Redis's first denial filled.
 async fn allowed_by_redis(clients: &mut [RateLimiterClient<Channel>], attrs: &[(&str, &str)]) -> usize {
     let mut allowed = 0;
     for i in 0..6 {
@@ -40,13 +40,7 @@ fn yaml(redis: &RedisServer, tls: &str) -> String {
 async fn decisions_are_shared_through_a_tls_redis_that_verifies_clients() {
     let ca = Ca::new("redis test ca");
     let redis = RedisServer::start_tls(&ca);
-    let files = redis.tls().expect("a tls server");
-    let tls = format!(
-        "  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
-        redis.file("client-ca.crt", &files.ca),
-        redis.file("client.crt", &files.client.0),
-        redis.file("client.key", &files.client.1),
-    );
+    let tls = redis.tls().expect("a tls server").config();
     let (a, b) = (
         SluiceServer::start(&yaml(&redis, &tls), None).await,
         SluiceServer::start(&yaml(&redis, &tls), None).await,
@@ -76,8 +70,8 @@ async fn without_a_client_certificate_sluice_serves_from_the_fallback() {
     let tls = format!(
         "  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
         redis.file("stranger.crt", &stranger.pem()),
-        redis.file("client2.crt", &files.client.0),
-        redis.file("client2.key", &files.client.1),
+        files.client_cert.display(),
+        files.client_key.display(),
     );
     let server = SluiceServer::start(&yaml(&redis, &tls), None).await;
     let d = common::check(&mut server.client().await, request(&[("ip", "10.1.1.3")])).await;

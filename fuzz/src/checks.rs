@@ -134,8 +134,8 @@ pub fn envoy_request(data: &[u8]) -> Handled {
 
 /// Text, read both as a Sluice configuration (`config::parse`, with an empty environment) and as
 /// an envoyproxy/ratelimit domain file (`descriptor::parse`). Every error line names the origin,
-/// and what loads respects the bounds the rest of Sluice relies on (tier names fit in keys and
-/// headers, limits are at least 1).
+/// and what loads respects the bounds the rest of Sluice relies on (tier and rule names fit in
+/// keys and headers, limits are at least 1).
 pub fn config(data: &[u8]) -> Handled {
     let text = String::from_utf8_lossy(data);
     let descriptor = match sluice::descriptor::parse(&text, "fuzz") {
@@ -147,7 +147,13 @@ pub fn config(data: &[u8]) -> Handled {
                 let entries: Vec<(String, String)> =
                     entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
                 if let Some(m) = domain.matches(&entries) {
-                    assert!(m.node.rule.is_some());
+                    let rule = m.node.rule.as_ref().expect("a match has a rule");
+                    // The name goes into the RateLimit headers as a quoted string.
+                    let name = &rule.name;
+                    assert!(
+                        name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'),
+                        "{name:?}"
+                    );
                 }
             }
             Handled::Accepted

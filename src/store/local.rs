@@ -157,12 +157,10 @@ impl LocalStore {
             }
             if let Some(p) = f.penalty {
                 extra.penalty.refresh(now, p);
-            }
-            if let Some(p) = f.penalty
-                && !extra.penalty.blocked(now)
-            {
-                extra.penalty.violate(now, p, 1);
-                cell.expires_at = cell.expires_at.max(extra.penalty.expires_at(p));
+                if !extra.penalty.blocked(now) {
+                    extra.penalty.violate(now, p, 1);
+                    cell.expires_at = cell.expires_at.max(extra.penalty.expires_at(p));
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ impl Ca {
     }
 }
 
-/// The TLS side of a Sentinel or Cluster fixture: one server certificate for 127.0.0.1 that every
+/// The TLS side of a Redis fixture: one server certificate for 127.0.0.1 that every
 /// process presents (also on the links it opens to the others), the CA that verifies them, a client
 /// pair for the test's clients, and each process's TLS port next to its plaintext one.
 #[derive(Debug)]
@@ -68,9 +68,15 @@ impl NodeTls {
     }
 
     /// The `redis-server` arguments that give the process on plaintext `port` a TLS port (picked
-    /// with `pick`), clients verified against the CA, and TLS on the replication links it opens.
+    /// with `pick`), as `server_args` says.
     pub fn args(&mut self, port: u16, pick: impl FnOnce() -> u16) -> Vec<OsString> {
         let tls_port = *self.ports.entry(port).or_insert_with(pick);
+        self.server_args(tls_port)
+    }
+
+    /// The `redis-server` arguments for TLS on `tls_port`: clients verified against the CA, and
+    /// TLS on the replication links the process opens.
+    pub fn server_args(&self, tls_port: u16) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut pair = |k: &str, v: OsString| {
             args.push(k.into());
@@ -98,6 +104,18 @@ impl NodeTls {
         args
     }
 
+    /// The CA and the client pair for a `redis` crate client.
+    pub fn client_certificates(&self) -> redis::TlsCertificates {
+        let read = |path: &PathBuf| std::fs::read(path).expect("read a PEM file");
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&self.client_cert),
+                client_key: read(&self.client_key),
+            }),
+            root_cert: Some(read(&self.ca)),
+        }
+    }
+
     /// A `redis.tls` config section naming the CA and the client pair.
     pub fn config(&self) -> String {
         format!(
@@ -107,4 +125,16 @@ impl NodeTls {
             self.client_key.display()
         )
     }
+}
+
+/// The port clients reach the process on plaintext `port` by: itself, or with TLS its TLS port.
+pub fn client_port(tls: Option<&NodeTls>, port: u16) -> u16 {
+    tls.map_or(port, |t| t.port_for(port))
+}
+
+/// `redis://127.0.0.1:PORT` for the process on plaintext `port`; with TLS, `rediss://` and its
+/// TLS port.
+pub fn client_url(tls: Option<&NodeTls>, port: u16) -> String {
+    let scheme = if tls.is_some() { "rediss" } else { "redis" };
+    format!("{scheme}://127.0.0.1:{}", client_port(tls, port))
 }

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use super::certs::{Ca, NodeTls};
+use super::certs::{Ca, NodeTls, client_port, client_url};
 
 /// The cluster bus listens on port + 10000.
 const BUS_OFFSET: u16 = 10000;
@@ -363,7 +363,7 @@ impl RedisCluster {
             .args(self.tls.as_ref().map(NodeTls::cli_args).unwrap_or_default())
             .arg("--cluster")
             .arg("create")
-            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", self.client_port(n.port))))
+            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", client_port(self.tls(), n.port))))
             .args(["--cluster-replicas", &replicas_per_master.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -416,29 +416,17 @@ impl RedisCluster {
     /// `redis://127.0.0.1:PORT` for every node, killed ones included (`rediss://` and the TLS port
     /// with TLS).
     pub fn urls(&self) -> Vec<String> {
-        self.ports().into_iter().map(|p| self.url(p)).collect()
+        self.ports().into_iter().map(|p| client_url(self.tls(), p)).collect()
     }
 
     /// URLs of the nodes still running: the seeds to give a cluster client, also after `kill_node`.
     pub fn seed_urls(&self) -> Vec<String> {
-        self.live_ports().into_iter().map(|p| self.url(p)).collect()
+        self.live_ports().into_iter().map(|p| client_url(self.tls(), p)).collect()
     }
 
     /// With TLS: the files a client needs.
     pub fn tls(&self) -> Option<&NodeTls> {
         self.tls.as_ref()
-    }
-
-    fn url(&self, port: u16) -> String {
-        match &self.tls {
-            Some(tls) => format!("rediss://127.0.0.1:{}", tls.port_for(port)),
-            None => format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    /// The port clients reach the node on plaintext `port` by: itself, or its TLS port.
-    fn client_port(&self, port: u16) -> u16 {
-        self.tls.as_ref().map_or(port, |t| t.port_for(port))
     }
 
     fn live_ports(&self) -> Vec<u16> {

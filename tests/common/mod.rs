@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod sentinel;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,15 +47,7 @@ pub struct RedisServer {
     /// `requirepass`, when the server has one.
     password: Option<String>,
     /// TLS only (no plaintext port), clients verified against the CA, when set.
-    tls: Option<TlsServer>,
-}
-
-/// The PEM files of a Redis server that speaks only TLS and verifies its clients.
-pub struct TlsServer {
-    pub ca: String,
-    pub server: (String, String),
-    /// A client certificate the server accepts.
-    pub client: (String, String),
+    tls: Option<Box<certs::NodeTls>>,
 }
 
 impl RedisServer {
@@ -81,7 +74,7 @@ impl RedisServer {
     /// refuses clients without a certificate from `ca`.
     pub fn start_tls(ca: &certs::Ca) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let tls = TlsServer { ca: ca.pem(), server: ca.leaf(&["127.0.0.1"]), client: ca.leaf(&["sluice"]) };
+        let tls = Box::new(certs::NodeTls::new(ca, dir.path()));
         let mut server = RedisServer { port: free_port(), dir, child: None, password: None, tls: Some(tls) };
         server.spawn();
         server
@@ -94,8 +87,8 @@ impl RedisServer {
         path.display().to_string()
     }
 
-    pub fn tls(&self) -> Option<&TlsServer> {
-        self.tls.as_ref()
+    pub fn tls(&self) -> Option<&certs::NodeTls> {
+        self.tls.as_deref()
     }
 
     /// The URL, with the password when the server has one.
@@ -113,22 +106,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let ports = match &self.tls {
-            None => vec!["--port".to_owned(), self.port.to_string()],
-            Some(tls) => vec![
-                "--port".into(),
-                "0".into(),
-                "--tls-port".into(),
-                self.port.to_string(),
-                "--tls-cert-file".into(),
-                self.file("server.crt", &tls.server.0),
-                "--tls-key-file".into(),
-                self.file("server.key", &tls.server.1),
-                "--tls-ca-cert-file".into(),
-                self.file("ca.crt", &tls.ca),
-                "--tls-auth-clients".into(),
-                "yes".into(),
-            ],
+        let ports: Vec<OsString> = match &self.tls {
+            None => vec!["--port".into(), self.port.to_string().into()],
+            Some(tls) => [vec!["--port".into(), "0".into()], tls.server_args(self.port)].concat(),
         };
         let child = Command::new("redis-server")
             .args(ports)
@@ -163,17 +143,8 @@ impl RedisServer {
     pub fn client(&self) -> redis::Client {
         match &self.tls {
             None => redis::Client::open(self.url()).expect("redis url"),
-            Some(tls) => redis::Client::build_with_tls(
-                self.url(),
-                redis::TlsCertificates {
-                    client_tls: Some(redis::ClientTlsConfig {
-                        client_cert: tls.client.0.clone().into_bytes(),
-                        client_key: tls.client.1.clone().into_bytes(),
-                    }),
-                    root_cert: Some(tls.ca.clone().into_bytes()),
-                },
-            )
-            .expect("redis tls client"),
+            Some(tls) => redis::Client::build_with_tls(self.url(), tls.client_certificates())
+                .expect("redis tls client"),
         }
     }
 

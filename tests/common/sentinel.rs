@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::certs::{Ca, NodeTls};
+use super::certs::{Ca, NodeTls, client_port, client_url};
 use super::cluster::{RedisProcess, StartFailure, info_field, pick_port, query, temp_dir};
 
 const MASTER_NAME: &str = "mymaster";
@@ -58,7 +58,7 @@ impl RedisSentinel {
         let dir = temp_dir();
         let mut tls = ca.map(|ca| NodeTls::new(ca, dir.path()));
         let primary = start_server(&dir, "primary", None, tls.as_mut())?;
-        let upstream = tls.as_ref().map_or(primary.port, |t| t.port_for(primary.port));
+        let upstream = client_port(tls.as_ref(), primary.port);
         let replica = start_server(&dir, "replica", Some(upstream), tls.as_mut())?;
         let mut setup = RedisSentinel { primary, replica, sentinels: Vec::new(), tls, dir };
         setup.poll(START_PATIENCE, "the replica's master_link_status:up", |s| {
@@ -110,18 +110,12 @@ impl RedisSentinel {
 
     /// `redis://127.0.0.1:PORT` of each sentinel (`rediss://` and the TLS port with TLS).
     pub fn sentinel_urls(&self) -> Vec<String> {
-        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-        self.sentinels.iter().map(|s| format!("{scheme}://127.0.0.1:{}", self.client_port(s.port))).collect()
+        self.sentinels.iter().map(|s| client_url(self.tls(), s.port)).collect()
     }
 
     /// With TLS: the files a client needs.
     pub fn tls(&self) -> Option<&NodeTls> {
         self.tls.as_ref()
-    }
-
-    /// The port clients reach the process on plaintext `port` by: itself, or its TLS port.
-    fn client_port(&self, port: u16) -> u16 {
-        self.tls.as_ref().map_or(port, |t| t.port_for(port))
     }
 
     pub fn sentinel_ports(&self) -> Vec<u16> {
@@ -172,7 +166,7 @@ impl RedisSentinel {
     /// replica's port. Panics with the sentinel logs after `patience`.
     pub fn wait_for_promotion(&self, patience: Duration) -> u16 {
         let replica = self.replica.port;
-        let announced = self.client_port(replica);
+        let announced = client_port(self.tls(), replica);
         self.poll(patience, "the sentinels to promote the replica", |s| {
             s.sentinels.iter().all(|p| s.master_port_per(p.port) == Some(announced))
                 && query::<String>(replica, redis::cmd("INFO").arg("replication"))

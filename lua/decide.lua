@@ -26,7 +26,8 @@
 -- does any tier consume (a shadow tier only what it would have allowed). A denied request changes
 -- no count, except an adaptive tier's attempts
 -- counter, which counts every attempt that is not a dry run, and a penalty's violations, which
--- count each denial by their own tier. A blocked tier-key is denied until its block ends.
+-- count each denial by their own tier. A blocked tier-key is denied until its block ends. A tier
+-- whose cost is 0 only looks: it changes no count, attempt or violation.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -103,24 +104,33 @@ for i = 1, n do
       tonumber(sw[1]) or 0, tonumber(sw[2]) or 0, now - (now % window), window)
     effective = baseline_limit(limit, v.baseline, sensitivity, max)
   end
+  -- A look (cost 0) changes nothing: no attempt, no violation, no count.
+  local counted = commit and cost > 0
   if adaptive then
-    local attempts = adaptive_count(v.attempts_key, now, window, commit and 1 or 0)
+    local attempts = adaptive_count(v.attempts_key, now, window, counted and 1 or 0)
     local failures = adaptive_count(v.failures_key, now, window, 0)
     v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
-    effective = adaptive_limit(effective, v.score, reduction)
+    -- never below the request's own cost, or no wait would let it pass
+    effective = math.max(adaptive_limit(effective, v.score, reduction), math.min(cost, effective))
   end
   v.limit = effective
-  if penalty and v.penalty_state.u > now then
-    v.allowed, v.remaining, v.retry, v.reset = false, 0, v.penalty_state.u - now, v.penalty_state.u - now
-  elseif algorithm == 1 then
+  if algorithm == 1 then
     v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, effective, window, cost)
   else
     v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, effective, window, cost)
   end
-  if penalty and not v.allowed and commit and v.penalty_state.u <= now then
-    penalty_violate(v.penalty_key, v.penalty_state, now, v.penalty, 1)
-    if v.penalty_state.u > now then
-      v.retry, v.reset = v.penalty_state.u - now, v.penalty_state.u - now
+  if penalty then
+    if not v.allowed and counted and v.penalty_state.u <= now then
+      penalty_violate(v.penalty_key, v.penalty_state, now, v.penalty, 1)
+    end
+    local wait = v.penalty_state.u - now
+    if wait > 0 then
+      -- blocked: retry-after is the longest wait, the block's or the window's when longer; a
+      -- blocked key counts nothing
+      local window_wait = v.allowed and 0 or v.retry
+      v.allowed, v.remaining = false, 0
+      v.retry, v.reset = math.max(wait, window_wait), math.max(wait, v.reset)
+      v.state, v.blocked = nil, true
     end
   end
   if not v.allowed and not shadow then
@@ -133,10 +143,12 @@ if commit then
   for i = 1, n do
     local v = verdicts[i]
     local consume
-    if v.counts == 2 then
-      -- counts every request, denied or not (envoyproxy/ratelimit's way); a blocked tier has no
-      -- window state to write
-      consume = v.algorithm ~= 1 or v.state ~= nil
+    if v.cost == 0 then
+      -- a look only
+      consume = false
+    elseif v.counts == 2 then
+      -- counts every request, denied or not (envoyproxy/ratelimit's way), unless its key is blocked
+      consume = not v.blocked
     else
       -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
       -- the count would only grow its state); a failure-only tier (0) never here

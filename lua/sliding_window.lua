@@ -5,7 +5,11 @@
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
 -- sliding_window_commit(key, state, window, cost) consumes cost; the key expires two windows
 --   after its last write, when its counts can no longer matter.
--- Integers stay below 2^53 (the config bounds limit * window), so double arithmetic is exact.
+-- Integers stay below 2^53 (the config bounds limit * window, and counts saturate at MAX_COUNT),
+-- so double arithmetic is exact.
+
+-- Where stored counts saturate (src/algorithm/mod.rs): above every limit, exact in a double.
+local MAX_COUNT = 9007199254740991
 
 local function sliding_window_reset(c, p, elapsed, window)
   if c > 0 then return 2 * window - elapsed end
@@ -45,6 +49,6 @@ local function sliding_window_check(key, now, limit, window, cost)
 end
 
 local function sliding_window_commit(key, state, window, cost)
-  redis.call('HSET', key, 's', state[1], 'c', state[2] + cost, 'p', state[3])
+  redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT), 'p', state[3])
   redis.call('PEXPIRE', key, 2 * window)
 end

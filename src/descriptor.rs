@@ -17,20 +17,20 @@ use crate::store::FailureMode;
 use crate::threat::Adaptive;
 
 /// A loaded domain.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Domain {
     pub name: String,
     root: Level,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Level {
     exact: HashMap<(String, String), Node>,
     wildcards: Vec<(String, String, Node)>,
     any_value: HashMap<String, Node>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Node {
     pub rule: Option<Rule>,
     pub options: Options,

@@ -11,7 +11,11 @@ use arc_swap::ArcSwap;
 use crate::decision::Decision;
 use crate::metrics;
 use crate::over_limit::OverLimitCache;
-use crate::store::{AdaptiveCheck, Check, Counts, Failure, Mode, SecurityEvent, Source, Store, StoreError};
+use crate::shedding::{Admission, Shedding};
+use crate::store::{
+    AdaptiveCheck, Check, Counts, Failure, Mode, Outcome as StoreOutcome, SecurityEvent, Source, Store,
+    StoreError,
+};
 use crate::tier::{Attributes, Rule, Tier, Tiers};
 
 /// One gateway request to decide.
@@ -52,24 +56,30 @@ pub struct Engine {
     store: Arc<dyn Store>,
     events_max_len: u64,
     over_limit: OverLimitCache,
+    shedding: Shedding,
+}
+
+/// What the engine is built with besides its tiers and store.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSettings {
+    /// Bounds the stream of security events where the store keeps one.
+    pub events_max_len: u64,
+    /// Bounds the over-limit cache (0: no cache).
+    pub over_limit_max_keys: usize,
+    /// Calls in flight past which load is shed.
+    pub max_in_flight: usize,
 }
 
 impl Engine {
-    /// `events_max_len` bounds the stream of security events where the store keeps one;
-    /// `over_limit_max_keys` bounds the over-limit cache (0: no cache).
-    pub fn new(
-        tiers: Tiers,
-        store: Arc<dyn Store>,
-        events_max_len: u64,
-        over_limit_max_keys: usize,
-    ) -> Engine {
+    pub fn new(tiers: Tiers, store: Arc<dyn Store>, settings: EngineSettings) -> Engine {
         metrics::tiers(tiers.len());
         Engine {
             tiers: ArcSwap::from_pointee(tiers),
             domains: Default::default(),
             store,
-            events_max_len,
-            over_limit: OverLimitCache::new(over_limit_max_keys),
+            events_max_len: settings.events_max_len,
+            over_limit: OverLimitCache::new(settings.over_limit_max_keys),
+            shedding: Shedding::new(settings.max_in_flight),
         }
     }
 
@@ -159,6 +169,56 @@ impl Engine {
         mode: Mode,
         deadline: Option<Instant>,
     ) -> Result<Decision, RequestError> {
+        let admission = self.shedding.admit(deadline);
+        self.check_admitted(request, mode, deadline, &admission).await
+    }
+
+    /// Decides a batch: admitted or shed as a whole (one slot for the call), each request then
+    /// decided as if it had been sent alone.
+    pub async fn check_batch(
+        &self,
+        requests: &[Request],
+        mode: Mode,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<Decision, RequestError>> {
+        let admission = self.shedding.admit(deadline);
+        let admission = &admission;
+        futures::future::join_all(requests.iter().map(|r| self.check_admitted(r, mode, deadline, admission)))
+            .await
+    }
+
+    /// Asks the store for one request's checks, or its failure modes when the call was shed:
+    /// the one way from an API to the store.
+    pub async fn decide(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+        deadline: Option<Instant>,
+    ) -> Result<StoreOutcome, StoreError> {
+        let admission = self.shedding.admit(deadline);
+        self.decide_admitted(checks, mode, deadline, &admission).await
+    }
+
+    async fn decide_admitted(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+        deadline: Option<Instant>,
+        admission: &Admission<'_>,
+    ) -> Result<StoreOutcome, StoreError> {
+        match admission {
+            Admission::Admitted(_) => self.store.decide_by(checks, mode, deadline).await,
+            Admission::Shed => Ok(self.store.shed(checks, mode)),
+        }
+    }
+
+    async fn check_admitted(
+        &self,
+        request: &Request,
+        mode: Mode,
+        deadline: Option<Instant>,
+        admission: &Admission<'_>,
+    ) -> Result<Decision, RequestError> {
         let started = Instant::now();
         let tiers = self.tiers.load();
         let matched = matching(&tiers, request)?;
@@ -219,7 +279,7 @@ impl Engine {
             metrics::decision_duration(started.elapsed());
             return Ok(decision);
         }
-        let outcome = self.store.decide_by(&checks, mode, deadline).await?;
+        let outcome = self.decide_admitted(&checks, mode, deadline, admission).await?;
         self.over_limit.remember(&checks, &outcome);
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::descriptor::{Domain, Rule};
+use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode, Store, StoreError};
+use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode, StoreError};
 use crate::tier::escape_into;
 
 /// Every loaded domain, by name.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Domains {
     pub by_name: HashMap<String, Domain>,
     /// Count the hits of denied requests (the reference's default).
@@ -34,7 +35,8 @@ pub struct Descriptor {
     pub entries: Vec<(String, String)>,
     /// `(requests_per_unit, unit code)` from the request, which then bypasses the configuration.
     pub limit_override: Option<(u64, i32)>,
-    /// This descriptor's own hits, if given (0 checks without counting).
+    /// This descriptor's own hits, if given: 0 looks without counting, even when the request's other
+    /// descriptors count.
     pub hits: Option<u64>,
 }
 
@@ -83,21 +85,22 @@ pub fn unit_window_ms(code: i32) -> Option<u64> {
 
 /// Decides a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise.
 pub async fn decide(
-    domains: &Domains,
-    signals: &crate::threat::Signals,
-    store: &Arc<dyn Store>,
+    engine: &Engine,
     domain: &str,
     descriptors: &[Descriptor],
     hits: u64,
     deadline: Option<std::time::Instant>,
 ) -> Result<Vec<Status>, StoreError> {
+    let domains = engine.domains();
+    let tiers = engine.tiers();
+    let signals = &tiers.signals;
     let Some((domain_label, config)) = domains.by_name.get_key_value(domain) else {
         metrics::envoy_unknown_domain();
         return Ok(vec![Status::Unmatched; descriptors.len()]);
     };
     // Metric labels come from the configuration (its domain and paths), never from the request,
     // except the values of a `detailed_metric` node, which its author asked for.
-    let attrs = attributes(domains, descriptors);
+    let attrs = attributes(&domains, descriptors);
     let mut reputation: Option<Arc<[String]>> = None;
     let matched: Vec<Option<Matched>> = descriptors
         .iter()
@@ -111,8 +114,9 @@ pub async fn decide(
                     name: String::new(),
                     replaces: vec![],
                 };
-                let key =
-                    identity(domain, "override", d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                // The rate and unit are part of the key: two overrides never share a counter.
+                let kind = format!("override|{requests_per_unit}|{unit}");
+                let key = identity(domain, &kind, d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
                 Matched {
                     rule,
                     shadow: false,
@@ -166,7 +170,8 @@ pub async fn decide(
         checks.push(Check {
             key: key.clone(),
             algorithm: options.algorithm,
-            quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost: cost.max(1) },
+            // 0 looks without consuming, even when other descriptors of the request count.
+            quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost },
             shadow: *shadow,
             on_failure: options.on_failure.unwrap_or(domains.default_failure),
             adaptive: options.adaptive.map(|settings| AdaptiveCheck {
@@ -180,17 +185,15 @@ pub async fn decide(
             counts,
             baseline: None,
         });
-        slots.push((i, rule.clone(), *shadow, cost == 0, path.clone()));
+        slots.push((i, rule.clone(), *shadow, path.clone()));
         statuses.push(Status::Unmatched);
     }
     if checks.is_empty() {
         return Ok(statuses);
     }
-    // A descriptor with 0 hits only looks: a dry run for the whole call keeps it simple and exact.
-    let mode = if slots.iter().all(|(_, _, _, look, _)| *look) { Mode::DryRun } else { Mode::Consume };
-    let outcome = store.decide_by(&checks, mode, deadline).await?;
+    let outcome = engine.decide(&checks, Mode::Consume, deadline).await?;
     let source = outcome.source.as_str();
-    for ((i, rule, shadow, _, path), verdict) in slots.into_iter().zip(outcome.verdicts) {
+    for ((i, rule, shadow, path), verdict) in slots.into_iter().zip(outcome.verdicts) {
         let decision = match (verdict.allowed, shadow) {
             (true, _) => "allow",
             (false, false) => "deny",

@@ -28,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod over_limit;
 pub mod server;
+pub mod shedding;
 pub mod store;
 pub mod threat;
 pub mod tier;

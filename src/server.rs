@@ -15,9 +15,9 @@ use crate::api::admin::AdminService;
 use crate::api::envoy::EnvoyService;
 use crate::api::native::NativeService;
 use crate::config::Settings;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineSettings};
 use crate::metrics;
-use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Shedding, Store};
+use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Store};
 
 /// How long start-up waits for a first Redis connection before serving from the fallback.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
@@ -71,10 +71,16 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store: Arc<dyn Store> =
-        Arc::new(Shedding::new(build_store(&settings, stop_rx.clone()).await, settings.server.max_in_flight));
-    let engine =
-        Arc::new(Engine::new(settings.tiers, store, settings.events_max_len, settings.over_limit_max_keys));
+    let store = build_store(&settings, stop_rx.clone()).await;
+    let engine = Arc::new(Engine::new(
+        settings.tiers,
+        store,
+        EngineSettings {
+            events_max_len: settings.events_max_len,
+            over_limit_max_keys: settings.over_limit_max_keys,
+            max_in_flight: settings.server.max_in_flight,
+        },
+    ));
     spawn_cache_sweeper(Arc::clone(&engine), stop_rx.clone());
     spawn_metrics_upkeep(handle.clone(), stop_rx.clone());
     let native = NativeService::new(Arc::clone(&engine), settings.limits);

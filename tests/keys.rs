@@ -34,6 +34,7 @@ use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use sluice::algorithm::{Algorithm, Verdict};
 use sluice::api::pb;
+use sluice::engine::{Engine, EngineSettings};
 use sluice::envoy::{Descriptor, Domains};
 use sluice::store::{AdminOp, Check, Failure, Mode, Outcome, Source, Store, StoreError};
 use sluice::tier::{Attr, Attributes, Limit, Rule, Tier, reputation_keys};
@@ -652,7 +653,7 @@ fn envoy_case() -> BoxedStrategy<EnvoyCase> {
         }),
         // A limit given in the request: the client chooses keys, values and their number.
         (domain(), vec((value(), envoy_value()), 0..4), 1..=7i32).prop_map(|(domain, entries, unit)| {
-            let mut expected = vec![domain.clone(), "override".to_owned()];
+            let mut expected = vec![domain.clone(), "override".to_owned(), "5".to_owned(), unit.to_string()];
             expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
             EnvoyCase {
                 domain,
@@ -684,7 +685,7 @@ fn envoy_case() -> BoxedStrategy<EnvoyCase> {
 
 /// A request's own limit over `entries`.
 fn override_case(domain: &str, entries: Vec<(String, String)>) -> EnvoyCase {
-    let mut expected = vec![domain.to_owned(), "override".to_owned()];
+    let mut expected = vec![domain.to_owned(), "override".to_owned(), "5".to_owned(), "2".to_owned()];
     expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
     EnvoyCase {
         domain: domain.to_owned(),
@@ -737,11 +738,11 @@ fn envoy_pair() -> BoxedStrategy<(EnvoyCase, EnvoyCase)> {
 fn envoy_key(domains: &Domains, case: &EnvoyCase) -> Option<String> {
     let recorder = Arc::new(Recorder::default());
     let store: Arc<dyn Store> = recorder.clone();
-    let signals = sluice::threat::Signals::default();
+    let settings = EngineSettings { events_max_len: 0, over_limit_max_keys: 0, max_in_flight: 1 };
+    let engine = Engine::new(Default::default(), store, settings);
+    engine.replace_domains(domains.clone());
     futures::executor::block_on(sluice::envoy::decide(
-        domains,
-        &signals,
-        &store,
+        &engine,
         &case.domain,
         std::slice::from_ref(&case.descriptor),
         1,

@@ -7,6 +7,10 @@
 //! no traffic count as zero. It is folded from the sliding window's own counters, when they roll
 //! over, so it costs no extra counting.
 
+/// Windows an average is kept without traffic (the Redis key's TTL, and the in-process cell's
+/// expiry); after that many quiet windows it would have faded to nothing anyway.
+pub const KEPT_WINDOWS: u64 = 64;
+
 /// A tier's baseline settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Baseline {
@@ -37,13 +41,13 @@ pub fn fold(
         return (avg_milli, from);
     }
     let windows = (now_start - from) / window_ms;
-    if windows > 64 {
+    if windows > KEPT_WINDOWS {
         return (0, now_start);
     }
     let mut avg = avg_milli;
     for i in 0..windows {
         let units = if from + i * window_ms == start_ms { count } else { 0 };
-        avg = avg - avg / 8 + units * 125;
+        avg = (avg - avg / 8).saturating_add(units.saturating_mul(125));
     }
     (avg, now_start)
 }

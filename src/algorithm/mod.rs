@@ -50,9 +50,16 @@ impl fmt::Display for Algorithm {
 pub struct Quota {
     pub limit: u64,
     pub window_ms: u64,
-    /// Units this request consumes; the engine guarantees `1 <= cost <= limit`.
+    /// Units this request consumes. 0 looks without consuming (an Envoy descriptor's `hits_addend`
+    /// of 0). Any value is safe: a cost above the limit is denied, and counts saturate at
+    /// `MAX_COUNT` rather than wrap.
     pub cost: u64,
 }
+
+/// Where stored counts saturate: the largest integer that Lua's doubles hold exactly, so Rust and
+/// the scripts agree to the unit. Configured limits are far below it, so a count held here is over
+/// every limit.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// What one tier says about one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

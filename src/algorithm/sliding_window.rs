@@ -54,8 +54,8 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     let used = prev * (w - elapsed) + cur * w;
     let capacity = limit * w;
     let allowed = used + cost * w <= capacity;
-    // What to store if the request is consumed.
-    let next = Window { current: s.current + q.cost, ..s };
+    // What to store if the request is consumed; a count saturates rather than wraps.
+    let next = Window { current: s.current.saturating_add(q.cost).min(super::MAX_COUNT), ..s };
 
     if allowed {
         let remaining = (capacity - used - cost * w) / w;
@@ -80,7 +80,8 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
         let slack = (limit - cost) * w;
         (w - elapsed) + (w - slack / cur)
     } else {
-        // Never passes; the engine rejects such a cost before it gets here.
+        // A cost above the limit never passes: the native API rejects it, Envoy's answer shows the
+        // limit it exceeds.
         2 * w - elapsed
     };
     let verdict = Verdict {

@@ -7,6 +7,10 @@
 //! now. Over any span of length `W` at most `2 * capacity` units pass (a full bucket plus a window of
 //! refill), and on average `capacity` per window.
 //!
+//! A request costing more than the whole bucket passes when the bucket is full and leaves it that
+//! much in debt: the rate stays `capacity` per window, and every cost can pass once the bucket has
+//! refilled, which is what its retry-after says.
+//!
 //! To keep `T` exact when the window does not divide by the capacity, time is counted in units of
 //! `1 / capacity` ms: then `T` is `window_ms` units and `capacity * T` is `capacity * window_ms`.
 
@@ -24,7 +28,9 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
     let capacity = u128::from(q.limit);
     let t = u128::from(q.window_ms);
     let now_scaled = u128::from(now) * capacity;
-    let horizon = capacity * t;
+    let full = capacity * t;
+    // How far ahead this request may push `tat`: a whole bucket, or its own cost when larger.
+    let horizon = full.max(u128::from(q.cost) * t);
     let start = state.tat.max(now_scaled);
     let new_tat = start + u128::from(q.cost) * t;
     let ahead = new_tat - now_scaled;
@@ -32,7 +38,7 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
     if ahead <= horizon {
         let verdict = Verdict {
             allowed: true,
-            remaining: u64::try_from((horizon - ahead) / t).unwrap_or(u64::MAX),
+            remaining: u64::try_from(full.saturating_sub(ahead) / t).unwrap_or(u64::MAX),
             retry_after_ms: 0,
             reset_after_ms: to_ms(ahead),
             limit: q.limit,
@@ -42,7 +48,7 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
     }
     let verdict = Verdict {
         allowed: false,
-        remaining: u64::try_from(horizon.saturating_sub(start - now_scaled) / t).unwrap_or(u64::MAX),
+        remaining: u64::try_from(full.saturating_sub(start - now_scaled) / t).unwrap_or(u64::MAX),
         retry_after_ms: to_ms(ahead - horizon),
         reset_after_ms: to_ms(start - now_scaled),
         limit: q.limit,
@@ -73,10 +79,23 @@ mod tests {
         assert!(check(b, now + 250, q).0.allowed);
     }
 
+    #[test]
+    fn a_cost_above_the_bucket_passes_when_it_is_full() {
+        // A fair share of 2 per second, asked for 3 units at once.
+        let q = Quota { limit: 2, window_ms: 1000, cost: 3 };
+        let (v, b) = check(Bucket::default(), 10_000, q);
+        assert!(v.allowed, "a full bucket lets it through");
+        let (v, _) = check(b, 10_000, q);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_ms, 1500, "3 units at 2 per second");
+        assert!(check(b, 11_500, q).0.allowed);
+        let (v, _) = check(b, 10_000, Quota { cost: u64::MAX, ..q });
+        assert!(!v.allowed, "no overflow at the type's maximum");
+    }
+
     proptest! {
         #[test]
-        fn retry_after_is_exact(capacity in 1u64..50, window in 1u64..10_000, costs in proptest::collection::vec(1u64..4, 1..60), cost in 1u64..4) {
-            prop_assume!(cost <= capacity);
+        fn retry_after_is_exact(capacity in 1u64..50, window in 1u64..10_000, costs in proptest::collection::vec(1u64..4, 1..60), cost in 0u64..120) {
             let now = 1_000_000;
             let mut b = Bucket::default();
             for c in costs {

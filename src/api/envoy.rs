@@ -54,21 +54,11 @@ impl RateLimitService for EnvoyService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let deadline = super::deadline(request.metadata());
         let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
-        let tiers = self.engine.tiers();
-        let statuses = envoy::decide(
-            &self.engine.domains(),
-            &tiers.signals,
-            self.engine.store(),
-            &domain,
-            &descriptors,
-            hits,
-            deadline,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "store failed");
-            Status::internal("internal error")
-        })?;
+        let statuses =
+            envoy::decide(&self.engine, &domain, &descriptors, hits, deadline).await.map_err(|e| {
+                tracing::error!(error = %e, "store failed");
+                Status::internal("internal error")
+            })?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
 }

@@ -44,11 +44,7 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         }
         let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
 
-        let results = if let [single] = requests.as_slice() {
-            vec![self.engine.check_by(single, mode, deadline).await]
-        } else {
-            futures::future::join_all(requests.iter().map(|r| self.engine.check_by(r, mode, deadline))).await
-        };
+        let results = self.engine.check_batch(&requests, mode, deadline).await;
         let decisions = results
             .into_iter()
             .enumerate()

@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{AdminOp, Check, Counts, Failure, Mode, Outcome, Source, Store, StoreError};
+use super::{AdminOp, Check, Counts, Failure, Merged, Mode, Outcome, Source, Store, StoreError};
 use crate::algorithm::penalty::PenaltyState;
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
@@ -310,10 +310,12 @@ impl LocalStore {
     /// Decides at an instant chosen by the caller: what the differential test uses to feed this
     /// store and the Lua script the same clock.
     pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Outcome {
+        // A key asked for twice would be locked twice by this thread: merge repeats first.
+        if let Some(merged) = Merged::of(checks) {
+            return merged.expand(self.decide_at(&merged.checks, mode, now));
+        }
         let mut order: Vec<usize> = (0..checks.len()).collect();
         order.sort_by(|&a, &b| checks[a].key.cmp(&checks[b].key));
-        // Keys are distinct within a request (each names its tier); a repeat would lock twice.
-        debug_assert!(order.windows(2).all(|w| checks[w[0]].key != checks[w[1]].key));
         let cells: Vec<(usize, Arc<Mutex<Cell>>)> =
             order.iter().map(|&i| (i, self.cell(&checks[i], now))).collect();
         let mut guards: Vec<_> =
@@ -324,9 +326,12 @@ impl LocalStore {
         let mut next_windows = Vec::with_capacity(checks.len());
         let mut bad_reputation = None;
         let mut baselines = Vec::with_capacity(checks.len());
+        let mut blocked = Vec::with_capacity(checks.len());
         for (check, (_, guard)) in checks.iter().zip(guards.iter_mut()) {
             let cell: &mut Cell = guard;
             let mut quota = self.quota(check);
+            // A look (cost 0) changes nothing: no attempt, no violation, no count.
+            let counted = mode == Mode::Consume && quota.cost > 0;
             let mut threat = (0, 0);
             let mut baseline = None;
             if let Some(b) = check.baseline {
@@ -345,7 +350,7 @@ impl LocalStore {
             if let Some(a) = &check.adaptive {
                 let s = a.settings;
                 let extra = cell.extra.get_or_insert_default();
-                let attempts = extra.attempts.add(now, quota.window_ms, u64::from(mode == Mode::Consume));
+                let attempts = extra.attempts.add(now, quota.window_ms, u64::from(counted));
                 cell.expires_at = cell.expires_at.max(extra.attempts.reset_at);
                 let failures = extra.failures.add(now, quota.window_ms, 0);
                 let bad = *bad_reputation.get_or_insert_with(|| self.bad_reputation(&a.reputation, now));
@@ -360,7 +365,9 @@ impl LocalStore {
                     bits |= threat::FAILED_LOGINS;
                 }
                 let score = s.weights.score(bits);
-                quota.limit = threat::effective_limit(quota.limit, score, s.reduction_percent);
+                // Never below the request's own cost, or no wait would let it pass.
+                quota.limit = threat::effective_limit(quota.limit, score, s.reduction_percent)
+                    .max(quota.cost.min(quota.limit));
                 threat = (score, bits);
             }
             if !cell.state.counts_as(self.kind(check)) {
@@ -382,50 +389,62 @@ impl LocalStore {
                 }
             };
             let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
+            let mut is_blocked = false;
             if let Some(p) = check.penalty {
                 let penalty = &mut cell.extra.get_or_insert_default().penalty;
                 penalty.refresh(now, p);
+                if !penalty.blocked(now) && !verdict.allowed && counted {
+                    penalty.violate(now, p, 1);
+                    cell.expires_at = cell.expires_at.max(penalty.expires_at(p));
+                }
                 if penalty.blocked(now) {
+                    // Retry-after is the longest wait: the block's, or the window's when longer.
+                    is_blocked = true;
                     let wait = penalty.blocked_until - now;
+                    let window_wait = if verdict.allowed { 0 } else { verdict.retry_after_ms };
                     verdict = Verdict {
                         allowed: false,
                         remaining: 0,
-                        retry_after_ms: wait,
-                        reset_after_ms: wait,
+                        retry_after_ms: wait.max(window_wait),
+                        reset_after_ms: wait.max(verdict.reset_after_ms),
                         ..verdict
                     };
-                } else if !verdict.allowed && mode == Mode::Consume {
-                    penalty.violate(now, p, 1);
-                    cell.expires_at = cell.expires_at.max(penalty.expires_at(p));
-                    if penalty.blocked(now) {
-                        let wait = penalty.blocked_until - now;
-                        verdict = Verdict { retry_after_ms: wait, reset_after_ms: wait, ..verdict };
-                    }
                 }
             }
+            blocked.push(is_blocked);
             verdicts.push(verdict);
             next_windows.push(next);
         }
 
         let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
         if mode == Mode::Consume {
-            for ((((check, (_, cell)), next), baseline), verdict) in
-                checks.iter().zip(guards.iter_mut()).zip(next_windows).zip(baselines).zip(&verdicts)
+            for (((((check, (_, cell)), next), baseline), verdict), blocked) in checks
+                .iter()
+                .zip(guards.iter_mut())
+                .zip(next_windows)
+                .zip(baselines)
+                .zip(&verdicts)
+                .zip(blocked)
             {
                 // Admitted requests consume (a shadow tier only what it would allow, a failure-only
-                // tier never); a tier that counts everything consumes whatever was decided.
-                let consume = match check.counts {
-                    Counts::Everything => true,
-                    Counts::Requests => admitted && verdict.allowed,
-                    Counts::Failures => false,
-                };
+                // tier never); a tier that counts everything consumes whatever was decided, unless
+                // its key is blocked.
+                let consume = check.quota.cost > 0
+                    && match check.counts {
+                        Counts::Everything => !blocked,
+                        Counts::Requests => admitted && verdict.allowed,
+                        Counts::Failures => false,
+                    };
                 if !consume {
                     continue;
                 }
+                let q = check.quota;
                 if let (Some(fold), Next::Window(_)) = (baseline, &next) {
                     cell.extra.get_or_insert_default().baseline = fold;
+                    // As long as Redis keeps it (lua/decide.lua).
+                    let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS);
+                    cell.expires_at = cell.expires_at.max(now.saturating_add(kept));
                 }
-                let q = check.quota;
                 match (&mut cell.state, next) {
                     (State::Window(w), Next::Window(next)) => {
                         *w = next;

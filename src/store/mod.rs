@@ -9,7 +9,6 @@ pub mod fallback;
 pub mod local;
 pub mod redis;
 pub mod script;
-pub mod shedding;
 
 use std::fmt;
 use std::time::Instant;
@@ -24,7 +23,6 @@ use crate::threat::Adaptive;
 pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
 pub use local::{Counting, LocalStore};
 pub use redis::{RedisStore, Topology};
-pub use shedding::Shedding;
 
 /// One tier-key of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +60,58 @@ impl Check {
             counts: Counts::Requests,
             baseline: None,
         }
+    }
+}
+
+/// A request's checks with each key once: checks on the same key (two identical Envoy descriptors,
+/// two values under one shared wildcard) become one check whose cost is their sum, so a store
+/// never reads, locks or writes a key twice for one request, and counts stay exact.
+#[derive(Debug)]
+pub struct Merged {
+    pub checks: Vec<Check>,
+    /// For each check asked for, the merged check that decides it.
+    of: Vec<usize>,
+}
+
+impl Merged {
+    /// `None` when every key is already distinct (the common case, which allocates nothing more).
+    /// A repeat keeps the first check's settings: one key is one tier or descriptor, so they agree.
+    pub fn of(checks: &[Check]) -> Option<Merged> {
+        if checks.len() < 2 {
+            return None;
+        }
+        // Sorted, so a request of many long keys costs n log n comparisons, not n squared.
+        let mut order: Vec<usize> = (0..checks.len()).collect();
+        order.sort_unstable_by(|&a, &b| checks[a].key.cmp(&checks[b].key).then(a.cmp(&b)));
+        let same = |a: usize, b: usize| checks[a].key == checks[b].key;
+        if !order.windows(2).any(|w| same(w[0], w[1])) {
+            return None;
+        }
+        // Each check's representative: the first check asked for with its key.
+        let mut first = vec![0; checks.len()];
+        for run in order.chunk_by(|&a, &b| same(a, b)) {
+            for &i in run {
+                first[i] = run[0];
+            }
+        }
+        let mut merged: Vec<Check> = Vec::with_capacity(checks.len());
+        let mut slot = vec![0; checks.len()];
+        for (i, check) in checks.iter().enumerate() {
+            if first[i] == i {
+                slot[i] = merged.len();
+                merged.push(check.clone());
+            } else {
+                let m = &mut merged[slot[first[i]]];
+                m.quota.cost = m.quota.cost.saturating_add(check.quota.cost);
+            }
+        }
+        let of = first.iter().map(|&f| slot[f]).collect();
+        Some(Merged { checks: merged, of })
+    }
+
+    /// The merged outcome, one verdict per check asked for.
+    pub fn expand(&self, outcome: Outcome) -> Outcome {
+        Outcome { verdicts: self.of.iter().map(|&j| outcome.verdicts[j]).collect(), ..outcome }
     }
 }
 

@@ -274,6 +274,9 @@ impl RedisStore {
     }
 
     async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
+        // A key twice in one script call would be read twice before either write: merge repeats.
+        let merged = super::Merged::of(checks);
+        let checks = merged.as_ref().map_or(checks, |m| &m.checks);
         let started = Instant::now();
         let result = match &self.conn {
             Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
@@ -283,7 +286,10 @@ impl RedisStore {
             }
         };
         metrics::redis_duration(started.elapsed());
-        result
+        match merged {
+            Some(m) => result.map(|outcome| m.expand(outcome)),
+            None => result,
+        }
     }
 
     /// One script call per hash slot, all in flight at once; verdicts back in the checks' order.
@@ -530,7 +536,8 @@ fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
         cmd.arg(check.algorithm.code())
             .arg(q.limit)
             .arg(q.window_ms)
-            .arg(q.cost)
+            // Beyond MAX_COUNT every cost is over every limit alike; below it doubles are exact.
+            .arg(q.cost.min(crate::algorithm::MAX_COUNT))
             .arg(u8::from(check.shadow))
             .arg(check.counts.code())
             .arg(u8::from(check.adaptive.is_some()))

@@ -7,6 +7,10 @@
 --       for the others.
 -- baseline_limit(base, a, sensitivity, max) -> the limit the key may use.
 
+-- A window's units are taken at most this many (src/algorithm/baseline.rs), so the average stays
+-- exact in a double.
+local BASELINE_MAX_UNITS = 9007199254740
+
 local function baseline_fold(a, w, s, c, start, window)
   local from = w
   if from == 0 then
@@ -22,7 +26,7 @@ local function baseline_fold(a, w, s, c, start, window)
   for i = 0, windows - 1 do
     local units = 0
     if from + i * window == s then
-      units = c
+      units = math.min(c, BASELINE_MAX_UNITS)
     end
     a = a - math.floor(a / 8) + units * 125
   end

@@ -270,6 +270,17 @@ fn level(
         let rule =
             d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
         let options = options(d.get("sluice"), &format!("{origin}: {at}.sluice"), problems);
+        // The same cap as a tier's: a log holds one entry per request within the window.
+        if let Some(r) = rule.as_ref().filter(|r| !r.unlimited && options.algorithm == Algorithm::SlidingLog)
+            && r.requests_per_unit > crate::config::MAX_LOG_LIMIT
+        {
+            problems.push(format!(
+                "{origin}: {at}.rate_limit.requests_per_unit: {} is too large for sliding_log (at most {}; use \
+                 sliding_window)",
+                r.requests_per_unit,
+                crate::config::MAX_LOG_LIMIT
+            ));
+        }
         let mut node = Node {
             rule,
             options,

@@ -1,5 +1,8 @@
 //! The differential test: a long random sequence of requests, decided by the in-process store and
 //! by lua/decide.lua in a real Redis at the same instants, must get the same answers throughout.
+//! The requests are hostile too: costs of 0, the limit, past it and `u64::MAX`, the same key twice
+//! in one request, and long silences with the in-process store swept meanwhile (a key it forgets
+//! must be one whose state no longer matters, as Redis's TTLs say).
 
 mod common;
 
@@ -42,9 +45,11 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
     let mut allowed = 0;
     let steps = 4_000;
     for step in 0..steps {
-        now += match rng.random_range(0..10) {
-            0 => rng.random_range(500..4_000),
-            1..=3 => 0,
+        now += match rng.random_range(0..40) {
+            // A long silence: past the baselines' and penalties' memory, or just short of it.
+            0 => rng.random_range(3_000..80_000),
+            1..=4 => rng.random_range(500..4_000),
+            5..=14 => 0,
             _ => rng.random_range(1..120),
         };
         let n_checks = rng.random_range(1..=3);
@@ -53,7 +58,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
             let j = rng.random_range(i..tiers.len());
             picked.swap(i, j);
         }
-        let checks: Vec<Check> = picked[..n_checks]
+        let mut checks: Vec<Check> = picked[..n_checks]
             .iter()
             .map(|&t| {
                 let (algorithm, limit, window_ms) = tiers[t];
@@ -61,7 +66,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                 Check {
                     key: format!("sluice:{{t{t}:k{key}}}"),
                     algorithm,
-                    quota: Quota { limit, window_ms, cost: rng.random_range(1..=limit.min(3)) },
+                    quota: Quota { limit, window_ms, cost: hostile_cost(&mut rng, limit) },
                     shadow: rng.random_range(0..8) == 0,
                     on_failure: FailureMode::Local,
                     // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
@@ -84,6 +89,15 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                 }
             })
             .collect();
+        if rng.random_range(0..10) == 0 {
+            // The same key again in the same request, with a cost of its own.
+            let mut again = checks[rng.random_range(0..checks.len())].clone();
+            again.quota.cost = hostile_cost(&mut rng, again.quota.limit);
+            checks.insert(rng.random_range(0..=checks.len()), again);
+        }
+        if rng.random_range(0..25) == 0 {
+            local.sweep(now);
+        }
         if rng.random_range(0..20) == 0 {
             let (t, key) = (rng.random_range(0..tiers.len()), rng.random_range(0..3));
             let failure = [Failure {
@@ -107,4 +121,16 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
     }
     // The run must exercise both answers, or it proves little.
     assert!(allowed > steps / 5 && allowed < steps * 4 / 5, "admitted {allowed} of {steps}");
+}
+
+/// Mostly small costs, sometimes one at a boundary a client can pick: 0 (a look), the limit, one
+/// past it, or the type's maximum.
+fn hostile_cost(rng: &mut StdRng, limit: u64) -> u64 {
+    match rng.random_range(0..20) {
+        0 => 0,
+        1 => limit,
+        2 => limit + 1,
+        3 => u64::MAX,
+        _ => rng.random_range(1..=limit.min(3)),
+    }
 }

@@ -11,6 +11,10 @@
 /// expiry); after that many quiet windows it would have faded to nothing anyway.
 pub const KEPT_WINDOWS: u64 = 64;
 
+/// A window's units count at most this many toward the average (a `count_denied` key can hold up
+/// to `MAX_COUNT`), so the average, about 1000 times a window's units, stays exact in Lua's doubles.
+pub const MAX_UNITS: u64 = super::MAX_COUNT / 1000;
+
 /// A tier's baseline settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Baseline {
@@ -46,8 +50,8 @@ pub fn fold(
     }
     let mut avg = avg_milli;
     for i in 0..windows {
-        let units = if from + i * window_ms == start_ms { count } else { 0 };
-        avg = (avg - avg / 8).saturating_add(units.saturating_mul(125));
+        let units = if from + i * window_ms == start_ms { count.min(MAX_UNITS) } else { 0 };
+        avg = avg - avg / 8 + units * 125;
     }
     (avg, now_start)
 }

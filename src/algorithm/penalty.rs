@@ -45,12 +45,12 @@ impl PenaltyState {
             self.violations = 0;
             self.restart_at = now + p.period_ms;
         }
-        self.violations += count;
+        self.violations = self.violations.saturating_add(count);
         if self.violations >= p.violations {
             let length =
                 p.factor.checked_pow(self.blocks).and_then(|f| p.base_ms.checked_mul(f)).unwrap_or(u64::MAX);
             self.blocked_until = now + length.min(p.max_ms);
-            self.blocks += 1;
+            self.blocks = self.blocks.saturating_add(1);
             self.violations = 0;
             self.restart_at = now + p.period_ms;
         }

@@ -23,19 +23,22 @@ pub struct Bucket {
 }
 
 /// Decides one request; returns the verdict and the state to store if it is consumed. `q.limit` is
-/// the bucket's capacity.
-pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
-    let capacity = u128::from(q.limit);
+/// the bucket's capacity; `most` is the largest cost that may ever pass (the tier's own limit). A
+/// larger cost is denied, and charges at most `most` where denied requests are counted, so no single
+/// request puts a key in debt for longer than a full limit takes to refill.
+pub fn check(state: Bucket, now: u64, q: Quota, most: u64) -> (Verdict, Bucket) {
+    let capacity = u128::from(q.limit.max(1));
     let t = u128::from(q.window_ms);
     let now_scaled = u128::from(now) * capacity;
     let full = capacity * t;
+    let cost = u128::from(q.cost.min(most));
     // How far ahead this request may push `tat`: a whole bucket, or its own cost when larger.
-    let horizon = full.max(u128::from(q.cost) * t);
+    let horizon = full.max(cost * t);
     let start = state.tat.max(now_scaled);
-    let new_tat = start + u128::from(q.cost) * t;
+    let new_tat = start + cost * t;
     let ahead = new_tat - now_scaled;
     let to_ms = |scaled: u128| u64::try_from(scaled.div_ceil(capacity)).unwrap_or(u64::MAX);
-    if ahead <= horizon {
+    if ahead <= horizon && q.cost <= most {
         let verdict = Verdict {
             allowed: true,
             remaining: u64::try_from(full.saturating_sub(ahead) / t).unwrap_or(u64::MAX),
@@ -49,7 +52,8 @@ pub fn check(state: Bucket, now: u64, q: Quota) -> (Verdict, Bucket) {
     let verdict = Verdict {
         allowed: false,
         remaining: u64::try_from(full.saturating_sub(start - now_scaled) / t).unwrap_or(u64::MAX),
-        retry_after_ms: to_ms(ahead - horizon),
+        // For a cost above `most`, which never passes: until the bucket is full.
+        retry_after_ms: to_ms(ahead.saturating_sub(horizon).max(1)),
         reset_after_ms: to_ms(start - now_scaled),
         limit: q.limit,
         ..Verdict::default()
@@ -68,29 +72,32 @@ mod tests {
         let mut b = Bucket::default();
         let now = 10_000;
         for i in 0..4 {
-            let (v, next) = check(b, now, q);
+            let (v, next) = check(b, now, q, 100);
             assert!(v.allowed, "unit {i}");
             assert_eq!(v.remaining, 3 - i);
             b = next;
         }
-        let (v, _) = check(b, now, q);
+        let (v, _) = check(b, now, q, 100);
         assert!(!v.allowed);
         assert_eq!(v.retry_after_ms, 250, "one unit refills every 250 ms");
-        assert!(check(b, now + 250, q).0.allowed);
+        assert!(check(b, now + 250, q, 100).0.allowed);
     }
 
     #[test]
     fn a_cost_above_the_bucket_passes_when_it_is_full() {
         // A fair share of 2 per second, asked for 3 units at once.
         let q = Quota { limit: 2, window_ms: 1000, cost: 3 };
-        let (v, b) = check(Bucket::default(), 10_000, q);
+        let (v, b) = check(Bucket::default(), 10_000, q, 10);
         assert!(v.allowed, "a full bucket lets it through");
-        let (v, _) = check(b, 10_000, q);
+        let (v, _) = check(b, 10_000, q, 100);
         assert!(!v.allowed);
         assert_eq!(v.retry_after_ms, 1500, "3 units at 2 per second");
-        assert!(check(b, 11_500, q).0.allowed);
-        let (v, _) = check(b, 10_000, Quota { cost: u64::MAX, ..q });
+        assert!(check(b, 11_500, q, 100).0.allowed);
+        // Past the tier's own limit (10) nothing passes, not even from a full bucket, and a counted
+        // denial charges no more than the limit: the debt ends within five windows.
+        let (v, b) = check(Bucket::default(), 10_000, Quota { cost: u64::MAX, ..q }, 10);
         assert!(!v.allowed, "no overflow at the type's maximum");
+        assert!(check(b, 15_000, Quota { cost: 1, ..q }, 10).0.allowed);
     }
 
     proptest! {
@@ -100,14 +107,14 @@ mod tests {
             let mut b = Bucket::default();
             for c in costs {
                 let q = Quota { limit: capacity, window_ms: window, cost: c.min(capacity) };
-                let (v, next) = check(b, now, q);
+                let (v, next) = check(b, now, q, 100);
                 if v.allowed { b = next; }
             }
             let q = Quota { limit: capacity, window_ms: window, cost };
-            let (v, _) = check(b, now, q);
+            let (v, _) = check(b, now, q, u64::MAX);
             if !v.allowed {
-                prop_assert!(check(b, now + v.retry_after_ms, q).0.allowed);
-                prop_assert!(!check(b, now + v.retry_after_ms - 1, q).0.allowed);
+                prop_assert!(check(b, now + v.retry_after_ms, q, u64::MAX).0.allowed);
+                prop_assert!(!check(b, now + v.retry_after_ms - 1, q, u64::MAX).0.allowed);
             }
         }
 
@@ -119,7 +126,7 @@ mod tests {
             let mut admitted = Vec::new();
             for dt in steps {
                 now += dt;
-                let (v, next) = check(b, now, q);
+                let (v, next) = check(b, now, q, 100);
                 if v.allowed { b = next; admitted.push(now); }
             }
             for &t in &admitted {

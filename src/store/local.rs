@@ -384,7 +384,7 @@ impl LocalStore {
                     (log.check(now, quota), Next::Log)
                 }
                 State::Bucket(b) => {
-                    let (v, next) = token_bucket::check(*b, now, quota);
+                    let (v, next) = token_bucket::check(*b, now, quota, check.quota.limit);
                     (v, Next::Bucket(next, quota.limit))
                 }
             };

@@ -16,13 +16,14 @@ use checks::Handled;
 /// A target's checks: raw input bytes in, what became of them out; panics on a failed property.
 type Check = fn(&[u8]) -> Handled;
 
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("native_request", checks::native_request),
     ("envoy_request", checks::envoy_request),
     ("config", checks::config),
     ("key", checks::key),
     ("headers", checks::headers),
     ("grpc_timeout", checks::grpc_timeout),
+    ("decide", checks::decide),
 ];
 
 /// The files of `fuzz/<kind>/<target>/`, by name; none when the directory does not exist.

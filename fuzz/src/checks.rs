@@ -642,3 +642,319 @@ impl<'a> Input<'a> {
         a
     }
 }
+
+/// Bytes as a short run of hostile requests, Envoy's and sluice.v1's, decided by a fresh in-process
+/// engine (`Engine::check_batch` and `envoy::decide`, the paths the gRPC services take). Values
+/// come from a small vocabulary, so that repeats within a request and shared wildcards are common,
+/// and costs from the boundaries (0, 1, the limit, one past it, `u64::MAX`). What must hold:
+/// - every call returns within a few seconds (a watchdog aborts the process otherwise: a lock taken
+///   twice freezes a thread, which no timeout on that thread could see);
+/// - within the run (less than a window) no counter admits more units than its limit;
+/// - a descriptor repeated in one request gets one status;
+/// - a native cost of 0 or above the tier's limit is refused naming `cost`, and counts nothing;
+/// - afterwards a look at every counter shows exactly the limit less what the documented rule
+///   consumed: admitted requests' units, and every request's units where denied hits count.
+pub fn decide(data: &[u8]) -> Handled {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use sluice::engine::{Engine, EngineSettings};
+    use sluice::store::{LocalStore, Mode};
+
+    let mut input = Input::new(data);
+    let count_denied = input.flag();
+    let settings =
+        sluice::config::parse(DECIDE_TIERS, "fuzz", Some(HashMap::new())).expect("the fuzz tiers load");
+    let engine = Engine::new(
+        settings.tiers,
+        Arc::new(LocalStore::default()),
+        EngineSettings { events_max_len: 0, over_limit_max_keys: 100, max_in_flight: 4 },
+    );
+    let mut by_name = HashMap::new();
+    by_name.insert("fuzz".to_owned(), decide_domain().clone());
+    engine.replace_domains(sluice::envoy::Domains { by_name, count_denied, ..Default::default() });
+
+    // Per counter: (limit, units admitted, units consumed by the documented rule).
+    let mut counters: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let limits = InputLimits::default();
+    for step in 0..usize::from(input.byte() % 12) + 1 {
+        if input.flag() {
+            // sluice.v1: a batch of requests on the per_user (10) and per_ip_log (5) tiers.
+            let n = usize::from(input.byte() % 4) + 1;
+            let requests: Vec<pb::RateRequest> = (0..n)
+                .map(|_| pb::RateRequest {
+                    attributes: Some(pb::Attributes {
+                        user: VOCABULARY[usize::from(input.byte()) % 3].to_owned(),
+                        ip: VOCABULARY[usize::from(input.byte()) % 3].to_owned(),
+                        ..Default::default()
+                    }),
+                    cost: if input.flag() { Some(boundary(&mut input, 10)) } else { None },
+                    ..Default::default()
+                })
+                .collect();
+            let refused = match sluice::api::native::to_requests(requests.clone(), limits) {
+                Err(status) => Some(status.message().to_owned()),
+                Ok(converted) => {
+                    let results =
+                        watched(|| runtime().block_on(engine.check_batch(&converted, Mode::Consume, None)));
+                    for (r, result) in requests.iter().zip(results) {
+                        let a = r.attributes.as_ref().expect("set above");
+                        let cost = r.cost.unwrap_or(1);
+                        let keys = [("per_user", &a.user, 10), ("per_ip_log", &a.ip, 5)];
+                        match result {
+                            Err(e) => {
+                                assert!(cost > 5 && e.to_string().contains("cost"), "step {step}: {e}");
+                            }
+                            Ok(d) => {
+                                for (tier, value, limit) in keys.into_iter().filter(|(_, v, _)| !v.is_empty())
+                                {
+                                    let c =
+                                        counters.entry(format!("{tier}|{value}")).or_insert((limit, 0, 0));
+                                    if d.allowed {
+                                        c.1 += cost;
+                                        c.2 += cost;
+                                    }
+                                    assert!(
+                                        c.1 <= c.0,
+                                        "step {step}: {tier} {value:?} admitted {} of {}",
+                                        c.1,
+                                        c.0
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    None
+                }
+            };
+            if let Some(message) = refused {
+                assert!(message.contains("cost") || message.contains("requests"), "{message}");
+            }
+            continue;
+        }
+        let n = usize::from(input.byte() % 5) + 1;
+        let descriptors: Vec<RateLimitDescriptor> = (0..n)
+            .map(|_| {
+                let (key, limit) = DECIDE_KEYS[usize::from(input.byte()) % DECIDE_KEYS.len()];
+                let value = match key {
+                    "path" => ["/f/a", "/f/b", "/g"][usize::from(input.byte()) % 3],
+                    _ => VOCABULARY[usize::from(input.byte()) % 3],
+                };
+                let limit_override = (input.byte() % 8 == 0).then(|| RateLimitOverride {
+                    requests_per_unit: u32::from(input.byte() % 4),
+                    unit: i32::from(input.byte() % 8),
+                });
+                let override_limit =
+                    limit_override.as_ref().map_or(limit, |o| u64::from(o.requests_per_unit));
+                RateLimitDescriptor {
+                    entries: vec![rate_limit_descriptor::Entry { key: key.into(), value: value.into() }],
+                    limit: limit_override,
+                    hits_addend: input.flag().then(|| envoy_types::pb::google::protobuf::UInt64Value {
+                        value: boundary(&mut input, override_limit),
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let request = RateLimitRequest {
+            domain: "fuzz".into(),
+            descriptors: descriptors.clone(),
+            hits_addend: u32::from(input.byte() % 3),
+        };
+        let converted = match sluice::api::envoy::to_domain(request, limits) {
+            Ok(c) => c,
+            Err(status) => return Handled::Rejected(status.message().to_owned()),
+        };
+        let statuses = watched(|| {
+            runtime().block_on(sluice::envoy::decide(
+                &engine,
+                "fuzz",
+                &converted.descriptors,
+                converted.hits,
+                None,
+            ))
+        })
+        .expect("the in-process store never fails");
+        let over = statuses.iter().any(|s| s.over());
+        // One counter per (key, value) or per shared wildcard; overrides per entries, rate and unit.
+        let counter = |d: &RateLimitDescriptor| -> Option<(String, u64, bool)> {
+            let e = &d.entries[0];
+            if let Some(o) = &d.limit {
+                return sluice::envoy::unit_window_ms(o.unit).map(|_| {
+                    (
+                        format!("override|{}|{}|{}|{}", e.key, e.value, o.requests_per_unit, o.unit),
+                        u64::from(o.requests_per_unit),
+                        true,
+                    )
+                });
+            }
+            let (_, limit) = DECIDE_KEYS.iter().find(|(k, _)| *k == e.key)?;
+            match (e.key.as_str(), e.value.as_str()) {
+                ("path", "/g") => None,
+                ("path", _) => Some(("path|/f/*".to_owned(), *limit, true)),
+                // Only sliding-window descriptors without a penalty count denied hits.
+                ("pen", v) => Some((format!("pen|{v}"), *limit, false)),
+                ("login", v) => Some((format!("login|{v}"), *limit, false)),
+                (k, v) => Some((format!("{k}|{v}"), *limit, true)),
+            }
+        };
+        let mut seen: HashMap<String, &sluice::envoy::Status> = HashMap::new();
+        for (d, (status, desc)) in converted.descriptors.iter().zip(statuses.iter().zip(&descriptors)) {
+            let Some((key, limit, counts_denied)) = counter(desc) else { continue };
+            if let Some(first) = seen.insert(key.clone(), status) {
+                assert_eq!(first, status, "step {step}: one counter, one status");
+            }
+            let hits = d.hits.unwrap_or(converted.hits);
+            let c = counters.entry(key).or_insert((limit, 0, 0));
+            if !over {
+                c.1 = c.1.saturating_add(hits);
+                assert!(c.1 <= c.0, "step {step}: {desc:?} admitted {} of {}", c.1, c.0);
+            }
+            if !over || (count_denied && counts_denied) {
+                c.2 = c.2.saturating_add(hits);
+            }
+        }
+    }
+
+    // A look at each counter: the limit less what was consumed (the penalty's blocks aside).
+    for (key, (limit, _, consumed)) in &counters {
+        let (kind, rest) = key.split_once('|').expect("kind|...");
+        if kind == "pen" {
+            continue;
+        }
+        let remaining = match kind {
+            "per_user" | "per_ip_log" => {
+                let mut r =
+                    sluice::engine::Request { cost: 1, tiers: vec![kind.to_owned()], ..Default::default() };
+                if kind == "per_user" {
+                    r.attributes.user = rest.to_owned()
+                } else {
+                    r.attributes.ip = rest.to_owned()
+                }
+                let d = watched(|| runtime().block_on(engine.check(&r, Mode::DryRun))).expect("a look");
+                let status = d.statuses.first().expect("the named tier applies");
+                if status.verdict.allowed { status.verdict.remaining + 1 } else { status.verdict.remaining }
+            }
+            _ => {
+                let (entries, over) = if kind == "override" {
+                    let parts: Vec<&str> = rest.split('|').collect();
+                    let unit: i32 = parts[3].parse().expect("unit");
+                    let rate: u32 = parts[2].parse().expect("rate");
+                    (vec![(parts[0].to_owned(), parts[1].to_owned())], Some((u64::from(rate), unit)))
+                } else if kind == "path" {
+                    (vec![("path".to_owned(), "/f/a".to_owned())], None)
+                } else {
+                    (vec![(kind.to_owned(), rest.to_owned())], None)
+                };
+                let look = sluice::envoy::Descriptor { entries, limit_override: over, hits: Some(0) };
+                let statuses = watched(|| {
+                    runtime().block_on(sluice::envoy::decide(
+                        &engine,
+                        "fuzz",
+                        std::slice::from_ref(&look),
+                        1,
+                        None,
+                    ))
+                })
+                .expect("a look");
+                match &statuses[0] {
+                    sluice::envoy::Status::Limited { verdict, .. } => verdict.remaining,
+                    other => panic!("{key}: {other:?}"),
+                }
+            }
+        };
+        assert_eq!(remaining, limit.saturating_sub(*consumed), "{key}: consumed {consumed} of {limit}");
+    }
+    Handled::Accepted
+}
+
+const VOCABULARY: [&str; 3] = ["a", "b", ""];
+
+/// The descriptor keys of the fuzz domain, with their limits.
+const DECIDE_KEYS: [(&str, u64); 4] = [("ip", 10), ("path", 7), ("login", 5), ("pen", 3)];
+
+const DECIDE_DOMAIN: &str = "
+domain: fuzz
+descriptors:
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: path
+    value: /f/*
+    share_threshold: true
+    rate_limit: {unit: hour, requests_per_unit: 7}
+  - key: login
+    rate_limit: {unit: minute, requests_per_unit: 5}
+    sluice: {algorithm: sliding_log}
+  - key: pen
+    rate_limit: {unit: minute, requests_per_unit: 3}
+    sluice: {penalty: {violations: 2, period: 1m, base: 10s, factor: 2, max: 1m}}
+";
+
+const DECIDE_TIERS: &str = "
+tiers:
+  - name: per_user
+    key: [user]
+    limit: 10
+    window: 1h
+  - name: per_ip_log
+    key: [ip]
+    limit: 5
+    window: 1h
+    algorithm: sliding_log
+";
+
+fn decide_domain() -> &'static Domain {
+    static DOMAIN: OnceLock<Domain> = OnceLock::new();
+    DOMAIN.get_or_init(|| sluice::descriptor::parse(DECIDE_DOMAIN, "fuzz").expect("the fuzz domain loads"))
+}
+
+/// A cost from the boundaries a client can pick: 0, 1, the limit, one past it, the type's maximum,
+/// or any number.
+fn boundary(input: &mut Input<'_>, limit: u64) -> u64 {
+    match input.byte() % 6 {
+        0 => 0,
+        1 => 1,
+        2 => limit,
+        3 => limit.saturating_add(1),
+        4 => u64::MAX,
+        _ => input.number(),
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+    })
+}
+
+/// Runs `f` under a watchdog thread that aborts the process if it has not returned in 5 s.
+fn watched<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    static STARTED_MS: AtomicU64 = AtomicU64::new(0);
+    static WATCHDOG: OnceLock<()> = OnceLock::new();
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    WATCHDOG.get_or_init(|| {
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let started = STARTED_MS.load(Ordering::Acquire);
+                if started != 0 && now_ms().saturating_sub(started) > 5_000 {
+                    eprintln!("a decision has not returned in 5 s: a hang");
+                    std::process::abort();
+                }
+            }
+        });
+    });
+    STARTED_MS.store(now_ms(), Ordering::Release);
+    let out = f();
+    STARTED_MS.store(0, Ordering::Release);
+    out
+}

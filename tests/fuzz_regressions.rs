@@ -167,3 +167,18 @@ fn crashes_found_by_fuzzing_stay_fixed() {
         assert_eq!(got, Some(&expected), "fuzz/regressions/{target}/{name}");
     }
 }
+
+/// The deciding target over many random runs, on stable and in every `cargo test`: what a short
+/// fuzzing session would try first, so a regression in what decides shows up without nightly.
+#[test]
+fn random_runs_keep_the_deciding_promises() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xdec1de);
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let len = rng.random_range(0..400);
+        let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        accepted += usize::from(checks::decide(&data) == Handled::Accepted);
+    }
+    assert!(accepted > 13_000, "only {accepted} of 20,000 runs reached every check");
+}

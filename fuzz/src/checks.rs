@@ -655,23 +655,35 @@ impl<'a> Input<'a> {
 /// - afterwards a look at every counter shows exactly the limit less what the documented rule
 ///   consumed: admitted requests' units, and every request's units where denied hits count.
 pub fn decide(data: &[u8]) -> Handled {
+    use sluice::engine::{Engine, EngineSettings};
+    use sluice::store::LocalStore;
+    thread_local! {
+        // One engine a thread, emptied before each run: building one (compiling the tiers'
+        // patterns) costs far more than a run.
+        static ENGINE: (Engine, Arc<LocalStore>) = {
+            let tiers = sluice::config::parse(DECIDE_TIERS, "fuzz", Some(HashMap::new()))
+                .expect("the fuzz tiers load")
+                .tiers;
+            let store = Arc::new(LocalStore::default());
+            let settings = EngineSettings { events_max_len: 0, over_limit_max_keys: 100, max_in_flight: 4 };
+            (Engine::new(tiers, store.clone(), settings), store)
+        };
+    }
+    ENGINE.with(|(engine, store)| decide_on(engine, store, data))
+}
+
+fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore, data: &[u8]) -> Handled {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
         RateLimitDescriptor, rate_limit_descriptor,
     };
     use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-    use sluice::engine::{Engine, EngineSettings};
-    use sluice::store::{LocalStore, Mode};
+    use sluice::store::Mode;
 
+    store.sweep(u64::MAX);
+    engine.over_limit().clear();
     let mut input = Input::new(data);
     let count_denied = input.flag();
-    let settings =
-        sluice::config::parse(DECIDE_TIERS, "fuzz", Some(HashMap::new())).expect("the fuzz tiers load");
-    let engine = Engine::new(
-        settings.tiers,
-        Arc::new(LocalStore::default()),
-        EngineSettings { events_max_len: 0, over_limit_max_keys: 100, max_in_flight: 4 },
-    );
     let mut by_name = HashMap::new();
     by_name.insert("fuzz".to_owned(), decide_domain().clone());
     engine.replace_domains(sluice::envoy::Domains { by_name, count_denied, ..Default::default() });

@@ -63,7 +63,8 @@ pub struct Server {
     pub idle_timeout_secs: u64,
     /// Connections older than this are asked to go away (GOAWAY) and reconnect; 0: never.
     pub max_connection_age_secs: u64,
-    /// Decisions in flight at once; past it, requests are answered at once by the failure mode.
+    /// Calls in flight at once (a `Check` batch is one call); past it, calls are answered at once by
+    /// the failure mode.
     pub max_in_flight: usize,
 }
 

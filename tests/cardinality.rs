@@ -81,7 +81,7 @@ descriptors:
     value: ldap
     rate_limit: {unlimited: true}
   - key: login
-    rate_limit: {unit: minute, requests_per_unit: 100000}
+    rate_limit: {unit: minute, requests_per_unit: 10000}
     sluice: {window: 15m, algorithm: sliding_log, adaptive: true}
 ";
 

@@ -28,7 +28,9 @@
 //! gRPC the clock is real, so the API test uses windows of an hour and more and treats every step
 //! as one instant; the store tests pass explicit instants, roll windows, sweep, and wait out every
 //! retry-after. The over-limit cache is off on the API servers (tests/over_limit.rs covers it): it
-//! answers with fewer statuses by design.
+//! answers with fewer statuses by design. Where the contract leaves a number open (what a check of
+//! a denied request reports as remaining, the retry-after of a request that can never pass), the
+//! model accepts each reading.
 //!
 //! Tests: `both_apis_on_both_stores_follow_the_model` (sluice.v1 Check and ShouldRateLimit on the
 //! in-process store and on Redis), `stores_at_fixed_instants_follow_the_model` (LocalStore and
@@ -208,9 +210,7 @@ mod model {
         fn scaled(&self, now: u64, w: u64) -> u128 {
             match self {
                 State::Window(s) => s.scaled(now, w),
-                State::Log(stamps) => {
-                    stamps.iter().filter(|&&t| t + w > now).count() as u128 * u128::from(w)
-                }
+                State::Log(stamps) => stamps.iter().filter(|&&t| t + w > now).count() as u128 * u128::from(w),
             }
         }
 
@@ -270,7 +270,11 @@ mod model {
     impl Block {
         /// Forgotten `max` after the last block or period ends.
         fn refreshed(self, now: u64, p: PenaltySpec) -> Block {
-            if self.restart_at != 0 && now >= self.until.max(self.restart_at) + p.max { Block::default() } else { self }
+            if self.restart_at != 0 && now >= self.until.max(self.restart_at) + p.max {
+                Block::default()
+            } else {
+                self
+            }
         }
 
         fn violate(&mut self, now: u64, p: PenaltySpec) {
@@ -378,9 +382,11 @@ mod model {
             let wait = if admitted {
                 Some(0)
             } else {
-                checks.iter().zip(&verdicts).filter(|(c, _)| !c.spec.shadow).try_fold(0, |most, (c, v)| {
-                    self.wait_of(c, v.limit, now).map(|w| w.max(most))
-                })
+                checks
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(c, _)| !c.spec.shadow)
+                    .try_fold(0, |most, (c, v)| self.wait_of(c, v.limit, now).map(|w| w.max(most)))
             };
             Outcome { admitted, verdicts, wait }
         }
@@ -477,7 +483,7 @@ mod model {
     }
 }
 
-use model::{Algo, AdaptiveSpec, PenaltySpec, Spec};
+use model::{AdaptiveSpec, Algo, PenaltySpec, Spec};
 
 /// A fresh suffix for the keys of one case, so that cases never share a counter.
 fn fresh() -> String {
@@ -524,8 +530,18 @@ fn native_tiers() -> [NativeTier; 6] {
     [
         NativeTier { name: "sw", attr: "a", spec: Spec::window(6, DAY_MS), tier_cost: 1 },
         NativeTier { name: "log", attr: "b", spec: Spec::log(4, DAY_MS), tier_cost: 2 },
-        NativeTier { name: "shadow", attr: "c", spec: Spec { shadow: true, ..Spec::window(3, DAY_MS) }, tier_cost: 1 },
-        NativeTier { name: "cd", attr: "d", spec: Spec { everything: true, ..Spec::window(5, DAY_MS) }, tier_cost: 1 },
+        NativeTier {
+            name: "shadow",
+            attr: "c",
+            spec: Spec { shadow: true, ..Spec::window(3, DAY_MS) },
+            tier_cost: 1,
+        },
+        NativeTier {
+            name: "cd",
+            attr: "d",
+            spec: Spec { everything: true, ..Spec::window(5, DAY_MS) },
+            tier_cost: 1,
+        },
         NativeTier {
             name: "pen",
             attr: "e",
@@ -541,7 +557,12 @@ fn native_tiers() -> [NativeTier; 6] {
             },
             tier_cost: 1,
         },
-        NativeTier { name: "adp", attr: "f", spec: Spec { adaptive: Some(ADAPTIVE), ..Spec::window(8, DAY_MS) }, tier_cost: 1 },
+        NativeTier {
+            name: "adp",
+            attr: "f",
+            spec: Spec { adaptive: Some(ADAPTIVE), ..Spec::window(8, DAY_MS) },
+            tier_cost: 1,
+        },
     ]
 }
 
@@ -681,7 +702,11 @@ enum Desc {
     Tenant,
     Unknown,
     TooDeep,
-    Override { rpu: u32, unit: i32, v: u8 },
+    Override {
+        rpu: u32,
+        unit: i32,
+        v: u8,
+    },
 }
 
 #[derive(Clone)]
@@ -694,10 +719,16 @@ struct EnvoyDesc {
 impl std::fmt::Debug for NativeEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tiers = native_tiers();
-        let keys: Vec<String> =
-            self.values.iter().zip(&tiers).filter_map(|(v, t)| v.map(|v| format!("{}:{v}", t.name))).collect();
+        let keys: Vec<String> = self
+            .values
+            .iter()
+            .zip(&tiers)
+            .filter_map(|(v, t)| v.map(|v| format!("{}:{v}", t.name)))
+            .collect();
         write!(f, "{{{}}} cost {:?}", keys.join(" "), self.cost)?;
-        for (on, factor) in [(self.short_agent, "ua"), (self.suspicious, "params"), (self.deny_range, "deny_range")] {
+        for (on, factor) in
+            [(self.short_agent, "ua"), (self.suspicious, "params"), (self.deny_range, "deny_range")]
+        {
             if on {
                 write!(f, " {factor}")?;
             }
@@ -718,8 +749,15 @@ impl std::fmt::Debug for EnvoyDesc {
 #[derive(Clone, Debug)]
 enum Step {
     /// A `Check` call: `entries` repeated `copies` times.
-    Native { entries: Vec<NativeEntry>, copies: usize, dry_run: bool },
-    Envoy { descriptors: Vec<EnvoyDesc>, hits_addend: u32 },
+    Native {
+        entries: Vec<NativeEntry>,
+        copies: usize,
+        dry_run: bool,
+    },
+    Envoy {
+        descriptors: Vec<EnvoyDesc>,
+        hits_addend: u32,
+    },
 }
 
 fn native_cost() -> impl Strategy<Value = Option<u64>> {
@@ -817,10 +855,10 @@ enum NativeExpected {
     Decisions(Vec<Option<model::Outcome>>),
 }
 
-/// Checks of a native entry, with each tier's index; `Err(())` when the entry is invalid.
-fn native_checks(e: &NativeEntry, suffix: &str) -> Result<Vec<(usize, model::Check)>, ()> {
+/// The checks of a native entry, in the tiers' order; `None` when its cost is invalid.
+fn native_checks(e: &NativeEntry, suffix: &str) -> Option<Vec<model::Check>> {
     let cost = match e.cost {
-        Some(0) => return Err(()),
+        Some(0) => return None,
         c => c.unwrap_or(1),
     };
     let factors = u8::from(e.short_agent) | u8::from(e.suspicious) << 1 | u8::from(e.deny_range) << 2;
@@ -829,19 +867,30 @@ fn native_checks(e: &NativeEntry, suffix: &str) -> Result<Vec<(usize, model::Che
         let Some(v) = e.values[i] else { continue };
         let cost = cost.saturating_mul(t.tier_cost);
         if cost > t.spec.limit {
-            return Err(());
+            return None;
         }
-        checks.push((i, model::Check { key: format!("native|{}|{v}|{suffix}", t.name), spec: t.spec, cost, factors }));
+        checks.push(model::Check {
+            key: format!("native|{}|{v}|{suffix}", t.name),
+            spec: t.spec,
+            cost,
+            factors,
+        });
     }
-    Ok(checks)
+    Some(checks)
 }
 
-fn native_expect(m: &mut model::Store, entries: &[NativeEntry], dry_run: bool, suffix: &str) -> NativeExpected {
+fn native_expect(
+    m: &mut model::Store,
+    entries: &[NativeEntry],
+    dry_run: bool,
+    suffix: &str,
+) -> NativeExpected {
     if entries.len() > MAX_BATCH {
         return NativeExpected::Batch;
     }
     let checks: Vec<_> = entries.iter().map(|e| native_checks(e, suffix)).collect();
-    let invalid: Vec<usize> = checks.iter().enumerate().filter(|(_, c)| c.is_err()).map(|(i, _)| i).collect();
+    let invalid: Vec<usize> =
+        checks.iter().enumerate().filter(|(_, c)| c.is_none()).map(|(i, _)| i).collect();
     if !invalid.is_empty() {
         return NativeExpected::Cost(invalid);
     }
@@ -849,7 +898,7 @@ fn native_expect(m: &mut model::Store, entries: &[NativeEntry], dry_run: bool, s
         checks
             .into_iter()
             .map(|c| {
-                let c: Vec<model::Check> = c.expect("valid").into_iter().map(|(_, c)| c).collect();
+                let c = c.expect("every entry is valid");
                 (!c.is_empty()).then(|| m.decide(&c, !dry_run, T0))
             })
             .collect(),
@@ -890,9 +939,13 @@ fn compare_decision(
             .ok_or_else(|| format!("no tier applies, so allowed with nothing counted; got {d:?}"));
     };
     let tiers = native_tiers();
-    let applied: Vec<&NativeTier> = tiers.iter().zip(&entry.values).filter(|(_, v)| v.is_some()).map(|(t, _)| t).collect();
+    let applied: Vec<&NativeTier> =
+        tiers.iter().zip(&entry.values).filter(|(_, v)| v.is_some()).map(|(t, _)| t).collect();
     if d.allowed != o.admitted {
-        return Err(format!("allowed {} but the model says {}; got {d:?}, expected {o:?}", d.allowed, o.admitted));
+        return Err(format!(
+            "allowed {} but the model says {}; got {d:?}, expected {o:?}",
+            d.allowed, o.admitted
+        ));
     }
     if d.source != source {
         return Err(format!("decided by {:?}, not by the store ({source}): {d:?}", d.source));
@@ -923,11 +976,16 @@ fn compare_decision(
             .min_by_key(|s| s.remaining)
             .or(d.tiers.first())
             .expect("a status");
-        if d.retry_after_ms != 0 || d.tier != deciding.tier || d.remaining != deciding.remaining || d.limit != deciding.limit {
+        if d.retry_after_ms != 0
+            || d.tier != deciding.tier
+            || d.remaining != deciding.remaining
+            || d.limit != deciding.limit
+        {
             return Err(format!("allowed, so no retry and the tier with least remaining decides: {d:?}"));
         }
     } else {
-        let deciding = d.tiers.iter().zip(&applied).find(|(s, t)| s.tier == d.tier && !s.allowed && !t.spec.shadow);
+        let deciding =
+            d.tiers.iter().zip(&applied).find(|(s, t)| s.tier == d.tier && !s.allowed && !t.spec.shadow);
         match deciding {
             Some((s, _)) if d.retry_after_ms > 0 && d.limit == s.limit && d.remaining == s.remaining => {}
             _ => return Err(format!("denied, so a denying tier decides with a retry-after: {d:?}")),
@@ -940,7 +998,14 @@ fn compare_decision(
 enum Matched {
     None,
     Unlimited,
-    Limited { key: String, spec: Spec, rpu: u64, unit: i32, name: &'static str, replaces: Option<&'static str> },
+    Limited {
+        key: String,
+        spec: Spec,
+        rpu: u64,
+        unit: i32,
+        name: &'static str,
+        replaces: Option<&'static str>,
+    },
 }
 
 fn unit_ms(unit: i32) -> Option<u64> {
@@ -956,7 +1021,15 @@ fn unit_ms(unit: i32) -> Option<u64> {
     })
 }
 
-fn envoy_desc(d: Desc, suffix: &str) -> (Vec<(String, String)>, Option<(u32, i32)>, Matched) {
+/// A descriptor as sent (its entries and limit override) and as the domain file limits it.
+struct Described {
+    entries: Vec<(String, String)>,
+    limit_override: Option<(u32, i32)>,
+    matched: Matched,
+}
+
+fn envoy_desc(d: Desc, suffix: &str) -> Described {
+    let described = |entries, matched| Described { entries, limit_override: None, matched };
     let tenant = ("tenant".to_owned(), format!("t-{suffix}"));
     let t = &tenant.1;
     let limited = |key: String, spec: Spec, unit: i32| Matched::Limited {
@@ -972,24 +1045,29 @@ fn envoy_desc(d: Desc, suffix: &str) -> (Vec<(String, String)>, Option<(u32, i32
     match d {
         Desc::Client(v) => {
             let value = format!("c{v}-{suffix}");
-            (vec![("client".into(), value.clone())], None, limited(format!("client|{value}"), day(4), 4))
+            described(vec![("client".into(), value.clone())], limited(format!("client|{value}"), day(4), 4))
         }
-        Desc::File(v) => (under("file", format!("f{v}")), None, limited(format!("{t}|file|f*"), day(5), 4)),
-        Desc::Path(v) => (under("path", format!("p{v}")), None, limited(format!("{t}|path|p{v}"), day(3), 4)),
-        Desc::User(2) => (under("user", "vip".into()), None, limited(format!("{t}|user=vip"), day(6), 4)),
-        Desc::User(v) => (under("user", format!("u{v}")), None, limited(format!("{t}|user|u{v}"), day(3), 4)),
-        Desc::Shadow(v) => (
+        Desc::File(v) => {
+            described(under("file", format!("f{v}")), limited(format!("{t}|file|f*"), day(5), 4))
+        }
+        Desc::Path(v) => {
+            described(under("path", format!("p{v}")), limited(format!("{t}|path|p{v}"), day(3), 4))
+        }
+        Desc::User(2) => described(under("user", "vip".into()), limited(format!("{t}|user=vip"), day(6), 4)),
+        Desc::User(v) => {
+            described(under("user", format!("u{v}")), limited(format!("{t}|user|u{v}"), day(3), 4))
+        }
+        Desc::Shadow(v) => described(
             under("shadow", format!("s{v}")),
-            None,
             limited(format!("{t}|shadow|s{v}"), Spec { shadow: true, ..day(2) }, 4),
         ),
-        Desc::Login(v) => {
-            (under("login", format!("l{v}")), None, limited(format!("{t}|login|l{v}"), Spec::log(3, DAY_MS), 4))
-        }
-        Desc::Free => (under("free", "x".into()), None, Matched::Unlimited),
-        Desc::Plan(false) => (
+        Desc::Login(v) => described(
+            under("login", format!("l{v}")),
+            limited(format!("{t}|login|l{v}"), Spec::log(3, DAY_MS), 4),
+        ),
+        Desc::Free => described(under("free", "x".into()), Matched::Unlimited),
+        Desc::Plan(false) => described(
             under("plan", "basic".into()),
-            None,
             Matched::Limited {
                 key: format!("{t}|plan=basic"),
                 spec: Spec { everything: true, ..Spec::window(2, 3_600_000) },
@@ -999,9 +1077,8 @@ fn envoy_desc(d: Desc, suffix: &str) -> (Vec<(String, String)>, Option<(u32, i32
                 replaces: None,
             },
         ),
-        Desc::Plan(true) => (
+        Desc::Plan(true) => described(
             under("plan", "gold".into()),
-            None,
             Matched::Limited {
                 key: format!("{t}|plan=gold"),
                 spec: day(4),
@@ -1011,11 +1088,10 @@ fn envoy_desc(d: Desc, suffix: &str) -> (Vec<(String, String)>, Option<(u32, i32
                 replaces: Some("basic"),
             },
         ),
-        Desc::Tenant => (vec![tenant.clone()], None, Matched::None),
-        Desc::Unknown => (vec![("nope".into(), format!("n-{suffix}"))], None, Matched::None),
-        Desc::TooDeep => (
+        Desc::Tenant => described(vec![tenant.clone()], Matched::None),
+        Desc::Unknown => described(vec![("nope".into(), format!("n-{suffix}"))], Matched::None),
+        Desc::TooDeep => described(
             vec![("client".into(), format!("c0-{suffix}")), ("extra".into(), "x".into())],
-            None,
             Matched::None,
         ),
         Desc::Override { rpu, unit, v } => {
@@ -1031,7 +1107,7 @@ fn envoy_desc(d: Desc, suffix: &str) -> (Vec<(String, String)>, Option<(u32, i32
                 },
                 None => Matched::None,
             };
-            (entries, Some((rpu, unit)), matched)
+            Described { entries, limit_override: Some((rpu, unit)), matched }
         }
     }
 }
@@ -1061,7 +1137,12 @@ struct ExpectedStatus {
 }
 
 /// What the model says of a ShouldRateLimit call, and the request to send.
-fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suffix: &str) -> (RateLimitRequest, bool, Vec<ExpectedStatus>) {
+fn envoy_expect(
+    m: &mut model::Store,
+    step: &[EnvoyDesc],
+    hits_addend: u32,
+    suffix: &str,
+) -> (RateLimitRequest, bool, Vec<ExpectedStatus>) {
     let resolved: Vec<_> = step.iter().map(|d| envoy_desc(d.desc, suffix)).collect();
     let request = RateLimitRequest {
         domain: "model".into(),
@@ -1069,14 +1150,13 @@ fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suff
         descriptors: step
             .iter()
             .zip(&resolved)
-            .map(|(d, (entries, limit, matched))| RateLimitDescriptor {
+            .map(|(d, Described { entries, limit_override, matched })| RateLimitDescriptor {
                 entries: entries
                     .iter()
                     .map(|(k, v)| rate_limit_descriptor::Entry { key: k.clone(), value: v.clone() })
                     .collect(),
-                limit: limit.map(|(requests_per_unit, unit)| rate_limit_descriptor::RateLimitOverride {
-                    requests_per_unit,
-                    unit,
+                limit: limit_override.map(|(requests_per_unit, unit)| {
+                    rate_limit_descriptor::RateLimitOverride { requests_per_unit, unit }
                 }),
                 hits_addend: d.hits.map(|h| UInt64Value { value: resolve_hits(h, matched) }),
                 ..Default::default()
@@ -1085,8 +1165,8 @@ fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suff
     };
     let replaced: Vec<&str> = resolved
         .iter()
-        .filter_map(|(_, _, m)| match m {
-            Matched::Limited { replaces, .. } => *replaces,
+        .filter_map(|d| match d.matched {
+            Matched::Limited { replaces, .. } => replaces,
             _ => None,
         })
         .collect();
@@ -1094,7 +1174,7 @@ fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suff
     // Merge descriptors on one key: the saturating sum of their hits.
     let mut checks: Vec<model::Check> = Vec::new();
     let mut slot_of: Vec<Option<usize>> = Vec::new();
-    for (d, (_, _, matched)) in step.iter().zip(&resolved) {
+    for (d, Described { matched, .. }) in step.iter().zip(&resolved) {
         let Matched::Limited { key, spec, name, .. } = matched else {
             slot_of.push(None);
             continue;
@@ -1119,7 +1199,7 @@ fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suff
     let statuses: Vec<ExpectedStatus> = resolved
         .iter()
         .zip(&slot_of)
-        .map(|((_, _, matched), slot)| match (matched, slot) {
+        .map(|(Described { matched, .. }, slot)| match (matched, slot) {
             (Matched::Limited { spec, rpu, unit, name, .. }, Some(i)) => {
                 let v = &outcome.as_ref().expect("an outcome").verdicts[*i];
                 let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
@@ -1145,7 +1225,11 @@ fn envoy_expect(m: &mut model::Store, step: &[EnvoyDesc], hits_addend: u32, suff
 fn compare_envoy(r: &RateLimitResponse, over: bool, expected: &[ExpectedStatus]) -> Result<(), String> {
     let code = |over: bool| if over { Code::OverLimit as i32 } else { Code::Ok as i32 };
     if r.overall_code != code(over) || r.statuses.len() != expected.len() {
-        return Err(format!("overall {} (expected over: {over}) with {} statuses; expected {expected:?}, got {r:?}", r.overall_code, r.statuses.len()));
+        return Err(format!(
+            "overall {} (expected over: {over}) with {} statuses; expected {expected:?}, got {r:?}",
+            r.overall_code,
+            r.statuses.len()
+        ));
     }
     for (i, (s, e)) in r.statuses.iter().zip(expected).enumerate() {
         let limit = s.current_limit.as_ref().map(|l| (l.requests_per_unit, l.unit, l.name.as_str()));
@@ -1165,21 +1249,35 @@ struct ApiServer {
 
 impl ApiServer {
     async fn connect(server: &SluiceServer, name: &'static str, source: &'static str) -> ApiServer {
-        let envoy = RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
+        let envoy =
+            RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
         ApiServer { name, source, native: server.client().await, envoy }
     }
 
     /// Waits until decisions come from the store again (a case before may have opened the circuit).
     async fn settle(&self, suffix: &str) -> Result<(), String> {
-        let probe = NativeEntry { values: [Some(0), None, None, None, None, None], cost: None, short_agent: false, suspicious: false, deny_range: false };
+        let probe = NativeEntry {
+            values: [Some(0), None, None, None, None, None],
+            cost: None,
+            short_agent: false,
+            suspicious: false,
+            deny_range: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let request = pb::CheckRequest { requests: vec![native_request(&probe, &format!("probe-{suffix}"))], dry_run: true };
-            let got = self.native.clone().check(request).await.map(|r| r.into_inner().decisions[0].source.clone());
+            let request = pb::CheckRequest {
+                requests: vec![native_request(&probe, &format!("probe-{suffix}"))],
+                dry_run: true,
+            };
+            let got =
+                self.native.clone().check(request).await.map(|r| r.into_inner().decisions[0].source.clone());
             match got {
                 Ok(source) if source == self.source => return Ok(()),
                 other if Instant::now() > deadline => {
-                    return Err(format!("{}: decisions did not come from {} again: {other:?}", self.name, self.source));
+                    return Err(format!(
+                        "{}: decisions did not come from {} again: {other:?}",
+                        self.name, self.source
+                    ));
                 }
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -1196,7 +1294,8 @@ async fn api_case(servers: &[ApiServer], steps: &[Step]) -> TestCaseResult {
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Native { entries, copies, dry_run } => {
-                let batch: Vec<NativeEntry> = entries.iter().cycle().take(entries.len() * copies).cloned().collect();
+                let batch: Vec<NativeEntry> =
+                    entries.iter().cycle().take(entries.len() * copies).cloned().collect();
                 let expected = native_expect(&mut m, &batch, *dry_run, &suffix);
                 for s in servers {
                     let request = pb::CheckRequest {
@@ -1207,17 +1306,25 @@ async fn api_case(servers: &[ApiServer], steps: &[Step]) -> TestCaseResult {
                     let at = |msg: String| fail(format!("step {i} on {}: {msg}", s.name));
                     match (&expected, got) {
                         (NativeExpected::Batch, Err(status))
-                            if status.code() == tonic::Code::InvalidArgument && status.message().starts_with("requests:") => {}
+                            if status.code() == tonic::Code::InvalidArgument
+                                && status.message().starts_with("requests:") => {}
                         (NativeExpected::Cost(invalid), Err(status))
                             if status.code() == tonic::Code::InvalidArgument
-                                && invalid.iter().any(|j| status.message().starts_with(&format!("requests[{j}].cost:"))) => {}
+                                && invalid.iter().any(|j| {
+                                    status.message().starts_with(&format!("requests[{j}].cost:"))
+                                }) => {}
                         (NativeExpected::Decisions(outcomes), Ok(response)) => {
                             let decisions = response.into_inner().decisions;
                             if decisions.len() != outcomes.len() {
-                                return Err(at(format!("{} decisions for {} requests", decisions.len(), outcomes.len())));
+                                return Err(at(format!(
+                                    "{} decisions for {} requests",
+                                    decisions.len(),
+                                    outcomes.len()
+                                )));
                             }
                             for (j, ((d, o), e)) in decisions.iter().zip(outcomes).zip(&batch).enumerate() {
-                                compare_decision(d, o, e, s.source).map_err(|msg| at(format!("requests[{j}]: {msg}")))?;
+                                compare_decision(d, o, e, s.source)
+                                    .map_err(|msg| at(format!("requests[{j}]: {msg}")))?;
                             }
                         }
                         (expected, got) => return Err(at(format!("expected {expected:?}, got {got:?}"))),
@@ -1228,7 +1335,12 @@ async fn api_case(servers: &[ApiServer], steps: &[Step]) -> TestCaseResult {
                 let (request, over, expected) = envoy_expect(&mut m, descriptors, *hits_addend, &suffix);
                 for s in servers {
                     let at = |msg: String| fail(format!("step {i} on {}: {msg}", s.name));
-                    let got = s.envoy.clone().should_rate_limit(request.clone()).await.map_err(|e| at(format!("{e:?}")))?;
+                    let got = s
+                        .envoy
+                        .clone()
+                        .should_rate_limit(request.clone())
+                        .await
+                        .map_err(|e| at(format!("{e:?}")))?;
                     compare_envoy(got.get_ref(), over, &expected).map_err(at)?;
                 }
             }
@@ -1250,7 +1362,8 @@ fn both_apis_on_both_stores_follow_the_model() {
     let dir = domain_dir();
     let (local, on_redis) = rt.block_on(async {
         let local = SluiceServer::start(&server_yaml(dir.path(), None, API_BOUNDS), None).await;
-        let on_redis = SluiceServer::start(&server_yaml(dir.path(), Some(&redis.url()), API_BOUNDS), None).await;
+        let on_redis =
+            SluiceServer::start(&server_yaml(dir.path(), Some(&redis.url()), API_BOUNDS), None).await;
         (local, on_redis)
     });
     let servers = rt.block_on(async {
@@ -1260,7 +1373,8 @@ fn both_apis_on_both_stores_follow_the_model() {
         ]
     });
     let started = Instant::now();
-    let result = runner(API_CASES).run(&proptest::collection::vec(step(), 1..40), |steps| rt.block_on(api_case(&servers, &steps)));
+    let result = runner(API_CASES)
+        .run(&proptest::collection::vec(step(), 1..40), |steps| rt.block_on(api_case(&servers, &steps)));
     eprintln!("API model: {API_CASES} cases in {:?}", started.elapsed());
     rt.block_on(async {
         local.shutdown().await;
@@ -1276,7 +1390,8 @@ fn both_apis_on_both_stores_follow_the_model() {
 // retry-after is waited out.
 // ---------------------------------------------------------------------------------------------
 
-const STORE_PENALTY: PenaltySpec = PenaltySpec { violations: 2, period: 20_000, base: 2_000, factor: 3, max: 30_000 };
+const STORE_PENALTY: PenaltySpec =
+    PenaltySpec { violations: 2, period: 20_000, base: 2_000, factor: 3, max: 30_000 };
 
 /// The store-level tiers (costs from 1 to the limit, as the engine guarantees).
 fn store_tiers() -> [Spec; 8] {
@@ -1427,7 +1542,13 @@ fn compare_outcome(got: &Outcome, expected: &model::Outcome, store: &str) -> Res
 
 /// The wait a store's answer promises: the longest retry-after of its enforcing checks.
 fn promised(got: &Outcome, checks: &[model::Check]) -> u64 {
-    got.verdicts.iter().zip(checks).filter(|(_, c)| !c.spec.shadow).map(|(v, _)| v.retry_after_ms).max().unwrap_or(0)
+    got.verdicts
+        .iter()
+        .zip(checks)
+        .filter(|(_, c)| !c.spec.shadow)
+        .map(|(v, _)| v.retry_after_ms)
+        .max()
+        .unwrap_or(0)
 }
 
 async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {
@@ -1447,10 +1568,14 @@ async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {
             })
             .collect();
         let sent: Vec<Check> = checks.iter().map(sluice_check).collect();
-        let decide = async |m: &mut model::Store, mode: Mode, now: u64| -> Result<(model::Outcome, Outcome, Outcome), TestCaseError> {
+        let decide = async |m: &mut model::Store,
+                            mode: Mode,
+                            now: u64|
+               -> Result<(model::Outcome, Outcome, Outcome), TestCaseError> {
             let expected = m.decide(&checks, mode == Mode::Consume, now);
             let l = local.decide_at(&sent, mode, now);
-            let r = redis.decide_at(&sent, mode, now).await.map_err(|e| fail(format!("step {i}: redis: {e}")))?;
+            let r =
+                redis.decide_at(&sent, mode, now).await.map_err(|e| fail(format!("step {i}: redis: {e}")))?;
             let at = |msg: String| fail(format!("step {i} at T0+{} ({mode:?}): {msg}", now - T0));
             compare_outcome(&l, &expected, "local").map_err(at)?;
             compare_outcome(&r, &expected, "redis").map_err(at)?;
@@ -1485,9 +1610,13 @@ async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {
 }
 
 async fn redis_store(server: &RedisServer) -> RedisStore {
-    RedisStore::connect(&Topology::Standalone { url: server.url() }, &Default::default(), Duration::from_secs(2))
-        .await
-        .expect("connect to the test redis")
+    RedisStore::connect(
+        &Topology::Standalone { url: server.url() },
+        &Default::default(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("connect to the test redis")
 }
 
 #[test]
@@ -1496,7 +1625,8 @@ fn stores_at_fixed_instants_follow_the_model() {
     let server = RedisServer::start();
     let redis = rt.block_on(redis_store(&server));
     let started = Instant::now();
-    let strategy = proptest::collection::vec(store_step(store_tiers().iter().map(|s| s.limit).collect()), 1..40);
+    let strategy =
+        proptest::collection::vec(store_step(store_tiers().iter().map(|s| s.limit).collect()), 1..40);
     let result = runner(STORE_CASES).run(&strategy, |steps| rt.block_on(store_case(&redis, &steps)));
     eprintln!("store model: {STORE_CASES} cases in {:?}", started.elapsed());
     if let Err(e) = result {
@@ -1544,8 +1674,13 @@ fn bucket_case(steps: &[StoreStep]) -> TestCaseResult {
             if got.source != Source::Fallback {
                 return Err(fail(format!("step {i}: source {:?}", got.source)));
             }
-            compare_outcome(&got, &expected, "fallback")
-                .map_err(|msg| fail(format!("step {i} at T0+{} ({mode:?}), shares {:?}: {msg}", now - T0, checks.iter().map(|c| m.share(c.limit)).collect::<Vec<_>>())))?;
+            compare_outcome(&got, &expected, "fallback").map_err(|msg| {
+                fail(format!(
+                    "step {i} at T0+{} ({mode:?}), shares {:?}: {msg}",
+                    now - T0,
+                    checks.iter().map(|c| m.share(c.limit)).collect::<Vec<_>>()
+                ))
+            })?;
             Ok((expected, got))
         };
         let mode = if step.dry_run { Mode::DryRun } else { Mode::Consume };
@@ -1615,7 +1750,10 @@ fn hostile_calls(suffix: &str) -> Vec<(&'static str, Hostile)> {
     let overrides: Vec<RateLimitDescriptor> = (0..1000)
         .map(|i| RateLimitDescriptor {
             entries: entries(&[("ov", &format!("o{}", i % 3))]),
-            limit: Some(rate_limit_descriptor::RateLimitOverride { requests_per_unit: u32::MAX, unit: 3 + (i % 5) }),
+            limit: Some(rate_limit_descriptor::RateLimitOverride {
+                requests_per_unit: u32::MAX,
+                unit: 3 + (i % 5),
+            }),
             hits_addend: Some(UInt64Value { value: if i % 2 == 0 { u64::MAX } else { 0 } }),
             ..Default::default()
         })
@@ -1634,10 +1772,16 @@ fn hostile_calls(suffix: &str) -> Vec<(&'static str, Hostile)> {
         dry_run: false,
     };
     vec![
-        ("1000 identical descriptors, hits_addend u32::MAX", Hostile::Envoy(envoy_call(same(&[("client", &hot)], None, 1000), u32::MAX))),
+        (
+            "1000 identical descriptors, hits_addend u32::MAX",
+            Hostile::Envoy(envoy_call(same(&[("client", &hot)], None, 1000), u32::MAX)),
+        ),
         ("1000 values under one shared wildcard, hits near u64::MAX", Hostile::Envoy(envoy_call(files, 1))),
         ("1000 overrides at u32::MAX per unit, hits u64::MAX or 0", Hostile::Envoy(envoy_call(overrides, 0))),
-        ("a sliding log at hits u64::MAX, 500 times, and 500 duplicates", Hostile::Envoy(envoy_call(mixed, 1))),
+        (
+            "a sliding log at hits u64::MAX, 500 times, and 500 duplicates",
+            Hostile::Envoy(envoy_call(mixed, 1)),
+        ),
         ("a batch of 1000 on one key", Hostile::Native(batch(None, 1000))),
         ("a batch of 1000 at cost u64::MAX", Hostile::Native(batch(Some(u64::MAX), 1000))),
         ("a batch of 1001", Hostile::Native(batch(None, 1001))),
@@ -1655,7 +1799,8 @@ enum Hostile {
 async fn liveness_round(server: &SluiceServer, round: usize) -> Vec<String> {
     let suffix = fresh();
     let native = server.client().await;
-    let envoy = RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
+    let envoy =
+        RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
     let mut tasks = Vec::new();
     for (what, call) in hostile_calls(&suffix) {
         let (mut native, mut envoy) = (native.clone(), envoy.clone());
@@ -1670,9 +1815,12 @@ async fn liveness_round(server: &SluiceServer, round: usize) -> Vec<String> {
             .await;
             match answer {
                 Err(_) => Some(format!("round {round}: {what}: no answer within {PATIENCE:?}")),
-                Ok(Err(status)) if status.code() != tonic::Code::InvalidArgument => {
-                    Some(format!("round {round}: {what}: {:?} {:?} after {:?}", status.code(), status.message(), started.elapsed()))
-                }
+                Ok(Err(status)) if status.code() != tonic::Code::InvalidArgument => Some(format!(
+                    "round {round}: {what}: {:?} {:?} after {:?}",
+                    status.code(),
+                    status.message(),
+                    started.elapsed()
+                )),
                 Ok(_) => None,
             }
         }));
@@ -1683,13 +1831,34 @@ async fn liveness_round(server: &SluiceServer, round: usize) -> Vec<String> {
         let suffix = suffix.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..10 {
-                let plain = NativeEntry { values: [Some(1), None, None, None, None, None], cost: None, short_agent: false, suspicious: false, deny_range: false };
-                let request = pb::CheckRequest { requests: vec![native_request(&plain, &format!("{suffix}-{client}-{n}"))], dry_run: false };
-                let descriptor = RateLimitDescriptor { entries: entries(&[("client", &format!("plain-{suffix}-{client}-{n}"))]), ..Default::default() };
+                let plain = NativeEntry {
+                    values: [Some(1), None, None, None, None, None],
+                    cost: None,
+                    short_agent: false,
+                    suspicious: false,
+                    deny_range: false,
+                };
+                let request = pb::CheckRequest {
+                    requests: vec![native_request(&plain, &format!("{suffix}-{client}-{n}"))],
+                    dry_run: false,
+                };
+                let descriptor = RateLimitDescriptor {
+                    entries: entries(&[("client", &format!("plain-{suffix}-{client}-{n}"))]),
+                    ..Default::default()
+                };
                 let started = Instant::now();
                 let answers = tokio::time::timeout(PATIENCE, async {
-                    let d = native.check(request).await.map_err(|s| format!("Check: {s:?}"))?.into_inner().decisions;
-                    let r = envoy.should_rate_limit(envoy_call(vec![descriptor], 1)).await.map_err(|s| format!("ShouldRateLimit: {s:?}"))?.into_inner();
+                    let d = native
+                        .check(request)
+                        .await
+                        .map_err(|s| format!("Check: {s:?}"))?
+                        .into_inner()
+                        .decisions;
+                    let r = envoy
+                        .should_rate_limit(envoy_call(vec![descriptor], 1))
+                        .await
+                        .map_err(|s| format!("ShouldRateLimit: {s:?}"))?
+                        .into_inner();
                     let (status, _) = common::http_get(http, "/healthz").await;
                     // A fresh key under its limit passes, whatever else is going on.
                     match (d[0].allowed, r.overall_code == Code::Ok as i32, status) {
@@ -1699,8 +1868,17 @@ async fn liveness_round(server: &SluiceServer, round: usize) -> Vec<String> {
                 })
                 .await;
                 match answers {
-                    Err(_) => return Some(format!("round {round}: plain calls of client {client} took over {PATIENCE:?} (call {n})")),
-                    Ok(Err(e)) => return Some(format!("round {round}: client {client} call {n}: {e} after {:?}", started.elapsed())),
+                    Err(_) => {
+                        return Some(format!(
+                            "round {round}: plain calls of client {client} took over {PATIENCE:?} (call {n})"
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        return Some(format!(
+                            "round {round}: client {client} call {n}: {e} after {:?}",
+                            started.elapsed()
+                        ));
+                    }
                     Ok(Ok(())) => {}
                 }
             }
@@ -1728,7 +1906,8 @@ fn hostile_calls_never_hold_up_others() {
             let server = SluiceServer::start(&server_yaml(dir.path(), redis_url.as_deref(), ""), None).await;
             let name = if redis_url.is_some() { "redis" } else { "in-process store" };
             for round in 0..3 {
-                problems.extend(liveness_round(&server, round).await.into_iter().map(|p| format!("{name}: {p}")));
+                problems
+                    .extend(liveness_round(&server, round).await.into_iter().map(|p| format!("{name}: {p}")));
             }
             server.shutdown().await;
         }

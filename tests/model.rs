@@ -62,7 +62,7 @@ use sluice::threat::{Adaptive, Weights};
 use tonic::transport::Channel;
 
 /// Cases per test, chosen so that the file runs in about a minute in a debug build.
-const API_CASES: u32 = 600;
+const API_CASES: u32 = 450;
 const STORE_CASES: u32 = 1200;
 const BUCKET_CASES: u32 = 2000;
 

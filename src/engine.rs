@@ -169,22 +169,40 @@ impl Engine {
         mode: Mode,
         deadline: Option<Instant>,
     ) -> Result<Decision, RequestError> {
-        let admission = self.shedding.admit(deadline);
-        self.check_admitted(request, mode, deadline, &admission).await
+        self.check_batch(std::slice::from_ref(request), mode, deadline)
+            .await
+            .map_err(|(_, e)| e)
+            .map(|mut decisions| decisions.remove(0))
     }
 
-    /// Decides a batch: admitted or shed as a whole (one slot for the call), each request then
-    /// decided as if it had been sent alone.
+    /// Decides a batch, each request as if it had been sent alone. Every request is checked first,
+    /// so a batch with one invalid request (the index of the first is given) decides nothing; then
+    /// the batch is admitted or shed as a whole (one slot for the call).
     pub async fn check_batch(
         &self,
         requests: &[Request],
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> Vec<Result<Decision, RequestError>> {
+    ) -> Result<Vec<Decision>, (usize, RequestError)> {
+        let started = Instant::now();
+        let tiers = self.tiers.load();
+        let prepared = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| prepare(&tiers, r).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let admission = self.shedding.admit(deadline);
         let admission = &admission;
-        futures::future::join_all(requests.iter().map(|r| self.check_admitted(r, mode, deadline, admission)))
+        let decisions = prepared
+            .into_iter()
+            .zip(requests)
+            .map(|(p, r)| self.decide_prepared(r, p, mode, deadline, admission, started));
+        futures::future::join_all(decisions)
             .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.map_err(|e| (i, RequestError::Store(e))))
+            .collect()
     }
 
     /// Asks the store for one request's checks, or its failure modes when the call was shed:
@@ -212,68 +230,22 @@ impl Engine {
         }
     }
 
-    async fn check_admitted(
+    async fn decide_prepared(
         &self,
         request: &Request,
+        prepared: Prepared<'_>,
         mode: Mode,
         deadline: Option<Instant>,
         admission: &Admission<'_>,
-    ) -> Result<Decision, RequestError> {
-        let started = Instant::now();
-        let tiers = self.tiers.load();
-        let matched = matching(&tiers, request)?;
-
-        if let Some(exempt) = matched.iter().find(|t| t.rule == Rule::Exempt) {
-            exempt.counters.record(&exempt.name, "exempt", "none");
-            return Ok(Decision::uncounted(Some(Arc::clone(&exempt.name))));
-        }
-
-        let mut checks = Vec::with_capacity(matched.len());
-        let mut counted = Vec::with_capacity(matched.len());
-        let mut counters = Vec::with_capacity(matched.len());
-        let mut reputation: Option<Arc<[String]>> = None;
-        for tier in matched {
-            let Rule::Limited(limit) = tier.rule else { continue };
-            let cost = request.cost.saturating_mul(limit.cost);
-            if cost > limit.limit {
-                return Err(RequestError::Invalid {
-                    field: "cost".into(),
-                    reason: format!(
-                        "{cost} units exceed the limit of {} per window of tier {:?}, so the request could never pass",
-                        limit.limit, tier.name
-                    ),
-                });
-            }
-            checks.push(Check {
-                key: tier.key_for(&request.attributes),
-                algorithm: limit.algorithm,
-                quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
-                shadow: tier.shadow,
-                on_failure: tier.on_failure,
-                penalty: tier.penalty,
-                counts: tier.counts,
-                baseline: tier.baseline,
-                adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
-                    settings,
-                    client_factors: tiers.signals.client_factors(&settings, &request.attributes),
-                    reputation: Arc::clone(
-                        reputation
-                            .get_or_insert_with(|| crate::tier::reputation_keys(&request.attributes).into()),
-                    ),
-                }),
-            });
-            counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
-            counters.push((&tier.counters, tier.adaptive.map(|a| a.event_threshold)));
-        }
-        if checks.is_empty() {
-            metrics::decision("(none)", "allow", "none");
-            return Ok(Decision::uncounted(None));
-        }
-
+        started: Instant,
+    ) -> Result<Decision, StoreError> {
+        let Checks { checks, mut counted, counters } = match prepared {
+            Prepared::Uncounted(tier) => return Ok(Decision::uncounted(tier)),
+            Prepared::Checks(p) => p,
+        };
         if let Some((i, verdict)) = self.over_limit.denied(&checks) {
             // Only the tier that denies was looked at, so only it is reported.
-            let outcome =
-                crate::store::Outcome { admitted: false, verdicts: vec![verdict], source: Source::Cache };
+            let outcome = StoreOutcome { admitted: false, verdicts: vec![verdict], source: Source::Cache };
             let decision = Decision::counted(vec![counted.swap_remove(i)], outcome);
             counters[i].0.record(&decision.statuses[0].tier, "deny", Source::Cache.as_str());
             metrics::decision_duration(started.elapsed());
@@ -332,6 +304,71 @@ impl Engine {
             tokio::spawn(async move { store.security_event(&event, max_len).await });
         }
     }
+}
+
+/// A request made ready for the store: everything that can refuse it has been checked.
+enum Prepared<'t> {
+    /// Allowed without asking the store: an exempt tier (named) matched, or no limited tier did.
+    Uncounted(Option<Arc<str>>),
+    Checks(Checks<'t>),
+}
+
+/// One check per limited tier, with what the decision and the metrics need of each tier.
+struct Checks<'t> {
+    checks: Vec<Check>,
+    counted: Vec<(Arc<str>, crate::tier::Limit, bool)>,
+    counters: Vec<(&'t crate::metrics::TierCounters, Option<u8>)>,
+}
+
+/// Matches a request's tiers and builds its checks; refuses a cost no wait could let through.
+fn prepare<'t>(tiers: &'t Tiers, request: &Request) -> Result<Prepared<'t>, RequestError> {
+    let matched = matching(tiers, request)?;
+    if let Some(exempt) = matched.iter().find(|t| t.rule == Rule::Exempt) {
+        exempt.counters.record(&exempt.name, "exempt", "none");
+        return Ok(Prepared::Uncounted(Some(Arc::clone(&exempt.name))));
+    }
+    let mut checks = Vec::with_capacity(matched.len());
+    let mut counted = Vec::with_capacity(matched.len());
+    let mut counters = Vec::with_capacity(matched.len());
+    let mut reputation: Option<Arc<[String]>> = None;
+    for tier in matched {
+        let Rule::Limited(limit) = tier.rule else { continue };
+        let cost = request.cost.saturating_mul(limit.cost);
+        if cost > limit.limit {
+            return Err(RequestError::Invalid {
+                field: "cost".into(),
+                reason: format!(
+                    "{cost} units exceed the limit of {} per window of tier {:?}, so the request could never pass",
+                    limit.limit, tier.name
+                ),
+            });
+        }
+        checks.push(Check {
+            key: tier.key_for(&request.attributes),
+            algorithm: limit.algorithm,
+            quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
+            shadow: tier.shadow,
+            on_failure: tier.on_failure,
+            penalty: tier.penalty,
+            counts: tier.counts,
+            baseline: tier.baseline,
+            adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
+                settings,
+                client_factors: tiers.signals.client_factors(&settings, &request.attributes),
+                reputation: Arc::clone(
+                    reputation
+                        .get_or_insert_with(|| crate::tier::reputation_keys(&request.attributes).into()),
+                ),
+            }),
+        });
+        counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
+        counters.push((&tier.counters, tier.adaptive.map(|a| a.event_threshold)));
+    }
+    if checks.is_empty() {
+        metrics::decision("(none)", "allow", "none");
+        return Ok(Prepared::Uncounted(None));
+    }
+    Ok(Prepared::Checks(Checks { checks, counted, counters }))
 }
 
 /// The tiers that apply: the named ones when the request names some (each must exist), else all;

@@ -711,31 +711,26 @@ fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore,
                 Ok(converted) => {
                     let results =
                         watched(|| runtime().block_on(engine.check_batch(&converted, Mode::Consume, None)));
-                    for (r, result) in requests.iter().zip(results) {
+                    // A refused entry refuses the batch: nothing in it counts (the final looks check).
+                    let decisions = match results {
+                        Err((i, e)) => {
+                            let cost = requests[i].cost.unwrap_or(1);
+                            assert!(cost > 5 && e.to_string().contains("cost"), "step {step}: {e}");
+                            Vec::new()
+                        }
+                        Ok(decisions) => decisions,
+                    };
+                    for (r, d) in requests.iter().zip(decisions) {
                         let a = r.attributes.as_ref().expect("set above");
                         let cost = r.cost.unwrap_or(1);
                         let keys = [("per_user", &a.user, 10), ("per_ip_log", &a.ip, 5)];
-                        match result {
-                            Err(e) => {
-                                assert!(cost > 5 && e.to_string().contains("cost"), "step {step}: {e}");
+                        for (tier, value, limit) in keys.into_iter().filter(|(_, v, _)| !v.is_empty()) {
+                            let c = counters.entry(format!("{tier}|{value}")).or_insert((limit, 0, 0));
+                            if d.allowed {
+                                c.1 += cost;
+                                c.2 += cost;
                             }
-                            Ok(d) => {
-                                for (tier, value, limit) in keys.into_iter().filter(|(_, v, _)| !v.is_empty())
-                                {
-                                    let c =
-                                        counters.entry(format!("{tier}|{value}")).or_insert((limit, 0, 0));
-                                    if d.allowed {
-                                        c.1 += cost;
-                                        c.2 += cost;
-                                    }
-                                    assert!(
-                                        c.1 <= c.0,
-                                        "step {step}: {tier} {value:?} admitted {} of {}",
-                                        c.1,
-                                        c.0
-                                    );
-                                }
-                            }
+                            assert!(c.1 <= c.0, "step {step}: {tier} {value:?} admitted {} of {}", c.1, c.0);
                         }
                     }
                     None

@@ -44,12 +44,14 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         }
         let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
 
-        let results = self.engine.check_batch(&requests, mode, deadline).await;
-        let decisions = results
+        let decisions = self
+            .engine
+            .check_batch(&requests, mode, deadline)
+            .await
+            .map_err(|(i, e)| from_request_error(i, e))?
             .into_iter()
-            .enumerate()
-            .map(|(i, result)| result.map(to_proto).map_err(|e| from_request_error(i, e)))
-            .collect::<Result<Vec<_>, Status>>()?;
+            .map(to_proto)
+            .collect();
         Ok(Response::new(pb::CheckResponse { decisions }))
     }
 

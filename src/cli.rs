@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -244,10 +245,18 @@ async fn events(url: &str, count: usize, follow: bool) -> ExitCode {
     }
 }
 
+/// How long one XREAD of `events --follow` waits for new entries before asking again.
+const FOLLOW_BLOCK: Duration = Duration::from_secs(5);
+
 /// Prints the newest `count` events; with `follow`, then waits for new ones until interrupted.
 async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis::RedisError> {
     use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    // A blocking XREAD answers only when an event arrives or its BLOCK ends, so the connection must
+    // wait longer than the BLOCK: the client's default response timeout (500 ms) would end
+    // `--follow` after half a second of quiet. A Redis that stops answering altogether is still
+    // noticed, a few seconds after the BLOCK.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(FOLLOW_BLOCK * 2));
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await?;
     let print = |entry: &StreamId| {
         let mut fields = serde_json::Map::new();
         fields.insert("id".into(), entry.id.clone().into());
@@ -257,24 +266,27 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
         }
         println!("{}", serde_json::Value::Object(fields));
     };
+    // At least the newest entry is fetched, printed or not, so that following starts right after it.
     let newest: StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(EVENTS_STREAM)
         .arg("+")
         .arg("-")
         .arg("COUNT")
-        .arg(count)
+        .arg(count.max(1))
         .query_async(&mut conn)
         .await?;
-    let mut last = "$".to_owned();
-    for entry in newest.ids.iter().rev() {
+    for entry in newest.ids.iter().take(count).rev() {
         print(entry);
-        last.clone_from(&entry.id);
     }
     if !follow {
         return Ok(());
     }
+    // After the newest entry seen, or from the start of an empty stream: unlike `$`, an ID never
+    // misses an event written between two reads.
+    let mut last = newest.ids.first().map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+    let block_ms = usize::try_from(FOLLOW_BLOCK.as_millis()).unwrap_or(usize::MAX);
     loop {
-        let options = StreamReadOptions::default().block(5_000).count(100);
+        let options = StreamReadOptions::default().block(block_ms).count(100);
         let reply: Option<StreamReadReply> =
             redis::AsyncCommands::xread_options(&mut conn, &[EVENTS_STREAM], &[&last], &options).await?;
         for key in reply.map(|r| r.keys).unwrap_or_default() {

@@ -33,9 +33,11 @@ pub struct File {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
-    /// Checked in order; a request is checked against every tier that matches it.
+    /// Checked in order; a request is checked against every tier that matches it. Required:
+    /// a configuration without tiers says `tiers: []`, so that a file emptied by accident (a
+    /// truncated write, a half-updated ConfigMap) is refused instead of limiting nothing.
     #[serde(default)]
-    pub tiers: Vec<Tier>,
+    pub tiers: Option<Vec<Tier>>,
 }
 
 #[derive(Debug, Deserialize)]

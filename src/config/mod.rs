@@ -50,16 +50,21 @@ pub struct Settings {
     pub envoy_headers: crate::api::envoy::Headers,
 }
 
-/// The admin API's listener and token (never logged).
+/// The admin API's listener, its TLS and its token (never logged).
 #[derive(Clone)]
 pub struct AdminSettings {
     pub grpc_addr: SocketAddr,
     pub token: String,
+    /// The gRPC listener's TLS (`admin.tls: inherit`), or none (`plaintext`, or no `server.tls`).
+    pub tls: Option<TlsSettings>,
 }
 
 impl std::fmt::Debug for AdminSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminSettings").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+        f.debug_struct("AdminSettings")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -261,11 +266,19 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
                     .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
             })
             .ok();
+        let tls = match a.tls.as_str() {
+            "inherit" => Some(tls.clone()),
+            "plaintext" => Some(None),
+            other => {
+                problems.push(format!("admin.tls: {other:?} is not one of inherit, plaintext"));
+                None
+            }
+        };
         if a.token.chars().count() < 16 {
             problems.push("admin.token: must be at least 16 characters".into());
             return None;
         }
-        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token })
+        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
     });
     let mut domains = domains(&file.envoy, &mut problems);
     let envoy_headers = match file.envoy.headers.as_str() {
@@ -992,6 +1005,19 @@ tiers:
         assert_eq!(lines, ["t.yaml: tiers: is required; list the tiers, or write `tiers: []` for none"]);
         let none = parse("tiers: []\n", "t.yaml", Some(HashMap::new())).expect("explicitly no tiers");
         assert_eq!(none.tiers.len(), 0);
+    }
+
+    #[test]
+    fn admin_tls_is_inherit_or_plaintext() {
+        let admin = |tls: &str| {
+            format!("admin:\n  grpc_addr: 127.0.0.1:8082\n  token: 0123456789abcdef\n{tls}tiers: []\n")
+        };
+        let lines = parse(&admin("  tls: off\n"), "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        assert_eq!(lines, ["t.yaml: admin.tls: \"off\" is not one of inherit, plaintext"]);
+        for tls in ["", "  tls: inherit\n", "  tls: plaintext\n"] {
+            let settings = parse(&admin(tls), "t.yaml", Some(HashMap::new())).expect("valid");
+            assert!(settings.admin.expect("admin").tls.is_none(), "no server.tls to inherit: {tls:?}");
+        }
     }
 
     #[test]

@@ -201,6 +201,16 @@ pub struct Admin {
     /// Callers present `authorization: Bearer <token>`; at least 16 characters. Set it from the
     /// environment (`SLUICE__ADMIN__TOKEN`) rather than the file; it is never logged.
     pub token: String,
+    /// `inherit` (default): the admin listener uses `server.tls`, mutual TLS included, so the
+    /// token never crosses the network in the clear when the gRPC listener is protected;
+    /// plaintext when `server.tls` is absent. `plaintext`: no TLS on the admin listener even with
+    /// `server.tls` (for a loopback address behind a proxy that terminates TLS).
+    #[serde(default = "default_admin_tls")]
+    pub tls: String,
+}
+
+fn default_admin_tls() -> String {
+    "inherit".into()
 }
 
 impl std::fmt::Debug for Admin {

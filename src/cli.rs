@@ -1,7 +1,8 @@
-//! The command line: `serve`, `check-config` and `check`.
+//! The command line: `serve`, `check-config`, `check`, `events` and `admin`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -44,12 +45,15 @@ enum Command {
     },
     /// Operators' actions through the admin API.
     Admin {
-        /// The admin API's address.
+        /// The admin API's address; `https://...` when the server has TLS (the admin listener
+        /// uses the gRPC listener's TLS unless `admin.tls: plaintext`).
         #[arg(long, default_value = "http://127.0.0.1:8082")]
         addr: String,
         /// The admin token.
         #[arg(long, env = "SLUICE__ADMIN__TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        tls: ClientTls,
         #[command(subcommand)]
         action: AdminAction,
     },
@@ -75,6 +79,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// TLS to the admin API, for an `https://` address.
+#[derive(Debug, clap::Args)]
+struct ClientTls {
+    /// PEM CA certificate(s) that signed the server's certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server with mutual TLS (`server.tls.client_ca_file`).
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of `--cert-file`.
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of `--addr` (e.g.
+    /// through `kubectl port-forward` to localhost).
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +155,7 @@ pub fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(&file),
             Command::Events { redis, count, follow } => events(&redis, count, follow).await,
-            Command::Admin { addr, token, action } => admin(addr, token, action).await,
+            Command::Admin { addr, token, tls, action } => admin(addr, token, tls, action).await,
             Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
                 check(addr, attrs, cost, tiers, dry_run, json).await
             }
@@ -244,10 +266,18 @@ async fn events(url: &str, count: usize, follow: bool) -> ExitCode {
     }
 }
 
+/// How long one XREAD of `events --follow` waits for new entries before asking again.
+const FOLLOW_BLOCK: Duration = Duration::from_secs(5);
+
 /// Prints the newest `count` events; with `follow`, then waits for new ones until interrupted.
 async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis::RedisError> {
     use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    // A blocking XREAD answers only when an event arrives or its BLOCK ends, so the connection must
+    // wait longer than the BLOCK: the client's default response timeout (500 ms) would end
+    // `--follow` after half a second of quiet. A Redis that stops answering altogether is still
+    // noticed, a few seconds after the BLOCK.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(FOLLOW_BLOCK * 2));
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await?;
     let print = |entry: &StreamId| {
         let mut fields = serde_json::Map::new();
         fields.insert("id".into(), entry.id.clone().into());
@@ -257,24 +287,27 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
         }
         println!("{}", serde_json::Value::Object(fields));
     };
+    // At least the newest entry is fetched, printed or not, so that following starts right after it.
     let newest: StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(EVENTS_STREAM)
         .arg("+")
         .arg("-")
         .arg("COUNT")
-        .arg(count)
+        .arg(count.max(1))
         .query_async(&mut conn)
         .await?;
-    let mut last = "$".to_owned();
-    for entry in newest.ids.iter().rev() {
+    for entry in newest.ids.iter().take(count).rev() {
         print(entry);
-        last.clone_from(&entry.id);
     }
     if !follow {
         return Ok(());
     }
+    // After the newest entry seen, or from the start of an empty stream: unlike `$`, an ID never
+    // misses an event written between two reads.
+    let mut last = newest.ids.first().map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+    let block_ms = usize::try_from(FOLLOW_BLOCK.as_millis()).unwrap_or(usize::MAX);
     loop {
-        let options = StreamReadOptions::default().block(5_000).count(100);
+        let options = StreamReadOptions::default().block(block_ms).count(100);
         let reply: Option<StreamReadReply> =
             redis::AsyncCommands::xread_options(&mut conn, &[EVENTS_STREAM], &[&last], &options).await?;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
@@ -286,17 +319,11 @@ async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), redis
     }
 }
 
-async fn admin(addr: String, token: String, action: AdminAction) -> ExitCode {
-    let channel = match tonic::transport::Endpoint::from_shared(addr.clone()) {
-        Ok(endpoint) => match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                eprintln!("sluice: cannot connect to {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(e) => {
-            eprintln!("sluice: {addr:?} is not an address: {e}");
+async fn admin(addr: String, token: String, tls: ClientTls, action: AdminAction) -> ExitCode {
+    let channel = match connect_admin(&addr, &tls).await {
+        Ok(channel) => channel,
+        Err(message) => {
+            eprintln!("sluice: {message}");
             return ExitCode::FAILURE;
         }
     };
@@ -356,6 +383,45 @@ async fn admin(addr: String, token: String, action: AdminAction) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A channel to the admin API: plaintext for `http://`, TLS for `https://`.
+async fn connect_admin(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("{addr:?} is not an address: {e}"))?;
+    let read =
+        |path: &PathBuf| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    if addr.starts_with("https://") {
+        // No system roots are built in: the CA is always named.
+        let ca = tls
+            .ca_file
+            .as_ref()
+            .ok_or("an https:// address needs --ca-file (the CA that signed the server's certificate)")?;
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &tls.tls_server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS: {}", error_chain(&e)))?;
+    } else if tls.ca_file.is_some() || tls.cert_file.is_some() || tls.tls_server_name.is_some() {
+        return Err(format!("TLS options were given but {addr:?} is not an https:// address"));
+    }
+    endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {}", error_chain(&e)))
+}
+
+/// An error and its causes on one line: tonic's own message ("transport error") says little.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Attributes from name=value pairs: the built-in names go to their fields, others to `extra`.

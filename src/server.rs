@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::api::admin::AdminService;
 use crate::api::envoy::EnvoyService;
 use crate::api::native::NativeService;
-use crate::config::Settings;
+use crate::config::{Settings, TlsSettings};
 use crate::engine::{Engine, EngineSettings};
 use crate::metrics;
 use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Store};
@@ -118,12 +118,7 @@ pub async fn run(
     let transport = settings.server.transport;
     let mut builder = crate::api::transport::configure(tonic::transport::Server::builder(), &transport);
     if let Some(tls) = &settings.server.tls {
-        let mut config = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-        if let Some(ca) = &tls.client_ca_pem {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
+        builder = builder.tls_config(tls_config(tls))?;
         tracing::info!(mutual = tls.client_ca_pem.is_some(), "TLS on the gRPC listener");
     }
     let incoming = futures::StreamExt::map(
@@ -151,14 +146,27 @@ pub async fn run(
     let admin = async move {
         match (listeners.admin, settings.admin) {
             (Some(listener), Some(admin)) => {
-                tracing::info!(admin = %listener.local_addr()?, "serving the admin API");
+                let addr = listener.local_addr()?;
+                let mutual = admin.tls.as_ref().map(|t| t.client_ca_pem.is_some());
+                tracing::info!(admin = %addr, tls = admin.tls.is_some(), mutual, "serving the admin API");
+                if admin.tls.is_none() && !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        admin = %addr,
+                        "the admin API is served without TLS on a non-loopback address: its bearer token crosses the network in the clear"
+                    );
+                }
                 let incoming = futures::StreamExt::map(
                     tonic::transport::server::TcpIncoming::from(listener),
                     move |conn| {
                         conn.map(|c| crate::api::transport::IdleTimeout::new(c, transport.idle_timeout))
                     },
                 );
-                crate::api::transport::configure(tonic::transport::Server::builder(), &transport)
+                let mut builder =
+                    crate::api::transport::configure(tonic::transport::Server::builder(), &transport);
+                if let Some(tls) = &admin.tls {
+                    builder = builder.tls_config(tls_config(tls))?;
+                }
+                builder
                     .add_service(AdminService::into_server(admin_engine, admin.token))
                     .serve_with_incoming_shutdown(incoming, stopped(admin_stop))
                     .await
@@ -185,6 +193,17 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The listener side of TLS: the certificate and key, and for mutual TLS the CA that must have
+/// signed the client's certificate. Shared by the gRPC and admin listeners.
+fn tls_config(tls: &TlsSettings) -> tonic::transport::ServerTlsConfig {
+    let mut config = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    if let Some(ca) = &tls.client_ca_pem {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    config
 }
 
 /// Server reflection over the services this port serves and can describe (v1, and v1alpha for

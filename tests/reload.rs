@@ -52,6 +52,48 @@ async fn a_changed_file_is_swapped_in_and_a_broken_one_is_refused() {
     assert!(seen.len() > 100);
 }
 
+/// The errors counted by `sluice_config_reloads_total` so far (the recorder is shared by every
+/// server of this test binary).
+async fn failed_reloads(server: &SluiceServer) -> u64 {
+    let metrics = http_get(server.http_addr, "/metrics").await.1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_config_reloads_total{result=\"error\"} "))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// A truncated file (an editor's or a ConfigMap update's write caught half-way) is a failed reload:
+/// the tiers keep limiting until a whole file comes back.
+#[tokio::test]
+async fn a_truncated_file_keeps_the_tiers_serving() {
+    let server = SluiceServer::start(&tiers(2), None).await;
+    let mut client = server.client().await;
+    let failed_before = failed_reloads(&server).await;
+
+    std::fs::write(server.config_path(), "").expect("truncate the config");
+    let truncated = Instant::now();
+    assert_eventually!(
+        failed_reloads(&server).await > failed_before,
+        Duration::from_secs(5),
+        "the empty file was never counted as a failed reload"
+    );
+    // The reloader looks every second: past two looks, the empty file has surely been seen.
+    tokio::time::sleep(Duration::from_millis(2_200).saturating_sub(truncated.elapsed())).await;
+    for n in 0..2 {
+        let d = check(&mut client, request(&[("user", "carol")])).await;
+        assert!(d.allowed && d.tier == "api" && d.limit == 2, "request {n}: {d:?}");
+    }
+    let d = check(&mut client, request(&[("user", "carol")])).await;
+    assert!(!d.allowed, "the tier still limits with the file empty: {d:?}");
+
+    std::fs::write(server.config_path(), tiers(5)).expect("restore the config");
+    assert_eventually!(
+        check(&mut client, request(&[("user", "dave")])).await.limit == 5,
+        Duration::from_secs(5),
+        "the restored file was never loaded"
+    );
+}
+
 #[tokio::test]
 async fn an_edited_envoy_domain_file_is_reloaded_without_a_signal() {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{

@@ -47,6 +47,40 @@ fn check_config_names_every_bad_key_and_exits_78() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// An empty file (as a truncated write or a half-updated ConfigMap leaves) is not a configuration
+/// that limits nothing: `check-config` and `serve` refuse it with 78, naming the file. Content
+/// without a `tiers` key is refused naming `tiers`; `tiers: []` says "no tiers" on purpose.
+#[test]
+fn an_empty_file_or_one_without_tiers_is_refused() {
+    for text in ["", "\n  \n", "# tiers: []\n"] {
+        let file = common::write_config(text);
+        let path = file.path().to_str().expect("path");
+        for args in [&["check-config", path][..], &["serve", "--config", path][..]] {
+            let out = Command::new(BIN)
+                .args(args)
+                .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("SLUICE__FALLBACK__REPLICAS", "2")
+                .output()
+                .expect("run the sluice binary");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{args:?} on {text:?}: {stderr}");
+            assert!(stderr.contains(&format!("{path}: holds no settings")), "{args:?} on {text:?}: {stderr}");
+        }
+    }
+
+    let no_tiers = common::write_config("log:\n  level: debug\n");
+    let out = sluice(&["check-config", no_tiers.path().to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("tiers: is required"), "{stderr}");
+
+    let none = common::write_config("log:\n  level: debug\ntiers: []\n");
+    let out = sluice(&["check-config", none.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 0 tiers"));
+}
+
 #[tokio::test]
 async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     let (grpc, http) = (free_port(), free_port());

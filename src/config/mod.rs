@@ -50,16 +50,21 @@ pub struct Settings {
     pub envoy_headers: crate::api::envoy::Headers,
 }
 
-/// The admin API's listener and token (never logged).
+/// The admin API's listener, its TLS and its token (never logged).
 #[derive(Clone)]
 pub struct AdminSettings {
     pub grpc_addr: SocketAddr,
     pub token: String,
+    /// The gRPC listener's TLS (`admin.tls: inherit`), or none (`plaintext`, or no `server.tls`).
+    pub tls: Option<TlsSettings>,
 }
 
 impl std::fmt::Debug for AdminSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminSettings").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+        f.debug_struct("AdminSettings")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,6 +163,12 @@ pub enum ConfigError {
     Parse { origin: String, message: String },
     #[error("{origin}: {}", .problems.join("; "))]
     Invalid { origin: String, problems: Vec<String> },
+    /// Nothing but whitespace and comments: most likely a file caught mid-write, never meant as a
+    /// configuration (one with no tiers says `tiers: []`).
+    #[error(
+        "{origin}: holds no settings (it is empty or only comments); a configuration without tiers says `tiers: []`"
+    )]
+    Empty { origin: String },
 }
 
 impl ConfigError {
@@ -201,8 +212,15 @@ pub fn parse(
     env: Option<HashMap<String, String>>,
 ) -> Result<Settings, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
+    let file = config::File::from_str(text, config::FileFormat::Yaml);
+    // Looked at alone, before the environment is layered on: the environment may set keys (the
+    // Helm chart always sets one) even when the file is empty.
+    let written = config::Source::collect(&file).map_err(|e| parse_error(e.to_string()))?;
+    if written.is_empty() {
+        return Err(ConfigError::Empty { origin: origin.to_owned() });
+    }
     let layered = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+        .add_source(file)
         .add_source(config::Environment::with_prefix("SLUICE").separator("__").source(env))
         .build()
         .map_err(|e| parse_error(e.to_string()))?;
@@ -248,11 +266,19 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
                     .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
             })
             .ok();
+        let tls = match a.tls.as_str() {
+            "inherit" => Some(tls.clone()),
+            "plaintext" => Some(None),
+            other => {
+                problems.push(format!("admin.tls: {other:?} is not one of inherit, plaintext"));
+                None
+            }
+        };
         if a.token.chars().count() < 16 {
             problems.push("admin.token: must be at least 16 characters".into());
             return None;
         }
-        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token })
+        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
     });
     let mut domains = domains(&file.envoy, &mut problems);
     let envoy_headers = match file.envoy.headers.as_str() {
@@ -304,9 +330,13 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
 
     let signals = signals(&file.threat, &mut problems);
     let mut names = HashSet::new();
+    if file.tiers.is_none() {
+        problems.push("tiers: is required; list the tiers, or write `tiers: []` for none".into());
+    }
     let tiers: Vec<Tier> = file
         .tiers
         .into_iter()
+        .flatten()
         .enumerate()
         .filter_map(|(i, t)| tier(&format!("tiers[{i}]"), t, default_failure, &mut names, &mut problems))
         .collect();
@@ -960,6 +990,34 @@ tiers:
         .expect("valid");
         let adaptive = ok.tiers.all()[0].adaptive.expect("adaptive");
         assert_eq!((adaptive.weights.user_agent, adaptive.weights.burst), (5, 30));
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_and_no_tiers_must_be_said() {
+        let env = HashMap::from([("SLUICE__FALLBACK__REPLICAS".to_owned(), "3".to_owned())]);
+        for text in ["", "   \n\n", "# all commented out\n#tiers: []\n"] {
+            let err = parse(text, "t.yaml", Some(env.clone())).expect_err("empty");
+            assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err:?}");
+            assert!(err.to_string().starts_with("t.yaml: holds no settings"), "{err}");
+        }
+        let lines =
+            parse("log:\n  level: debug\n", "t.yaml", Some(HashMap::new())).expect_err("no tiers").lines();
+        assert_eq!(lines, ["t.yaml: tiers: is required; list the tiers, or write `tiers: []` for none"]);
+        let none = parse("tiers: []\n", "t.yaml", Some(HashMap::new())).expect("explicitly no tiers");
+        assert_eq!(none.tiers.len(), 0);
+    }
+
+    #[test]
+    fn admin_tls_is_inherit_or_plaintext() {
+        let admin = |tls: &str| {
+            format!("admin:\n  grpc_addr: 127.0.0.1:8082\n  token: 0123456789abcdef\n{tls}tiers: []\n")
+        };
+        let lines = parse(&admin("  tls: off\n"), "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        assert_eq!(lines, ["t.yaml: admin.tls: \"off\" is not one of inherit, plaintext"]);
+        for tls in ["", "  tls: inherit\n", "  tls: plaintext\n"] {
+            let settings = parse(&admin(tls), "t.yaml", Some(HashMap::new())).expect("valid");
+            assert!(settings.admin.expect("admin").tls.is_none(), "no server.tls to inherit: {tls:?}");
+        }
     }
 
     #[test]

@@ -33,9 +33,11 @@ pub struct File {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
-    /// Checked in order; a request is checked against every tier that matches it.
+    /// Checked in order; a request is checked against every tier that matches it. Required:
+    /// a configuration without tiers says `tiers: []`, so that a file emptied by accident (a
+    /// truncated write, a half-updated ConfigMap) is refused instead of limiting nothing.
     #[serde(default)]
-    pub tiers: Vec<Tier>,
+    pub tiers: Option<Vec<Tier>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +202,16 @@ pub struct Admin {
     /// Callers present `authorization: Bearer <token>`; at least 16 characters. Set it from the
     /// environment (`SLUICE__ADMIN__TOKEN`) rather than the file; it is never logged.
     pub token: String,
+    /// `inherit` (default): the admin listener uses `server.tls`, mutual TLS included, so the
+    /// token never crosses the network in the clear when the gRPC listener is protected;
+    /// plaintext when `server.tls` is absent. `plaintext`: no TLS on the admin listener even with
+    /// `server.tls` (for a loopback address behind a proxy that terminates TLS).
+    #[serde(default = "default_admin_tls")]
+    pub tls: String,
+}
+
+fn default_admin_tls() -> String {
+    "inherit".into()
 }
 
 impl std::fmt::Debug for Admin {

@@ -43,13 +43,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The admin Service's name: the full name, shortened to leave room for "-admin". */}}
+{{- define "sluice.adminServiceName" -}}
+{{- printf "%s-admin" (include "sluice.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
 {{/*
-The configuration file: the config values, plus the admin listener when the admin API is enabled.
+The configuration file: the config values, plus the admin listener when the admin API is enabled:
+on loopback, unless admin.service.enabled puts it on every pod address behind its own Service.
 */}}
 {{- define "sluice.config" -}}
 {{- $config := deepCopy .Values.config }}
 {{- if .Values.admin.enabled }}
-{{- $admin := dict "grpc_addr" (printf "0.0.0.0:%d" (int .Values.admin.port)) }}
+{{- $host := ternary "0.0.0.0" "127.0.0.1" .Values.admin.service.enabled }}
+{{- $admin := dict "grpc_addr" (printf "%s:%d" $host (int .Values.admin.port)) }}
 {{- $_ := set $config "admin" (merge (default dict (get $config "admin")) $admin) }}
 {{- end }}
 {{- if .Values.tls.enabled }}

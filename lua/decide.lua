@@ -158,6 +158,15 @@ if commit then
       -- nothing to write
     elseif v.algorithm == 1 then
       sliding_window_commit(v.key, v.state, v.window, v.cost)
+      if not admitted then
+        -- its own denied units count now: the wait runs from the state they leave (see
+        -- Verdict::after_counting)
+        local _, remaining, retry, reset = sliding_window_check(v.key, now, v.limit, v.window, v.cost)
+        v.retry = retry
+        if not v.allowed then
+          v.remaining, v.reset = remaining, reset
+        end
+      end
       if v.baseline_key then
         redis.call('HSET', v.baseline_key, 'a', v.baseline, 'w', v.baseline_w)
         redis.call('PEXPIRE', v.baseline_key, 64 * v.window)

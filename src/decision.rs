@@ -89,9 +89,15 @@ impl Decision {
         } else {
             statuses.iter().filter(|s| s.denies()).max_by_key(|s| s.verdict.retry_after_ms)
         };
-        let (tier, limit, remaining, reset, retry) = deciding.map_or((None, 0, 0, 0, 0), |s| {
-            let retry = if outcome.admitted { 0 } else { s.verdict.retry_after_ms };
-            (Some(Arc::clone(&s.tier)), s.limit.limit, s.verdict.remaining, s.verdict.reset_after_ms, retry)
+        // Denied: the longest wait of any enforcing tier, including one that allowed but counted
+        // the request's units anyway and would deny the retry until then.
+        let retry = if outcome.admitted {
+            0
+        } else {
+            statuses.iter().filter(|s| !s.shadow).map(|s| s.verdict.retry_after_ms).max().unwrap_or(0)
+        };
+        let (tier, limit, remaining, reset) = deciding.map_or((None, 0, 0, 0), |s| {
+            (Some(Arc::clone(&s.tier)), s.limit.limit, s.verdict.remaining, s.verdict.reset_after_ms)
         });
         let threat = statuses
             .iter()

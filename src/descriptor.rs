@@ -270,7 +270,18 @@ fn level(
         let rule =
             d.get("rate_limit").and_then(|r| rule(r, d, &format!("{at}.rate_limit"), problems, origin));
         let options = options(d.get("sluice"), &format!("{origin}: {at}.sluice"), problems);
-        // The same cap as a tier's: a log holds one entry per request within the window.
+        // The same caps as a tier's: counts exact in Lua's numbers, and a log holds one entry per
+        // request within the window.
+        if let Some(r) = rule.as_ref().filter(|r| !r.unlimited)
+            && u128::from(r.requests_per_unit) * u128::from(r.window_ms)
+                > crate::config::MAX_LIMIT_TIMES_WINDOW
+        {
+            problems.push(format!(
+                "{origin}: {at}.rate_limit.requests_per_unit: {} per {} ms is too large (limit x window in ms \
+                 must stay under 2^50)",
+                r.requests_per_unit, r.window_ms
+            ));
+        }
         if let Some(r) = rule.as_ref().filter(|r| !r.unlimited && options.algorithm == Algorithm::SlidingLog)
             && r.requests_per_unit > crate::config::MAX_LOG_LIMIT
         {

@@ -1112,6 +1112,16 @@ fn envoy_desc(d: Desc, suffix: &str) -> Described {
     }
 }
 
+/// An override past the bound every limit keeps: requests_per_unit x window under 2^50 ms.
+fn too_large(d: Desc) -> bool {
+    match d {
+        Desc::Override { rpu, unit, .. } => {
+            unit_ms(unit).is_some_and(|w| u128::from(rpu) * u128::from(w) > 1 << 50)
+        }
+        _ => false,
+    }
+}
+
 fn resolve_hits(h: Hits, matched: &Matched) -> u64 {
     let limit = match matched {
         Matched::Limited { rpu, .. } => *rpu,
@@ -1328,6 +1338,25 @@ async fn api_case(servers: &[ApiServer], steps: &[Step]) -> TestCaseResult {
                             }
                         }
                         (expected, got) => return Err(at(format!("expected {expected:?}, got {got:?}"))),
+                    }
+                }
+            }
+            Step::Envoy { descriptors, hits_addend } if descriptors.iter().any(|d| too_large(d.desc)) => {
+                // A limit whose counts Lua's numbers could not hold exactly is refused, and counts
+                // nothing.
+                let (request, _, _) =
+                    envoy_expect(&mut model::Store::default(), descriptors, *hits_addend, &suffix);
+                for s in servers {
+                    let at = |msg: String| fail(format!("step {i} on {}: {msg}", s.name));
+                    match s.envoy.clone().should_rate_limit(request.clone()).await {
+                        Err(status)
+                            if status.code() == tonic::Code::InvalidArgument
+                                && status.message().contains(".limit") => {}
+                        other => {
+                            return Err(at(format!(
+                                "expected INVALID_ARGUMENT naming the limit, got {other:?}"
+                            )));
+                        }
                     }
                 }
             }

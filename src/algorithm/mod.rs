@@ -67,7 +67,8 @@ pub struct Verdict {
     pub allowed: bool,
     /// Units left after this request (when allowed) or now (when denied).
     pub remaining: u64,
-    /// Shortest wait after which the same request would be allowed; 0 when allowed.
+    /// Shortest wait after which the same request would be allowed: 0 when allowed, unless the
+    /// request was denied by another tier and this one counted its units anyway.
     pub retry_after_ms: u64,
     /// Time until the count is back to zero, assuming this request was consumed if allowed.
     pub reset_after_ms: u64,
@@ -76,6 +77,20 @@ pub struct Verdict {
     /// Threat score (0-100) and factor bits (see `threat`); 0 unless the tier is adaptive.
     pub score: u8,
     pub factors: u8,
+}
+
+impl Verdict {
+    /// A denied request whose units this tier counted all the same (it counts denied requests):
+    /// the wait is measured from the state they leave, as a retry would find it, so an honest
+    /// retry-after covers this tier too even where it allowed the request. A tier that denied also
+    /// reports what is left and the reset from that state.
+    pub fn after_counting(&mut self, after: Verdict) {
+        self.retry_after_ms = after.retry_after_ms;
+        if !self.allowed {
+            self.remaining = after.remaining;
+            self.reset_after_ms = after.reset_after_ms;
+        }
+    }
 }
 
 /// All-or-nothing: a request passes only when every enforcing tier allows it. Shadow tiers are

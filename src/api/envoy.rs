@@ -109,6 +109,19 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
             check_len(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
             entries.push((e.key, e.value));
         }
+        if let Some(l) = &d.limit
+            && let Some(window_ms) = envoy::unit_window_ms(l.unit)
+            && u128::from(l.requests_per_unit) * u128::from(window_ms) > crate::config::MAX_LIMIT_TIMES_WINDOW
+        {
+            return Err(invalid(
+                &format!("descriptors[{i}].limit"),
+                &format!(
+                    "{} per {window_ms} ms is too large (requests_per_unit x the unit in ms must stay under 2^50, \
+                     where counts stay exact)",
+                    l.requests_per_unit
+                ),
+            ));
+        }
         descriptors.push(Descriptor {
             entries,
             limit_override: d.limit.map(|l| (u64::from(l.requests_per_unit), l.unit)),
@@ -175,6 +188,15 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
         .max_by_key(|(_, _, v)| v.retry_after_ms)
         .or_else(|| limited.iter().min_by_key(|(_, _, v)| v.remaining));
     let Some(&(i, rule, verdict)) = deciding else { return Vec::new() };
+    // The longest wait of any enforcing descriptor, one that counted a denied request's hits too.
+    let retry = statuses
+        .iter()
+        .filter_map(|s| match s {
+            Decided::Limited { verdict, shadow: false, .. } => Some(verdict.retry_after_ms),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
     let secs = |ms: u64| ms.div_ceil(1000).to_string();
     let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
     let name = |i: usize, rule: &crate::descriptor::Rule| {
@@ -190,7 +212,7 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
                 header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
             ];
             if over {
-                out.push(header("Retry-After", secs(verdict.retry_after_ms)));
+                out.push(header("Retry-After", secs(retry)));
             }
             out
         }
@@ -209,7 +231,7 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
                 ),
             ];
             if over {
-                out.push(header("Retry-After", secs(verdict.retry_after_ms)));
+                out.push(header("Retry-After", secs(retry)));
             }
             out
         }

@@ -20,7 +20,7 @@ use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
 pub const DEFAULT_YAML: &str = include_str!("../../examples/sluice.yaml");
 
 /// Bounds for Lua's double arithmetic: limit * window (ms) must stay far below 2^53.
-const MAX_LIMIT_TIMES_WINDOW: u128 = 1 << 50;
+pub(crate) const MAX_LIMIT_TIMES_WINDOW: u128 = 1 << 50;
 /// A sliding log keeps one entry per unit, so its limit is capped.
 pub(crate) const MAX_LOG_LIMIT: u64 = 10_000;
 const MAX_NAME_LEN: usize = 64;

@@ -377,7 +377,7 @@ impl LocalStore {
             let (verdict, next) = match &mut cell.state {
                 State::Window(w) => {
                     let (v, next) = algorithm::sliding_window::check(*w, now, quota);
-                    (v, Next::Window(next))
+                    (v, Next::Window(next, quota))
                 }
                 State::Log(log) => {
                     log.trim(now, quota.window_ms);
@@ -385,7 +385,7 @@ impl LocalStore {
                 }
                 State::Bucket(b) => {
                     let (v, next) = token_bucket::check(*b, now, quota, check.quota.limit);
-                    (v, Next::Bucket(next, quota.limit))
+                    (v, Next::Bucket(next, quota))
                 }
             };
             let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
@@ -423,7 +423,7 @@ impl LocalStore {
                 .zip(guards.iter_mut())
                 .zip(next_windows)
                 .zip(baselines)
-                .zip(&verdicts)
+                .zip(verdicts.iter_mut())
                 .zip(blocked)
             {
                 // Admitted requests consume (a shadow tier only what it would allow, a failure-only
@@ -439,27 +439,37 @@ impl LocalStore {
                     continue;
                 }
                 let q = check.quota;
-                if let (Some(fold), Next::Window(_)) = (baseline, &next) {
+                if let (Some(fold), Next::Window(..)) = (baseline, &next) {
                     cell.extra.get_or_insert_default().baseline = fold;
                     // As long as Redis keeps it (lua/decide.lua).
                     let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS);
                     cell.expires_at = cell.expires_at.max(now.saturating_add(kept));
                 }
                 match (&mut cell.state, next) {
-                    (State::Window(w), Next::Window(next)) => {
+                    (State::Window(w), Next::Window(next, applied)) => {
                         *w = next;
                         cell.expires_at = cell.expires_at.max(now + 2 * q.window_ms);
+                        if !admitted {
+                            // Its own denied units count now: the wait runs from the state they leave.
+                            let (after, _) = algorithm::sliding_window::check(next, now, applied);
+                            verdict.after_counting(after);
+                        }
                     }
                     (State::Log(log), _) => {
                         log.commit(now, q.cost);
                         cell.expires_at = cell.expires_at.max(now + q.window_ms);
                     }
-                    (State::Bucket(b), Next::Bucket(next, capacity)) => {
+                    (State::Bucket(b), Next::Bucket(next, applied)) => {
                         *b = next;
                         // Full again (and so forgettable) at tat.
-                        cell.expires_at = cell
-                            .expires_at
-                            .max(u64::try_from(next.tat.div_ceil(u128::from(capacity))).unwrap_or(u64::MAX));
+                        cell.expires_at = cell.expires_at.max(
+                            u64::try_from(next.tat.div_ceil(u128::from(applied.limit.max(1))))
+                                .unwrap_or(u64::MAX),
+                        );
+                        if !admitted {
+                            let (after, _) = token_bucket::check(next, now, applied, q.limit);
+                            verdict.after_counting(after);
+                        }
                     }
                     _ => unreachable!("the next state is computed from the same cell state"),
                 }
@@ -509,11 +519,11 @@ enum Kind {
     Bucket,
 }
 
-/// The state a cell takes if the request is consumed.
+/// The state a cell takes if the request is consumed, and the quota it was decided with.
 enum Next {
-    Window(Window),
+    Window(Window, Quota),
     Log,
-    Bucket(Bucket, u64),
+    Bucket(Bucket, Quota),
 }
 
 impl State {

@@ -749,7 +749,7 @@ fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore,
                     "path" => ["/f/a", "/f/b", "/g"][usize::from(input.byte()) % 3],
                     _ => VOCABULARY[usize::from(input.byte()) % 3],
                 };
-                let limit_override = (input.byte() % 8 == 0).then(|| RateLimitOverride {
+                let limit_override = input.byte().is_multiple_of(8).then(|| RateLimitOverride {
                     requests_per_unit: u32::from(input.byte() % 4),
                     unit: i32::from(input.byte() % 8),
                 });
@@ -776,7 +776,7 @@ fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore,
         };
         let statuses = watched(|| {
             runtime().block_on(sluice::envoy::decide(
-                &engine,
+                engine,
                 "fuzz",
                 &converted.descriptors,
                 converted.hits,
@@ -858,7 +858,7 @@ fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore,
                 let look = sluice::envoy::Descriptor { entries, limit_override: over, hits: Some(0) };
                 let statuses = watched(|| {
                     runtime().block_on(sluice::envoy::decide(
-                        &engine,
+                        engine,
                         "fuzz",
                         std::slice::from_ref(&look),
                         1,

@@ -110,7 +110,11 @@ for i = 1, n do
     local attempts = adaptive_count(v.attempts_key, now, window, counted and 1 or 0)
     local failures = adaptive_count(v.failures_key, now, window, 0)
     v.score, v.bits = adaptive_score(client_score, client_bits, reputation(), attempts, failures, limit, p)
-    -- never below the request's own cost, or no wait would let it pass
+    -- never below the request's own cost, or no wait would let it pass; a retry is one more
+    -- attempt, which may cross the burst threshold, so its wait is measured with the limit it sees
+    local retry_score = adaptive_score(client_score, client_bits, reputation(),
+      attempts + (counted and 1 or 0), failures, limit, p)
+    v.retry_limit = math.max(adaptive_limit(effective, retry_score, reduction), math.min(cost, effective))
     effective = math.max(adaptive_limit(effective, v.score, reduction), math.min(cost, effective))
   end
   v.limit = effective
@@ -118,6 +122,15 @@ for i = 1, n do
     v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(v.key, now, effective, window, cost)
   else
     v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(v.key, now, effective, window, cost)
+  end
+  if v.retry_limit and not v.allowed and v.retry_limit < effective then
+    local _, retry
+    if algorithm == 1 then
+      _, _, retry = sliding_window_check(v.key, now, v.retry_limit, window, cost)
+    else
+      _, _, retry = sliding_log_check(v.key, now, v.retry_limit, window, cost)
+    end
+    v.retry = retry
   end
   if penalty then
     if not v.allowed and counted and v.penalty_state.u <= now then

@@ -44,6 +44,9 @@ pub enum RequestError {
     /// The caller's fault; `field` is relative to the request (e.g. `cost`, `tiers[1]`).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// The caller's deadline left no time to decide (see `shedding::MIN_DEADLINE`).
+    #[error("the caller's deadline leaves no time to decide")]
+    Late,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -192,6 +195,9 @@ impl Engine {
             .map(|(i, r)| prepare(&tiers, r).map_err(|e| (i, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let admission = self.shedding.admit(deadline);
+        if matches!(admission, Admission::Late) {
+            return Err((0, RequestError::Late));
+        }
         let admission = &admission;
         let decisions = prepared
             .into_iter()
@@ -212,9 +218,12 @@ impl Engine {
         checks: &[Check],
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> Result<StoreOutcome, StoreError> {
+    ) -> Result<StoreOutcome, RequestError> {
         let admission = self.shedding.admit(deadline);
-        self.decide_admitted(checks, mode, deadline, &admission).await
+        if matches!(admission, Admission::Late) {
+            return Err(RequestError::Late);
+        }
+        Ok(self.decide_admitted(checks, mode, deadline, &admission).await?)
     }
 
     async fn decide_admitted(
@@ -226,7 +235,7 @@ impl Engine {
     ) -> Result<StoreOutcome, StoreError> {
         match admission {
             Admission::Admitted(_) => self.store.decide_by(checks, mode, deadline).await,
-            Admission::Shed => Ok(self.store.shed(checks, mode)),
+            Admission::Shed | Admission::Late => Ok(self.store.shed(checks, mode)),
         }
     }
 

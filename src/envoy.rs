@@ -14,7 +14,7 @@ use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::descriptor::{Domain, Rule};
 use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode, StoreError};
+use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode};
 use crate::tier::escape_into;
 
 /// Every loaded domain, by name.
@@ -50,6 +50,8 @@ pub enum Status {
         rule: Rule,
         verdict: Verdict,
         shadow: bool,
+        /// The hits counted on its key in this request exceed the limit: no wait lets it pass.
+        never: bool,
     },
 }
 
@@ -90,7 +92,7 @@ pub async fn decide(
     descriptors: &[Descriptor],
     hits: u64,
     deadline: Option<std::time::Instant>,
-) -> Result<Vec<Status>, StoreError> {
+) -> Result<Vec<Status>, crate::engine::RequestError> {
     let domains = engine.domains();
     let tiers = engine.tiers();
     let signals = &tiers.signals;
@@ -193,14 +195,21 @@ pub async fn decide(
     }
     let outcome = engine.decide(&checks, Mode::Consume, deadline).await?;
     let source = outcome.source.as_str();
-    for ((i, rule, shadow, path), verdict) in slots.into_iter().zip(outcome.verdicts) {
+    // Repeats of a key count together (see `store::Merged`).
+    let mut hits_on: HashMap<&str, u64> = HashMap::new();
+    for c in &checks {
+        let sum = hits_on.entry(c.key.as_str()).or_default();
+        *sum = sum.saturating_add(c.quota.cost);
+    }
+    let never: Vec<bool> = checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect();
+    for (((i, rule, shadow, path), verdict), never) in slots.into_iter().zip(outcome.verdicts).zip(never) {
         let decision = match (verdict.allowed, shadow) {
             (true, _) => "allow",
             (false, false) => "deny",
             (false, true) => "shadow_deny",
         };
         metrics::envoy_decision(domain_label, &path, decision, source);
-        statuses[i] = Status::Limited { rule, verdict, shadow };
+        statuses[i] = Status::Limited { rule, verdict, shadow, never };
     }
     Ok(statuses)
 }

@@ -47,30 +47,49 @@ impl OverLimitCache {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The first check known to be denied now, and the verdict to answer for it.
+    /// When every enforcing check of the request is known to be denied now (shadow checks never
+    /// deny), the one with the longest wait and the verdict to answer for it: then waiting that long
+    /// lets the request pass, as the store would have said. Never for a request with a tier whose
+    /// state a denial changes, or with any check not held here for the same rule and cost, whose
+    /// wait could be longer.
     pub fn denied(&self, checks: &[Check]) -> Option<(usize, Verdict)> {
         if self.max_keys == 0 || self.entries.is_empty() {
             return None;
         }
+        // A denial still changes what these tiers keep (denied hits counted, attempts, violations),
+        // so a request holding one must reach the store.
+        if checks
+            .iter()
+            .any(|c| c.counts == Counts::Everything || c.adaptive.is_some() || c.penalty.is_some())
+        {
+            return None;
+        }
         let now = self.now_ms();
-        checks.iter().enumerate().find_map(|(i, c)| {
+        let mut longest: Option<(usize, Entry)> = None;
+        for (i, c) in checks.iter().enumerate().filter(|(_, c)| !c.shadow) {
             let e = *self.entries.get(&c.key)?;
             let same_rule = e.algorithm == c.algorithm
                 && e.limit == c.quota.limit
                 && e.window_ms == c.quota.window_ms
-                && c.quota.cost >= e.cost;
-            (same_rule && eligible(c) && e.until > now).then(|| {
-                let verdict = Verdict {
-                    allowed: false,
-                    remaining: 0,
-                    retry_after_ms: e.until - now,
-                    reset_after_ms: e.reset.saturating_sub(now),
-                    limit: e.limit,
-                    score: 0,
-                    factors: 0,
-                };
-                (i, verdict)
-            })
+                && c.quota.cost == e.cost;
+            if !(same_rule && eligible(c) && e.until > now) {
+                return None;
+            }
+            if longest.is_none_or(|(_, l)| e.until > l.until) {
+                longest = Some((i, e));
+            }
+        }
+        longest.map(|(i, e)| {
+            let verdict = Verdict {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: e.until - now,
+                reset_after_ms: e.reset.saturating_sub(now),
+                limit: e.limit,
+                score: 0,
+                factors: 0,
+            };
+            (i, verdict)
         })
     }
 
@@ -155,13 +174,15 @@ mod tests {
     async fn a_denial_holds_until_its_retry_after_for_the_same_rule_and_no_smaller_cost() {
         let cache = OverLimitCache::new(10);
         cache.remember(&[check("k", 2)], &denied(1_000));
-        let (i, v) = cache.denied(&[check("other", 1), check("k", 2)]).expect("denied from the cache");
-        assert_eq!((i, v.allowed, v.retry_after_ms), (1, false, 1_000));
+        let (i, v) = cache.denied(&[check("k", 2)]).expect("denied from the cache");
+        assert_eq!((i, v.allowed, v.retry_after_ms), (0, false, 1_000));
+        assert!(cache.denied(&[check("other", 1), check("k", 2)]).is_none(), "another tier may wait longer");
         assert!(cache.denied(&[check("k", 1)]).is_none(), "a smaller cost may pass sooner");
+        assert!(cache.denied(&[check("k", 3)]).is_none(), "a larger cost may wait longer");
         let other_limit = Check { quota: Quota { limit: 6, ..check("k", 2).quota }, ..check("k", 2) };
         assert!(cache.denied(&[other_limit]).is_none(), "a retuned limit asks the store");
         tokio::time::advance(std::time::Duration::from_millis(400)).await;
-        assert_eq!(cache.denied(&[check("k", 3)]).expect("still denied").1.retry_after_ms, 600);
+        assert_eq!(cache.denied(&[check("k", 2)]).expect("still denied").1.retry_after_ms, 600);
         tokio::time::advance(std::time::Duration::from_millis(600)).await;
         assert!(cache.denied(&[check("k", 2)]).is_none(), "over at the retry-after");
         assert_eq!(cache.sweep(), 1);
@@ -181,6 +202,11 @@ mod tests {
         let shed = Outcome { source: Source::Shed, ..denied(1_000) };
         cache.remember(&[check("d", 1)], &shed);
         assert!(cache.is_empty(), "nothing qualified");
+        // A kept denial does not answer for a request whose other tier counts denied hits.
+        cache.remember(&[check("e", 1)], &denied(1_000));
+        assert!(cache.denied(&[check("e", 1)]).is_some());
+        let counts_all = Check { counts: Counts::Everything, ..check("f", 1) };
+        assert!(cache.denied(&[check("e", 1), counts_all]).is_none(), "the store must count it");
     }
 
     #[tokio::test(start_paused = true)]

@@ -283,8 +283,9 @@ fn envoy(kind: usize, r: &mut Random) -> (RateLimitRequest, bool) {
             for unit in [r.rng.random_range(1..=7), 0] {
                 let entries = (0..r.rng.random_range(1..=3)).map(|_| (r.token(), r.text())).collect();
                 let mut d = descriptor(entries);
+                // Within the bound every limit keeps (rate x unit under 2^50 ms), for any unit.
                 d.limit = Some(rate_limit_descriptor::RateLimitOverride {
-                    requests_per_unit: r.rng.random_range(5..=1_000_000),
+                    requests_per_unit: r.rng.random_range(5..=30_000),
                     unit,
                 });
                 limited.push(d);

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::check_len;
 use super::status::invalid;
 use crate::config::InputLimits;
-use crate::engine::Engine;
+use crate::engine::{Engine, RequestError};
 use crate::envoy::{self, Descriptor, Status as Decided};
 
 /// Which rate limit headers go back to the gateway.
@@ -54,11 +54,15 @@ impl RateLimitService for EnvoyService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let deadline = super::deadline(request.metadata());
         let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
-        let statuses =
-            envoy::decide(&self.engine, &domain, &descriptors, hits, deadline).await.map_err(|e| {
-                tracing::error!(error = %e, "store failed");
-                Status::internal("internal error")
-            })?;
+        let statuses = envoy::decide(&self.engine, &domain, &descriptors, hits, deadline).await.map_err(
+            |e| match e {
+                RequestError::Late => super::status::late(),
+                e => {
+                    tracing::error!(error = %e, "store failed");
+                    Status::internal("internal error")
+                }
+            },
+        )?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
 }
@@ -108,6 +112,13 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
             check_len(&format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
             check_len(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
             entries.push((e.key, e.value));
+        }
+        if d.is_negative_hits {
+            // Charging a refund would bill the client twice; until refunds are counted, say so.
+            return Err(invalid(
+                &format!("descriptors[{i}].is_negative_hits"),
+                "refunds are not supported: send the descriptor without it",
+            ));
         }
         if let Some(l) = &d.limit
             && let Some(window_ms) = envoy::unit_window_ms(l.unit)
@@ -188,7 +199,9 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
         .max_by_key(|(_, _, v)| v.retry_after_ms)
         .or_else(|| limited.iter().min_by_key(|(_, _, v)| v.remaining));
     let Some(&(i, rule, verdict)) = deciding else { return Vec::new() };
-    // The longest wait of any enforcing descriptor, one that counted a denied request's hits too.
+    let secs = |ms: u64| ms.div_ceil(1000).to_string();
+    // The longest wait of any enforcing descriptor, one that counted a denied request's hits too;
+    // none when a descriptor over its limit can never pass, so no wait is promised.
     let retry = statuses
         .iter()
         .filter_map(|s| match s {
@@ -196,8 +209,8 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
             _ => None,
         })
         .max()
-        .unwrap_or(0);
-    let secs = |ms: u64| ms.div_ceil(1000).to_string();
+        .filter(|_| !statuses.iter().any(|s| s.over() && matches!(s, Decided::Limited { never: true, .. })))
+        .map(secs);
     let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
     let name = |i: usize, rule: &crate::descriptor::Rule| {
         if rule.name.is_empty() { format!("descriptor_{i}") } else { rule.name.clone() }
@@ -211,8 +224,8 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
                 header("X-RateLimit-Remaining", remaining.to_string()),
                 header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
             ];
-            if over {
-                out.push(header("Retry-After", secs(retry)));
+            if let Some(retry) = retry.clone().filter(|_| over) {
+                out.push(header("Retry-After", retry));
             }
             out
         }
@@ -230,8 +243,8 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
                     format!("\"{}\";r={remaining};t={}", name(i, rule), secs(verdict.reset_after_ms)),
                 ),
             ];
-            if over {
-                out.push(header("Retry-After", secs(retry)));
+            if let Some(retry) = retry.clone().filter(|_| over) {
+                out.push(header("Retry-After", retry));
             }
             out
         }

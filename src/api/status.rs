@@ -11,6 +11,11 @@ pub fn invalid(field: &str, reason: &str) -> Status {
     Status::new(Code::InvalidArgument, format!("{field}: {reason}"))
 }
 
+/// A call whose deadline left no time to decide.
+pub fn late() -> Status {
+    Status::deadline_exceeded("the call's deadline leaves no time to decide")
+}
+
 /// Maps an engine error for the request at `requests[index]`.
 pub fn from_request_error(index: usize, error: RequestError) -> Status {
     match error {
@@ -18,6 +23,7 @@ pub fn from_request_error(index: usize, error: RequestError) -> Status {
             metrics::rejected(if field.starts_with("tiers") { "tiers" } else { "cost" });
             invalid(&format!("requests[{index}].{field}"), &reason)
         }
+        RequestError::Late => late(),
         RequestError::Store(e) if e.is_transient() => {
             tracing::warn!(error = %e, "store unavailable");
             Status::unavailable("rate limit store unavailable")

@@ -333,6 +333,7 @@ impl LocalStore {
             // A look (cost 0) changes nothing: no attempt, no violation, no count.
             let counted = mode == Mode::Consume && quota.cost > 0;
             let mut threat = (0, 0);
+            let mut retry_limit = None;
             let mut baseline = None;
             if let Some(b) = check.baseline {
                 let (start, current) = match &cell.state {
@@ -364,11 +365,18 @@ impl LocalStore {
                 if failures >= s.failed_logins {
                     bits |= threat::FAILED_LOGINS;
                 }
-                let score = s.weights.score(bits);
                 // Never below the request's own cost, or no wait would let it pass.
-                quota.limit = threat::effective_limit(quota.limit, score, s.reduction_percent)
-                    .max(quota.cost.min(quota.limit));
-                threat = (score, bits);
+                let limit_at = |bits: u8| {
+                    threat::effective_limit(quota.limit, s.weights.score(bits), s.reduction_percent)
+                        .max(quota.cost.min(quota.limit))
+                };
+                // A retry is one more attempt: it may cross the burst threshold this one reached, so
+                // the wait is measured with the limit the retry will see.
+                let burst_then = attempts.saturating_add(u64::from(counted))
+                    > s.burst_multiple.saturating_mul(check.quota.limit);
+                retry_limit = Some(limit_at(if burst_then { bits | threat::BURST } else { bits }));
+                quota.limit = limit_at(bits);
+                threat = (s.weights.score(bits), bits);
             }
             if !cell.state.counts_as(self.kind(check)) {
                 // The tier changed algorithm on a reload: start over with the new one.
@@ -389,6 +397,15 @@ impl LocalStore {
                 }
             };
             let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
+            if let Some(limit) = retry_limit.filter(|&l| !verdict.allowed && l < quota.limit) {
+                let q = Quota { limit, ..quota };
+                verdict.retry_after_ms = match &cell.state {
+                    State::Window(w) => algorithm::sliding_window::check(*w, now, q).0,
+                    State::Log(log) => log.check(now, q),
+                    State::Bucket(b) => token_bucket::check(*b, now, q, check.quota.limit).0,
+                }
+                .retry_after_ms;
+            }
             let mut is_blocked = false;
             if let Some(p) = check.penalty {
                 let penalty = &mut cell.extra.get_or_insert_default().penalty;

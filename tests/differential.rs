@@ -6,16 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice::algorithm::baseline::Baseline;
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{
-    AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode, RedisStore, Topology,
-};
+use sluice::store::{AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode};
 use sluice::threat::Adaptive;
 
 const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500, factor: 3, max_ms: 4_000 };
@@ -23,13 +19,7 @@ const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500
 #[tokio::test]
 async fn lua_and_rust_agree_over_a_long_random_run() {
     let server = common::RedisServer::start();
-    let redis = RedisStore::connect(
-        &Topology::Standalone { url: server.url() },
-        &Default::default(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("connect");
+    let redis = server.store().await;
     let local = LocalStore::default();
 
     // A few tiers over a few keys, so counts collide and windows roll over many times.

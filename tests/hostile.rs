@@ -17,7 +17,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::api::pb;
-use sluice::store::{AdaptiveCheck, Check, Counting, FailureMode, LocalStore, Mode, RedisStore, Topology};
+use sluice::store::{AdaptiveCheck, Check, Counting, FailureMode, LocalStore, Mode, RedisStore};
 use sluice::threat::Adaptive;
 use tonic::transport::Channel;
 
@@ -278,13 +278,7 @@ async fn a_sliding_log_descriptor_is_capped_like_a_tier() {
 
 async fn stores() -> (RedisServer, RedisStore, LocalStore) {
     let server = RedisServer::start();
-    let redis = RedisStore::connect(
-        &Topology::Standalone { url: server.url() },
-        &Default::default(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("connect");
+    let redis = server.store().await;
     (server, redis, LocalStore::default())
 }
 

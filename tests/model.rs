@@ -56,7 +56,6 @@ use sluice::api::pb;
 use sluice::api::pb::rate_limiter_client::RateLimiterClient;
 use sluice::store::{
     AdaptiveCheck, Check, Counting, Counts, FailureMode, LocalStore, Mode, Outcome, RedisStore, Source,
-    Topology,
 };
 use sluice::threat::{Adaptive, Weights};
 use tonic::transport::Channel;
@@ -1639,13 +1638,7 @@ async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {
 }
 
 async fn redis_store(server: &RedisServer) -> RedisStore {
-    RedisStore::connect(
-        &Topology::Standalone { url: server.url() },
-        &Default::default(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("connect to the test redis")
+    server.store().await
 }
 
 #[test]

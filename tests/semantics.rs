@@ -3,13 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::RedisServer;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{
-    AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore, Topology,
-};
+use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore};
 use sluice::threat::Adaptive;
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
@@ -27,13 +23,7 @@ impl Subject {
 
     async fn redis() -> Subject {
         let server = RedisServer::start();
-        let store = RedisStore::connect(
-            &Topology::Standalone { url: server.url() },
-            &Default::default(),
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("connect to the test redis");
+        let store = server.store().await;
         Subject::Redis(store, server)
     }
 

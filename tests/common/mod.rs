@@ -92,6 +92,17 @@ impl RedisServer {
     }
 
     /// The URL, with the password when the server has one.
+    /// A `RedisStore` on this server, as the differential and store-level tests drive it.
+    pub async fn store(&self) -> sluice::store::RedisStore {
+        sluice::store::RedisStore::connect(
+            &sluice::store::Topology::Standalone { url: self.url() },
+            &Default::default(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("connect to the test redis")
+    }
+
     pub fn url(&self) -> String {
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),

@@ -153,9 +153,12 @@ fn refused_seeds_name_the_field_at_fault() {
 
 /// Crashes fuzzing found, and what their input must come to once fixed: each must still reach the
 /// code that crashed, so that a change to the checks' decoding cannot quietly retire it.
-const KNOWN_CRASHES: [(&str, &str, Handled); 1] = [
+const KNOWN_CRASHES: [(&str, &str, Handled); 2] = [
     // Decision::counted added a tier's cost to its remaining quota unchecked (u64 overflow).
     ("headers", "overflow-remaining-plus-cost", Handled::Accepted),
+    // A denial whose longest wait is held by a tier that allowed (one that counts denied requests):
+    // the check still required the longest wait of the denying tiers only.
+    ("headers", "allowed-tier-holding-a-wait", Handled::Accepted),
 ];
 
 #[test]

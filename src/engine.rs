@@ -188,7 +188,8 @@ impl Engine {
         deadline: Option<Instant>,
     ) -> Result<Vec<Decision>, (usize, RequestError)> {
         let started = Instant::now();
-        let tiers = self.tiers.load();
+        // Held across the store's await: an owned handle, not a borrowed guard.
+        let tiers = self.tiers.load_full();
         let prepared = requests
             .iter()
             .enumerate()

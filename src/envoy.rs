@@ -195,13 +195,18 @@ pub async fn decide(
     }
     let outcome = engine.decide(&checks, Mode::Consume, deadline).await?;
     let source = outcome.source.as_str();
-    // Repeats of a key count together (see `store::Merged`).
-    let mut hits_on: HashMap<&str, u64> = HashMap::new();
-    for c in &checks {
-        let sum = hits_on.entry(c.key.as_str()).or_default();
-        *sum = sum.saturating_add(c.quota.cost);
-    }
-    let never: Vec<bool> = checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect();
+    // Whether a denied descriptor could ever pass; repeats of a key count together (see
+    // `store::Merged`). Only a denial needs to know, so an admitted request skips the sums.
+    let never: Vec<bool> = if outcome.verdicts.iter().all(|v| v.allowed) {
+        vec![false; checks.len()]
+    } else {
+        let mut hits_on: HashMap<&str, u64> = HashMap::new();
+        for c in &checks {
+            let sum = hits_on.entry(c.key.as_str()).or_default();
+            *sum = sum.saturating_add(c.quota.cost);
+        }
+        checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect()
+    };
     for (((i, rule, shadow, path), verdict), never) in slots.into_iter().zip(outcome.verdicts).zip(never) {
         let decision = match (verdict.allowed, shadow) {
             (true, _) => "allow",

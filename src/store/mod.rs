@@ -77,7 +77,13 @@ impl Merged {
     /// `None` when every key is already distinct (the common case, which allocates nothing more).
     /// A repeat keeps the first check's settings: one key is one tier or descriptor, so they agree.
     pub fn of(checks: &[Check]) -> Option<Merged> {
-        if checks.len() < 2 {
+        // Most requests have a few tiers: look for a repeat without allocating first.
+        let repeats = match checks.len() {
+            0 | 1 => false,
+            n if n <= 8 => checks.iter().enumerate().any(|(i, c)| checks[..i].iter().any(|d| d.key == c.key)),
+            _ => true,
+        };
+        if !repeats {
             return None;
         }
         // Sorted, so a request of many long keys costs n log n comparisons, not n squared.
@@ -324,6 +330,35 @@ impl StoreError {
             StoreError::Redis(_) => "server",
             StoreError::Timeout(_) => "deadline",
             StoreError::BadReply(_) => "bad_reply",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{Algorithm, Quota};
+
+    fn check(key: &str, cost: u64) -> Check {
+        let quota = Quota { limit: 10, window_ms: 1_000, cost };
+        Check::plain(key.into(), Algorithm::SlidingWindow, quota, FailureMode::Local)
+    }
+
+    #[test]
+    fn repeats_merge_into_the_first_with_the_summed_cost_few_keys_or_many() {
+        assert!(Merged::of(&[check("a", 1), check("b", 1)]).is_none());
+        for n in [3, 9, 40] {
+            let mut checks: Vec<Check> = (0..n).map(|i| check(&format!("k{i}"), 1)).collect();
+            assert!(Merged::of(&checks).is_none(), "{n} distinct keys");
+            checks.push(check("k1", 4));
+            checks.push(check("k1", u64::MAX));
+            let m = Merged::of(&checks).expect("a repeat");
+            assert_eq!(m.checks.len(), n);
+            assert_eq!(m.checks[1].quota.cost, u64::MAX, "saturated, not wrapped");
+            let verdicts = (0..n).map(|i| Verdict { remaining: i as u64, ..Verdict::default() }).collect();
+            let out = m.expand(Outcome { admitted: true, verdicts, source: Source::Local });
+            assert_eq!(out.verdicts.len(), n + 2);
+            assert_eq!((out.verdicts[n].remaining, out.verdicts[n + 1].remaining), (1, 1));
         }
     }
 }

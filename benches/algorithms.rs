@@ -9,7 +9,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::algorithm::sliding_log::Log;
 use sluice::algorithm::sliding_window::{self, Window};
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{Check, FailureMode, LocalStore, Mode};
+use sluice::check::{Check, FailureMode, Mode};
+use sluice::store::local::LocalStore;
 
 const KEYS: usize = 1000;
 

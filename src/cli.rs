@@ -426,21 +426,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Attributes from name=value pairs: the built-in names go to their fields, others to `extra`.
 fn attributes(pairs: Vec<(String, String)>) -> pb::Attributes {
-    let mut a = pb::Attributes::default();
+    let mut a = crate::request::Attributes::default();
     for (name, value) in pairs {
-        match name.as_str() {
-            "ip" => a.ip = value,
-            "user" => a.user = value,
-            "endpoint" => a.endpoint = value,
-            "method" => a.method = value,
-            "user_agent" => a.user_agent = value,
-            "client_tier" => a.client_tier = value,
-            _ => {
-                a.extra.insert(name, value);
-            }
-        }
+        a.set(&crate::request::Attr::parse(&name), value);
     }
-    a
+    a.into()
 }
 
 async fn check(

@@ -7,8 +7,18 @@
 use std::sync::Arc;
 
 use crate::algorithm::Verdict;
-use crate::store::{Outcome, Source};
+use crate::check::{Answer, Source};
 use crate::tier::Limit;
+
+/// Which rate limit headers go back to the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Headers {
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit`, and `Retry-After` when over.
+    Draft,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    XRateLimit,
+    None,
+}
 
 /// One tier's part in a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +79,7 @@ impl Decision {
     }
 
     /// Builds the decision from a store's outcome; `tiers` are in the order of the checks.
-    pub fn counted(tiers: Vec<(Arc<str>, Limit, bool)>, outcome: Outcome) -> Decision {
+    pub fn counted(tiers: Vec<(Arc<str>, Limit, bool)>, outcome: Answer) -> Decision {
         let statuses: Vec<TierStatus> = tiers
             .into_iter()
             .zip(outcome.verdicts)
@@ -164,7 +174,7 @@ mod tests {
             limit,
             ..Verdict::default()
         };
-        let outcome = Outcome {
+        let outcome = Answer {
             admitted: false,
             verdicts: vec![verdict(true, 7, 0, 10), verdict(false, 0, 1_500, 5), verdict(false, 0, 9_001, 5)],
             source: Source::Local,

@@ -11,10 +11,10 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::algorithm::Algorithm;
+use crate::algorithm::adaptive::Adaptive;
 use crate::algorithm::penalty::Penalty;
+use crate::check::FailureMode;
 use crate::config::schema::{AdaptiveSpec, DescriptorOptions};
-use crate::store::FailureMode;
-use crate::threat::Adaptive;
 
 /// A loaded domain.
 #[derive(Clone, Debug, Default)]

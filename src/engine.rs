@@ -8,15 +8,14 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::check::{AdaptiveCheck, Answer, Check, Counts, Failure, Mode, SecurityEvent, Source};
 use crate::decision::Decision;
 use crate::metrics;
 use crate::over_limit::OverLimitCache;
+use crate::request::Attributes;
 use crate::shedding::{Admission, Shedding};
-use crate::store::{
-    AdaptiveCheck, Check, Counts, Failure, Mode, Outcome as StoreOutcome, SecurityEvent, Source, Store,
-    StoreError,
-};
-use crate::tier::{Attributes, Rule, Tier, Tiers};
+use crate::store::{Store, StoreError};
+use crate::tier::{Rule, Tier, Tiers};
 
 /// One gateway request to decide.
 #[derive(Clone, Debug, Default)]
@@ -32,7 +31,7 @@ pub struct Request {
 
 /// What became of a request, reported by the gateway after its response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Reported {
     Success,
     /// E.g. a failed login: feeds the failed-logins factor of the adaptive tiers that match.
     Failure,
@@ -102,8 +101,8 @@ impl Engine {
 
     /// Takes in a request's outcome. A failure counts once on every adaptive tier that matches it
     /// (its failed-logins factor) and as a violation on every tier with a penalty.
-    pub async fn report(&self, request: &Request, outcome: Outcome) -> Result<usize, RequestError> {
-        if outcome == Outcome::Success {
+    pub async fn report(&self, request: &Request, outcome: Reported) -> Result<usize, RequestError> {
+        if outcome == Reported::Success {
             return Ok(0);
         }
         let tiers = self.tiers.load();
@@ -219,7 +218,7 @@ impl Engine {
         checks: &[Check],
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> Result<StoreOutcome, RequestError> {
+    ) -> Result<Answer, RequestError> {
         let admission = self.shedding.admit(deadline);
         if matches!(admission, Admission::Late) {
             return Err(RequestError::Late);
@@ -233,7 +232,7 @@ impl Engine {
         mode: Mode,
         deadline: Option<Instant>,
         admission: &Admission<'_>,
-    ) -> Result<StoreOutcome, StoreError> {
+    ) -> Result<Answer, StoreError> {
         match admission {
             Admission::Admitted(_) => self.store.decide_by(checks, mode, deadline).await,
             Admission::Shed | Admission::Late => Ok(self.store.shed(checks, mode)),
@@ -255,7 +254,7 @@ impl Engine {
         };
         if let Some((i, verdict)) = self.over_limit.denied(&checks) {
             // Only the tier that denies was looked at, so only it is reported.
-            let outcome = StoreOutcome { admitted: false, verdicts: vec![verdict], source: Source::Cache };
+            let outcome = Answer { admitted: false, verdicts: vec![verdict], source: Source::Cache };
             let decision = Decision::counted(vec![counted.swap_remove(i)], outcome);
             counters[i].0.record(&decision.statuses[0].tier, "deny", Source::Cache.as_str());
             metrics::decision_duration(started.elapsed());
@@ -297,7 +296,7 @@ impl Engine {
                 factors: status.verdict.factors,
                 correlation_id: request.correlation_id.clone(),
             };
-            let factors: Vec<&str> = crate::threat::factor_names(event.factors).collect();
+            let factors: Vec<&str> = crate::algorithm::adaptive::factor_names(event.factors).collect();
             tracing::warn!(
                 target: "sluice::security",
                 tier = %event.tier,
@@ -367,7 +366,7 @@ fn prepare<'t>(tiers: &'t Tiers, request: &Request) -> Result<Prepared<'t>, Requ
                 client_factors: tiers.signals.client_factors(&settings, &request.attributes),
                 reputation: Arc::clone(
                     reputation
-                        .get_or_insert_with(|| crate::tier::reputation_keys(&request.attributes).into()),
+                        .get_or_insert_with(|| crate::request::reputation_keys(&request.attributes).into()),
                 ),
             }),
         });

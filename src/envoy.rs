@@ -11,11 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
+use crate::check::{AdaptiveCheck, Check, Counts, FailureMode, Mode};
 use crate::descriptor::{Domain, Rule};
 use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{AdaptiveCheck, Check, Counts, FailureMode, Mode};
-use crate::tier::escape_into;
+use crate::request::{escape_into, reputation_keys};
 
 /// Every loaded domain, by name.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +24,7 @@ pub struct Domains {
     /// Count the hits of denied requests (the reference's default).
     pub count_denied: bool,
     /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
-    pub attributes: Vec<(String, crate::tier::Attr)>,
+    pub attributes: Vec<(String, crate::request::Attr)>,
     /// Failure mode of descriptors that set none.
     pub default_failure: FailureMode,
 }
@@ -179,9 +179,7 @@ pub async fn decide(
             adaptive: options.adaptive.map(|settings| AdaptiveCheck {
                 settings,
                 client_factors: signals.client_factors(&settings, &attrs),
-                reputation: Arc::clone(
-                    reputation.get_or_insert_with(|| crate::tier::reputation_keys(&attrs).into()),
-                ),
+                reputation: Arc::clone(reputation.get_or_insert_with(|| reputation_keys(&attrs).into())),
             }),
             penalty: options.penalty,
             counts,
@@ -220,24 +218,14 @@ pub async fn decide(
 }
 
 /// The request attributes the descriptors carry, by `envoy.attributes`.
-fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> crate::tier::Attributes {
-    let mut attrs = crate::tier::Attributes::default();
+fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> crate::request::Attributes {
+    let mut attrs = crate::request::Attributes::default();
     if domains.attributes.is_empty() {
         return attrs;
     }
     for (key, value) in descriptors.iter().flat_map(|d| d.entries.iter()) {
         if let Some((_, attr)) = domains.attributes.iter().find(|(k, _)| k == key) {
-            use crate::tier::Attr;
-            let slot = match attr {
-                Attr::Ip => &mut attrs.ip,
-                Attr::User => &mut attrs.user,
-                Attr::Endpoint => &mut attrs.endpoint,
-                Attr::Method => &mut attrs.method,
-                Attr::UserAgent => &mut attrs.user_agent,
-                Attr::ClientTier => &mut attrs.client_tier,
-                Attr::Extra(name) => attrs.extra.entry(name.clone()).or_default(),
-            };
-            value.clone_into(slot);
+            attrs.set(attr, value.clone());
         }
     }
     attrs

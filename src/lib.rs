@@ -18,6 +18,7 @@
 
 pub mod algorithm;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decision;
@@ -27,6 +28,7 @@ pub mod envoy;
 pub mod http;
 pub mod metrics;
 pub mod over_limit;
+pub mod request;
 pub mod server;
 pub mod shedding;
 pub mod store;

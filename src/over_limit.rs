@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::algorithm::{Algorithm, Verdict};
-use crate::store::{Check, Counts, Outcome, Source};
+use crate::check::{Answer, Check, Counts, Source};
 
 #[derive(Debug)]
 pub struct OverLimitCache {
@@ -94,7 +94,7 @@ impl OverLimitCache {
     }
 
     /// Keeps the denials of `outcome` that qualify.
-    pub fn remember(&self, checks: &[Check], outcome: &Outcome) {
+    pub fn remember(&self, checks: &[Check], outcome: &Answer) {
         if self.max_keys == 0 || outcome.admitted || !matches!(outcome.source, Source::Redis | Source::Local)
         {
             return;
@@ -152,14 +152,14 @@ fn eligible(c: &Check) -> bool {
 mod tests {
     use super::*;
     use crate::algorithm::Quota;
-    use crate::store::FailureMode;
+    use crate::check::FailureMode;
 
     fn check(key: &str, cost: u64) -> Check {
         let quota = Quota { limit: 5, window_ms: 60_000, cost };
         Check::plain(key.into(), Algorithm::SlidingWindow, quota, FailureMode::Local)
     }
 
-    fn denied(retry_after_ms: u64) -> Outcome {
+    fn denied(retry_after_ms: u64) -> Answer {
         let verdict = Verdict {
             allowed: false,
             retry_after_ms,
@@ -167,7 +167,7 @@ mod tests {
             limit: 5,
             ..Verdict::default()
         };
-        Outcome { admitted: false, verdicts: vec![verdict], source: Source::Redis }
+        Answer { admitted: false, verdicts: vec![verdict], source: Source::Redis }
     }
 
     #[tokio::test(start_paused = true)]
@@ -197,9 +197,9 @@ mod tests {
         for c in [shadow, everything] {
             cache.remember(std::slice::from_ref(&c), &denied(1_000));
         }
-        let fallback = Outcome { source: Source::Fallback, ..denied(1_000) };
+        let fallback = Answer { source: Source::Fallback, ..denied(1_000) };
         cache.remember(&[check("c", 1)], &fallback);
-        let shed = Outcome { source: Source::Shed, ..denied(1_000) };
+        let shed = Answer { source: Source::Shed, ..denied(1_000) };
         cache.remember(&[check("d", 1)], &shed);
         assert!(cache.is_empty(), "nothing qualified");
         // A kept denial does not answer for a request whose other tier counts denied hits.

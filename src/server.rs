@@ -17,7 +17,9 @@ use crate::api::native::NativeService;
 use crate::config::{Settings, TlsSettings};
 use crate::engine::{Engine, EngineSettings};
 use crate::metrics;
-use crate::store::{Counting, FallbackSettings, FallbackStore, LocalStore, SharedFallback, Store};
+use crate::store::Store;
+use crate::store::fallback::{FallbackSettings, FallbackStore, SharedFallback};
+use crate::store::local::{Counting, LocalStore};
 
 /// How long start-up waits for a first Redis connection before serving from the fallback.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);

@@ -6,67 +6,11 @@
 //! another's, end the hash tag early, or step into another tier (tier names hold no `:`).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
-use crate::store::FailureMode;
-
-/// A request attribute a tier can match on or key by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Attr {
-    Ip,
-    User,
-    Endpoint,
-    Method,
-    UserAgent,
-    ClientTier,
-    /// A free-form attribute, by name.
-    Extra(String),
-}
-
-impl Attr {
-    pub const BUILT_IN: [&'static str; 6] = ["ip", "user", "endpoint", "method", "user_agent", "client_tier"];
-
-    pub fn parse(name: &str) -> Attr {
-        match name {
-            "ip" => Attr::Ip,
-            "user" => Attr::User,
-            "endpoint" => Attr::Endpoint,
-            "method" => Attr::Method,
-            "user_agent" => Attr::UserAgent,
-            "client_tier" => Attr::ClientTier,
-            other => Attr::Extra(other.to_owned()),
-        }
-    }
-}
-
-/// What is known about one incoming request. Empty strings mean absent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Attributes {
-    pub ip: String,
-    pub user: String,
-    pub endpoint: String,
-    pub method: String,
-    pub user_agent: String,
-    pub client_tier: String,
-    pub extra: HashMap<String, String>,
-}
-
-impl Attributes {
-    pub fn get(&self, attr: &Attr) -> Option<&str> {
-        let value = match attr {
-            Attr::Ip => &self.ip,
-            Attr::User => &self.user,
-            Attr::Endpoint => &self.endpoint,
-            Attr::Method => &self.method,
-            Attr::UserAgent => &self.user_agent,
-            Attr::ClientTier => &self.client_tier,
-            Attr::Extra(name) => self.extra.get(name)?,
-        };
-        (!value.is_empty()).then_some(value.as_str())
-    }
-}
+use crate::check::{Counts, FailureMode};
+use crate::request::{Attr, Attributes, canonical_ip, escape_into};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -113,11 +57,11 @@ pub struct Tier {
     pub on_failure: FailureMode,
     pub counters: crate::metrics::TierCounters,
     /// Present when the limit adapts to the threat score.
-    pub adaptive: Option<crate::threat::Adaptive>,
+    pub adaptive: Option<crate::algorithm::adaptive::Adaptive>,
     /// Present when repeated violations block a key.
     pub penalty: Option<crate::algorithm::penalty::Penalty>,
     /// What consumes the quota: requests, or reported failures only.
-    pub counts: crate::store::Counts,
+    pub counts: Counts,
     /// Present when a heavy key's typical volume may raise its limit.
     pub baseline: Option<crate::algorithm::baseline::Baseline>,
     /// `sluice:{<name>:`, the static part of every key of this tier.
@@ -138,7 +82,7 @@ impl Tier {
             counters: Default::default(),
             adaptive: None,
             penalty: None,
-            counts: crate::store::Counts::Requests,
+            counts: Counts::Requests,
             baseline: None,
             key_prefix: format!("sluice:{{{name}:"),
         }
@@ -166,48 +110,6 @@ impl Tier {
         }
         key.push('}');
         key
-    }
-}
-
-/// Percent-escapes the separator, the escape, the hash-tag braces and control characters (each
-/// UTF-8 byte as `%XX`), which keeps the encoding injective.
-/// The reputation keys of a request's IP and user, when it has them: `sluice:{rep}:ip:<ip>` and
-/// `sluice:{rep}:user:<user>` (values escaped as in tier keys).
-pub fn reputation_keys(attrs: &Attributes) -> Vec<String> {
-    let mut keys = Vec::with_capacity(2);
-    for (kind, value) in [("ip", canonical_ip(&attrs.ip)), ("user", attrs.user.as_str().into())] {
-        if !value.is_empty() {
-            let mut key = format!("sluice:{{rep}}:{kind}:");
-            escape_into(&mut key, &value);
-            keys.push(key);
-        }
-    }
-    keys
-}
-
-/// One spelling per address (`2001:DB8:0::1` is `2001:db8::1`, `::ffff:192.0.2.1` is
-/// `192.0.2.1`), so that a client cannot get a fresh counter by writing its address differently;
-/// a value that is no address is kept as it is.
-fn canonical_ip(value: &str) -> std::borrow::Cow<'_, str> {
-    match value.parse::<std::net::IpAddr>() {
-        Ok(ip) => {
-            let canonical = ip.to_canonical().to_string();
-            if canonical == value { value.into() } else { canonical.into() }
-        }
-        Err(_) => value.into(),
-    }
-}
-
-pub(crate) fn escape_into(out: &mut String, value: &str) {
-    for c in value.chars() {
-        if matches!(c, '%' | '|' | '{' | '}') || c.is_control() {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
-        }
     }
 }
 

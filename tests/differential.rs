@@ -8,11 +8,12 @@ mod common;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice::algorithm::adaptive::Adaptive;
 use sluice::algorithm::baseline::Baseline;
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, Counts, Failure, FailureMode, LocalStore, Mode};
-use sluice::threat::Adaptive;
+use sluice::check::{AdaptiveCheck, Check, Counts, Failure, FailureMode, Mode};
+use sluice::store::local::LocalStore;
 
 const PENALTY: Penalty = Penalty { violations: 3, period_ms: 2_000, base_ms: 500, factor: 3, max_ms: 4_000 };
 

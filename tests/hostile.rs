@@ -14,11 +14,13 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
+use sluice::algorithm::adaptive::Adaptive;
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::api::pb;
-use sluice::store::{AdaptiveCheck, Check, Counting, FailureMode, LocalStore, Mode, RedisStore};
-use sluice::threat::Adaptive;
+use sluice::check::{AdaptiveCheck, Check, FailureMode, Mode};
+use sluice::store::local::{Counting, LocalStore};
+use sluice::store::redis::RedisStore;
 use tonic::transport::Channel;
 
 const DOMAIN: &str = "

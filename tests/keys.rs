@@ -34,10 +34,12 @@ use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use sluice::algorithm::{Algorithm, Verdict};
 use sluice::api::pb;
+use sluice::check::{AdminOp, Answer, Check, Failure, Mode, Source};
 use sluice::engine::{Engine, EngineSettings};
 use sluice::envoy::{Descriptor, Domains};
-use sluice::store::{AdminOp, Check, Failure, Mode, Outcome, Source, Store, StoreError};
-use sluice::tier::{Attr, Attributes, Limit, Rule, Tier, reputation_keys};
+use sluice::request::{Attr, Attributes, reputation_keys};
+use sluice::store::{Store, StoreError};
+use sluice::tier::{Limit, Rule, Tier};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
@@ -542,7 +544,7 @@ proptest! {
 struct Recorder(Mutex<Vec<String>>);
 
 impl Store for Recorder {
-    fn decide<'a>(&'a self, checks: &'a [Check], _mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    fn decide<'a>(&'a self, checks: &'a [Check], _mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
         self.0.lock().expect("recorder lock").extend(checks.iter().map(|c| c.key.clone()));
         let verdicts = checks
             .iter()
@@ -556,7 +558,7 @@ impl Store for Recorder {
                 factors: 0,
             })
             .collect();
-        Box::pin(std::future::ready(Ok(Outcome { admitted: true, verdicts, source: Source::Local })))
+        Box::pin(std::future::ready(Ok(Answer { admitted: true, verdicts, source: Source::Local })))
     }
 
     fn report_failures<'a>(&'a self, _failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {

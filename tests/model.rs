@@ -50,14 +50,14 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::UInt64Value;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};
+use sluice::algorithm::adaptive::{Adaptive, Weights};
 use sluice::algorithm::penalty::Penalty;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::api::pb;
 use sluice::api::pb::rate_limiter_client::RateLimiterClient;
-use sluice::store::{
-    AdaptiveCheck, Check, Counting, Counts, FailureMode, LocalStore, Mode, Outcome, RedisStore, Source,
-};
-use sluice::threat::{Adaptive, Weights};
+use sluice::check::{AdaptiveCheck, Answer, Check, Counts, FailureMode, Mode, Source};
+use sluice::store::local::{Counting, LocalStore};
+use sluice::store::redis::RedisStore;
 use tonic::transport::Channel;
 
 /// Cases per test, chosen so that the file runs in about a minute in a debug build.
@@ -1549,7 +1549,7 @@ fn store_step(limits: Vec<u64>) -> impl Strategy<Value = StoreStep> {
         })
 }
 
-fn compare_outcome(got: &Outcome, expected: &model::Outcome, store: &str) -> Result<(), String> {
+fn compare_outcome(got: &Answer, expected: &model::Outcome, store: &str) -> Result<(), String> {
     let mismatch = || format!("{store}: got {got:?}, expected {expected:?}");
     if got.admitted != expected.admitted || got.verdicts.len() != expected.verdicts.len() {
         return Err(mismatch());
@@ -1569,7 +1569,7 @@ fn compare_outcome(got: &Outcome, expected: &model::Outcome, store: &str) -> Res
 }
 
 /// The wait a store's answer promises: the longest retry-after of its enforcing checks.
-fn promised(got: &Outcome, checks: &[model::Check]) -> u64 {
+fn promised(got: &Answer, checks: &[model::Check]) -> u64 {
     got.verdicts
         .iter()
         .zip(checks)
@@ -1599,7 +1599,7 @@ async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {
         let decide = async |m: &mut model::Store,
                             mode: Mode,
                             now: u64|
-               -> Result<(model::Outcome, Outcome, Outcome), TestCaseError> {
+               -> Result<(model::Outcome, Answer, Answer), TestCaseError> {
             let expected = m.decide(&checks, mode == Mode::Consume, now);
             let l = local.decide_at(&sent, mode, now);
             let r =
@@ -1690,7 +1690,7 @@ fn bucket_case(steps: &[StoreStep]) -> TestCaseResult {
                 )
             })
             .collect();
-        let mut decide = |mode: Mode, now: u64| -> Result<(model::Outcome, Outcome), TestCaseError> {
+        let mut decide = |mode: Mode, now: u64| -> Result<(model::Outcome, Answer), TestCaseError> {
             let expected = m.decide(&checks, mode == Mode::Consume, now);
             let got = store.decide_at(&sent, mode, now);
             if got.source != Source::Fallback {

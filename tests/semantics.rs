@@ -4,9 +4,11 @@
 mod common;
 
 use common::RedisServer;
+use sluice::algorithm::adaptive::Adaptive;
 use sluice::algorithm::{Algorithm, Quota};
-use sluice::store::{AdaptiveCheck, Check, Failure, FailureMode, LocalStore, Mode, Outcome, RedisStore};
-use sluice::threat::Adaptive;
+use sluice::check::{AdaptiveCheck, Answer, Check, Failure, FailureMode, Mode};
+use sluice::store::local::LocalStore;
+use sluice::store::redis::RedisStore;
 
 /// Instants are synthetic milliseconds; 0 would mean "Redis TIME", so start far from it.
 const T0: u64 = 1_000_000_000;
@@ -27,14 +29,14 @@ impl Subject {
         Subject::Redis(store, server)
     }
 
-    async fn decide(&self, checks: &[Check], mode: Mode, now: u64) -> Outcome {
+    async fn decide(&self, checks: &[Check], mode: Mode, now: u64) -> Answer {
         match self {
             Subject::Local(s) => s.decide_at(checks, mode, now),
             Subject::Redis(s, _) => s.decide_at(checks, mode, now).await.expect("redis decision"),
         }
     }
 
-    async fn consume(&self, checks: &[Check], now: u64) -> Outcome {
+    async fn consume(&self, checks: &[Check], now: u64) -> Answer {
         self.decide(checks, Mode::Consume, now).await
     }
 
@@ -215,7 +217,7 @@ macro_rules! on_both_stores {
 }
 
 async fn each_factor_adds_its_weight(s: Subject) {
-    use sluice::threat::{BURST, DENY_RANGE, FAILED_LOGINS, PARAMETERS, REPUTATION, USER_AGENT};
+    use sluice::algorithm::adaptive::{BURST, DENY_RANGE, FAILED_LOGINS, PARAMETERS, REPUTATION, USER_AGENT};
     // Client-side factors arrive as bits; the store adds nothing of its own here.
     for (bits, score) in [
         (0, 0),
@@ -255,7 +257,7 @@ async fn each_factor_adds_its_weight(s: Subject) {
 }
 
 async fn missing_user_agent_and_bad_reputation_shrink_100_to_65(s: Subject) {
-    use sluice::threat::USER_AGENT;
+    use sluice::algorithm::adaptive::USER_AGENT;
     s.set_reputation("sluice:{rep}:ip:198.51.100.9");
     let c = [adaptive(
         check("shrink", Algorithm::SlidingWindow, 100, 60_000),

@@ -18,11 +18,12 @@ use std::sync::{Arc, OnceLock};
 use prost::Message as _;
 use sluice::algorithm::{Algorithm, Verdict, admits};
 use sluice::api::pb;
+use sluice::check::{Answer, Source};
 use sluice::config::{InputLimits, Settings};
 use sluice::decision::Decision;
 use sluice::descriptor::Domain;
-use sluice::store::{Outcome, Source};
-use sluice::tier::{Attr, Attributes, Limit, Rule, Tier};
+use sluice::request::{Attr, Attributes};
+use sluice::tier::{Limit, Rule, Tier};
 
 /// What became of one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub fn native_request(data: &[u8]) -> Handled {
             assert!((1..=limits.max_batch).contains(&count), "{count} requests accepted");
             assert_eq!(requests.len(), count, "one engine request per entry");
             let settings = default_settings();
-            let adaptive = sluice::threat::Adaptive::default();
+            let adaptive = sluice::algorithm::adaptive::Adaptive::default();
             for r in &requests {
                 assert!(r.cost >= 1, "cost {} accepted", r.cost);
                 assert!(r.tiers.len() <= limits.max_named_tiers);
@@ -206,7 +207,7 @@ pub fn key(data: &[u8]) -> Handled {
     let (Some(ka), Some(kb)) = (keyed(&tier, &a), keyed(&tier, &b)) else { return Handled::Skipped };
     let same = tier.key.iter().all(|attr| identity_value(attr, &a) == identity_value(attr, &b));
     assert_eq!(ka == kb, same, "keys {ka:?} and {kb:?} for {a:?} and {b:?}");
-    let (ra, rb) = (sluice::tier::reputation_keys(&a), sluice::tier::reputation_keys(&b));
+    let (ra, rb) = (sluice::request::reputation_keys(&a), sluice::request::reputation_keys(&b));
     if !a.user.is_empty() && !b.user.is_empty() {
         assert_eq!(ra.last() == rb.last(), a.user == b.user, "user reputation keys {ra:?} and {rb:?}");
     }
@@ -247,7 +248,7 @@ pub fn headers(data: &[u8]) -> Handled {
     }
     let admitted = admits(verdicts.iter().zip(&tiers).map(|(v, (_, _, shadow))| (v, *shadow)));
     let source = [Source::Redis, Source::Local, Source::Fallback][usize::from(input.byte() % 3)];
-    let d = Decision::counted(tiers.clone(), Outcome { admitted, verdicts: verdicts.clone(), source });
+    let d = Decision::counted(tiers.clone(), Answer { admitted, verdicts: verdicts.clone(), source });
 
     assert_eq!(d.allowed, admitted);
     assert_eq!(d.statuses.len(), n);
@@ -364,7 +365,7 @@ fn check_tier_key(tier: &Tier, attrs: &Attributes, key: &str) {
 
 /// `sluice:{rep}:ip:<ip>` and `sluice:{rep}:user:<user>`, for the ones present, in that order.
 fn check_reputation_keys(attrs: &Attributes) {
-    let keys = sluice::tier::reputation_keys(attrs);
+    let keys = sluice::request::reputation_keys(attrs);
     let mut expected = Vec::new();
     if !attrs.ip.is_empty() {
         expected.push(("sluice:{rep}:ip:", canonical_ip(&attrs.ip)));
@@ -661,7 +662,7 @@ impl<'a> Input<'a> {
 ///   consumed: admitted requests' units, and every request's units where denied hits count.
 pub fn decide(data: &[u8]) -> Handled {
     use sluice::engine::{Engine, EngineSettings};
-    use sluice::store::LocalStore;
+    use sluice::store::local::LocalStore;
     thread_local! {
         // One engine a thread, emptied before each run: building one (compiling the tiers'
         // patterns) costs far more than a run.
@@ -677,13 +678,17 @@ pub fn decide(data: &[u8]) -> Handled {
     ENGINE.with(|(engine, store)| decide_on(engine, store, data))
 }
 
-fn decide_on(engine: &sluice::engine::Engine, store: &sluice::store::LocalStore, data: &[u8]) -> Handled {
+fn decide_on(
+    engine: &sluice::engine::Engine,
+    store: &sluice::store::local::LocalStore,
+    data: &[u8],
+) -> Handled {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
         RateLimitDescriptor, rate_limit_descriptor,
     };
     use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-    use sluice::store::Mode;
+    use sluice::check::Mode;
 
     store.sweep(u64::MAX);
     engine.over_limit().clear();

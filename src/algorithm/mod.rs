@@ -1,9 +1,11 @@
 //! Pure rate-limit arithmetic: `(state, now, limit, cost) -> (verdict, new state)`.
 //!
-//! Nothing here does I/O or reads a clock; the caller passes `now` in milliseconds. Each module has a
-//! twin in `lua/` that must give the same answers for the same instants, which the differential test
-//! holds them to.
+//! Nothing here does I/O or reads a clock; the caller passes `now` in milliseconds. The algorithms
+//! Redis runs (sliding window, sliding log, penalty, baseline, adaptive) each have a twin in `lua/`
+//! that must give the same answers for the same instants, which the differential and model tests
+//! hold them to; `token_bucket` serves the in-process fallback only and has none.
 
+pub mod adaptive;
 pub mod baseline;
 pub mod penalty;
 pub mod sliding_log;

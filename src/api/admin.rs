@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::pb;
 use super::status::invalid;
+use crate::check::AdminOp;
 use crate::engine::Engine;
-use crate::store::AdminOp;
-use crate::tier::{Attributes, Rule, reputation_keys};
+use crate::request::{Attributes, reputation_keys};
+use crate::tier::Rule;
 
 /// Longest reputation mark: 30 days.
 const MAX_TTL_MS: i64 = 30 * 86_400_000;

@@ -16,18 +16,9 @@ use tonic::{Request, Response, Status};
 use super::check_len;
 use super::status::invalid;
 use crate::config::InputLimits;
+use crate::decision::Headers;
 use crate::engine::{Engine, RequestError};
 use crate::envoy::{self, Descriptor, Status as Decided};
-
-/// Which rate limit headers go back to the gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Headers {
-    /// The IETF draft's `RateLimit-Policy` and `RateLimit`, and `Retry-After` when over.
-    Draft,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
-    XRateLimit,
-    None,
-}
 
 #[derive(Debug)]
 pub struct EnvoyService {

@@ -44,9 +44,23 @@ pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-impl From<pb::Attributes> for crate::tier::Attributes {
+impl From<pb::Attributes> for crate::request::Attributes {
     fn from(a: pb::Attributes) -> Self {
-        crate::tier::Attributes {
+        crate::request::Attributes {
+            ip: a.ip,
+            user: a.user,
+            endpoint: a.endpoint,
+            method: a.method,
+            user_agent: a.user_agent,
+            client_tier: a.client_tier,
+            extra: a.extra.into_iter().collect(),
+        }
+    }
+}
+
+impl From<crate::request::Attributes> for pb::Attributes {
+    fn from(a: crate::request::Attributes) -> Self {
+        pb::Attributes {
             ip: a.ip,
             user: a.user,
             endpoint: a.endpoint,

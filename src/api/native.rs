@@ -7,13 +7,13 @@ use tonic::{Request, Response, Status};
 
 use super::status::{from_request_error, invalid};
 use super::{check_len, pb};
+use crate::algorithm::adaptive::factor_names;
+use crate::check::Mode;
 use crate::config::InputLimits;
 use crate::decision::Decision;
 use crate::engine::{self, Engine};
 use crate::metrics;
-use crate::store::Mode;
-use crate::threat::factor_names;
-use crate::tier::{Attr, Attributes};
+use crate::request::{Attr, Attributes};
 
 #[derive(Debug)]
 pub struct NativeService {
@@ -62,8 +62,8 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let correlation_id = correlation_id(request.metadata());
         let r = request.into_inner();
         let outcome = match pb::Outcome::try_from(r.outcome) {
-            Ok(pb::Outcome::Success) => engine::Outcome::Success,
-            Ok(pb::Outcome::Failure) => engine::Outcome::Failure,
+            Ok(pb::Outcome::Success) => engine::Reported::Success,
+            Ok(pb::Outcome::Failure) => engine::Reported::Failure,
             _ => return Err(invalid("outcome", "must be SUCCESS or FAILURE")),
         };
         let at = |field: &str| field.to_owned();

@@ -10,11 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::algorithm::Algorithm;
+use crate::algorithm::adaptive::{Adaptive, Weights};
 use crate::algorithm::baseline::Baseline;
 use crate::algorithm::penalty::Penalty;
-use crate::store::{Counts, FailureMode, Topology};
-use crate::threat::{Adaptive, Cidr, DEFAULT_PATTERNS, Signals, Weights};
-use crate::tier::{Attr, Condition, Limit, Rule, Tier, Tiers};
+use crate::check::{Counts, FailureMode};
+use crate::request::Attr;
+use crate::store::redis::Topology;
+use crate::threat::{Cidr, DEFAULT_PATTERNS, Signals};
+use crate::tier::{Condition, Limit, Rule, Tier, Tiers};
 
 /// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
 pub const DEFAULT_YAML: &str = include_str!("../../examples/sluice.yaml");
@@ -47,7 +50,7 @@ pub struct Settings {
     pub domains: crate::envoy::Domains,
     /// The files and directories the domains were read from, watched for changes.
     pub envoy_paths: Vec<std::path::PathBuf>,
-    pub envoy_headers: crate::api::envoy::Headers,
+    pub envoy_headers: crate::decision::Headers,
 }
 
 /// The admin API's listener, its TLS and its token (never logged).
@@ -282,12 +285,12 @@ fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     });
     let mut domains = domains(&file.envoy, &mut problems);
     let envoy_headers = match file.envoy.headers.as_str() {
-        "draft" => crate::api::envoy::Headers::Draft,
-        "x_ratelimit" => crate::api::envoy::Headers::XRateLimit,
-        "none" => crate::api::envoy::Headers::None,
+        "draft" => crate::decision::Headers::Draft,
+        "x_ratelimit" => crate::decision::Headers::XRateLimit,
+        "none" => crate::decision::Headers::None,
         other => {
             problems.push(format!("envoy.headers: {other:?} is not one of draft, x_ratelimit, none"));
-            crate::api::envoy::Headers::Draft
+            crate::decision::Headers::Draft
         }
     };
     let redis = file.redis.and_then(|r| redis(r, &mut problems));
@@ -604,8 +607,7 @@ fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> crate::envoy::Domai
             },
         }
     }
-    let attributes =
-        e.attributes.iter().map(|(key, attr)| (key.clone(), crate::tier::Attr::parse(attr))).collect();
+    let attributes = e.attributes.iter().map(|(key, attr)| (key.clone(), Attr::parse(attr))).collect();
     crate::envoy::Domains {
         by_name,
         count_denied: e.count_denied,

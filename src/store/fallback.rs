@@ -20,25 +20,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
 
-use super::local::Counting;
-use super::redis::{Access, Topology};
-use super::{
-    AdminOp, Check, Failure, LocalStore, Mode, Outcome, RedisStore, SecurityEvent, Source, Store, StoreError,
-};
-use crate::algorithm::Verdict;
+use super::local::{Counting, LocalStore};
+use super::redis::{Access, RedisStore, Topology};
+use super::{Store, StoreError};
+use crate::check::{AdminOp, Answer, Check, Failure, Mode, SecurityEvent, Source};
 use crate::metrics;
-
-/// What a tier gets while Redis is unavailable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FailureMode {
-    /// Counted in this replica's fair share of the limit.
-    #[default]
-    Local,
-    /// Fail open: allowed, not counted.
-    Allow,
-    /// Fail closed: denied.
-    Deny,
-}
 
 /// How long before a caller's deadline the answer must be on its way, at least.
 const ANSWER_MARGIN: Duration = Duration::from_millis(1);
@@ -182,7 +168,7 @@ impl FallbackStore {
         checks: &[Check],
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Answer, StoreError> {
         let redis = match self.redis.load_full() {
             Some(redis) if !self.is_open() => redis,
             _ => return Ok(self.without_redis(checks, mode)),
@@ -216,72 +202,16 @@ impl FallbackStore {
         Ok(self.without_redis(checks, mode))
     }
 
-    fn shed_for_deadline(&self, checks: &[Check], mode: Mode) -> Outcome {
+    fn shed_for_deadline(&self, checks: &[Check], mode: Mode) -> Answer {
         metrics::shed("deadline");
-        Outcome { source: Source::Shed, ..self.without_redis(checks, mode) }
+        Answer { source: Source::Shed, ..self.without_redis(checks, mode) }
     }
 
     /// The fallback's answer: each tier as its failure mode says, all or nothing as ever.
-    fn without_redis(&self, checks: &[Check], mode: Mode) -> Outcome {
+    fn without_redis(&self, checks: &[Check], mode: Mode) -> Answer {
         let probe_ms = u64::try_from(self.settings.probe_interval.as_millis()).unwrap_or(u64::MAX);
-        by_failure_mode(Some(&self.local), checks, mode, probe_ms)
+        self.local.by_failure_mode(checks, mode, probe_ms)
     }
-}
-
-/// Each check as its failure mode says, all or nothing as ever: `local` checks in `local` (allowed
-/// uncounted without one), `allow` allowed uncounted, `deny` denied with `deny_retry_ms`. The
-/// source is the local store's, or `Shed` without one.
-pub(crate) fn by_failure_mode(
-    local: Option<&LocalStore>,
-    checks: &[Check],
-    mode: Mode,
-    deny_retry_ms: u64,
-) -> Outcome {
-    let allow = |c: &Check| Verdict {
-        allowed: true,
-        remaining: c.quota.limit,
-        limit: c.quota.limit,
-        ..Verdict::default()
-    };
-    let Some(local) = local else {
-        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
-        let verdicts = checks
-            .iter()
-            .map(|c| match c.on_failure {
-                FailureMode::Deny => Verdict {
-                    allowed: false,
-                    retry_after_ms: deny_retry_ms,
-                    limit: c.quota.limit,
-                    ..Verdict::default()
-                },
-                _ => allow(c),
-            })
-            .collect();
-        return Outcome { admitted: !denies, verdicts, source: Source::Shed };
-    };
-    let now = local.now_ms();
-    if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
-        return local.decide_at(checks, mode, now);
-    }
-    let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
-    let counted: Vec<Check> = checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
-    // A tier that fails closed denies the request, so the counted tiers must not consume.
-    let counted_outcome = local.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
-    let mut counted_verdicts = counted_outcome.verdicts.into_iter();
-    let verdicts = checks
-        .iter()
-        .map(|c| match c.on_failure {
-            FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
-            FailureMode::Allow => allow(c),
-            FailureMode::Deny => Verdict {
-                allowed: false,
-                retry_after_ms: deny_retry_ms,
-                limit: c.quota.limit,
-                ..Verdict::default()
-            },
-        })
-        .collect();
-    Outcome { admitted: counted_outcome.admitted && !denies, verdicts, source: counted_outcome.source }
 }
 
 /// The store is shared as `Arc<FallbackStore>`; the probe needs its own handle.
@@ -289,7 +219,7 @@ pub(crate) fn by_failure_mode(
 pub struct SharedFallback(pub Arc<FallbackStore>);
 
 impl Store for SharedFallback {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
         Box::pin(self.0.run(checks, mode, None))
     }
 
@@ -298,12 +228,12 @@ impl Store for SharedFallback {
         checks: &'a [Check],
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
         Box::pin(self.0.run(checks, mode, deadline))
     }
 
-    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
-        Outcome { source: Source::Shed, ..self.0.without_redis(checks, mode) }
+    fn shed(&self, checks: &[Check], mode: Mode) -> Answer {
+        Answer { source: Source::Shed, ..self.0.without_redis(checks, mode) }
     }
 
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -22,11 +22,12 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{AdminOp, Check, Counts, Failure, Merged, Mode, Outcome, Source, Store, StoreError};
+use super::{Merged, Store, StoreError};
+use crate::algorithm::adaptive as threat;
 use crate::algorithm::penalty::PenaltyState;
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
-use crate::threat;
+use crate::check::{AdminOp, Answer, Check, Counts, Failure, FailureMode, Mode, Source};
 
 /// How the store counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +234,29 @@ impl LocalStore {
     }
 
     /// Milliseconds on this store's monotonic clock.
+    /// Each check as its failure mode says, all or nothing as ever: `local` checks counted here,
+    /// `allow` allowed uncounted, `deny` denied with `deny_retry_ms`.
+    pub fn by_failure_mode(&self, checks: &[Check], mode: Mode, deny_retry_ms: u64) -> Answer {
+        let now = self.now_ms();
+        if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
+            return self.decide_at(checks, mode, now);
+        }
+        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
+        let counted: Vec<Check> =
+            checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
+        // A tier that fails closed denies the request, so the counted tiers must not consume.
+        let answer = self.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
+        let mut counted_verdicts = answer.verdicts.into_iter();
+        let verdicts = checks
+            .iter()
+            .map(|c| match c.on_failure {
+                FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
+                FailureMode::Allow | FailureMode::Deny => super::failure_verdict(c, deny_retry_ms),
+            })
+            .collect();
+        Answer { admitted: answer.admitted && !denies, verdicts, source: answer.source }
+    }
+
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -309,7 +333,7 @@ impl LocalStore {
 
     /// Decides at an instant chosen by the caller: what the differential test uses to feed this
     /// store and the Lua script the same clock.
-    pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Outcome {
+    pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Answer {
         // A key asked for twice would be locked twice by this thread: merge repeats first.
         if let Some(merged) = Merged::of(checks) {
             return merged.expand(self.decide_at(&merged.checks, mode, now));
@@ -492,7 +516,7 @@ impl LocalStore {
                 }
             }
         }
-        Outcome { admitted, verdicts, source: self.source() }
+        Answer { admitted, verdicts, source: self.source() }
     }
 
     /// The state kind a check is counted with here.
@@ -561,14 +585,14 @@ impl State {
 }
 
 impl Store for LocalStore {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
         let outcome = self.decide_at(checks, mode, self.now_ms());
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
-    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
-        let outcome = super::fallback::by_failure_mode(Some(self), checks, mode, super::SHED_RETRY_MS);
-        Outcome { source: super::Source::Shed, ..outcome }
+    fn shed(&self, checks: &[Check], mode: Mode) -> Answer {
+        let outcome = self.by_failure_mode(checks, mode, super::SHED_RETRY_MS);
+        Answer { source: super::Source::Shed, ..outcome }
     }
 
     fn admin<'a>(&'a self, op: AdminOp<'a>) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
@@ -584,7 +608,6 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FailureMode;
 
     fn check(key: String, limit: u64) -> Check {
         let quota = Quota { limit, window_ms: 60_000, cost: 1 };

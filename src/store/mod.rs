@@ -15,53 +15,8 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 
-use crate::algorithm::baseline::Baseline;
-use crate::algorithm::penalty::Penalty;
-use crate::algorithm::{Algorithm, Quota, Verdict};
-use crate::threat::Adaptive;
-
-pub use fallback::{FailureMode, FallbackSettings, FallbackStore, SharedFallback};
-pub use local::{Counting, LocalStore};
-pub use redis::{RedisStore, Topology};
-
-/// One tier-key of one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// `sluice:{<tier>:<identity>}`: stores append their own suffixes after the hash tag.
-    pub key: String,
-    pub algorithm: Algorithm,
-    pub quota: Quota,
-    /// Evaluated and reported, never denies.
-    pub shadow: bool,
-    /// What the fallback does with this check while Redis is unavailable.
-    pub on_failure: FailureMode,
-    /// Present when the tier's limit adapts to the threat score.
-    pub adaptive: Option<AdaptiveCheck>,
-    /// Present when repeated violations block the key.
-    pub penalty: Option<Penalty>,
-    /// What consumes the tier's quota.
-    pub counts: Counts,
-    /// Present when a heavy key's typical volume may raise its limit (sliding windows only).
-    pub baseline: Option<Baseline>,
-}
-
-impl Check {
-    /// A check that counts admitted requests and nothing more: not shadow, not adaptive, no
-    /// penalty or baseline.
-    pub fn plain(key: String, algorithm: Algorithm, quota: Quota, on_failure: FailureMode) -> Check {
-        Check {
-            key,
-            algorithm,
-            quota,
-            shadow: false,
-            on_failure,
-            adaptive: None,
-            penalty: None,
-            counts: Counts::Requests,
-            baseline: None,
-        }
-    }
-}
+use crate::algorithm::Verdict;
+use crate::check::{AdminOp, Answer, Check, Failure, FailureMode, Mode, SecurityEvent, Source};
 
 /// A request's checks with each key once: checks on the same key (two identical Envoy descriptors,
 /// two values under one shared wildcard) become one check whose cost is their sum, so a store
@@ -116,102 +71,15 @@ impl Merged {
     }
 
     /// The merged outcome, one verdict per check asked for.
-    pub fn expand(&self, outcome: Outcome) -> Outcome {
-        Outcome { verdicts: self.of.iter().map(|&j| outcome.verdicts[j]).collect(), ..outcome }
+    pub fn expand(&self, outcome: Answer) -> Answer {
+        Answer { verdicts: self.of.iter().map(|&j| outcome.verdicts[j]).collect(), ..outcome }
     }
-}
-
-/// What consumes a tier's quota.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Counts {
-    /// Every admitted request.
-    #[default]
-    Requests,
-    /// Only failures reported afterwards (e.g. failed logins): checks deny once the quota is used
-    /// up, but do not consume it.
-    Failures,
-    /// Every request that is not a dry run, denied or not, whatever the other tiers say: how
-    /// envoyproxy/ratelimit counts (sliding_window tiers only).
-    Everything,
-}
-
-impl Counts {
-    /// The code the Lua script reads.
-    pub fn code(self) -> u8 {
-        match self {
-            Counts::Failures => 0,
-            Counts::Requests => 1,
-            Counts::Everything => 2,
-        }
-    }
-}
-
-/// One reported failure on one tier-key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    /// The tier-key, as in `Check::key`.
-    pub key: String,
-    pub window_ms: u64,
-    /// Counts toward the failed-logins factor.
-    pub adaptive: bool,
-    /// Counts as a violation.
-    pub penalty: Option<Penalty>,
-}
-
-/// The adaptive part of a check: the tier's settings, what the request itself gave away, and the
-/// reputation keys of its IP and user (shared by every adaptive check of the request).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdaptiveCheck {
-    pub settings: Adaptive,
-    pub client_factors: u8,
-    pub reputation: std::sync::Arc<[String]>,
-}
-
-/// Whether an admitted request consumes its cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Consume,
-    DryRun,
-}
-
-/// Where a decision came from, for metrics and logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Redis,
-    Local,
-    /// The in-process buckets answered because Redis failed or missed its deadline.
-    Fallback,
-    /// Answered at once by the failure mode: Sluice was overloaded or the caller's deadline could
-    /// not be met.
-    Shed,
-    /// The over-limit cache denied it without asking the store.
-    Cache,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Redis => "redis",
-            Source::Local => "local",
-            Source::Fallback => "fallback",
-            Source::Shed => "shed",
-            Source::Cache => "cache",
-        }
-    }
-}
-
-/// The answer for one request: one verdict per check, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub admitted: bool,
-    pub verdicts: Vec<Verdict>,
-    pub source: Source,
 }
 
 pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>>;
 
     /// As `decide`, answering by the failure mode rather than waiting past `deadline` (the
     /// caller's, when it sent one). Stores that never wait ignore it.
@@ -220,15 +88,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         checks: &'a [Check],
         mode: Mode,
         _deadline: Option<Instant>,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
         self.decide(checks, mode)
     }
 
     /// Answers at once by each check's failure mode without waiting on anything: for load that
     /// Sluice sheds. `local` checks count in process where the store keeps counts there, and are
     /// allowed uncounted where it does not.
-    fn shed(&self, checks: &[Check], mode: Mode) -> Outcome {
-        fallback::by_failure_mode(None, checks, mode, SHED_RETRY_MS)
+    fn shed(&self, checks: &[Check], mode: Mode) -> Answer {
+        let _ = mode;
+        uncounted_by_failure_mode(checks, SHED_RETRY_MS)
     }
 
     /// Counts one reported failure (e.g. a failed login) on each tier-key.
@@ -245,35 +114,25 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 }
 
-/// What operators do to stored state. Keys are reputation keys (`tier::reputation_keys`) or
-/// tier-keys (`Tier::key_for`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdminOp<'a> {
-    SetReputation { key: &'a str, ttl_ms: u64 },
-    ClearReputation { key: &'a str },
-    Unblock { key: &'a str },
-    Reset { key: &'a str },
-    Inspect { key: &'a str },
+/// Each check as its failure mode says, with nowhere to count: `deny` checks denied with
+/// `deny_retry_ms`, the others allowed uncounted (see `LocalStore::by_failure_mode` for a store
+/// that counts `local` checks).
+pub fn uncounted_by_failure_mode(checks: &[Check], deny_retry_ms: u64) -> Answer {
+    let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
+    let verdicts = checks.iter().map(|c| failure_verdict(c, deny_retry_ms)).collect();
+    Answer { admitted: !denies, verdicts, source: Source::Shed }
 }
 
-/// A hostile request denied: what was seen and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecurityEvent {
-    pub tier: std::sync::Arc<str>,
-    pub score: u8,
-    pub factors: u8,
-    pub correlation_id: String,
-}
-
-impl SecurityEvent {
-    /// `(field, value)` pairs, as written to the stream.
-    pub fn fields(&self) -> [(&'static str, String); 4] {
-        [
-            ("tier", self.tier.to_string()),
-            ("score", self.score.to_string()),
-            ("factors", crate::threat::factor_names(self.factors).collect::<Vec<_>>().join(",")),
-            ("correlation_id", self.correlation_id.clone()),
-        ]
+/// The verdict of a check that is not counted: denied when it fails closed, else allowed whole.
+pub(crate) fn failure_verdict(check: &Check, deny_retry_ms: u64) -> Verdict {
+    let limit = check.quota.limit;
+    match check.on_failure {
+        FailureMode::Deny => {
+            Verdict { allowed: false, retry_after_ms: deny_retry_ms, limit, ..Verdict::default() }
+        }
+        FailureMode::Local | FailureMode::Allow => {
+            Verdict { allowed: true, remaining: limit, limit, ..Verdict::default() }
+        }
     }
 }
 
@@ -356,7 +215,7 @@ mod tests {
             assert_eq!(m.checks.len(), n);
             assert_eq!(m.checks[1].quota.cost, u64::MAX, "saturated, not wrapped");
             let verdicts = (0..n).map(|i| Verdict { remaining: i as u64, ..Verdict::default() }).collect();
-            let out = m.expand(Outcome { admitted: true, verdicts, source: Source::Local });
+            let out = m.expand(Answer { admitted: true, verdicts, source: Source::Local });
             assert_eq!(out.verdicts.len(), n + 2);
             assert_eq!((out.verdicts[n].remaining, out.verdicts[n + 1].remaining), (1, 1));
         }

@@ -28,11 +28,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use super::script::{DECIDE, REPORT};
-use super::{
-    AdminOp, Check, EVENTS_STREAM, Failure, Mode, Outcome, SecurityEvent, Source, Store, StoreError,
-};
+use super::{EVENTS_STREAM, Store, StoreError};
 use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, Verdict};
+use crate::check::{AdminOp, Answer, Check, Failure, Mode, SecurityEvent, Source};
 use crate::metrics;
 
 /// ACL credentials, applied to every connection; never logged.
@@ -248,7 +247,7 @@ impl RedisStore {
     }
 
     /// Decides with `now` in ms instead of Redis `TIME`: for the differential test only.
-    pub async fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
+    pub async fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
         self.run(checks, mode, now).await
     }
 
@@ -273,7 +272,7 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Outcome, StoreError> {
+    async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
         // A key twice in one script call would be read twice before either write: merge repeats.
         let merged = super::Merged::of(checks);
         let checks = merged.as_ref().map_or(checks, |m| &m.checks);
@@ -299,7 +298,7 @@ impl RedisStore {
         checks: &[Check],
         mode: Mode,
         now: u64,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Answer, StoreError> {
         // Reputation keys live in their own slot (`{rep}`): read them first, then hand the factor
         // to the script as a client-side one. One more round trip, for adaptive requests only.
         let reputation = checks.iter().find_map(|c| c.adaptive.as_ref()).map(|a| Arc::clone(&a.reputation));
@@ -315,7 +314,7 @@ impl RedisStore {
                         if let Some(a) = &mut c.adaptive {
                             a.reputation = Arc::from(Vec::new());
                             if marked > 0 {
-                                a.client_factors |= crate::threat::REPUTATION;
+                                a.client_factors |= crate::algorithm::adaptive::REPUTATION;
                             }
                         }
                         c
@@ -349,7 +348,7 @@ impl RedisStore {
                 verdicts[i] = verdict;
             }
         }
-        Ok(Outcome { admitted, verdicts, source: Source::Redis })
+        Ok(Answer { admitted, verdicts, source: Source::Redis })
     }
 
     async fn invoke_on(
@@ -358,7 +357,7 @@ impl RedisStore {
         checks: &[Check],
         mode: Mode,
         now: u64,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Answer, StoreError> {
         let reply: Vec<i64> = eval(conn, &DECIDE, &decide_cmd(checks, mode, now)).await?;
         parse_reply(&reply, checks.len())
     }
@@ -568,7 +567,7 @@ fn penalty_args(cmd: &mut redis::Cmd, p: &Penalty) {
     cmd.arg(p.violations).arg(p.period_ms).arg(p.base_ms).arg(p.factor).arg(p.max_ms);
 }
 
-fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
+fn parse_reply(reply: &[i64], n: usize) -> Result<Answer, StoreError> {
     if reply.len() != 2 + 7 * n {
         return Err(StoreError::BadReply(format!("{} values for {n} checks", reply.len())));
     }
@@ -588,7 +587,7 @@ fn parse_reply(reply: &[i64], n: usize) -> Result<Outcome, StoreError> {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Outcome { admitted: reply[0] == 1, verdicts, source: Source::Redis })
+    Ok(Answer { admitted: reply[0] == 1, verdicts, source: Source::Redis })
 }
 
 /// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the part between the
@@ -614,7 +613,7 @@ fn crc16(bytes: &[u8]) -> u16 {
 }
 
 impl Store for RedisStore {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
         Box::pin(self.run(checks, mode, 0))
     }
 

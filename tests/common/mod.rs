@@ -93,9 +93,9 @@ impl RedisServer {
 
     /// The URL, with the password when the server has one.
     /// A `RedisStore` on this server, as the differential and store-level tests drive it.
-    pub async fn store(&self) -> sluice::store::RedisStore {
-        sluice::store::RedisStore::connect(
-            &sluice::store::Topology::Standalone { url: self.url() },
+    pub async fn store(&self) -> sluice::store::redis::RedisStore {
+        sluice::store::redis::RedisStore::connect(
+            &sluice::store::redis::Topology::Standalone { url: self.url() },
             &Default::default(),
             Duration::from_secs(2),
         )

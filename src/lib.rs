@@ -22,7 +22,6 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decision;
-pub mod descriptor;
 pub mod engine;
 pub mod envoy;
 pub mod http;

@@ -21,7 +21,7 @@ use sluice::api::pb;
 use sluice::check::{Answer, Source};
 use sluice::config::{InputLimits, Settings};
 use sluice::decision::Decision;
-use sluice::descriptor::Domain;
+use sluice::envoy::domain::Domain;
 use sluice::request::{Attr, Attributes};
 use sluice::tier::{Limit, Rule, Tier};
 
@@ -105,7 +105,7 @@ pub fn envoy_request(data: &[u8]) -> Handled {
                     assert!(!key.is_empty() && key.len() <= limits.max_value_bytes);
                     assert!(value.len() <= limits.max_value_bytes);
                     assert_eq!(
-                        sluice::descriptor::wildcard_match(key, value),
+                        sluice::envoy::domain::wildcard_match(key, value),
                         glob(key.as_bytes(), value.as_bytes()),
                         "pattern {key:?}, value {value:?}"
                     );
@@ -139,7 +139,7 @@ pub fn envoy_request(data: &[u8]) -> Handled {
 /// keys and headers, limits are at least 1).
 pub fn config(data: &[u8]) -> Handled {
     let text = String::from_utf8_lossy(data);
-    let descriptor = match sluice::descriptor::parse(&text, "fuzz") {
+    let descriptor = match sluice::envoy::domain::parse(&text, "fuzz") {
         Ok(domain) => {
             assert!(!domain.name.is_empty(), "a domain without a name loaded");
             for entries in
@@ -531,8 +531,9 @@ fn default_settings() -> &'static Settings {
 /// A domain with every kind of descriptor node, loaded once.
 fn sample_domain() -> &'static Domain {
     static DOMAIN: OnceLock<Domain> = OnceLock::new();
-    DOMAIN
-        .get_or_init(|| sluice::descriptor::parse(SAMPLE_DOMAIN, "sample").expect("the sample domain loads"))
+    DOMAIN.get_or_init(|| {
+        sluice::envoy::domain::parse(SAMPLE_DOMAIN, "sample").expect("the sample domain loads")
+    })
 }
 
 const SAMPLE_DOMAIN: &str = "
@@ -924,7 +925,7 @@ tiers:
 
 fn decide_domain() -> &'static Domain {
     static DOMAIN: OnceLock<Domain> = OnceLock::new();
-    DOMAIN.get_or_init(|| sluice::descriptor::parse(DECIDE_DOMAIN, "fuzz").expect("the fuzz domain loads"))
+    DOMAIN.get_or_init(|| sluice::envoy::domain::parse(DECIDE_DOMAIN, "fuzz").expect("the fuzz domain loads"))
 }
 
 /// A cost from the boundaries a client can pick: 0, 1, the limit, one past it, the type's maximum,

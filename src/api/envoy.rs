@@ -176,7 +176,7 @@ fn duration(ms: u64) -> envoy_types::pb::google::protobuf::Duration {
 
 /// From the deciding descriptor: an over-limit one first, else the one with the least remaining.
 fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<HeaderValue> {
-    let limited: Vec<(usize, &crate::descriptor::Rule, &crate::algorithm::Verdict)> = statuses
+    let limited: Vec<(usize, &crate::envoy::domain::RateLimit, &crate::algorithm::Verdict)> = statuses
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
@@ -203,7 +203,7 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
         .filter(|_| !statuses.iter().any(|s| s.over() && matches!(s, Decided::Limited { never: true, .. })))
         .map(secs);
     let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
-    let name = |i: usize, rule: &crate::descriptor::Rule| {
+    let name = |i: usize, rule: &crate::envoy::domain::RateLimit| {
         if rule.name.is_empty() { format!("descriptor_{i}") } else { rule.name.clone() }
     };
     let header = |key: &str, value: String| HeaderValue { key: key.into(), value, ..Default::default() };

@@ -595,7 +595,7 @@ fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> crate::envoy::Domai
         let origin = file.display().to_string();
         match std::fs::read_to_string(&file) {
             Err(e) => problems.push(format!("{origin}: cannot read: {e}")),
-            Ok(text) => match crate::descriptor::parse(&text, &origin) {
+            Ok(text) => match crate::envoy::domain::parse(&text, &origin) {
                 Ok(domain) => {
                     if by_name.contains_key(&domain.name) {
                         problems.push(format!("{origin}: duplicate domain {:?}", domain.name));

@@ -7,15 +7,17 @@
 //! answered OK with nothing remaining, an unlimited one OK with `u32::MAX` remaining, and a limit
 //! named in another matched limit's `replaces` is skipped.
 
+pub mod domain;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
 use crate::check::{AdaptiveCheck, Check, Counts, FailureMode, Mode};
-use crate::descriptor::{Domain, Rule};
 use crate::engine::Engine;
 use crate::metrics;
 use crate::request::{escape_into, reputation_keys};
+use domain::{Domain, RateLimit};
 
 /// Every loaded domain, by name.
 #[derive(Clone, Debug, Default)]
@@ -47,7 +49,7 @@ pub enum Status {
     Unmatched,
     Unlimited,
     Limited {
-        rule: Rule,
+        rule: RateLimit,
         verdict: Verdict,
         shadow: bool,
         /// The hits counted on its key in this request exceed the limit: no wait lets it pass.
@@ -63,12 +65,12 @@ impl Status {
 
 /// A descriptor that matched a limit: what applies and the counter it goes to.
 struct Matched {
-    rule: Rule,
+    rule: RateLimit,
     shadow: bool,
     key: String,
     /// The configuration path, for metrics.
     path: String,
-    options: crate::descriptor::Options,
+    options: domain::Options,
 }
 
 /// Window length in ms of an Envoy unit code; `None` for UNKNOWN or out of range.
@@ -108,7 +110,7 @@ pub async fn decide(
         .iter()
         .map(|d| match d.limit_override {
             Some((requests_per_unit, unit)) => unit_window_ms(unit).map(|window_ms| {
-                let rule = Rule {
+                let rule = RateLimit {
                     unlimited: false,
                     requests_per_unit,
                     window_ms,

@@ -32,7 +32,7 @@ struct Level {
 
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub rule: Option<Rule>,
+    pub rule: Option<RateLimit>,
     pub options: Options,
     pub shadow_mode: bool,
     /// With a wildcard value: every matching value shares one counter.
@@ -55,7 +55,7 @@ pub struct Options {
 
 /// A node's `rate_limit`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
+pub struct RateLimit {
     pub unlimited: bool,
     pub requests_per_unit: u64,
     pub window_ms: u64,
@@ -368,7 +368,7 @@ fn rule(
     at: &str,
     problems: &mut Vec<String>,
     origin: &str,
-) -> Option<Rule> {
+) -> Option<RateLimit> {
     let unlimited = flag(r, "unlimited");
     let unit_name = r.get("unit").map(scalar).unwrap_or_default();
     let name = r.get("name").map(scalar).unwrap_or_default();
@@ -408,7 +408,7 @@ fn rule(
         if unit(&unit_name).is_some() {
             problems.push(format!("{origin}: {at}.unit: should not be given when unlimited"));
         }
-        return Some(Rule { unlimited, requests_per_unit, window_ms: 0, unit: 0, name, replaces });
+        return Some(RateLimit { unlimited, requests_per_unit, window_ms: 0, unit: 0, name, replaces });
     }
     let (window_ms, code) = match (unit(&unit_name), window) {
         (_, Some(w)) => match crate::config::parse_duration_ms(&w) {
@@ -424,7 +424,7 @@ fn rule(
             return None;
         }
     };
-    Some(Rule { unlimited, requests_per_unit, window_ms, unit: code, name, replaces })
+    Some(RateLimit { unlimited, requests_per_unit, window_ms, unit: code, name, replaces })
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The answer to one request, and the headers a gateway forwards with it.
+//! The answer to one request, and the headers a gateway forwards with it, for both APIs.
 //!
-//! Headers follow the IETF draft's structured fields: `RateLimit-Policy: "tier";q=100;w=60` per tier
+//! Headers follow the IETF draft's structured fields by default (`Headers::Draft`): `RateLimit-Policy: "tier";q=100;w=60` per tier
 //! checked, `RateLimit: "tier";r=12;t=30` for the deciding tier, and `Retry-After` (whole seconds,
 //! rounded up) on a denial.
 
@@ -93,12 +93,7 @@ impl Decision {
                 TierStatus { tier, limit, verdict, shadow }
             })
             .collect();
-        let deciding = if outcome.admitted {
-            let enforcing = statuses.iter().filter(|s| !s.shadow);
-            enforcing.min_by_key(|s| s.verdict.remaining).or_else(|| statuses.first())
-        } else {
-            statuses.iter().filter(|s| s.denies()).max_by_key(|s| s.verdict.retry_after_ms)
-        };
+        let deciding = deciding(&statuses, |s| (&s.verdict, s.shadow));
         // Denied: the longest wait of any enforcing tier, including one that allowed but counted
         // the request's units anyway and would deny the retry until then.
         let retry = if outcome.admitted {
@@ -127,28 +122,76 @@ impl Decision {
         }
     }
 
-    /// `(name, value)` pairs to forward to the client.
+    /// `(name, value)` pairs to forward to the client, in the draft's form.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = Vec::with_capacity(3);
-        let Some(tier) = &self.tier else { return headers };
-        if self.statuses.is_empty() {
-            return headers;
+        let Some(deciding) = self.tier.as_ref().and_then(|t| self.statuses.iter().find(|s| &s.tier == t))
+        else {
+            return Vec::new();
+        };
+        fn described(s: &TierStatus) -> Described<'_> {
+            Described { name: s.tier.as_ref().into(), limit: s.limit.limit, window_ms: s.limit.window_ms }
         }
-        let policies: Vec<String> = self
-            .statuses
-            .iter()
-            .map(|s| format!("\"{}\";q={};w={}", s.tier, s.limit.limit, ceil_secs(s.limit.window_ms)))
-            .collect();
-        headers.push(("RateLimit-Policy", policies.join(", ")));
-        headers.push((
-            "RateLimit",
-            format!("\"{tier}\";r={};t={}", self.remaining, ceil_secs(self.reset_after_ms)),
-        ));
-        if !self.allowed {
-            headers.push(("Retry-After", ceil_secs(self.retry_after_ms).to_string()));
-        }
-        headers
+        let policies: Vec<Described> = self.statuses.iter().map(described).collect();
+        let retry = (!self.allowed).then_some(self.retry_after_ms);
+        render(Headers::Draft, &policies, &described(deciding), self.remaining, self.reset_after_ms, retry)
     }
+}
+
+/// The limit a response describes: when some enforcing limit denies, the denying one with the
+/// longest wait; otherwise the enforcing one with the least remaining (the first when every limit
+/// is shadow). `verdict` gives an item's verdict and whether it is shadow.
+pub fn deciding<T>(items: &[T], verdict: impl Fn(&T) -> (&Verdict, bool)) -> Option<&T> {
+    let denies = |t: &&T| {
+        let (v, shadow) = verdict(t);
+        !v.allowed && !shadow
+    };
+    if items.iter().any(|t| denies(&t)) {
+        return items.iter().filter(denies).max_by_key(|t| verdict(t).0.retry_after_ms);
+    }
+    items.iter().filter(|t| !verdict(t).1).min_by_key(|t| verdict(t).0.remaining).or_else(|| items.first())
+}
+
+/// One limit as the headers name it.
+#[derive(Clone, Debug)]
+pub struct Described<'a> {
+    pub name: std::borrow::Cow<'a, str>,
+    pub limit: u64,
+    pub window_ms: u64,
+}
+
+/// The rate limit headers of one answer in the configured style: `policies` are every limit
+/// checked, `deciding` the one the answer describes (see `deciding`), `retry_ms` present only when
+/// denied with a wait that lets the request pass.
+pub fn render(
+    style: Headers,
+    policies: &[Described<'_>],
+    deciding: &Described<'_>,
+    remaining: u64,
+    reset_ms: u64,
+    retry_ms: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut out = match style {
+        Headers::None => return Vec::new(),
+        Headers::XRateLimit => vec![
+            ("X-RateLimit-Limit", deciding.limit.to_string()),
+            ("X-RateLimit-Remaining", remaining.to_string()),
+            ("X-RateLimit-Reset", ceil_secs(reset_ms).to_string()),
+        ],
+        Headers::Draft => {
+            let policies: Vec<String> = policies
+                .iter()
+                .map(|p| format!("\"{}\";q={};w={}", p.name, p.limit, ceil_secs(p.window_ms)))
+                .collect();
+            vec![
+                ("RateLimit-Policy", policies.join(", ")),
+                ("RateLimit", format!("\"{}\";r={remaining};t={}", deciding.name, ceil_secs(reset_ms))),
+            ]
+        }
+    };
+    if let Some(retry) = retry_ms {
+        out.push(("Retry-After", ceil_secs(retry).to_string()));
+    }
+    out
 }
 
 fn ceil_secs(ms: u64) -> u64 {

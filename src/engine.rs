@@ -1,16 +1,20 @@
-//! The decision path: tiers -> checks -> store -> `Decision`, with metrics.
+//! The one decision path, for `Check`, `ShouldRateLimit` and `Report` alike: the request's checks
+//! (from its tiers, or from its Envoy descriptors via `envoy::prepare`), load shedding, the
+//! over-limit cache, the store, the answer, metrics.
 //!
-//! The engine knows no gRPC and no Redis. It picks the tiers that apply, builds one check per
-//! limited tier, and hands them to the store in one call, so a Redis store makes one round trip.
+//! The engine knows no gRPC and no Redis. All checks of one request go to the store in one call, so
+//! a Redis store makes one round trip, and every request is all or nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::check::{AdaptiveCheck, Answer, Check, Counts, Failure, Mode, SecurityEvent, Source};
+use crate::check::{AdminOp, Answer, Check, Counts, Failure, Mode, SecurityEvent, Source};
 use crate::decision::Decision;
+use crate::envoy::{self, Descriptor, Domains};
 use crate::metrics;
+use crate::metrics::TierCounters;
 use crate::over_limit::OverLimitCache;
 use crate::request::Attributes;
 use crate::shedding::{Admission, Shedding};
@@ -52,9 +56,9 @@ pub enum RequestError {
 
 #[derive(Debug)]
 pub struct Engine {
-    tiers: ArcSwap<Tiers>,
+    tiers: ArcSwap<Loaded>,
     /// Domains in envoyproxy/ratelimit's format, for `ShouldRateLimit`.
-    domains: ArcSwap<crate::envoy::Domains>,
+    domains: ArcSwap<Domains>,
     store: Arc<dyn Store>,
     events_max_len: u64,
     over_limit: OverLimitCache,
@@ -72,11 +76,25 @@ pub struct EngineSettings {
     pub max_in_flight: usize,
 }
 
+/// The running tiers, with each tier's decision counters (by position).
+#[derive(Debug)]
+struct Loaded {
+    tiers: Arc<Tiers>,
+    counters: Vec<TierCounters>,
+}
+
+impl Loaded {
+    fn new(tiers: Tiers) -> Loaded {
+        metrics::tiers(tiers.len());
+        let counters = (0..tiers.len()).map(|_| TierCounters::default()).collect();
+        Loaded { tiers: Arc::new(tiers), counters }
+    }
+}
+
 impl Engine {
     pub fn new(tiers: Tiers, store: Arc<dyn Store>, settings: EngineSettings) -> Engine {
-        metrics::tiers(tiers.len());
         Engine {
-            tiers: ArcSwap::from_pointee(tiers),
+            tiers: ArcSwap::from_pointee(Loaded::new(tiers)),
             domains: Default::default(),
             store,
             events_max_len: settings.events_max_len,
@@ -90,12 +108,12 @@ impl Engine {
         &self.over_limit
     }
 
-    pub fn domains(&self) -> Arc<crate::envoy::Domains> {
+    pub fn domains(&self) -> Arc<Domains> {
         self.domains.load_full()
     }
 
     /// Swaps in new domains; calls in flight finish with the old ones.
-    pub fn replace_domains(&self, domains: crate::envoy::Domains) {
+    pub fn replace_domains(&self, domains: Domains) {
         self.domains.store(Arc::new(domains));
     }
 
@@ -105,8 +123,9 @@ impl Engine {
         if outcome == Reported::Success {
             return Ok(0);
         }
-        let tiers = self.tiers.load();
-        let matched = matching(&tiers, request)?;
+        let loaded = self.tiers.load_full();
+        let matched: Vec<&Arc<Tier>> =
+            matching(&loaded.tiers, request)?.into_iter().map(|(_, t)| t).collect();
         // Tiers that count failures only consume one unit now.
         let counted: Vec<Check> = matched
             .iter()
@@ -147,17 +166,55 @@ impl Engine {
 
     /// Swaps in a new set of tiers; requests in flight finish with the old one.
     pub fn replace_tiers(&self, tiers: Tiers) {
-        metrics::tiers(tiers.len());
-        self.tiers.store(Arc::new(tiers));
+        self.tiers.store(Arc::new(Loaded::new(tiers)));
         self.over_limit.clear();
     }
 
     pub fn tiers(&self) -> Arc<Tiers> {
-        self.tiers.load_full()
+        Arc::clone(&self.tiers.load().tiers)
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Carries out an operator's action on stored state. The over-limit cache is emptied first, so
+    /// that a reset or unblock is not undone by a denial remembered from before it.
+    pub async fn admin(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, RequestError> {
+        self.over_limit.clear();
+        Ok(self.store.admin(op).await?)
+    }
+
+    /// Decides a `ShouldRateLimit` request: `hits` for each descriptor unless it carries its own.
+    /// Every limited descriptor is checked in one store call; an unknown domain limits nothing.
+    pub async fn should_rate_limit(
+        &self,
+        domain: &str,
+        descriptors: &[Descriptor],
+        hits: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<envoy::Status>, RequestError> {
+        let started = Instant::now();
+        let domains = self.domains.load_full();
+        let signals = &self.tiers.load().tiers.signals;
+        let Some(prepared) = envoy::prepare(&domains, signals, domain, descriptors, hits) else {
+            metrics::envoy_unknown_domain();
+            return Ok(envoy::Prepared::unmatched(descriptors.len()));
+        };
+        if prepared.checks.is_empty() {
+            return Ok(prepared.into_statuses());
+        }
+        let admission = self.shedding.admit(deadline);
+        if matches!(admission, Admission::Late) {
+            return Err(RequestError::Late);
+        }
+        // Not the over-limit cache: Envoy's answer holds every descriptor's status, which a
+        // remembered denial of one cannot give, and denied hits count by default.
+        let answer = self.ask(&prepared.checks, Mode::Consume, deadline, &admission).await?;
+        let source = answer.source.as_str();
+        let domain = prepared.domain.clone();
+        let (statuses, decided) = prepared.finish(answer);
+        for (path, label) in &decided {
+            metrics::envoy_decision(&domain, path, label, source);
+        }
+        metrics::decision_duration(started.elapsed());
+        Ok(statuses)
     }
 
     pub async fn check(&self, request: &Request, mode: Mode) -> Result<Decision, RequestError> {
@@ -188,11 +245,11 @@ impl Engine {
     ) -> Result<Vec<Decision>, (usize, RequestError)> {
         let started = Instant::now();
         // Held across the store's await: an owned handle, not a borrowed guard.
-        let tiers = self.tiers.load_full();
+        let loaded = self.tiers.load_full();
         let prepared = requests
             .iter()
             .enumerate()
-            .map(|(i, r)| prepare(&tiers, r).map_err(|e| (i, e)))
+            .map(|(i, r)| prepare(&loaded, r).map_err(|e| (i, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let admission = self.shedding.admit(deadline);
         if matches!(admission, Admission::Late) {
@@ -211,22 +268,9 @@ impl Engine {
             .collect()
     }
 
-    /// Asks the store for one request's checks, or its failure modes when the call was shed:
-    /// the one way from an API to the store.
-    pub async fn decide(
-        &self,
-        checks: &[Check],
-        mode: Mode,
-        deadline: Option<Instant>,
-    ) -> Result<Answer, RequestError> {
-        let admission = self.shedding.admit(deadline);
-        if matches!(admission, Admission::Late) {
-            return Err(RequestError::Late);
-        }
-        Ok(self.decide_admitted(checks, mode, deadline, &admission).await?)
-    }
-
-    async fn decide_admitted(
+    /// Asks the store for one request's checks, or answers by their failure modes when the call
+    /// was shed: the one way from a decision to the store.
+    async fn ask(
         &self,
         checks: &[Check],
         mode: Mode,
@@ -260,7 +304,7 @@ impl Engine {
             metrics::decision_duration(started.elapsed());
             return Ok(decision);
         }
-        let outcome = self.decide_admitted(&checks, mode, deadline, admission).await?;
+        let outcome = self.ask(&checks, mode, deadline, admission).await?;
         self.over_limit.remember(&checks, &outcome);
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
@@ -279,12 +323,7 @@ impl Engine {
 
     /// A denial by an adaptive tier scoring at or above its threshold: a log line, a counter per
     /// factor, and an entry in the store's event stream (written in the background).
-    fn security_events(
-        &self,
-        request: &Request,
-        decision: &Decision,
-        tiers: &[(&crate::metrics::TierCounters, Option<u8>)],
-    ) {
+    fn security_events(&self, request: &Request, decision: &Decision, tiers: &[(&TierCounters, Option<u8>)]) {
         for (status, (_, threshold)) in decision.statuses.iter().zip(tiers) {
             let Some(threshold) = threshold else { continue };
             if !status.denies() || status.verdict.score < *threshold {
@@ -326,21 +365,22 @@ enum Prepared<'t> {
 struct Checks<'t> {
     checks: Vec<Check>,
     counted: Vec<(Arc<str>, crate::tier::Limit, bool)>,
-    counters: Vec<(&'t crate::metrics::TierCounters, Option<u8>)>,
+    counters: Vec<(&'t TierCounters, Option<u8>)>,
 }
 
 /// Matches a request's tiers and builds its checks; refuses a cost no wait could let through.
-fn prepare<'t>(tiers: &'t Tiers, request: &Request) -> Result<Prepared<'t>, RequestError> {
+fn prepare<'t>(loaded: &'t Loaded, request: &Request) -> Result<Prepared<'t>, RequestError> {
+    let tiers = &loaded.tiers;
     let matched = matching(tiers, request)?;
-    if let Some(exempt) = matched.iter().find(|t| t.rule == Rule::Exempt) {
-        exempt.counters.record(&exempt.name, "exempt", "none");
+    if let Some(&(i, exempt)) = matched.iter().find(|(_, t)| t.rule == Rule::Exempt) {
+        loaded.counters[i].record(&exempt.name, "exempt", "none");
         return Ok(Prepared::Uncounted(Some(Arc::clone(&exempt.name))));
     }
     let mut checks = Vec::with_capacity(matched.len());
     let mut counted = Vec::with_capacity(matched.len());
     let mut counters = Vec::with_capacity(matched.len());
     let mut reputation: Option<Arc<[String]>> = None;
-    for tier in matched {
+    for (i, tier) in matched {
         let Rule::Limited(limit) = tier.rule else { continue };
         let cost = request.cost.saturating_mul(limit.cost);
         if cost > limit.limit {
@@ -361,17 +401,12 @@ fn prepare<'t>(tiers: &'t Tiers, request: &Request) -> Result<Prepared<'t>, Requ
             penalty: tier.penalty,
             counts: tier.counts,
             baseline: tier.baseline,
-            adaptive: tier.adaptive.map(|settings| AdaptiveCheck {
-                settings,
-                client_factors: tiers.signals.client_factors(&settings, &request.attributes),
-                reputation: Arc::clone(
-                    reputation
-                        .get_or_insert_with(|| crate::request::reputation_keys(&request.attributes).into()),
-                ),
-            }),
+            adaptive: tier
+                .adaptive
+                .map(|settings| tiers.signals.adaptive_check(settings, &request.attributes, &mut reputation)),
         });
         counted.push((Arc::clone(&tier.name), crate::tier::Limit { cost, ..limit }, tier.shadow));
-        counters.push((&tier.counters, tier.adaptive.map(|a| a.event_threshold)));
+        counters.push((&loaded.counters[i], tier.adaptive.map(|a| a.event_threshold)));
     }
     if checks.is_empty() {
         metrics::decision("(none)", "allow", "none");
@@ -380,20 +415,20 @@ fn prepare<'t>(tiers: &'t Tiers, request: &Request) -> Result<Prepared<'t>, Requ
     Ok(Prepared::Checks(Checks { checks, counted, counters }))
 }
 
-/// The tiers that apply: the named ones when the request names some (each must exist), else all;
-/// then only those whose conditions hold and whose key attributes are present.
-fn matching<'t>(tiers: &'t Tiers, request: &Request) -> Result<Vec<&'t Arc<Tier>>, RequestError> {
+/// The tiers that apply, with their positions: the named ones when the request names some (each
+/// must exist), else all; then only those whose conditions hold and whose key attributes are present.
+fn matching<'t>(tiers: &'t Tiers, request: &Request) -> Result<Vec<(usize, &'t Arc<Tier>)>, RequestError> {
     if request.tiers.is_empty() {
-        return Ok(tiers.all().iter().filter(|t| t.matches(&request.attributes)).collect());
+        return Ok(tiers.all().iter().enumerate().filter(|(_, t)| t.matches(&request.attributes)).collect());
     }
-    let mut named = Vec::with_capacity(request.tiers.len());
+    let mut named: Vec<(usize, &Arc<Tier>)> = Vec::with_capacity(request.tiers.len());
     for (i, name) in request.tiers.iter().enumerate() {
-        let tier = tiers.by_name(name).ok_or_else(|| RequestError::Invalid {
+        let (at, tier) = tiers.position(name).ok_or_else(|| RequestError::Invalid {
             field: format!("tiers[{i}]"),
             reason: format!("no tier is named {name:?}"),
         })?;
-        if !named.iter().any(|t: &&Arc<Tier>| Arc::ptr_eq(t, tier)) && tier.matches(&request.attributes) {
-            named.push(tier);
+        if !named.iter().any(|&(j, _)| j == at) && tier.matches(&request.attributes) {
+            named.push((at, tier));
         }
     }
     Ok(named)

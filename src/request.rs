@@ -36,6 +36,23 @@ impl Attr {
     }
 }
 
+impl std::fmt::Display for Attr {
+    /// The attribute's name, as configurations and requests spell it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attr::Extra(name) => f.write_str(name),
+            built_in => {
+                let i =
+                    [Attr::Ip, Attr::User, Attr::Endpoint, Attr::Method, Attr::UserAgent, Attr::ClientTier]
+                        .iter()
+                        .position(|a| a == built_in)
+                        .unwrap_or_default();
+                f.write_str(Attr::BUILT_IN[i])
+            }
+        }
+    }
+}
+
 /// What is known about one incoming request. Empty strings mean absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attributes {

@@ -1,8 +1,12 @@
 //! The client-side factors of the adaptive threat score (see `algorithm::adaptive`): what the
 //! request itself gives away, checked once per request against the configured lists.
 
-use crate::algorithm::adaptive::{Adaptive, DENY_RANGE, PARAMETERS, USER_AGENT};
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::algorithm::adaptive::{Adaptive, DENY_RANGE, PARAMETERS, USER_AGENT};
+use crate::check::AdaptiveCheck;
+use crate::request::{Attributes, reputation_keys};
 
 /// An address range such as `203.0.113.0/24` or `2001:db8::/32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +57,23 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// The adaptive part of a check with `settings` for this request. The request's reputation keys
+    /// are made once (`reputation`) and shared by all of its adaptive checks.
+    pub fn adaptive_check(
+        &self,
+        settings: Adaptive,
+        attrs: &Attributes,
+        reputation: &mut Option<Arc<[String]>>,
+    ) -> AdaptiveCheck {
+        AdaptiveCheck {
+            settings,
+            client_factors: self.client_factors(&settings, attrs),
+            reputation: Arc::clone(reputation.get_or_insert_with(|| reputation_keys(attrs).into())),
+        }
+    }
+
     /// The client-side factor bits of a request for a tier with `adaptive`.
-    pub fn client_factors(&self, adaptive: &Adaptive, attrs: &crate::request::Attributes) -> u8 {
+    pub fn client_factors(&self, adaptive: &Adaptive, attrs: &Attributes) -> u8 {
         let mut bits = 0;
         if attrs.user_agent.chars().count() < adaptive.min_user_agent_len {
             bits |= USER_AGENT;

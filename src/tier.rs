@@ -55,7 +55,6 @@ pub struct Tier {
     pub rule: Rule,
     pub shadow: bool,
     pub on_failure: FailureMode,
-    pub counters: crate::metrics::TierCounters,
     /// Present when the limit adapts to the threat score.
     pub adaptive: Option<crate::algorithm::adaptive::Adaptive>,
     /// Present when repeated violations block a key.
@@ -79,7 +78,6 @@ impl Tier {
             rule,
             shadow: false,
             on_failure: FailureMode::Local,
-            counters: Default::default(),
             adaptive: None,
             penalty: None,
             counts: Counts::Requests,
@@ -134,7 +132,12 @@ impl Tiers {
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<Tier>> {
-        self.by_name.get(name).map(|&i| &self.tiers[i])
+        self.position(name).map(|(_, t)| t)
+    }
+
+    /// The tier named `name` and its position in configuration order.
+    pub fn position(&self, name: &str) -> Option<(usize, &Arc<Tier>)> {
+        self.by_name.get(name).map(|&i| (i, &self.tiers[i]))
     }
 
     pub fn len(&self) -> usize {

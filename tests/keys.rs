@@ -537,7 +537,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Envoy descriptors' keys, through `envoy::decide` with a store that records the keys
+// Envoy descriptors' keys, through `Engine::should_rate_limit` with a store that records the keys
 
 /// Records the key of every check and allows everything.
 #[derive(Debug, Default)]
@@ -743,8 +743,7 @@ fn envoy_key(domains: &Domains, case: &EnvoyCase) -> Option<String> {
     let settings = EngineSettings { events_max_len: 0, over_limit_max_keys: 0, max_in_flight: 1 };
     let engine = Engine::new(Default::default(), store, settings);
     engine.replace_domains(domains.clone());
-    futures::executor::block_on(sluice::envoy::decide(
-        &engine,
+    futures::executor::block_on(engine.should_rate_limit(
         &case.domain,
         std::slice::from_ref(&case.descriptor),
         1,

@@ -786,13 +786,7 @@ fn decide_on(
             Err(status) => return Handled::Rejected(status.message().to_owned()),
         };
         let statuses = watched(|| {
-            runtime().block_on(sluice::envoy::decide(
-                engine,
-                "fuzz",
-                &converted.descriptors,
-                converted.hits,
-                None,
-            ))
+            runtime().block_on(engine.should_rate_limit("fuzz", &converted.descriptors, converted.hits, None))
         })
         .expect("the in-process store never fails");
         let over = statuses.iter().any(|s| s.over());
@@ -868,13 +862,7 @@ fn decide_on(
                 };
                 let look = sluice::envoy::Descriptor { entries, limit_override: over, hits: Some(0) };
                 let statuses = watched(|| {
-                    runtime().block_on(sluice::envoy::decide(
-                        engine,
-                        "fuzz",
-                        std::slice::from_ref(&look),
-                        1,
-                        None,
-                    ))
+                    runtime().block_on(engine.should_rate_limit("fuzz", std::slice::from_ref(&look), 1, None))
                 })
                 .expect("a look");
                 match &statuses[0] {

@@ -55,19 +55,14 @@ impl AdminService {
         if let Some(missing) = tier.key.iter().find(|a| attrs.get(a).is_none()) {
             return Err(invalid(
                 "attributes",
-                &format!("tier {:?} is keyed by {missing:?}, which is missing", tier.name),
+                &format!("tier {:?} is keyed by {missing}, which is missing", tier.name),
             ));
         }
         Ok(tier.key_for(&attrs))
     }
 
     async fn run(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, Status> {
-        // A reset or unblock must not be undone by a denial remembered from before it.
-        self.engine.over_limit().clear();
-        self.engine.store().admin(op).await.map_err(|e| {
-            tracing::warn!(error = %e, "admin action failed");
-            Status::unavailable("the store is unavailable")
-        })
+        self.engine.admin(op).await.map_err(super::status::from_admin_error)
     }
 }
 

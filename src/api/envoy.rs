@@ -1,5 +1,5 @@
 //! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: Envoy's messages in, the
-//! `envoy` module's statuses out, with the rate limit headers the configuration asks for.
+//! engine's statuses (`envoy::Status`) out, with the rate limit headers the configuration asks for.
 
 use std::sync::Arc;
 
@@ -15,9 +15,11 @@ use tonic::{Request, Response, Status};
 
 use super::check_len;
 use super::status::invalid;
+use crate::algorithm::Verdict;
 use crate::config::InputLimits;
-use crate::decision::Headers;
-use crate::engine::{Engine, RequestError};
+use crate::decision::{Described, Headers, deciding, render};
+use crate::engine::Engine;
+use crate::envoy::domain::RateLimit as Rule;
 use crate::envoy::{self, Descriptor, Status as Decided};
 
 #[derive(Debug)]
@@ -45,15 +47,11 @@ impl RateLimitService for EnvoyService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let deadline = super::deadline(request.metadata());
         let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
-        let statuses = envoy::decide(&self.engine, &domain, &descriptors, hits, deadline).await.map_err(
-            |e| match e {
-                RequestError::Late => super::status::late(),
-                e => {
-                    tracing::error!(error = %e, "store failed");
-                    Status::internal("internal error")
-                }
-            },
-        )?;
+        let statuses = self
+            .engine
+            .should_rate_limit(&domain, &descriptors, hits, deadline)
+            .await
+            .map_err(super::status::from_envoy_error)?;
         Ok(Response::new(respond(&statuses, self.headers)))
     }
 }
@@ -174,70 +172,39 @@ fn duration(ms: u64) -> envoy_types::pb::google::protobuf::Duration {
     }
 }
 
-/// From the deciding descriptor: an over-limit one first, else the one with the least remaining.
+/// The headers of the deciding descriptor (see `decision::deciding`), in the configured style.
 fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<HeaderValue> {
-    let limited: Vec<(usize, &crate::envoy::domain::RateLimit, &crate::algorithm::Verdict)> = statuses
+    let limited: Vec<(usize, &Rule, &Verdict, bool)> = statuses
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Decided::Limited { rule, verdict, .. } => Some((i, rule, verdict)),
+            Decided::Limited { rule, verdict, shadow, .. } => Some((i, rule, verdict, *shadow)),
             _ => None,
         })
         .collect();
-    let deciding = limited
-        .iter()
-        .filter(|(i, _, _)| statuses[*i].over())
-        .max_by_key(|(_, _, v)| v.retry_after_ms)
-        .or_else(|| limited.iter().min_by_key(|(_, _, v)| v.remaining));
-    let Some(&(i, rule, verdict)) = deciding else { return Vec::new() };
-    let secs = |ms: u64| ms.div_ceil(1000).to_string();
+    let Some(&(i, rule, verdict, _)) = deciding(&limited, |(_, _, v, shadow)| (v, *shadow)) else {
+        return Vec::new();
+    };
     // The longest wait of any enforcing descriptor, one that counted a denied request's hits too;
     // none when a descriptor over its limit can never pass, so no wait is promised.
-    let retry = statuses
-        .iter()
-        .filter_map(|s| match s {
-            Decided::Limited { verdict, shadow: false, .. } => Some(verdict.retry_after_ms),
-            _ => None,
-        })
-        .max()
-        .filter(|_| !statuses.iter().any(|s| s.over() && matches!(s, Decided::Limited { never: true, .. })))
-        .map(secs);
-    let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
-    let name = |i: usize, rule: &crate::envoy::domain::RateLimit| {
-        if rule.name.is_empty() { format!("descriptor_{i}") } else { rule.name.clone() }
-    };
-    let header = |key: &str, value: String| HeaderValue { key: key.into(), value, ..Default::default() };
-    match headers {
-        Headers::None => Vec::new(),
-        Headers::XRateLimit => {
-            let mut out = vec![
-                header("X-RateLimit-Limit", rule.requests_per_unit.to_string()),
-                header("X-RateLimit-Remaining", remaining.to_string()),
-                header("X-RateLimit-Reset", secs(verdict.reset_after_ms)),
-            ];
-            if let Some(retry) = retry.clone().filter(|_| over) {
-                out.push(header("Retry-After", retry));
-            }
-            out
-        }
-        Headers::Draft => {
-            let policies: Vec<String> = limited
-                .iter()
-                .map(|(i, rule, _)| {
-                    format!("\"{}\";q={};w={}", name(*i, rule), rule.requests_per_unit, secs(rule.window_ms))
-                })
-                .collect();
-            let mut out = vec![
-                header("RateLimit-Policy", policies.join(", ")),
-                header(
-                    "RateLimit",
-                    format!("\"{}\";r={remaining};t={}", name(i, rule), secs(verdict.reset_after_ms)),
-                ),
-            ];
-            if let Some(retry) = retry.clone().filter(|_| over) {
-                out.push(header("Retry-After", retry));
-            }
-            out
+    let never = statuses.iter().any(|s| s.over() && matches!(s, Decided::Limited { never: true, .. }));
+    let retry = limited.iter().filter(|(.., shadow)| !shadow).map(|(_, _, v, _)| v.retry_after_ms).max();
+    let retry = retry.filter(|_| over && !never);
+    fn described(i: usize, rule: &Rule) -> Described<'_> {
+        Described {
+            name: if rule.name.is_empty() {
+                format!("descriptor_{i}").into()
+            } else {
+                rule.name.as_str().into()
+            },
+            limit: rule.requests_per_unit,
+            window_ms: rule.window_ms,
         }
     }
+    let policies: Vec<Described> = limited.iter().map(|&(i, rule, ..)| described(i, rule)).collect();
+    let remaining = if statuses[i].over() { 0 } else { verdict.remaining };
+    render(headers, &policies, &described(i, rule), remaining, verdict.reset_after_ms, retry)
+        .into_iter()
+        .map(|(key, value)| HeaderValue { key: key.into(), value, ..Default::default() })
+        .collect()
 }

@@ -69,10 +69,8 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let at = |field: &str| field.to_owned();
         let request =
             engine::Request { correlation_id, ..to_parts(&at, r.attributes, r.tiers, self.limits)? };
-        let counted = self.engine.report(&request, outcome).await.map_err(|e| match e {
-            engine::RequestError::Invalid { field, reason } => invalid(&field, &reason),
-            other => from_request_error(0, other),
-        })?;
+        let counted =
+            self.engine.report(&request, outcome).await.map_err(super::status::from_report_error)?;
         Ok(Response::new(pb::ReportResponse { tiers_counted: u32::try_from(counted).unwrap_or(u32::MAX) }))
     }
 }

@@ -23,6 +23,32 @@ pub fn from_request_error(index: usize, error: RequestError) -> Status {
             metrics::rejected(if field.starts_with("tiers") { "tiers" } else { "cost" });
             invalid(&format!("requests[{index}].{field}"), &reason)
         }
+        other => from_error(other),
+    }
+}
+
+/// Maps an engine error of a `Report`, whose fields are the request's own.
+pub fn from_report_error(error: RequestError) -> Status {
+    match error {
+        RequestError::Invalid { field, reason } => invalid(&field, &reason),
+        other => from_error(other),
+    }
+}
+
+/// Maps an engine error of `ShouldRateLimit`.
+pub fn from_envoy_error(error: RequestError) -> Status {
+    from_error(error)
+}
+
+/// Maps an engine error of an operator's action: the store could not carry it out.
+pub fn from_admin_error(error: RequestError) -> Status {
+    tracing::warn!(error = %error, "admin action failed");
+    Status::unavailable("the store is unavailable")
+}
+
+fn from_error(error: RequestError) -> Status {
+    match error {
+        RequestError::Invalid { field, reason } => invalid(&field, &reason),
         RequestError::Late => late(),
         RequestError::Store(e) if e.is_transient() => {
             tracing::warn!(error = %e, "store unavailable");

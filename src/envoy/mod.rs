@@ -1,6 +1,6 @@
-//! Envoy's rate limit service semantics on top of the engine's store: which descriptors a request's
-//! domain limits (see `descriptor`), one check per limited descriptor, all of them in one store
-//! call, and one status per descriptor as envoyproxy/ratelimit answers.
+//! Envoy's rate limit service semantics: which descriptors a request's domain limits (see
+//! `domain`), one check per limited descriptor (`prepare`), and one status per descriptor from the
+//! store's answer (`Prepared::finish`), as envoyproxy/ratelimit answers. The engine asks the store.
 //!
 //! As in that service, every limited descriptor counts its hits whether or not the request is over
 //! (`count_denied`, on by default for these files), an unknown domain or an unmatched descriptor is
@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
-use crate::check::{AdaptiveCheck, Check, Counts, FailureMode, Mode};
-use crate::engine::Engine;
+use crate::check::{Answer, Check, Counts, FailureMode};
 use crate::metrics;
-use crate::request::{escape_into, reputation_keys};
+use crate::request::{Attributes, escape_into};
+use crate::threat::Signals;
 use domain::{Domain, RateLimit};
 
 /// Every loaded domain, by name.
@@ -87,24 +87,80 @@ pub fn unit_window_ms(code: i32) -> Option<u64> {
     })
 }
 
-/// Decides a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise.
-pub async fn decide(
-    engine: &Engine,
+/// A request's descriptors made ready for the store: the statuses known without it, one check per
+/// limited descriptor, and where each check's verdict goes.
+#[derive(Debug)]
+pub struct Prepared {
+    statuses: Vec<Status>,
+    pub checks: Vec<Check>,
+    slots: Vec<Slot>,
+    /// The domain's name from the configuration, for metrics.
+    pub domain: String,
+}
+
+/// Where one check's verdict goes.
+#[derive(Debug)]
+struct Slot {
+    descriptor: usize,
+    rule: RateLimit,
+    shadow: bool,
+    /// The configuration path, for metrics.
+    path: String,
+}
+
+impl Prepared {
+    /// The statuses of a request whose domain is unknown: no limit applies.
+    pub fn unmatched(descriptors: usize) -> Vec<Status> {
+        vec![Status::Unmatched; descriptors]
+    }
+
+    /// Each limited descriptor's status from the store's answer, with what metrics need of it.
+    pub fn finish(mut self, answer: Answer) -> (Vec<Status>, Vec<(String, &'static str)>) {
+        // Whether a denied descriptor could ever pass; repeats of a key count together (see
+        // `store::Merged`). Only a denial needs to know, so an admitted request skips the sums.
+        let never: Vec<bool> = if answer.verdicts.iter().all(|v| v.allowed) {
+            vec![false; self.checks.len()]
+        } else {
+            let mut hits_on: HashMap<&str, u64> = HashMap::new();
+            for c in &self.checks {
+                let sum = hits_on.entry(c.key.as_str()).or_default();
+                *sum = sum.saturating_add(c.quota.cost);
+            }
+            self.checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect()
+        };
+        let mut decided = Vec::with_capacity(self.slots.len());
+        for ((slot, verdict), never) in self.slots.into_iter().zip(answer.verdicts).zip(never) {
+            let label = match (verdict.allowed, slot.shadow) {
+                (true, _) => "allow",
+                (false, false) => "deny",
+                (false, true) => "shadow_deny",
+            };
+            decided.push((slot.path, label));
+            self.statuses[slot.descriptor] =
+                Status::Limited { rule: slot.rule, verdict, shadow: slot.shadow, never };
+        }
+        (self.statuses, decided)
+    }
+
+    /// The statuses when no descriptor is limited (nothing to ask the store).
+    pub fn into_statuses(self) -> Vec<Status> {
+        self.statuses
+    }
+}
+
+/// Matches a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise;
+/// `None` when the domain is unknown.
+pub fn prepare(
+    domains: &Domains,
+    signals: &Signals,
     domain: &str,
     descriptors: &[Descriptor],
     hits: u64,
-    deadline: Option<std::time::Instant>,
-) -> Result<Vec<Status>, crate::engine::RequestError> {
-    let domains = engine.domains();
-    let tiers = engine.tiers();
-    let signals = &tiers.signals;
-    let Some((domain_label, config)) = domains.by_name.get_key_value(domain) else {
-        metrics::envoy_unknown_domain();
-        return Ok(vec![Status::Unmatched; descriptors.len()]);
-    };
+) -> Option<Prepared> {
+    let (domain_label, config) = domains.by_name.get_key_value(domain)?;
     // Metric labels come from the configuration (its domain and paths), never from the request,
     // except the values of a `detailed_metric` node, which its author asked for.
-    let attrs = attributes(&domains, descriptors);
+    let attrs = attributes(domains, descriptors);
     let mut reputation: Option<Arc<[String]>> = None;
     let matched: Vec<Option<Matched>> = descriptors
         .iter()
@@ -178,50 +234,22 @@ pub async fn decide(
             quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost },
             shadow: *shadow,
             on_failure: options.on_failure.unwrap_or(domains.default_failure),
-            adaptive: options.adaptive.map(|settings| AdaptiveCheck {
-                settings,
-                client_factors: signals.client_factors(&settings, &attrs),
-                reputation: Arc::clone(reputation.get_or_insert_with(|| reputation_keys(&attrs).into())),
-            }),
+            adaptive: options
+                .adaptive
+                .map(|settings| signals.adaptive_check(settings, &attrs, &mut reputation)),
             penalty: options.penalty,
             counts,
             baseline: None,
         });
-        slots.push((i, rule.clone(), *shadow, path.clone()));
+        slots.push(Slot { descriptor: i, rule: rule.clone(), shadow: *shadow, path: path.clone() });
         statuses.push(Status::Unmatched);
     }
-    if checks.is_empty() {
-        return Ok(statuses);
-    }
-    let outcome = engine.decide(&checks, Mode::Consume, deadline).await?;
-    let source = outcome.source.as_str();
-    // Whether a denied descriptor could ever pass; repeats of a key count together (see
-    // `store::Merged`). Only a denial needs to know, so an admitted request skips the sums.
-    let never: Vec<bool> = if outcome.verdicts.iter().all(|v| v.allowed) {
-        vec![false; checks.len()]
-    } else {
-        let mut hits_on: HashMap<&str, u64> = HashMap::new();
-        for c in &checks {
-            let sum = hits_on.entry(c.key.as_str()).or_default();
-            *sum = sum.saturating_add(c.quota.cost);
-        }
-        checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect()
-    };
-    for (((i, rule, shadow, path), verdict), never) in slots.into_iter().zip(outcome.verdicts).zip(never) {
-        let decision = match (verdict.allowed, shadow) {
-            (true, _) => "allow",
-            (false, false) => "deny",
-            (false, true) => "shadow_deny",
-        };
-        metrics::envoy_decision(domain_label, &path, decision, source);
-        statuses[i] = Status::Limited { rule, verdict, shadow, never };
-    }
-    Ok(statuses)
+    Some(Prepared { statuses, checks, slots, domain: domain_label.clone() })
 }
 
 /// The request attributes the descriptors carry, by `envoy.attributes`.
-fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> crate::request::Attributes {
-    let mut attrs = crate::request::Attributes::default();
+fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> Attributes {
+    let mut attrs = Attributes::default();
     if domains.attributes.is_empty() {
         return attrs;
     }

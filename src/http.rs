@@ -52,12 +52,12 @@ impl IdleListener {
 }
 
 impl axum::serve::Listener for IdleListener {
-    type Io = crate::api::transport::IdleTimeout<tokio::net::TcpStream>;
+    type Io = crate::transport::IdleTimeout<tokio::net::TcpStream>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (crate::api::transport::IdleTimeout::new(io, self.idle), addr)
+        (crate::transport::IdleTimeout::new(io, self.idle), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {

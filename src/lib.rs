@@ -33,3 +33,4 @@ pub mod shedding;
 pub mod store;
 pub mod threat;
 pub mod tier;
+pub mod transport;

@@ -118,17 +118,17 @@ pub async fn run(
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
     let transport = settings.server.transport;
-    let mut builder = crate::api::transport::configure(tonic::transport::Server::builder(), &transport);
+    let mut builder = crate::transport::configure(tonic::transport::Server::builder(), &transport);
     if let Some(tls) = &settings.server.tls {
         builder = builder.tls_config(tls_config(tls))?;
         tracing::info!(mutual = tls.client_ca_pem.is_some(), "TLS on the gRPC listener");
     }
     let incoming = futures::StreamExt::map(
         tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-        move |conn| conn.map(|c| crate::api::transport::IdleTimeout::new(c, transport.idle_timeout)),
+        move |conn| conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout)),
     );
     let grpc = builder
-        .layer(tower::util::MapResponseLayer::new(crate::api::transport::name_message_bound(
+        .layer(tower::util::MapResponseLayer::new(crate::transport::name_message_bound(
             transport.max_message_bytes,
         )))
         .add_service(reflection()?.build_v1()?)
@@ -160,11 +160,11 @@ pub async fn run(
                 let incoming = futures::StreamExt::map(
                     tonic::transport::server::TcpIncoming::from(listener),
                     move |conn| {
-                        conn.map(|c| crate::api::transport::IdleTimeout::new(c, transport.idle_timeout))
+                        conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout))
                     },
                 );
                 let mut builder =
-                    crate::api::transport::configure(tonic::transport::Server::builder(), &transport);
+                    crate::transport::configure(tonic::transport::Server::builder(), &transport);
                 if let Some(tls) = &admin.tls {
                     builder = builder.tls_config(tls_config(tls))?;
                 }

@@ -5,7 +5,6 @@ pub mod admin;
 pub mod envoy;
 pub mod native;
 pub mod status;
-pub mod transport;
 
 use std::time::{Duration, Instant};
 

@@ -128,6 +128,13 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     );
     assert!(!metrics.contains("50.0.0.1"), "a client value leaked into a label");
     assert!(metrics.contains("sluice_envoy_unknown_domain_total"), "{metrics}");
+    // ShouldRateLimit is timed like Check: the 12 calls above that asked the store at least.
+    let timed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_decision_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no decision duration in {metrics}"));
+    assert!(timed >= 12, "{timed} decisions timed");
 }
 
 #[tokio::test]

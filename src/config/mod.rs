@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::algorithm::Algorithm;
 use crate::algorithm::adaptive::{Adaptive, Weights};
 use crate::algorithm::baseline::Baseline;
 use crate::algorithm::penalty::Penalty;
+use crate::algorithm::{Algorithm, MAX_LIMIT_TIMES_WINDOW, MAX_LOG_LIMIT};
 use crate::check::{Counts, FailureMode};
 use crate::request::Attr;
 use crate::store::redis::Topology;
@@ -22,10 +22,6 @@ use crate::tier::{Condition, Limit, Rule, Tier, Tiers};
 /// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
 pub const DEFAULT_YAML: &str = include_str!("../../examples/sluice.yaml");
 
-/// Bounds for Lua's double arithmetic: limit * window (ms) must stay far below 2^53.
-pub(crate) const MAX_LIMIT_TIMES_WINDOW: u128 = 1 << 50;
-/// A sliding log keeps one entry per unit, so its limit is capped.
-pub(crate) const MAX_LOG_LIMIT: u64 = 10_000;
 const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug)]

@@ -274,7 +274,7 @@ fn level(
         // request within the window.
         if let Some(r) = rule.as_ref().filter(|r| !r.unlimited)
             && u128::from(r.requests_per_unit) * u128::from(r.window_ms)
-                > crate::config::MAX_LIMIT_TIMES_WINDOW
+                > crate::algorithm::MAX_LIMIT_TIMES_WINDOW
         {
             problems.push(format!(
                 "{origin}: {at}.rate_limit.requests_per_unit: {} per {} ms is too large (limit x window in ms \
@@ -283,13 +283,13 @@ fn level(
             ));
         }
         if let Some(r) = rule.as_ref().filter(|r| !r.unlimited && options.algorithm == Algorithm::SlidingLog)
-            && r.requests_per_unit > crate::config::MAX_LOG_LIMIT
+            && r.requests_per_unit > crate::algorithm::MAX_LOG_LIMIT
         {
             problems.push(format!(
                 "{origin}: {at}.rate_limit.requests_per_unit: {} is too large for sliding_log (at most {}; use \
                  sliding_window)",
                 r.requests_per_unit,
-                crate::config::MAX_LOG_LIMIT
+                crate::algorithm::MAX_LOG_LIMIT
             ));
         }
         let mut node = Node {

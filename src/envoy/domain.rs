@@ -153,19 +153,73 @@ pub fn wildcard_match(pattern: &str, value: &str) -> bool {
     tail.is_empty()
 }
 
-/// Window length in ms of an Envoy unit name, and its code.
-fn unit(name: &str) -> Option<(u64, i32)> {
-    Some(match name.to_ascii_uppercase().as_str() {
-        "SECOND" => (1_000, 1),
-        "MINUTE" => (60_000, 2),
-        "HOUR" => (3_600_000, 3),
-        "DAY" => (86_400_000, 4),
-        "MONTH" => (30 * 86_400_000, 5),
-        "YEAR" => (365 * 86_400_000, 6),
-        "WEEK" => (7 * 86_400_000, 7),
-        _ => return None,
-    })
+/// A `rate_limit`'s unit, as Envoy numbers them in `RateLimitResponse.RateLimit.Unit` (0 is
+/// UNKNOWN). Months are 30 days and years 365, as in envoyproxy/ratelimit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Second = 1,
+    Minute = 2,
+    Hour = 3,
+    Day = 4,
+    Month = 5,
+    Year = 6,
+    Week = 7,
 }
+
+impl Unit {
+    pub const ALL: [Unit; 7] =
+        [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Month, Unit::Year, Unit::Week];
+
+    /// The unit of an Envoy code; `None` for UNKNOWN or out of range.
+    pub fn from_code(code: i32) -> Option<Unit> {
+        Unit::ALL.into_iter().find(|u| u.code() == code)
+    }
+
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn window_ms(self) -> u64 {
+        const DAY_MS: u64 = 86_400_000;
+        match self {
+            Unit::Second => 1_000,
+            Unit::Minute => 60_000,
+            Unit::Hour => 3_600_000,
+            Unit::Day => DAY_MS,
+            Unit::Month => 30 * DAY_MS,
+            Unit::Year => 365 * DAY_MS,
+            Unit::Week => 7 * DAY_MS,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Month => "month",
+            Unit::Year => "year",
+            Unit::Week => "week",
+        }
+    }
+}
+
+/// A unit name in any case, as domain files write it (`second`, `MINUTE`, `Hour`).
+impl std::str::FromStr for Unit {
+    type Err = UnknownUnit;
+
+    fn from_str(name: &str) -> Result<Unit, UnknownUnit> {
+        Unit::ALL
+            .into_iter()
+            .find(|u| u.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownUnit(name.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rate limit unit {0:?}")]
+pub struct UnknownUnit(pub String);
 
 const FIELDS: [&str; 17] = [
     "domain",
@@ -404,23 +458,24 @@ fn rule(
         },
     };
     let window = d.get("sluice").and_then(|s| s.get("window")).map(scalar);
+    let unit = unit_name.parse::<Unit>();
     if unlimited {
-        if unit(&unit_name).is_some() {
+        if unit.is_ok() {
             problems.push(format!("{origin}: {at}.unit: should not be given when unlimited"));
         }
         return Some(RateLimit { unlimited, requests_per_unit, window_ms: 0, unit: 0, name, replaces });
     }
-    let (window_ms, code) = match (unit(&unit_name), window) {
-        (_, Some(w)) => match crate::config::parse_duration_ms(&w) {
-            Ok(ms) => (ms, unit(&unit_name).map_or(0, |(_, c)| c)),
+    let (window_ms, code) = match (unit, window) {
+        (unit, Some(w)) => match crate::config::parse_duration_ms(&w) {
+            Ok(ms) => (ms, unit.map_or(0, Unit::code)),
             Err(reason) => {
                 problems.push(format!("{origin}: {at}: sluice.window: {reason}"));
                 return None;
             }
         },
-        (Some(u), None) => u,
-        (None, None) => {
-            problems.push(format!("{origin}: {at}.unit: invalid rate limit unit {unit_name:?}"));
+        (Ok(u), None) => (u.window_ms(), u.code()),
+        (Err(e), None) => {
+            problems.push(format!("{origin}: {at}.unit: {e}"));
             return None;
         }
     };
@@ -508,6 +563,21 @@ descriptors:
         );
         let shown = parse("domain: d\ndescriptors:\n  - key: route\n    value_to_metric: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n", "t").expect("valid");
         assert_eq!(shown.matches(&entries(&[("route", "api")])).expect("match").path, "route_api");
+    }
+
+    #[test]
+    fn units_by_name_and_code() {
+        for unit in Unit::ALL {
+            assert_eq!(Unit::from_code(unit.code()), Some(unit));
+            assert_eq!(unit.name().to_ascii_uppercase().parse(), Ok(unit));
+        }
+        assert_eq!("Minute".parse::<Unit>().map(Unit::window_ms), Ok(60_000));
+        assert_eq!(Unit::Month.window_ms(), 30 * Unit::Day.window_ms());
+        assert_eq!((Unit::from_code(0), Unit::from_code(8)), (None, None));
+        assert_eq!(
+            "fortnight".parse::<Unit>().map_err(|e| e.to_string()),
+            Err("invalid rate limit unit \"fortnight\"".to_owned())
+        );
     }
 
     #[test]

@@ -276,14 +276,11 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// it names (a directory's `.yaml`/`.yml` files, sorted), so an edit, a new file or a removed one
 /// is noticed.
 fn snapshot(path: &Path, envoy_paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    let mut files = vec![path.to_path_buf()];
-    for p in envoy_paths {
-        match crate::config::yaml_files_in(p) {
-            Ok(found) => files.extend(found),
-            Err(_) => files.push(p.clone()),
-        }
-    }
-    files.into_iter().map(|f| (std::fs::read(&f).ok(), f)).map(|(bytes, f)| (f, bytes)).collect()
+    crate::config::files_read(path, envoy_paths)
+        .into_iter()
+        .map(|f| (std::fs::read(&f).ok(), f))
+        .map(|(bytes, f)| (f, bytes))
+        .collect()
 }
 
 fn spawn_reloader(

@@ -175,7 +175,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     if let Ok(text) = std::fs::read_to_string(file)
         && text.lines().any(|l| l.starts_with("domain:"))
     {
-        return match crate::envoy::domain::parse(&text, &file.display().to_string()) {
+        return match config::envoy_file::parse(&text, &file.display().to_string()) {
             Ok(domain) => {
                 println!("{}: ok, domain {:?}", file.display(), domain.name);
                 ExitCode::SUCCESS

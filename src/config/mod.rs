@@ -17,7 +17,7 @@
 //! and the loading functions.
 
 mod duration;
-mod envoy_file;
+pub mod envoy_file;
 mod load;
 mod redis;
 pub mod schema;
@@ -28,9 +28,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use load::{DEFAULT_YAML, files_read, load, load_with_env, parse};
-// The Envoy domain parser still in `envoy::domain` uses these until it moves into `envoy_file`.
-pub(crate) use duration::parse_duration_ms;
-pub(crate) use tiers::{adaptive, failure_mode, penalty};
 
 use crate::store::redis::Topology;
 use crate::tier::Tiers;

@@ -153,20 +153,6 @@ fn default_probe_interval_ms() -> u64 {
     250
 }
 
-/// Sluice's own options on a descriptor of an envoyproxy/ratelimit file, under `sluice:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DescriptorOptions {
-    /// A window no unit can say, e.g. `15m`.
-    pub window: Option<String>,
-    /// `sliding_window` (default) or `sliding_log`.
-    pub algorithm: Option<String>,
-    /// `local`, `allow` or `deny`; default `fallback.mode`.
-    pub on_redis_failure: Option<String>,
-    pub adaptive: Option<AdaptiveSpec>,
-    pub penalty: Option<PenaltySpec>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Envoy {

@@ -185,7 +185,7 @@ fn tier(
 /// The longest block, so that block arithmetic stays exact in Lua's doubles.
 const MAX_BLOCK_MS: u64 = 30 * 86_400_000;
 
-pub(crate) fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Option<Penalty> {
+pub(super) fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<String>) -> Option<Penalty> {
     let before = problems.len();
     let mut duration = |key: &str, text: &str| match parse_duration_ms(text) {
         Ok(ms) if ms > MAX_BLOCK_MS => {
@@ -220,7 +220,7 @@ pub(crate) fn penalty(at: &str, p: schema::PenaltySpec, problems: &mut Vec<Strin
 /// Keeps the adaptive arithmetic exact in Lua's doubles: limit * 10000 < 2^53.
 const MAX_ADAPTIVE_LIMIT: u64 = 100_000_000_000;
 
-pub(crate) fn adaptive(
+pub(super) fn adaptive(
     at: &str,
     s: schema::AdaptiveSettings,
     problems: &mut Vec<String>,
@@ -356,7 +356,7 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
     (cost > 0).then_some(Limit { algorithm, limit, window_ms, cost })
 }
 
-pub(crate) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
+pub(super) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
     match value {
         "local" => FailureMode::Local,
         "allow" => FailureMode::Allow,

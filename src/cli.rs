@@ -253,7 +253,10 @@ fn init_logging(log: &config::LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if log.json { builder.json().try_init() } else { builder.try_init() };
+    let _ = match log.format {
+        config::schema::LogFormat::Json => builder.json().try_init(),
+        config::schema::LogFormat::Text => builder.try_init(),
+    };
 }
 
 async fn events(url: &str, count: usize, follow: bool) -> ExitCode {

@@ -22,7 +22,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
 use super::duration::parse_duration_ms;
-use super::schema::{self, AdaptiveSpec, PenaltySpec};
+use super::schema::{self, AdaptiveSpec, Choice, PenaltySpec};
 use super::tiers;
 use crate::algorithm::adaptive::Adaptive;
 use crate::algorithm::{Algorithm, MAX_LIMIT_TIMES_WINDOW, MAX_LOG_LIMIT};
@@ -108,9 +108,9 @@ struct DescriptorOptions {
     /// A window no unit can say, e.g. `15m`.
     window: Option<String>,
     /// `sliding_window` (default) or `sliding_log`.
-    algorithm: Option<String>,
+    algorithm: Option<Choice<schema::Algorithm>>,
     /// `local`, `allow` or `deny`; default `fallback.mode`.
-    on_redis_failure: Option<String>,
+    on_redis_failure: Option<Choice<schema::FailureMode>>,
     adaptive: Option<AdaptiveSpec>,
     penalty: Option<PenaltySpec>,
 }
@@ -325,19 +325,12 @@ fn level(
 }
 
 fn options(spec: DescriptorOptions, at: &str, problems: &mut Vec<String>) -> Options {
-    let algorithm = match spec.algorithm.as_deref() {
-        None | Some("sliding_window") => Algorithm::SlidingWindow,
-        Some("sliding_log") => Algorithm::SlidingLog,
-        Some(other) => {
-            problems.push(format!("{at}.algorithm: {other:?} is not one of sliding_window, sliding_log"));
-            Algorithm::SlidingWindow
-        }
-    };
+    let algorithm = spec.algorithm.unwrap_or_default().or_report(&format!("{at}.algorithm"), problems);
     Options {
-        algorithm,
-        on_failure: spec
-            .on_redis_failure
-            .map(|m| tiers::failure_mode(&format!("{at}.on_redis_failure"), &m, problems)),
+        algorithm: algorithm.unwrap_or_default().into(),
+        on_failure: spec.on_redis_failure.map(|mode| {
+            mode.or_report(&format!("{at}.on_redis_failure"), problems).unwrap_or_default().into()
+        }),
         adaptive: match spec.adaptive {
             None | Some(AdaptiveSpec::Enabled(false)) => None,
             Some(AdaptiveSpec::Enabled(true)) => Some(Adaptive::default()),

@@ -158,7 +158,7 @@ impl Default for InputLimits {
 
 #[derive(Clone, Debug)]
 pub struct LogSettings {
-    pub json: bool,
+    pub format: schema::LogFormat,
     pub level: String,
 }
 

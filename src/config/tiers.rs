@@ -138,8 +138,12 @@ fn tier(
         (problems.len() == before)
             .then_some(Baseline { sensitivity_percent: b.sensitivity_percent, max_percent: b.max_percent })
     });
-    let counts = match t.count.as_deref() {
-        None | Some("requests") if t.count_denied => {
+    let count = match t.count.take() {
+        None => Some(schema::Count::Requests),
+        Some(count) => count.or_report(&format!("{at}.count"), problems),
+    };
+    let counts = match count {
+        Some(schema::Count::Requests) if t.count_denied => {
             let sliding_window =
                 matches!(&rule, Some(Rule::Limited(l)) if l.algorithm == Algorithm::SlidingWindow);
             if !sliding_window && rule.is_some() {
@@ -152,21 +156,17 @@ fn tier(
             }
             Counts::Everything
         }
-        None | Some("requests") => Counts::Requests,
-        Some("failures") if t.count_denied => {
+        Some(schema::Count::Requests) | None => Counts::Requests,
+        Some(schema::Count::Failures) if t.count_denied => {
             problems.push(format!(
                 "{at}.count_denied: a tier that counts failures only cannot count denied requests"
             ));
             Counts::Failures
         }
-        Some("failures") => Counts::Failures,
-        Some(other) => {
-            problems.push(format!("{at}.count: {other:?} is not one of requests, failures"));
-            Counts::Requests
-        }
+        Some(schema::Count::Failures) => Counts::Failures,
     };
-    let on_failure = match &t.on_redis_failure {
-        Some(mode) => failure_mode(&format!("{at}.on_redis_failure"), mode, problems),
+    let on_failure = match t.on_redis_failure.take() {
+        Some(mode) => mode.or_report(&format!("{at}.on_redis_failure"), problems).unwrap_or_default().into(),
         None => default_failure,
     };
     if problems.len() > before {
@@ -298,11 +298,10 @@ fn signals(t: &schema::Threat, problems: &mut Vec<String>) -> Signals {
 }
 
 fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Limit> {
-    let algorithm = match t.algorithm.as_deref().unwrap_or("sliding_window") {
-        "sliding_window" => Some(Algorithm::SlidingWindow),
-        "sliding_log" => Some(Algorithm::SlidingLog),
-        other => {
-            problem("algorithm", format!("{other:?} is not one of sliding_window, sliding_log"));
+    let algorithm = match t.algorithm.clone().unwrap_or_default().known() {
+        Ok(algorithm) => Some(Algorithm::from(algorithm)),
+        Err(e) => {
+            problem("algorithm", e.to_string());
             None
         }
     };
@@ -354,18 +353,6 @@ fn limit(t: &schema::Tier, problem: &mut impl FnMut(&str, String)) -> Option<Lim
         return None;
     }
     (cost > 0).then_some(Limit { algorithm, limit, window_ms, cost })
-}
-
-pub(super) fn failure_mode(key: &str, value: &str, problems: &mut Vec<String>) -> FailureMode {
-    match value {
-        "local" => FailureMode::Local,
-        "allow" => FailureMode::Allow,
-        "deny" => FailureMode::Deny,
-        other => {
-            problems.push(format!("{key}: {other:?} is not one of local, allow, deny"));
-            FailureMode::Local
-        }
-    }
 }
 
 #[cfg(test)]

@@ -45,14 +45,10 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
                     .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
             })
             .ok();
-        let tls = match a.tls.as_str() {
-            "inherit" => Some(tls.clone()),
-            "plaintext" => Some(None),
-            other => {
-                problems.push(format!("admin.tls: {other:?} is not one of inherit, plaintext"));
-                None
-            }
-        };
+        let tls = a.tls.or_report("admin.tls", &mut problems).map(|choice| match choice {
+            schema::AdminTls::Inherit => tls.clone(),
+            schema::AdminTls::Plaintext => None,
+        });
         if a.token.chars().count() < 16 {
             problems.push("admin.token: must be at least 16 characters".into());
             return None;
@@ -60,17 +56,10 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
     });
     let mut domains = envoy_file::domains(&file.envoy, &mut problems);
-    let envoy_headers = match file.envoy.headers.as_str() {
-        "draft" => crate::decision::Headers::Draft,
-        "x_ratelimit" => crate::decision::Headers::XRateLimit,
-        "none" => crate::decision::Headers::None,
-        other => {
-            problems.push(format!("envoy.headers: {other:?} is not one of draft, x_ratelimit, none"));
-            crate::decision::Headers::Draft
-        }
-    };
+    let envoy_headers = file.envoy.headers.or_report("envoy.headers", &mut problems).unwrap_or_default();
     let redis = file.redis.and_then(|r| redis::settings(r, &mut problems));
-    let default_failure = tiers::failure_mode("fallback.mode", &file.fallback.mode, &mut problems);
+    let default_failure =
+        file.fallback.mode.or_report("fallback.mode", &mut problems).unwrap_or_default().into();
     domains.default_failure = default_failure;
     if file.fallback.replicas == 0 {
         problems.push("fallback.replicas: must be at least 1".into());
@@ -98,14 +87,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             problems.push(format!("{key}: must be at least 1"));
         }
     }
-    let json = match file.log.format.as_str() {
-        "text" => false,
-        "json" => true,
-        other => {
-            problems.push(format!("log.format: {other:?} is not one of text, json"));
-            false
-        }
-    };
+    let log_format = file.log.format.or_report("log.format", &mut problems).unwrap_or_default();
 
     let tiers = tiers::tiers(file.tiers, &file.threat, default_failure, &mut problems);
 
@@ -142,13 +124,13 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             max_descriptors: file.limits.max_descriptors,
             max_entries: file.limits.max_entries,
         },
-        log: LogSettings { json, level: file.log.level },
+        log: LogSettings { format: log_format, level: file.log.level },
         tiers,
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
         domains,
         envoy_paths: file.envoy.paths.iter().map(std::path::PathBuf::from).collect(),
-        envoy_headers,
+        envoy_headers: envoy_headers.into(),
     })
 }
 

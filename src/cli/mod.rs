@@ -256,7 +256,7 @@ fn init_logging(log: &config::LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match log.format {
-        config::schema::LogFormat::Json => builder.json().try_init(),
-        config::schema::LogFormat::Text => builder.try_init(),
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
     };
 }

@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use load::{DEFAULT_YAML, files_read, load, load_with_env, parse};
+pub use schema::LogFormat;
 
 use crate::store::redis::Topology;
 use crate::tier::Tiers;
@@ -156,9 +157,10 @@ impl Default for InputLimits {
     }
 }
 
+/// How log lines are written, and which: a tracing filter such as `info` (`RUST_LOG` overrides it).
 #[derive(Clone, Debug)]
 pub struct LogSettings {
-    pub format: schema::LogFormat,
+    pub format: LogFormat,
     pub level: String,
 }
 

@@ -217,7 +217,8 @@ fn mistake(origin: &str, at: Option<&str>, e: serde_path_to_error::Error<serde_j
     }
 }
 
-/// The key serde's `unknown field `colour`, expected one of ...` names.
+/// The key that serde's message for an unknown field names: "unknown field \`colour\`, expected
+/// one of ...".
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     let end = rest.find("`, expected").or_else(|| rest.find("`, there are no fields"))?;
@@ -242,7 +243,7 @@ fn level(
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("{at}[{i}]");
         if !item.is_object() {
-            // Nothing else it could be; what it lacks first is a key.
+            // Not a mapping (`- 5`, `- x`): it has no key, and that is what is reported.
             problems.push(format!("{origin}: {at}.key: must not be empty"));
             continue;
         }

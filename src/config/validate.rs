@@ -11,6 +11,7 @@ use super::{
     redis, schema, tiers,
 };
 
+/// The settings a file describes, or every problem it has.
 pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
     let mut addr = |key: &str, value: &str| {

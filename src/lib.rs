@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `config` reads YAML and the environment into typed settings; `server` wires everything and
-//! serves gRPC and HTTP (`http`, `metrics`); `cli` is the binary's front.
+//! serves gRPC and HTTP (`http`, `metrics`); `reload` swaps in a changed configuration while
+//! serving; `cli` is the binary's front.
 
 pub mod algorithm;
 pub mod api;
@@ -27,6 +28,7 @@ pub mod envoy;
 pub mod http;
 pub mod metrics;
 pub mod over_limit;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod shedding;

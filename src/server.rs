@@ -3,7 +3,6 @@
 //! call the same `run`.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -89,7 +88,12 @@ pub async fn run(
     engine.replace_domains(settings.domains);
     let envoy = EnvoyService::new(Arc::clone(&engine), settings.limits, settings.envoy_headers);
     if let Some(path) = settings.source.clone() {
-        spawn_reloader(Arc::clone(&engine), path, settings.envoy_paths.clone(), stop_rx.clone());
+        crate::reload::spawn_reloader(
+            Arc::clone(&engine),
+            path,
+            settings.envoy_paths.clone(),
+            stop_rx.clone(),
+        );
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -208,13 +212,13 @@ fn tls_config(tls: &TlsSettings) -> tonic::transport::ServerTlsConfig {
     config
 }
 
-/// Server reflection over the services this port serves and can describe (v1, and v1alpha for
-/// older tools such as grpcurl 1.8). Envoy's service is served but not listed: no descriptor of it
-/// is compiled in.
 /// Envoy's rate limit service and everything it imports, compiled by build.rs (empty when the
 /// proto files were not found at build time).
 const ENVOY_RLS_DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_rls_descriptor.bin"));
 
+/// Server reflection over the services this port serves (v1, and v1alpha for older tools such as
+/// grpcurl 1.8): Sluice's, health, reflection itself, and Envoy's rate limit service whenever its
+/// descriptor was compiled in.
 fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerError> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
@@ -264,81 +268,6 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
             Arc::new(SharedFallback(store))
         }
     }
-}
-
-/// How often the configuration file is looked at for changes.
-const RELOAD_EVERY: Duration = Duration::from_secs(1);
-
-/// Reloads the configuration when its file changes or on SIGHUP: the new tiers, threat lists and
-/// Envoy domains are swapped in at once (calls in flight finish with the old ones, counts stay
-/// under the same tier names); a file that does not load keeps the old configuration serving.
-/// What the reloader compares: the bytes of the configuration file and of every Envoy domain file
-/// it names (a directory's `.yaml`/`.yml` files, sorted), so an edit, a new file or a removed one
-/// is noticed.
-fn snapshot(path: &Path, envoy_paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    let mut files = vec![path.to_path_buf()];
-    for p in envoy_paths {
-        match crate::config::yaml_files_in(p) {
-            Ok(found) => files.extend(found),
-            Err(_) => files.push(p.clone()),
-        }
-    }
-    files.into_iter().map(|f| (std::fs::read(&f).ok(), f)).map(|(bytes, f)| (f, bytes)).collect()
-}
-
-fn spawn_reloader(
-    engine: Arc<Engine>,
-    path: PathBuf,
-    mut envoy_paths: Vec<PathBuf>,
-    mut stop: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        let mut seen = snapshot(&path, &envoy_paths);
-        #[cfg(unix)]
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut every = tokio::time::interval(RELOAD_EVERY);
-        loop {
-            #[cfg(unix)]
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = every.tick() => {
-                    let now = snapshot(&path, &envoy_paths);
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                }
-                _ = hup => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
-            match crate::config::load(Some(&path)) {
-                Ok(settings) => {
-                    let tiers = settings.tiers.len();
-                    if settings.envoy_paths != envoy_paths {
-                        envoy_paths = settings.envoy_paths;
-                        seen = snapshot(&path, &envoy_paths);
-                    }
-                    engine.replace_tiers(settings.tiers);
-                    engine.replace_domains(settings.domains);
-                    metrics::config_reload("ok");
-                    tracing::info!(config = %path.display(), tiers, "configuration reloaded");
-                }
-                Err(e) => {
-                    metrics::config_reload("error");
-                    for line in e.lines() {
-                        tracing::error!(problem = %line, "configuration not reloaded; the previous one keeps serving");
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// Runs `task` every `period` (the first run at once) until the server stops.

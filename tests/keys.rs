@@ -601,7 +601,7 @@ descriptors:
 ",
             serde_json::to_string(name).expect("a JSON string is a YAML string")
         );
-        let domain = sluice::envoy::domain::parse(&text, "test").expect("a valid domain");
+        let domain = sluice::config::envoy_file::parse(&text, "test").expect("a valid domain");
         by_name.insert(domain.name.clone(), domain);
     }
     Domains { by_name, ..Domains::default() }

@@ -134,12 +134,12 @@ pub fn envoy_request(data: &[u8]) -> Handled {
 }
 
 /// Text, read both as a Sluice configuration (`config::parse`, with an empty environment) and as
-/// an envoyproxy/ratelimit domain file (`descriptor::parse`). Every error line names the origin,
-/// and what loads respects the bounds the rest of Sluice relies on (tier and rule names fit in
-/// keys and headers, limits are at least 1).
+/// an envoyproxy/ratelimit domain file (`config::envoy_file::parse`). Every error line names the
+/// origin, and what loads respects the bounds the rest of Sluice relies on (tier and rule names
+/// fit in keys and headers, limits are at least 1).
 pub fn config(data: &[u8]) -> Handled {
     let text = String::from_utf8_lossy(data);
-    let descriptor = match sluice::envoy::domain::parse(&text, "fuzz") {
+    let descriptor = match sluice::config::envoy_file::parse(&text, "fuzz") {
         Ok(domain) => {
             assert!(!domain.name.is_empty(), "a domain without a name loaded");
             for entries in
@@ -532,7 +532,7 @@ fn default_settings() -> &'static Settings {
 fn sample_domain() -> &'static Domain {
     static DOMAIN: OnceLock<Domain> = OnceLock::new();
     DOMAIN.get_or_init(|| {
-        sluice::envoy::domain::parse(SAMPLE_DOMAIN, "sample").expect("the sample domain loads")
+        sluice::config::envoy_file::parse(SAMPLE_DOMAIN, "sample").expect("the sample domain loads")
     })
 }
 
@@ -913,7 +913,9 @@ tiers:
 
 fn decide_domain() -> &'static Domain {
     static DOMAIN: OnceLock<Domain> = OnceLock::new();
-    DOMAIN.get_or_init(|| sluice::envoy::domain::parse(DECIDE_DOMAIN, "fuzz").expect("the fuzz domain loads"))
+    DOMAIN.get_or_init(|| {
+        sluice::config::envoy_file::parse(DECIDE_DOMAIN, "fuzz").expect("the fuzz domain loads")
+    })
 }
 
 /// A cost from the boundaries a client can pick: 0, 1, the limit, one past it, the type's maximum,

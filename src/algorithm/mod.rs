@@ -63,6 +63,13 @@ pub struct Quota {
 /// every limit.
 pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
+/// Where configured limits stop so that counts stay exact in Lua's doubles: a limit times its window
+/// in milliseconds stays far below 2^53.
+pub const MAX_LIMIT_TIMES_WINDOW: u128 = 1 << 50;
+
+/// A sliding log keeps one entry per unit, so its limit is capped.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
+
 /// What one tier says about one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {

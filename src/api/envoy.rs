@@ -111,7 +111,8 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
         }
         if let Some(l) = &d.limit
             && let Some(window_ms) = envoy::unit_window_ms(l.unit)
-            && u128::from(l.requests_per_unit) * u128::from(window_ms) > crate::config::MAX_LIMIT_TIMES_WINDOW
+            && u128::from(l.requests_per_unit) * u128::from(window_ms)
+                > crate::algorithm::MAX_LIMIT_TIMES_WINDOW
         {
             return Err(invalid(
                 &format!("descriptors[{i}].limit"),

@@ -2,8 +2,10 @@
 //! repeats them with an example. Unknown keys are errors, so a typo never silently does nothing.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,29 +155,14 @@ fn default_probe_interval_ms() -> u64 {
     250
 }
 
-/// Sluice's own options on a descriptor of an envoyproxy/ratelimit file, under `sluice:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DescriptorOptions {
-    /// A window no unit can say, e.g. `15m`.
-    pub window: Option<String>,
-    /// `sliding_window` (default) or `sliding_log`.
-    pub algorithm: Option<String>,
-    /// `local`, `allow` or `deny`; default `fallback.mode`.
-    pub on_redis_failure: Option<String>,
-    pub adaptive: Option<AdaptiveSpec>,
-    pub penalty: Option<PenaltySpec>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Envoy {
     /// Files, or directories of `.yaml`/`.yml` files, in envoyproxy/ratelimit's format: one
     /// domain each.
     pub paths: Vec<String>,
-    /// Headers for the gateway: `draft` (RateLimit-Policy, RateLimit, Retry-After),
-    /// `x_ratelimit` (X-RateLimit-Limit, -Remaining, -Reset) or `none`.
-    pub headers: String,
+    /// Headers for the gateway: `draft` (default), `x_ratelimit` or `none`.
+    pub headers: Choice<Headers>,
     /// Count the hits of denied requests on every descriptor, as the reference does by default.
     pub count_denied: bool,
     /// Descriptor entry key -> request attribute, for the adaptive threat score, e.g.
@@ -187,7 +174,7 @@ impl Default for Envoy {
     fn default() -> Self {
         Envoy {
             paths: Vec::new(),
-            headers: "draft".into(),
+            headers: Choice::default(),
             count_denied: true,
             attributes: Default::default(),
         }
@@ -206,12 +193,8 @@ pub struct Admin {
     /// token never crosses the network in the clear when the gRPC listener is protected;
     /// plaintext when `server.tls` is absent. `plaintext`: no TLS on the admin listener even with
     /// `server.tls` (for a loopback address behind a proxy that terminates TLS).
-    #[serde(default = "default_admin_tls")]
-    pub tls: String,
-}
-
-fn default_admin_tls() -> String {
-    "inherit".into()
+    #[serde(default)]
+    pub tls: Choice<AdminTls>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -250,16 +233,15 @@ impl UrlList {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Fallback {
-    /// Default failure mode of every tier: `local` (count this replica's fair share in
-    /// process), `allow` (fail open) or `deny` (fail closed).
-    pub mode: String,
+    /// Default failure mode of every tier: `local` (default), `allow` or `deny`.
+    pub mode: Choice<FailureMode>,
     /// Replicas sharing each limit while each decides alone: a tier's limit is divided by it.
     pub replicas: u64,
 }
 
 impl Default for Fallback {
     fn default() -> Self {
-        Fallback { mode: "local".into(), replicas: 1 }
+        Fallback { mode: Choice::default(), replicas: 1 }
     }
 }
 
@@ -312,15 +294,15 @@ impl Default for Limits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
-    /// `text` or `json`.
-    pub format: String,
+    /// `text` (default) or `json`.
+    pub format: Choice<LogFormat>,
     /// A tracing filter such as `info` or `sluice=debug`; `RUST_LOG` overrides it.
     pub level: String,
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: "text".into(), level: "info".into() }
+        Log { format: Choice::default(), level: "info".into() }
     }
 }
 
@@ -338,7 +320,7 @@ pub struct Tier {
     pub key: Vec<String>,
     /// `sliding_window` (default) or `sliding_log`.
     #[serde(default)]
-    pub algorithm: Option<String>,
+    pub algorithm: Option<Choice<Algorithm>>,
     /// Units allowed per window.
     #[serde(default)]
     pub limit: Option<u64>,
@@ -359,7 +341,7 @@ pub struct Tier {
     pub shadow: bool,
     /// While Redis is unavailable: `local`, `allow` or `deny`; default `fallback.mode`.
     #[serde(default)]
-    pub on_redis_failure: Option<String>,
+    pub on_redis_failure: Option<Choice<FailureMode>>,
     /// `true` (the defaults) or settings: the limit shrinks as the threat score grows.
     #[serde(default)]
     pub adaptive: Option<AdaptiveSpec>,
@@ -372,7 +354,7 @@ pub struct Tier {
     /// What consumes the quota: `requests` (default), or `failures`, counted only when `Report`
     /// says a request failed (e.g. failed logins, not successful ones).
     #[serde(default)]
-    pub count: Option<String>,
+    pub count: Option<Choice<Count>>,
     /// Count every request, denied or not, whatever the other tiers say (as envoyproxy/ratelimit
     /// does): attacker pressure then extends its own wait. sliding_window tiers only.
     #[serde(default)]
@@ -489,5 +471,189 @@ impl OneOrMany {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
         }
+    }
+}
+
+/// How a tier counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Two fixed windows, the previous weighted by its overlap: constant memory per key.
+    #[default]
+    SlidingWindow,
+    /// One timestamp per unit: exact, for small limits such as logins.
+    SlidingLog,
+}
+
+impl From<Algorithm> for crate::algorithm::Algorithm {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::SlidingWindow => crate::algorithm::Algorithm::SlidingWindow,
+            Algorithm::SlidingLog => crate::algorithm::Algorithm::SlidingLog,
+        }
+    }
+}
+
+/// What a tier gets while Redis is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Counted in process against this replica's fair share of the limit.
+    #[default]
+    Local,
+    /// Fail open: allowed, not counted.
+    Allow,
+    /// Fail closed: denied.
+    Deny,
+}
+
+impl From<FailureMode> for crate::check::FailureMode {
+    fn from(mode: FailureMode) -> Self {
+        match mode {
+            FailureMode::Local => crate::check::FailureMode::Local,
+            FailureMode::Allow => crate::check::FailureMode::Allow,
+            FailureMode::Deny => crate::check::FailureMode::Deny,
+        }
+    }
+}
+
+/// What consumes a tier's quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Count {
+    /// Every admitted request.
+    #[default]
+    Requests,
+    /// Only the failures `Report` tells of (e.g. failed logins).
+    Failures,
+}
+
+/// The rate limit headers sent back to the gateway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Headers {
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit`, and `Retry-After` when over.
+    #[default]
+    Draft,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
+    #[serde(rename = "x_ratelimit")]
+    XRateLimit,
+    None,
+}
+
+impl From<Headers> for crate::decision::Headers {
+    fn from(h: Headers) -> Self {
+        match h {
+            Headers::Draft => crate::decision::Headers::Draft,
+            Headers::XRateLimit => crate::decision::Headers::XRateLimit,
+            Headers::None => crate::decision::Headers::None,
+        }
+    }
+}
+
+/// TLS on the admin listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminTls {
+    /// The gRPC listener's `server.tls`, mutual TLS included; plaintext without it.
+    #[default]
+    Inherit,
+    /// None, even with `server.tls`.
+    Plaintext,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object a line, for collectors.
+    Json,
+}
+
+/// One name out of the variants of `T` (a serde enum of unit variants). A name that is none of
+/// them is kept as written rather than failing the whole file, so that validation reports it
+/// together with the file's other problems.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice<T>(Result<T, NotOneOf>);
+
+/// A name that is none of a choice's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotOneOf {
+    written: String,
+    expected: &'static [&'static str],
+}
+
+impl fmt::Display for NotOneOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} is not one of {}", self.written, self.expected.join(", "))
+    }
+}
+
+impl<T> Choice<T> {
+    pub fn known(self) -> Result<T, NotOneOf> {
+        self.0
+    }
+
+    /// The choice, or `None` having added `<key>: "<written>" is not one of <names>` to `problems`.
+    pub fn or_report(self, key: &str, problems: &mut Vec<String>) -> Option<T> {
+        self.0.map_err(|e| problems.push(format!("{key}: {e}"))).ok()
+    }
+}
+
+impl<T: Default> Default for Choice<T> {
+    fn default() -> Self {
+        Choice(Ok(T::default()))
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(deserializer)?;
+        let name = serde::de::value::StrDeserializer::<Expected>::new(&written);
+        Ok(Choice(T::deserialize(name).map_err(|Expected(expected)| NotOneOf { written, expected })))
+    }
+}
+
+/// How a `Choice` learns its variants' names: serde hands them to `unknown_variant`.
+#[derive(Debug)]
+struct Expected(&'static [&'static str]);
+
+impl serde::de::Error for Expected {
+    fn custom<M: fmt::Display>(_: M) -> Self {
+        Expected(&[])
+    }
+
+    fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+        Expected(expected)
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not one of {}", self.0.join(", "))
+    }
+}
+
+impl std::error::Error for Expected {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choice<T: DeserializeOwned>(written: &str) -> Choice<T> {
+        serde_json::from_value(serde_json::Value::String(written.into())).expect("any string is a choice")
+    }
+
+    #[test]
+    fn a_choice_is_a_variant_or_what_was_written() {
+        assert_eq!(choice::<Headers>("x_ratelimit").known(), Ok(Headers::XRateLimit));
+        assert_eq!(choice::<Count>("failures").known(), Ok(Count::Failures));
+        assert_eq!(Choice::<LogFormat>::default().known(), Ok(LogFormat::Text));
+        let mut problems = Vec::new();
+        assert_eq!(choice::<FailureMode>("Deny").or_report("fallback.mode", &mut problems), None);
+        assert_eq!(problems, ["fallback.mode: \"Deny\" is not one of local, allow, deny"]);
     }
 }

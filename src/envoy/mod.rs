@@ -75,16 +75,7 @@ struct Matched {
 
 /// Window length in ms of an Envoy unit code; `None` for UNKNOWN or out of range.
 pub fn unit_window_ms(code: i32) -> Option<u64> {
-    Some(match code {
-        1 => 1_000,
-        2 => 60_000,
-        3 => 3_600_000,
-        4 => 86_400_000,
-        5 => 30 * 86_400_000,
-        6 => 365 * 86_400_000,
-        7 => 7 * 86_400_000,
-        _ => return None,
-    })
+    domain::Unit::from_code(code).map(domain::Unit::window_ms)
 }
 
 /// A request's descriptors made ready for the store: the statuses known without it, one check per

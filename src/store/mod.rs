@@ -5,6 +5,7 @@
 //! headers. `LocalStore` keeps state in this process, `RedisStore` runs one Lua script per request,
 //! and `FallbackStore` answers from a local store when Redis fails or is late.
 
+pub mod events;
 pub mod fallback;
 pub mod local;
 pub mod redis;

@@ -1,0 +1,262 @@
+//! The command line: `serve`, `check-config`, `check`, `events` and `admin`. This module holds the
+//! arguments and runs `serve` and `check-config`; `client` holds the gRPC clients of `check` and
+//! `admin`, `events` prints the security events.
+
+mod client;
+mod events;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError};
+use crate::server::{self, Listeners};
+
+/// sysexits' EX_CONFIG: the configuration is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "A distributed rate-limiting service")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve decisions over gRPC (and metrics over HTTP).
+    Serve {
+        /// YAML configuration; without it the built-in default runs on the in-process store.
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exits 78 naming every bad key.
+    CheckConfig { file: PathBuf },
+    /// Print the security events kept in Redis (oldest first), one JSON object a line.
+    Events {
+        /// The Redis that Sluice uses (a standalone URL).
+        #[arg(long, env = "SLUICE__REDIS__URL", hide_env_values = true)]
+        redis: String,
+        /// How many of the newest events to print.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Keep printing new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Operators' actions through the admin API.
+    Admin {
+        /// The admin API's address; `https://...` when the server has TLS (the admin listener
+        /// uses the gRPC listener's TLS unless `admin.tls: plaintext`).
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        addr: String,
+        /// The admin token.
+        #[arg(long, env = "SLUICE__ADMIN__TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        tls: ClientTls,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Ask a running Sluice for one decision.
+    Check {
+        /// Sluice's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        addr: String,
+        /// An attribute as name=value (ip, user, endpoint, method, user_agent, client_tier, or any
+        /// other name as a free-form attribute); repeatable.
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+        /// Units to consume.
+        #[arg(long)]
+        cost: Option<u64>,
+        /// Check only this tier; repeatable.
+        #[arg(long = "tier")]
+        tiers: Vec<String>,
+        /// Decide without counting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// TLS to the admin API, for an `https://` address.
+#[derive(Debug, clap::Args)]
+struct ClientTls {
+    /// PEM CA certificate(s) that signed the server's certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server with mutual TLS (`server.tls.client_ca_file`).
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of `--cert-file`.
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of `--addr` (e.g.
+    /// through `kubectl port-forward` to localhost).
+    #[arg(long)]
+    tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Mark an IP or a user as of bad reputation for a while.
+    SetReputation {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        ip: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// How long, in milliseconds.
+        #[arg(long, allow_hyphen_values = true)]
+        ttl_ms: i64,
+    },
+    /// Lift a reputation mark.
+    ClearReputation {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        ip: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Lift a tier-key's penalty block.
+    Unblock(KeyArgs),
+    /// Forget what a tier counted for a key.
+    Reset(KeyArgs),
+    /// Show what a tier holds for a key.
+    Inspect(KeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// The tier.
+    #[arg(long)]
+    tier: String,
+    /// The attributes the tier's key is built from, as name=value; repeatable.
+    #[arg(long = "attr", value_parser = parse_attr)]
+    attrs: Vec<(String, String)>,
+}
+
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not name=value"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::CheckConfig { file } => check_config(&file),
+            Command::Events { redis, count, follow } => events::events(&redis, count, follow).await,
+            Command::Admin { addr, token, tls, action } => client::admin(addr, token, tls, action).await,
+            Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
+                client::check(addr, attrs, cost, tiers, dry_run, json).await
+            }
+        }
+    })
+}
+
+fn report_config_error(e: &ConfigError) -> ExitCode {
+    for line in e.lines() {
+        eprintln!("sluice: {line}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    // A file in envoyproxy/ratelimit's format (a `domain` at the top) is checked as one.
+    if let Ok(text) = std::fs::read_to_string(file)
+        && text.lines().any(|l| l.starts_with("domain:"))
+    {
+        return match config::envoy_file::parse(&text, &file.display().to_string()) {
+            Ok(domain) => {
+                println!("{}: ok, domain {:?}", file.display(), domain.name);
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("sluice: {p}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    match config::load(Some(file)) {
+        Ok(settings) => {
+            println!("{}: ok, {} tiers", file.display(), settings.tiers.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => report_config_error(&e),
+    }
+}
+
+async fn serve(path: Option<PathBuf>) -> ExitCode {
+    let settings = match config::load(path.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return report_config_error(&e),
+    };
+    init_logging(&settings.log);
+    match &path {
+        Some(p) => {
+            tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded")
+        }
+        None => tracing::info!(
+            tiers = settings.tiers.len(),
+            "no --config given: using the built-in default (examples/sluice.yaml)"
+        ),
+    }
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::run(settings, listeners, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn init_logging(log: &config::LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}

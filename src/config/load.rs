@@ -1,0 +1,181 @@
+//! Reading a configuration: the file (or the built-in default), layered under `SLUICE__...`
+//! environment variables by the `config` crate, deserialized into the schema with the key path of
+//! any mistake, then validated into settings.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::validate::validate;
+use super::{ConfigError, Settings, schema};
+
+/// The configuration used when no file is given: examples/sluice.yaml, which uses no Redis.
+pub const DEFAULT_YAML: &str = include_str!("../../examples/sluice.yaml");
+
+/// Reads `path` (or the built-in default) with overrides from the process environment.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_with_env(path, None)
+}
+
+/// As `load`, with the environment given as a map (tests use this instead of `set_var`).
+pub fn load_with_env(
+    path: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            let mut settings = parse(&text, &path.display().to_string(), env)?;
+            settings.source = Some(path.to_path_buf());
+            Ok(settings)
+        }
+        None => parse(DEFAULT_YAML, "built-in default", env),
+    }
+}
+
+/// Parses YAML text; `origin` names it in errors.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
+    let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
+    let file = ::config::File::from_str(text, ::config::FileFormat::Yaml);
+    // Looked at alone, before the environment is layered on: the environment may set keys (the
+    // Helm chart always sets one) even when the file is empty.
+    let written = ::config::Source::collect(&file).map_err(|e| parse_error(e.to_string()))?;
+    if written.is_empty() {
+        return Err(ConfigError::Empty { origin: origin.to_owned() });
+    }
+    let layered = ::config::Config::builder()
+        .add_source(file)
+        .add_source(::config::Environment::with_prefix("SLUICE").separator("__").source(env))
+        .build()
+        .map_err(|e| parse_error(e.to_string()))?;
+    let file: schema::File = serde_path_to_error::deserialize(layered).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." { parse_error(inner) } else { parse_error(format!("{path}: {inner}")) }
+    })?;
+    validate(file).map_err(|problems| ConfigError::Invalid { origin: origin.to_owned(), problems })
+}
+
+/// The `.yaml` and `.yml` files of a directory, in name order.
+pub(crate) fn yaml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Every file a configuration at `path` reads: the file itself, then for each of its
+/// `envoy_paths` a directory's `.yaml`/`.yml` files in name order, or the path itself. A path
+/// that cannot be read is listed all the same, so that its appearing is noticed.
+pub fn files_read(path: &Path, envoy_paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for p in envoy_paths {
+        match yaml_files_in(p) {
+            Ok(found) => files.extend(found),
+            Err(_) => files.push(p.clone()),
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedisSettings;
+    use crate::store::redis::Topology;
+
+    #[test]
+    fn the_default_is_valid_and_uses_no_redis() {
+        let settings = parse(DEFAULT_YAML, "default", Some(HashMap::new())).expect("default config");
+        assert!(settings.redis.is_none());
+        assert!(settings.tiers.len() >= 4);
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        let env = HashMap::from([("SLUICE__REDIS__URL".to_owned(), "redis://127.0.0.1:1".to_owned())]);
+        let settings = parse(DEFAULT_YAML, "default", Some(env)).expect("config");
+        let topology = settings.redis.expect("redis").topology;
+        assert!(matches!(topology, Topology::Standalone { url, .. } if url == "redis://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once() {
+        let yaml = "tiers:\n  - name: a\n    limit: 0\n    window: 15x\n  - name: a\n    exempt: true\n    limit: 3\n";
+        let err = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("invalid");
+        let lines = err.lines();
+        assert!(lines.iter().any(|l| l.contains("tiers[0].limit: must be at least 1")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[0].window: \"15x\"")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[1].name")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[1].exempt")), "{lines:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            parse("tiers:\n  - name: a\n    limt: 3\n", "t.yaml", Some(HashMap::new())).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("tiers[0]") && text.contains("limt"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_and_no_tiers_must_be_said() {
+        let env = HashMap::from([("SLUICE__FALLBACK__REPLICAS".to_owned(), "3".to_owned())]);
+        for text in ["", "   \n\n", "# all commented out\n#tiers: []\n"] {
+            let err = parse(text, "t.yaml", Some(env.clone())).expect_err("empty");
+            assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err:?}");
+            assert!(err.to_string().starts_with("t.yaml: holds no settings"), "{err}");
+        }
+        let lines =
+            parse("log:\n  level: debug\n", "t.yaml", Some(HashMap::new())).expect_err("no tiers").lines();
+        assert_eq!(lines, ["t.yaml: tiers: is required; list the tiers, or write `tiers: []` for none"]);
+        let none = parse("tiers: []\n", "t.yaml", Some(HashMap::new())).expect("explicitly no tiers");
+        assert_eq!(none.tiers.len(), 0);
+    }
+
+    #[test]
+    fn env_numbers_and_secrets() {
+        let env = HashMap::from([
+            ("SLUICE__REDIS__URL".to_owned(), "redis://127.0.0.1:1".to_owned()),
+            ("SLUICE__REDIS__TIMEOUT_MS".to_owned(), "75".to_owned()),
+            ("SLUICE__ADMIN__GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("SLUICE__ADMIN__TOKEN".to_owned(), "00012345678901234567890123".to_owned()),
+        ]);
+        let s = parse("tiers: []\n", "t", Some(env)).expect("valid");
+        assert_eq!(s.redis.expect("redis").timeout, std::time::Duration::from_millis(75));
+        assert_eq!(
+            s.admin.expect("admin").token,
+            "00012345678901234567890123",
+            "a token of digits stays as written"
+        );
+        let env = HashMap::from([(
+            "SLUICE__REDIS__CLUSTER".to_owned(),
+            "redis://a:7000, redis://b:7000".to_owned(),
+        )]);
+        let s = parse("tiers: []\n", "t", Some(env)).expect("valid");
+        let Some(RedisSettings { topology: Topology::Cluster { nodes }, .. }) = s.redis else {
+            panic!("a cluster")
+        };
+        assert_eq!(nodes, ["redis://a:7000", "redis://b:7000"]);
+    }
+
+    #[test]
+    fn a_directory_is_read_as_its_yaml_files_in_name_order() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for name in ["b.yml", "a.yaml", "notes.txt"] {
+            std::fs::write(dir.path().join(name), "domain: d\n").expect("write");
+        }
+        let missing = dir.path().join("missing.yaml");
+        let files = files_read(Path::new("sluice.yaml"), &[dir.path().to_path_buf(), missing.clone()]);
+        let expected =
+            [PathBuf::from("sluice.yaml"), dir.path().join("a.yaml"), dir.path().join("b.yml"), missing];
+        assert_eq!(files, expected);
+    }
+}

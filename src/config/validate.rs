@@ -1,0 +1,156 @@
+//! From the file as written (`schema::File`) to `Settings`: the listeners, the admin API, the
+//! bounds and the log here; tiers, Redis and Envoy domain files in their own modules. Every
+//! problem is collected, each naming its key, so that one pass over a file reports them all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::duration::secs;
+use super::{
+    AdminSettings, InputLimits, LogSettings, ServerSettings, Settings, TlsSettings, Transport, envoy_file,
+    redis, schema, tiers,
+};
+
+/// The settings a file describes, or every problem it has.
+pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut addr = |key: &str, value: &str| {
+        value
+            .parse::<SocketAddr>()
+            .map_err(|_| problems.push(format!("{key}: {value:?} is not an address like 0.0.0.0:8081")))
+            .ok()
+    };
+    let grpc_addr = addr("server.grpc_addr", &file.server.grpc_addr);
+    let http_addr = addr("server.http_addr", &file.server.http_addr);
+    let tls = file.server.tls.as_ref().and_then(|t| {
+        let mut read = |key: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|e| problems.push(format!("server.tls.{key}: cannot read {path:?}: {e}")))
+                .ok()
+        };
+        let cert_pem = read("cert_file", &t.cert_file);
+        let key_pem = read("key_file", &t.key_file);
+        let client_ca_pem = match &t.client_ca_file {
+            Some(path) => Some(read("client_ca_file", path)?),
+            None => None,
+        };
+        Some(TlsSettings { cert_pem: cert_pem?, key_pem: key_pem?, client_ca_pem })
+    });
+
+    let admin = file.admin.and_then(|a| {
+        let grpc_addr = a
+            .grpc_addr
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems
+                    .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
+            })
+            .ok();
+        let tls = a.tls.or_report("admin.tls", &mut problems).map(|choice| match choice {
+            schema::AdminTls::Inherit => tls.clone(),
+            schema::AdminTls::Plaintext => None,
+        });
+        if a.token.chars().count() < 16 {
+            problems.push("admin.token: must be at least 16 characters".into());
+            return None;
+        }
+        Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
+    });
+    let mut domains = envoy_file::domains(&file.envoy, &mut problems);
+    let envoy_headers = file.envoy.headers.or_report("envoy.headers", &mut problems).unwrap_or_default();
+    let redis = file.redis.and_then(|r| redis::settings(r, &mut problems));
+    let default_failure =
+        file.fallback.mode.or_report("fallback.mode", &mut problems).unwrap_or_default().into();
+    domains.default_failure = default_failure;
+    if file.fallback.replicas == 0 {
+        problems.push("fallback.replicas: must be at least 1".into());
+    }
+    if file.local.max_keys == 0 {
+        problems.push("local.max_keys: must be at least 1".into());
+    }
+
+    for (key, value) in [
+        ("server.max_message_bytes", file.server.max_message_bytes),
+        ("server.max_concurrent_streams", file.server.max_concurrent_streams as usize),
+        ("server.max_header_list_bytes", file.server.max_header_list_bytes as usize),
+        (
+            "server.keepalive_timeout_secs",
+            usize::try_from(file.server.keepalive_timeout_secs).unwrap_or(usize::MAX),
+        ),
+        ("server.max_in_flight", file.server.max_in_flight),
+        ("limits.max_batch", file.limits.max_batch),
+        ("limits.max_value_bytes", file.limits.max_value_bytes),
+        ("limits.max_named_tiers", file.limits.max_named_tiers),
+        ("limits.max_descriptors", file.limits.max_descriptors),
+        ("limits.max_entries", file.limits.max_entries),
+    ] {
+        if value == 0 {
+            problems.push(format!("{key}: must be at least 1"));
+        }
+    }
+    let log_format = file.log.format.or_report("log.format", &mut problems).unwrap_or_default();
+
+    let tiers = tiers::tiers(file.tiers, &file.threat, default_failure, &mut problems);
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Settings {
+        source: None,
+        server: ServerSettings {
+            grpc_addr: grpc_addr.expect("checked above"),
+            http_addr: http_addr.expect("checked above"),
+            shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
+            tls,
+            transport: Transport {
+                max_message_bytes: file.server.max_message_bytes,
+                max_concurrent_streams: file.server.max_concurrent_streams,
+                max_header_list_bytes: file.server.max_header_list_bytes,
+                keepalive_interval: secs(file.server.keepalive_interval_secs),
+                keepalive_timeout: Duration::from_secs(file.server.keepalive_timeout_secs),
+                idle_timeout: secs(file.server.idle_timeout_secs),
+                max_connection_age: secs(file.server.max_connection_age_secs),
+            },
+            max_in_flight: file.server.max_in_flight,
+        },
+        redis,
+        replicas: file.fallback.replicas,
+        local_max_keys: file.local.max_keys,
+        over_limit_max_keys: file.local.over_limit_max_keys,
+        limits: InputLimits {
+            max_batch: file.limits.max_batch,
+            max_value_bytes: file.limits.max_value_bytes,
+            max_extra: file.limits.max_extra,
+            max_named_tiers: file.limits.max_named_tiers,
+            max_descriptors: file.limits.max_descriptors,
+            max_entries: file.limits.max_entries,
+        },
+        log: LogSettings { format: log_format, level: file.log.level },
+        tiers,
+        events_max_len: file.threat.events_max_len.unwrap_or(10_000),
+        admin,
+        domains,
+        envoy_paths: file.envoy.paths.iter().map(std::path::PathBuf::from).collect(),
+        envoy_headers: envoy_headers.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::config::parse;
+
+    #[test]
+    fn admin_tls_is_inherit_or_plaintext() {
+        let admin = |tls: &str| {
+            format!("admin:\n  grpc_addr: 127.0.0.1:8082\n  token: 0123456789abcdef\n{tls}tiers: []\n")
+        };
+        let lines = parse(&admin("  tls: off\n"), "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        assert_eq!(lines, ["t.yaml: admin.tls: \"off\" is not one of inherit, plaintext"]);
+        for tls in ["", "  tls: inherit\n", "  tls: plaintext\n"] {
+            let settings = parse(&admin(tls), "t.yaml", Some(HashMap::new())).expect("valid");
+            assert!(settings.admin.expect("admin").tls.is_none(), "no server.tls to inherit: {tls:?}");
+        }
+    }
+}

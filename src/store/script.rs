@@ -15,6 +15,8 @@ pub const SOURCE: &str = concat!(
     "\n",
     include_str!("../../lua/baseline.lua"),
     "\n",
+    include_str!("../../lua/protocol.lua"),
+    "\n",
     include_str!("../../lua/decide.lua"),
 );
 
@@ -26,6 +28,8 @@ pub const REPORT_SOURCE: &str = concat!(
     include_str!("../../lua/adaptive.lua"),
     "\n",
     include_str!("../../lua/penalty.lua"),
+    "\n",
+    include_str!("../../lua/protocol.lua"),
     "\n",
     include_str!("../../lua/report.lua"),
 );

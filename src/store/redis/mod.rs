@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 use redis::cluster_async::ClusterConnection;
 
 use self::connection::{Connection, eval};
+use self::protocol::suffix;
 use super::script::{DECIDE, REPORT};
 use super::{EVENTS_STREAM, Store, StoreError};
 use crate::algorithm::Verdict;
@@ -82,7 +83,7 @@ impl RedisStore {
                 .query::<Vec<i64>>(Some(&DECIDE), &protocol::decide_cmd(checks, mode, now))
                 .await
                 .map_err(StoreError::from)
-                .and_then(|reply| protocol::parse_reply(&reply, checks.len())),
+                .and_then(|reply| protocol::decode_reply(&reply, checks.len())),
         };
         metrics::redis_duration(started.elapsed());
         match merged {
@@ -182,25 +183,26 @@ impl RedisStore {
                 Ok(touched(&[key.to_owned()]))
             }
             AdminOp::Unblock { key } => {
-                let pen = format!("{key}:pen");
+                let pen = format!("{key}:{}", suffix::PENALTY);
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(UNBLOCK.get_hash()).arg(1).arg(&pen);
                 self.query::<i64>(Some(&UNBLOCK), &cmd).await?;
                 Ok(touched(&[pen]))
             }
             AdminOp::Reset { key } => {
-                let keys: Vec<String> = protocol::SUFFIXES.iter().map(|s| format!("{key}:{s}")).collect();
+                let keys: Vec<String> = suffix::ALL.iter().map(|s| format!("{key}:{s}")).collect();
                 self.query::<i64>(None, redis::cmd("DEL").arg(&keys)).await?;
                 Ok(touched(&keys))
             }
             AdminOp::Inspect { key } => {
                 let mut fields = Vec::new();
-                for suffix in ["sw", "att", "fail", "pen"] {
+                for suffix in [suffix::WINDOW, suffix::ATTEMPTS, suffix::FAILURES, suffix::PENALTY] {
                     let hash: Vec<(String, String)> =
                         self.query(None, redis::cmd("HGETALL").arg(format!("{key}:{suffix}"))).await?;
                     fields.extend(hash.into_iter().map(|(f, v)| (format!("{suffix}.{f}"), v)));
                 }
-                let count: i64 = self.query(None, redis::cmd("ZCARD").arg(format!("{key}:log"))).await?;
+                let count: i64 =
+                    self.query(None, redis::cmd("ZCARD").arg(format!("{key}:{}", suffix::LOG))).await?;
                 if count > 0 {
                     fields.push(("log.count".into(), count.to_string()));
                 }
@@ -229,7 +231,7 @@ async fn decide_on(
     now: u64,
 ) -> Result<Answer, StoreError> {
     let reply: Vec<i64> = eval(conn, &DECIDE, &protocol::decide_cmd(checks, mode, now)).await?;
-    protocol::parse_reply(&reply, checks.len())
+    protocol::decode_reply(&reply, checks.len())
 }
 
 impl Store for RedisStore {

@@ -45,10 +45,8 @@ for i = 1, n do
   end
   local effective = c.limit
   if c.baseline then
-    local sw = redis.call('HMGET', c.key, 's', 'c')
-    local base = redis.call('HMGET', c.baseline_key, 'a', 'w')
-    v.baseline, v.baseline_w = baseline_fold(tonumber(base[1]) or 0, tonumber(base[2]) or 0,
-      tonumber(sw[1]) or 0, tonumber(sw[2]) or 0, now - (now % window), window)
+    local s, count = sliding_window_current(c.key)
+    v.baseline, v.baseline_w = baseline_load(c.baseline_key, s, count, now, window)
     effective = baseline_limit(c.limit, v.baseline, c.baseline.sensitivity, c.baseline.max)
   end
   -- A look (cost 0) changes nothing: no attempt, no violation, no count.
@@ -130,8 +128,7 @@ if commit then
         end
       end
       if c.baseline then
-        redis.call('HSET', c.baseline_key, 'a', v.baseline, 'w', v.baseline_w)
-        redis.call('PEXPIRE', c.baseline_key, 64 * c.window)
+        baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
       end
     else
       sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)

@@ -52,16 +52,10 @@ for i = 1, n do
   -- A look (cost 0) changes nothing: no attempt, no violation, no count.
   local counted = commit and cost > 0
   if c.adaptive then
-    local p = c.adaptive
     local attempts = adaptive_count(c.attempts_key, now, window, counted and 1 or 0)
     local failures = adaptive_count(c.failures_key, now, window, 0)
-    v.score, v.bits = adaptive_score(p.client_score, p.client_bits, reputation(), attempts, failures, c.limit, p)
-    -- never below the request's own cost, or no wait would let it pass; a retry is one more
-    -- attempt, which may cross the burst threshold, so its wait is measured with the limit it sees
-    local retry_score = adaptive_score(p.client_score, p.client_bits, reputation(),
-      attempts + (counted and 1 or 0), failures, c.limit, p)
-    v.retry_limit = math.max(adaptive_limit(effective, retry_score, p.reduction), math.min(cost, effective))
-    effective = math.max(adaptive_limit(effective, v.score, p.reduction), math.min(cost, effective))
+    v.score, v.bits, effective, v.retry_limit =
+      adaptive_assess(c.adaptive, reputation(), attempts, counted, failures, c.limit, effective, cost)
   end
   v.limit = effective
   if c.algorithm == 1 then

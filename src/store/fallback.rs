@@ -186,7 +186,7 @@ impl FallbackStore {
         if budget.is_zero() {
             return Ok(self.shed_for_deadline(checks, mode));
         }
-        let error = match tokio::time::timeout(budget, redis.decide(checks, mode)).await {
+        let error = match tokio::time::timeout(budget, redis.decide(checks, mode, None)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(e)) => e,
             Err(_) if callers => return Ok(self.shed_for_deadline(checks, mode)),
@@ -219,11 +219,7 @@ impl FallbackStore {
 pub struct SharedFallback(pub Arc<FallbackStore>);
 
 impl Store for SharedFallback {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
-        Box::pin(self.0.run(checks, mode, None))
-    }
-
-    fn decide_by<'a>(
+    fn decide<'a>(
         &'a self,
         checks: &'a [Check],
         mode: Mode,

@@ -602,7 +602,13 @@ impl State {
 }
 
 impl Store for LocalStore {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
+    /// Never waits: the deadline does not matter.
+    fn decide<'a>(
+        &'a self,
+        checks: &'a [Check],
+        mode: Mode,
+        _deadline: Option<std::time::Instant>,
+    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
         let outcome = self.decide_at(checks, mode, self.now_ms());
         Box::pin(std::future::ready(Ok(outcome)))
     }

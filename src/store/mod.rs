@@ -79,18 +79,14 @@ impl Merged {
 pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>>;
-
-    /// As `decide`, answering by the failure mode rather than waiting past `deadline` (the
-    /// caller's, when it sent one). Stores that never wait ignore it.
-    fn decide_by<'a>(
+    /// A store that waits on something answers by the failure mode rather than wait past
+    /// `deadline` (the caller's, when it sent one); stores that never wait ignore it.
+    fn decide<'a>(
         &'a self,
         checks: &'a [Check],
         mode: Mode,
-        _deadline: Option<Instant>,
-    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
-        self.decide(checks, mode)
-    }
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Answer, StoreError>>;
 
     /// Answers at once by each check's failure mode without waiting on anything: for load that
     /// Sluice sheds. `local` checks count in process where the store keeps counts there, and are

@@ -29,6 +29,7 @@ use crate::metrics;
 /// How long before a caller's deadline the answer must be on its way, at least.
 const ANSWER_MARGIN: Duration = Duration::from_millis(1);
 
+/// When Redis counts as failed, and how the fallback then counts.
 #[derive(Clone, Copy, Debug)]
 pub struct FallbackSettings {
     /// Deadline of one Redis call.
@@ -41,6 +42,7 @@ pub struct FallbackSettings {
     pub max_keys: usize,
 }
 
+/// Redis behind a circuit breaker, with the fallback's buckets (see the module doc).
 #[derive(Debug)]
 pub struct FallbackStore {
     /// Empty until the first connection succeeds; until then the circuit is open.

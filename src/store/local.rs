@@ -1,6 +1,11 @@
 //! The in-process store: the same algorithms and the same all-or-nothing rule as the Lua script, on
 //! a `DashMap` of per-key cells.
 //!
+//! `decide_at` takes lua/decide.lua's steps with the pure twins in `algorithm`: `evaluate` each
+//! check (baseline, `adaptive::assess`, the tier's algorithm, penalty), admit when every enforcing
+//! check allows, then `Cell::commit` what consumes. The arithmetic lives in `algorithm`; this file
+//! only keeps state and decides what to write.
+//!
 //! A request locks the cells of all its keys, in key order so that two requests never wait on each
 //! other in a cycle, decides, commits or not, and lets go. Nothing is held across an `.await`.
 //! Every cell carries an expiry like a Redis TTL; `sweep` drops the expired ones.
@@ -88,6 +93,7 @@ impl Default for LocalStore {
 }
 
 impl LocalStore {
+    /// An empty store that holds at most about `max_keys` keys (see the module doc).
     pub fn new(counting: Counting, max_keys: usize) -> Self {
         LocalStore {
             cells: Arc::new(DashMap::new()),

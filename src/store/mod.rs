@@ -2,8 +2,14 @@
 //! once, atomically, and the errors a store can return.
 //!
 //! A store knows keys, quotas and algorithms; it knows nothing of tiers' matching rules, gRPC or
-//! headers. `LocalStore` keeps state in this process, `RedisStore` runs one Lua script per request,
-//! and `FallbackStore` answers from a local store when Redis fails or is late.
+//! headers. Where each lives:
+//!
+//! - `local`: `LocalStore`, state in this process, decided with the pure twins in `algorithm`;
+//! - `redis/`: `RedisStore`, one script call per request (per slot in a Cluster): `connection`
+//!   (topologies, credentials, TLS), `protocol` (the scripts' KEYS, ARGV and reply), `slot`
+//!   (`key_slot`);
+//! - `script`: the Lua files of lua/ assembled into the two scripts;
+//! - `fallback`: `FallbackStore`, Redis within a deadline, else a local store by failure mode.
 
 pub mod fallback;
 pub mod local;
@@ -76,6 +82,7 @@ impl Merged {
     }
 }
 
+/// Where counts live. Every method but `shed` may wait on I/O; none holds a lock across it.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.

@@ -4,7 +4,7 @@
 //!
 //! Every call goes over one multiplexed connection per node, which pipelines concurrent calls.
 //! Gathering them into explicit pipelines was measured and bought nothing: Redis spends its time
-//! running the script, not reading sockets (see README, Performance).
+//! running the script, not reading sockets (see docs/performance.md).
 
 use std::sync::Arc;
 use std::time::Duration;

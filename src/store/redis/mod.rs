@@ -1,8 +1,11 @@
-//! The Redis store: one EVALSHA of the decision script per request, covering every tier-key.
+//! The Redis store: one EVALSHA of the decision script (lua/decide.lua) per request, covering every
+//! tier-key, so a decision is one atomic step and one round trip.
 //!
 //! Redis's own clock (`TIME` inside the script) decides, so replicas with skewed clocks agree.
-//! Keys: `<check key>:sw` for a sliding window (a hash), `<check key>:log` and `<check key>:seq` for
-//! a sliding log; the check key ends in the hash tag, so a tier-key's keys share a Cluster slot.
+//! `connection` reaches Redis, `protocol` is the one place that lays out the scripts' keys,
+//! arguments and reply (keys are `<tier-key>:<suffix>`, and the tier-key holds the hash tag, so a
+//! tier-key's keys share a Cluster slot), `slot` computes Cluster slots; this file decides, reports
+//! failures and carries out operators' actions with them.
 //!
 //! Topologies: a standalone server, Redis Cluster (the cluster client follows MOVED and
 //! failovers), or Sentinel (the master is asked of the sentinels again whenever `recover` runs,
@@ -32,6 +35,7 @@ use crate::algorithm::Verdict;
 use crate::check::{AdminOp, Answer, Check, Failure, Mode, SecurityEvent, Source};
 use crate::metrics;
 
+/// Decisions, reports and operators' actions on Redis. Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Connection,
@@ -72,6 +76,7 @@ impl RedisStore {
         self.conn.recover().await
     }
 
+    /// Decides at `now` (0: Redis `TIME`): one script call, or one per slot in a Cluster.
     async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
         // A key twice in one script call would be read twice before either write: merge repeats.
         let merged = super::Merged::of(checks);
@@ -166,7 +171,10 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Carries out an operator's action (see `Store::admin`).
     pub async fn admin_op(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, StoreError> {
+        // Lifts a block: the penalty hash's u (blocked until) and v (violations), as
+        // lua/penalty.lua names them, back to 0; the count of earlier blocks stays.
         static UNBLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
             redis::Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'u', 0, 'v', 0) return 1 end return 0",

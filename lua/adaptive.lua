@@ -1,12 +1,16 @@
--- The adaptive threat score's store-side factors: the twin of the store side of src/threat.rs and
--- of the counters in src/store/local.rs.
+-- The adaptive threat score's store-side factors: the twin of src/algorithm/adaptive.rs (read its
+-- doc for the factors and the curve).
 -- KEYS: per adaptive tier, an attempts counter and a failures counter, hashes with fields
 --       r (the instant, ms, at which the count restarts) and c (the count); the request's
 --       reputation keys (IP, user), set by operators with a TTL.
 -- adaptive_count(key, now, window, add) -> the count after adding `add` (0 reads only); a count
---       restarts one window after its first unit, and the key expires then.
--- adaptive_score(...) -> score (0-100) and factor bits (8 reputation, 16 burst, 32 failed logins),
---       on top of the client-side score and bits computed in Rust.
+--       restarts one window after its first unit, and the key expires then (`Count`).
+-- adaptive_assess(p, bad_reputation, attempts, counted, failures, configured, limit, cost)
+--       -> score (0-100), factor bits (8 reputation, 16 burst, 32 failed logins, on top of the
+--       client's), the limit to decide with and the limit a retry would see (`assess`). p holds
+--       the check's adaptive numbers (see protocol.lua); attempts include this one when it
+--       counted; configured is the tier's limit, which the burst threshold multiplies; limit is
+--       the one the score shrinks (raised by a baseline); cost is the request's.
 
 local function adaptive_count(key, now, window, add)
   local st = redis.call('HMGET', key, 'r', 'c')
@@ -22,12 +26,12 @@ local function adaptive_count(key, now, window, add)
   return count
 end
 
-local function adaptive_score(client_score, client_bits, bad_reputation, attempts, failures, limit, p)
-  local score, bits = client_score, client_bits
+local function adaptive_score(p, bad_reputation, attempts, failures, configured)
+  local score, bits = p.client_score, p.client_bits
   if bad_reputation then
     score, bits = score + p.w_reputation, bits + 8
   end
-  if attempts > p.burst_multiple * limit then
+  if attempts > p.burst_multiple * configured then
     score, bits = score + p.w_burst, bits + 16
   end
   if failures >= p.failed_threshold then
@@ -38,4 +42,15 @@ end
 
 local function adaptive_limit(limit, score, reduction)
   return math.max(math.floor(limit * (10000 - score * reduction) / 10000), 1)
+end
+
+local function adaptive_assess(p, bad_reputation, attempts, counted, failures, configured, limit, cost)
+  local score, bits = adaptive_score(p, bad_reputation, attempts, failures, configured)
+  -- A retry is one more attempt, which may cross the burst threshold: its wait is measured with
+  -- the limit it will see.
+  local retry_score = adaptive_score(p, bad_reputation, attempts + (counted and 1 or 0), failures, configured)
+  -- Never below the request's own cost, or no wait would let it pass.
+  local floor = math.min(cost, limit)
+  return score, bits, math.max(adaptive_limit(limit, score, p.reduction), floor),
+    math.max(adaptive_limit(limit, retry_score, p.reduction), floor)
 end

@@ -6,6 +6,12 @@
 --       start folded in, with c units for the window starting at s (the sliding window's) and 0
 --       for the others.
 -- baseline_limit(base, a, sensitivity, max) -> the limit the key may use.
+-- baseline_load(key, s, c, now, window) -> a, w: the stored average folded up to the window of now.
+-- baseline_commit(key, a, w, window) stores them.
+
+-- Windows an average is kept without traffic (KEPT_WINDOWS in src/algorithm/baseline.rs): the
+-- key's TTL, and the silence after which the average is forgotten.
+local BASELINE_KEPT_WINDOWS = 64
 
 -- A window's units are taken at most this many (src/algorithm/baseline.rs), so the average stays
 -- exact in a double.
@@ -20,7 +26,7 @@ local function baseline_fold(a, w, s, c, start, window)
     return a, from
   end
   local windows = (start - from) / window
-  if windows > 64 then
+  if windows > BASELINE_KEPT_WINDOWS then
     return 0, start
   end
   for i = 0, windows - 1 do
@@ -37,4 +43,14 @@ local function baseline_limit(base, a, sensitivity, max)
   local raised = math.floor(math.floor(a / 1000) * sensitivity / 100)
   local cap = math.floor(base * max / 100)
   return math.max(base, math.min(raised, cap))
+end
+
+local function baseline_load(key, s, c, now, window)
+  local st = redis.call('HMGET', key, 'a', 'w')
+  return baseline_fold(tonumber(st[1]) or 0, tonumber(st[2]) or 0, s, c, now - (now % window), window)
+end
+
+local function baseline_commit(key, a, w, window)
+  redis.call('HSET', key, 'a', a, 'w', w)
+  redis.call('PEXPIRE', key, BASELINE_KEPT_WINDOWS * window)
 end

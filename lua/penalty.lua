@@ -1,4 +1,4 @@
--- Penalty blocks: the twin of `Penalty` in src/threat.rs and its use in src/store/local.rs.
+-- Penalty blocks: the twin of src/algorithm/penalty.rs (`Penalty`, `PenaltyState`; read its doc).
 -- KEYS: one hash per tier-key (`<tier-key>:pen`) with fields v (violations in the current period),
 --       r (the instant, ms, at which the violation count restarts), u (blocked until, ms) and
 --       n (blocks so far).

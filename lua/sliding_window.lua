@@ -5,6 +5,8 @@
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
 -- sliding_window_commit(key, state, window, cost) consumes cost; the key expires two windows
 --   after its last write, when its counts can no longer matter.
+-- sliding_window_current(key) -> the stored current window's start (ms) and count, 0 and 0 when
+--   none: what the behavioural baseline folds in (baseline.lua).
 -- Integers stay below 2^53 (the config bounds limit * window, and counts saturate at MAX_COUNT),
 -- so double arithmetic is exact.
 
@@ -51,4 +53,9 @@ end
 local function sliding_window_commit(key, state, window, cost)
   redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT), 'p', state[3])
   redis.call('PEXPIRE', key, 2 * window)
+end
+
+local function sliding_window_current(key)
+  local st = redis.call('HMGET', key, 's', 'c')
+  return tonumber(st[1]) or 0, tonumber(st[2]) or 0
 end

@@ -141,7 +141,7 @@ impl Engine {
             })
             .collect();
         if !counted.is_empty() {
-            self.store.decide(&counted, Mode::Consume).await?;
+            self.store.decide(&counted, Mode::Consume, None).await?;
         }
         let failures: Vec<Failure> = matched
             .into_iter()
@@ -278,7 +278,7 @@ impl Engine {
         admission: &Admission<'_>,
     ) -> Result<Answer, StoreError> {
         match admission {
-            Admission::Admitted(_) => self.store.decide_by(checks, mode, deadline).await,
+            Admission::Admitted(_) => self.store.decide(checks, mode, deadline).await,
             Admission::Shed | Admission::Late => Ok(self.store.shed(checks, mode)),
         }
     }

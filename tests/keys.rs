@@ -544,7 +544,12 @@ proptest! {
 struct Recorder(Mutex<Vec<String>>);
 
 impl Store for Recorder {
-    fn decide<'a>(&'a self, checks: &'a [Check], _mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
+    fn decide<'a>(
+        &'a self,
+        checks: &'a [Check],
+        _mode: Mode,
+        _deadline: Option<std::time::Instant>,
+    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
         self.0.lock().expect("recorder lock").extend(checks.iter().map(|c| c.key.clone()));
         let verdicts = checks
             .iter()

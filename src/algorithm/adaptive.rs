@@ -1,5 +1,6 @@
 //! The adaptive threat score: how hostile a request looks, 0 to 100, and how much it shrinks a
-//! tier's limit. The pure twin of `lua/adaptive.lua`; `threat` finds the client-side factors.
+//! tier's limit. The pure twin of `lua/adaptive.lua` (`Count` of `adaptive_count`, `assess` of
+//! `adaptive_assess`), used by the in-process store; `threat` finds the client-side factors.
 //!
 //! Factors, each adding its weight once:
 //!
@@ -14,8 +15,9 @@
 //!
 //! The score is the sum, capped at 100; the effective limit is
 //! `floor(limit * (1 - score * reduction / 10000))` with `reduction` in percent (50 by default, so
-//! `floor(limit * (1 - score / 200))`), and never below 1. The client-side factors are computed
-//! once per request in Rust; the store adds its own inside the same atomic decision.
+//! `floor(limit * (1 - score / 200))`), and never below 1 nor below the request's cost. The
+//! client-side factors are computed once per request in Rust; the store adds its own inside the
+//! same atomic decision, from the counts it keeps per tier-key (`Count`) and the reputation marks.
 
 /// Factor bits, as they travel between Rust, the store and Lua.
 pub const USER_AGENT: u8 = 1;
@@ -114,6 +116,95 @@ pub fn effective_limit(limit: u64, score: u8, reduction_percent: u8) -> u64 {
     u64::try_from(u128::from(limit) * keep / 10_000).unwrap_or(u64::MAX).max(1)
 }
 
+/// A count that restarts one window after its first unit: attempts or reported failures on one
+/// tier-key. The twin of `adaptive_count` in lua/adaptive.lua.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    /// When the count restarts.
+    pub reset_at: u64,
+    pub count: u64,
+}
+
+impl Count {
+    /// Adds `units` at `now` (0 reads only); answers the count in the current window.
+    pub fn add(&mut self, now: u64, window_ms: u64, units: u64) -> u64 {
+        let (reset_at, count) = if self.count == 0 || now >= self.reset_at {
+            (now + window_ms, 0)
+        } else {
+            (self.reset_at, self.count)
+        };
+        if units > 0 {
+            *self = Count { reset_at, count: count + units };
+        }
+        count + units
+    }
+}
+
+/// What the store holds about one request on one adaptive tier-key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// An operator marked the request's IP or user as bad.
+    pub bad_reputation: bool,
+    /// Attempts on the tier-key in the current window, this one included when it counted.
+    pub attempts: u64,
+    /// Whether this attempt counted (neither a dry run nor a look): then a retry is one more.
+    pub counted: bool,
+    /// Failures reported on the tier-key in the current window.
+    pub failures: u64,
+}
+
+/// What the threat score makes of one request on one tier-key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assessment {
+    pub score: u8,
+    /// The client's factor bits and the store's.
+    pub factors: u8,
+    /// The limit the request is decided with.
+    pub limit: u64,
+    /// The limit a retry would be decided with: one more attempt may cross the burst threshold,
+    /// so an honest retry-after is measured with it.
+    pub retry_limit: u64,
+}
+
+/// Everything `adaptive_assess` in lua/adaptive.lua computes: the store-side factors on top of the
+/// client's, the score, and the limits they leave. `configured` is the tier's limit, which the
+/// burst threshold multiplies; `limit` is the one the score shrinks (the configured one, raised by
+/// a baseline, or a replica's share); the shrunk limit never goes below `cost`, or no wait would
+/// let the request pass.
+pub fn assess(
+    settings: &Adaptive,
+    client_factors: u8,
+    tally: Tally,
+    configured: u64,
+    limit: u64,
+    cost: u64,
+) -> Assessment {
+    let factors_with = |attempts: u64| {
+        let mut bits = client_factors;
+        if tally.bad_reputation {
+            bits |= REPUTATION;
+        }
+        if attempts > settings.burst_multiple.saturating_mul(configured) {
+            bits |= BURST;
+        }
+        if tally.failures >= settings.failed_logins {
+            bits |= FAILED_LOGINS;
+        }
+        bits
+    };
+    let limit_with = |bits: u8| {
+        effective_limit(limit, settings.weights.score(bits), settings.reduction_percent).max(cost.min(limit))
+    };
+    let factors = factors_with(tally.attempts);
+    let retry_factors = factors_with(tally.attempts.saturating_add(u64::from(tally.counted)));
+    Assessment {
+        score: settings.weights.score(factors),
+        factors,
+        limit: limit_with(factors),
+        retry_limit: limit_with(retry_factors),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +218,32 @@ mod tests {
         assert_eq!(effective_limit(100, 100, 50), 50);
         assert_eq!(effective_limit(1, 100, 100), 1, "never below 1");
         assert_eq!(factor_names(USER_AGENT | BURST).collect::<Vec<_>>(), ["user_agent", "burst"]);
+    }
+
+    #[test]
+    fn a_count_restarts_one_window_after_its_first_unit() {
+        let mut c = Count::default();
+        assert_eq!(c.add(1_000, 100, 0), 0, "a read leaves nothing");
+        assert_eq!(c.add(1_000, 100, 1), 1);
+        assert_eq!(c.add(1_099, 100, 2), 3);
+        assert_eq!(c.add(1_100, 100, 0), 0, "restarted");
+        assert_eq!(c.add(1_100, 100, 1), 1);
+    }
+
+    #[test]
+    fn the_store_side_factors_shrink_the_limit_and_a_retry_sees_the_burst_it_crosses() {
+        let s = Adaptive::default();
+        // Attempts at the burst threshold (2 x 10): no burst yet, but one more attempt crosses it.
+        let tally = Tally { bad_reputation: true, attempts: 20, counted: true, failures: 3 };
+        let a = assess(&s, USER_AGENT, tally, 10, 10, 1);
+        assert_eq!(a.factors, USER_AGENT | REPUTATION | FAILED_LOGINS);
+        assert_eq!((a.score, a.limit), (100, 5));
+        assert_eq!(a.retry_limit, 5, "the score was already at its cap");
+        let a = assess(&s, 0, Tally { attempts: 20, counted: true, ..Tally::default() }, 10, 30, 1);
+        assert_eq!((a.score, a.limit, a.retry_limit), (0, 30, 25), "burst weighs 30: 30 * 0.85");
+        let dry = assess(&s, 0, Tally { attempts: 20, counted: false, ..Tally::default() }, 10, 30, 1);
+        assert_eq!(dry.retry_limit, 30, "a dry run adds no attempt");
+        let big = assess(&s, 0, Tally { bad_reputation: true, ..Tally::default() }, 10, 10, 9);
+        assert_eq!(big.limit, 9, "never below the request's own cost");
     }
 }

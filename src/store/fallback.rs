@@ -29,6 +29,7 @@ use crate::metrics;
 /// How long before a caller's deadline the answer must be on its way, at least.
 const ANSWER_MARGIN: Duration = Duration::from_millis(1);
 
+/// When Redis counts as failed, and how the fallback then counts.
 #[derive(Clone, Copy, Debug)]
 pub struct FallbackSettings {
     /// Deadline of one Redis call.
@@ -41,6 +42,7 @@ pub struct FallbackSettings {
     pub max_keys: usize,
 }
 
+/// Redis behind a circuit breaker, with the fallback's buckets (see the module doc).
 #[derive(Debug)]
 pub struct FallbackStore {
     /// Empty until the first connection succeeds; until then the circuit is open.
@@ -186,7 +188,7 @@ impl FallbackStore {
         if budget.is_zero() {
             return Ok(self.shed_for_deadline(checks, mode));
         }
-        let error = match tokio::time::timeout(budget, redis.decide(checks, mode)).await {
+        let error = match tokio::time::timeout(budget, redis.decide(checks, mode, None)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(e)) => e,
             Err(_) if callers => return Ok(self.shed_for_deadline(checks, mode)),
@@ -219,11 +221,7 @@ impl FallbackStore {
 pub struct SharedFallback(pub Arc<FallbackStore>);
 
 impl Store for SharedFallback {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
-        Box::pin(self.0.run(checks, mode, None))
-    }
-
-    fn decide_by<'a>(
+    fn decide<'a>(
         &'a self,
         checks: &'a [Check],
         mode: Mode,

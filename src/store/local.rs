@@ -1,6 +1,11 @@
 //! The in-process store: the same algorithms and the same all-or-nothing rule as the Lua script, on
 //! a `DashMap` of per-key cells.
 //!
+//! `decide_at` takes lua/decide.lua's steps with the pure twins in `algorithm`: `evaluate` each
+//! check (baseline, `adaptive::assess`, the tier's algorithm, penalty), admit when every enforcing
+//! check allows, then `Cell::commit` what consumes. The arithmetic lives in `algorithm`; this file
+//! only keeps state and decides what to write.
+//!
 //! A request locks the cells of all its keys, in key order so that two requests never wait on each
 //! other in a cycle, decides, commits or not, and lets go. Nothing is held across an `.await`.
 //! Every cell carries an expiry like a Redis TTL; `sweep` drops the expired ones.
@@ -16,15 +21,15 @@
 //! share per window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{Merged, Store, StoreError};
-use crate::algorithm::adaptive as threat;
-use crate::algorithm::penalty::PenaltyState;
+use crate::algorithm::adaptive::{self, Count, Tally};
+use crate::algorithm::penalty::{Penalty, PenaltyState};
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
 use crate::check::{AdminOp, Answer, Check, Counts, Failure, FailureMode, Mode, Source};
@@ -66,28 +71,6 @@ struct Extra {
     baseline: (u64, u64),
 }
 
-/// A count that restarts one window after its first unit: the twin of `adaptive_count` in
-/// lua/adaptive.lua.
-#[derive(Clone, Copy, Debug, Default)]
-struct Count {
-    reset_at: u64,
-    count: u64,
-}
-
-impl Count {
-    fn add(&mut self, now: u64, window_ms: u64, units: u64) -> u64 {
-        let (reset_at, count) = if self.count == 0 || now >= self.reset_at {
-            (now + window_ms, 0)
-        } else {
-            (self.reset_at, self.count)
-        };
-        if units > 0 {
-            *self = Count { reset_at, count: count + units };
-        }
-        count + units
-    }
-}
-
 /// Counts kept in this process. Clones share the same counts.
 #[derive(Clone, Debug)]
 pub struct LocalStore {
@@ -110,6 +93,7 @@ impl Default for LocalStore {
 }
 
 impl LocalStore {
+    /// An empty store that holds at most about `max_keys` keys (see the module doc).
     pub fn new(counting: Counting, max_keys: usize) -> Self {
         LocalStore {
             cells: Arc::new(DashMap::new()),
@@ -233,7 +217,6 @@ impl LocalStore {
         }
     }
 
-    /// Milliseconds on this store's monotonic clock.
     /// Each check as its failure mode says, all or nothing as ever: `local` checks counted here,
     /// `allow` allowed uncounted, `deny` denied with `deny_retry_ms`.
     pub fn by_failure_mode(&self, checks: &[Check], mode: Mode, deny_retry_ms: u64) -> Answer {
@@ -257,6 +240,7 @@ impl LocalStore {
         Answer { admitted: answer.admitted && !denies, verdicts, source: answer.source }
     }
 
+    /// Milliseconds on this store's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -332,191 +316,92 @@ impl LocalStore {
     }
 
     /// Decides at an instant chosen by the caller: what the differential test uses to feed this
-    /// store and the Lua script the same clock.
+    /// store and the Lua script the same clock. The steps are lua/decide.lua's: evaluate every
+    /// check, admit when every enforcing one allows, then commit what consumes.
     pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Answer {
         // A key asked for twice would be locked twice by this thread: merge repeats first.
         if let Some(merged) = Merged::of(checks) {
             return merged.expand(self.decide_at(&merged.checks, mode, now));
         }
+        let cells = self.cells_in_key_order(checks, now);
+        let mut guards = lock_in_order(&cells);
+        // Whether the request's IP or user is marked bad: looked up once, when a check asks.
+        let mut bad_reputation = None;
+        let mut pending: Vec<Pending> = checks
+            .iter()
+            .zip(guards.iter_mut())
+            .map(|(check, cell)| self.evaluate(check, cell, mode, now, &mut bad_reputation))
+            .collect();
+        let admitted =
+            algorithm::admits(pending.iter().map(|p| &p.verdict).zip(checks.iter().map(|c| c.shadow)));
+        if mode == Mode::Consume {
+            for ((check, cell), p) in checks.iter().zip(guards.iter_mut()).zip(&mut pending) {
+                if p.consumes(check, admitted) {
+                    cell.commit(check, p, admitted, now);
+                }
+            }
+        }
+        Answer { admitted, verdicts: pending.into_iter().map(|p| p.verdict).collect(), source: self.source() }
+    }
+
+    /// The cells of `checks` (created when new), sorted by key, each with its check's index.
+    fn cells_in_key_order(&self, checks: &[Check], now: u64) -> Vec<(usize, Arc<Mutex<Cell>>)> {
         let mut order: Vec<usize> = (0..checks.len()).collect();
         order.sort_by(|&a, &b| checks[a].key.cmp(&checks[b].key));
-        let cells: Vec<(usize, Arc<Mutex<Cell>>)> =
-            order.iter().map(|&i| (i, self.cell(&checks[i], now))).collect();
-        let mut guards: Vec<_> =
-            cells.iter().map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner))).collect();
-        guards.sort_by_key(|(i, _)| *i);
+        order.into_iter().map(|i| (i, self.cell(&checks[i], now))).collect()
+    }
 
-        let mut verdicts = Vec::with_capacity(checks.len());
-        let mut next_windows = Vec::with_capacity(checks.len());
-        let mut bad_reputation = None;
-        let mut baselines = Vec::with_capacity(checks.len());
-        let mut blocked = Vec::with_capacity(checks.len());
-        for (check, (_, guard)) in checks.iter().zip(guards.iter_mut()) {
-            let cell: &mut Cell = guard;
-            let mut quota = self.quota(check);
-            // A look (cost 0) changes nothing: no attempt, no violation, no count.
-            let counted = mode == Mode::Consume && quota.cost > 0;
-            let mut threat = (0, 0);
-            let mut retry_limit = None;
-            let mut baseline = None;
-            if let Some(b) = check.baseline {
-                let (start, current) = match &cell.state {
-                    State::Window(w) => (w.start_ms, w.current),
-                    _ => (0, 0),
-                };
-                let window_start = now - now % quota.window_ms;
-                let (avg, since) = cell.extra.as_ref().map_or((0, 0), |e| e.baseline);
-                let (avg, folded) =
-                    algorithm::baseline::fold(avg, since, start, current, window_start, quota.window_ms);
-                quota.limit = algorithm::baseline::limit(quota.limit, avg, b);
-                baseline = Some((avg, folded));
-            }
-            baselines.push(baseline);
-            if let Some(a) = &check.adaptive {
-                let s = a.settings;
-                let extra = cell.extra.get_or_insert_default();
-                let attempts = extra.attempts.add(now, quota.window_ms, u64::from(counted));
-                cell.expires_at = cell.expires_at.max(extra.attempts.reset_at);
-                let failures = extra.failures.add(now, quota.window_ms, 0);
-                let bad = *bad_reputation.get_or_insert_with(|| self.bad_reputation(&a.reputation, now));
-                let mut bits = a.client_factors;
-                if bad {
-                    bits |= threat::REPUTATION;
-                }
-                if attempts > s.burst_multiple.saturating_mul(check.quota.limit) {
-                    bits |= threat::BURST;
-                }
-                if failures >= s.failed_logins {
-                    bits |= threat::FAILED_LOGINS;
-                }
-                // Never below the request's own cost, or no wait would let it pass.
-                let limit_at = |bits: u8| {
-                    threat::effective_limit(quota.limit, s.weights.score(bits), s.reduction_percent)
-                        .max(quota.cost.min(quota.limit))
-                };
-                // A retry is one more attempt: it may cross the burst threshold this one reached, so
-                // the wait is measured with the limit the retry will see.
-                let burst_then = attempts.saturating_add(u64::from(counted))
-                    > s.burst_multiple.saturating_mul(check.quota.limit);
-                retry_limit = Some(limit_at(if burst_then { bits | threat::BURST } else { bits }));
-                quota.limit = limit_at(bits);
-                threat = (s.weights.score(bits), bits);
-            }
-            if !cell.state.counts_as(self.kind(check)) {
-                // The tier changed algorithm on a reload: start over with the new one.
-                cell.state = State::fresh(self.kind(check));
-            }
-            let (verdict, next) = match &mut cell.state {
-                State::Window(w) => {
-                    let (v, next) = algorithm::sliding_window::check(*w, now, quota);
-                    (v, Next::Window(next, quota))
-                }
-                State::Log(log) => {
-                    log.trim(now, quota.window_ms);
-                    (log.check(now, quota), Next::Log)
-                }
-                State::Bucket(b) => {
-                    let (v, next) = token_bucket::check(*b, now, quota, check.quota.limit);
-                    (v, Next::Bucket(next, quota))
-                }
-            };
-            let mut verdict = Verdict { score: threat.0, factors: threat.1, ..verdict };
-            if let Some(limit) = retry_limit.filter(|&l| !verdict.allowed && l < quota.limit) {
-                let q = Quota { limit, ..quota };
-                verdict.retry_after_ms = match &cell.state {
-                    State::Window(w) => algorithm::sliding_window::check(*w, now, q).0,
-                    State::Log(log) => log.check(now, q),
-                    State::Bucket(b) => token_bucket::check(*b, now, q, check.quota.limit).0,
-                }
-                .retry_after_ms;
-            }
-            let mut is_blocked = false;
-            if let Some(p) = check.penalty {
-                let penalty = &mut cell.extra.get_or_insert_default().penalty;
-                penalty.refresh(now, p);
-                if !penalty.blocked(now) && !verdict.allowed && counted {
-                    penalty.violate(now, p, 1);
-                    cell.expires_at = cell.expires_at.max(penalty.expires_at(p));
-                }
-                if penalty.blocked(now) {
-                    // Retry-after is the longest wait: the block's, or the window's when longer.
-                    is_blocked = true;
-                    let wait = penalty.blocked_until - now;
-                    let window_wait = if verdict.allowed { 0 } else { verdict.retry_after_ms };
-                    verdict = Verdict {
-                        allowed: false,
-                        remaining: 0,
-                        retry_after_ms: wait.max(window_wait),
-                        reset_after_ms: wait.max(verdict.reset_after_ms),
-                        ..verdict
-                    };
-                }
-            }
-            blocked.push(is_blocked);
-            verdicts.push(verdict);
-            next_windows.push(next);
+    /// Decides one check against its cell: a baseline raises the limit, the threat score shrinks
+    /// it, the algorithm decides, a penalty may block. Of what the request's fate decides, nothing
+    /// is written yet; an adaptive tier's attempt and a penalty's violation count at once.
+    fn evaluate(
+        &self,
+        check: &Check,
+        cell: &mut Cell,
+        mode: Mode,
+        now: u64,
+        bad_reputation: &mut Option<bool>,
+    ) -> Pending {
+        let mut quota = self.quota(check);
+        // A look (cost 0) changes nothing: no attempt, no violation, no count.
+        let counted = mode == Mode::Consume && quota.cost > 0;
+        let mut baseline = None;
+        if let Some(b) = check.baseline {
+            let (avg, folded) = cell.fold_baseline(now, quota.window_ms);
+            quota.limit = algorithm::baseline::limit(quota.limit, avg, b);
+            baseline = Some((avg, folded));
         }
-
-        let admitted = algorithm::admits(verdicts.iter().zip(checks.iter().map(|c| c.shadow)));
-        if mode == Mode::Consume {
-            for (((((check, (_, cell)), next), baseline), verdict), blocked) in checks
-                .iter()
-                .zip(guards.iter_mut())
-                .zip(next_windows)
-                .zip(baselines)
-                .zip(verdicts.iter_mut())
-                .zip(blocked)
-            {
-                // Admitted requests consume (a shadow tier only what it would allow, a failure-only
-                // tier never); a tier that counts everything consumes whatever was decided, unless
-                // its key is blocked.
-                let consume = check.quota.cost > 0
-                    && match check.counts {
-                        Counts::Everything => !blocked,
-                        Counts::Requests => admitted && verdict.allowed,
-                        Counts::Failures => false,
-                    };
-                if !consume {
-                    continue;
-                }
-                let q = check.quota;
-                if let (Some(fold), Next::Window(..)) = (baseline, &next) {
-                    cell.extra.get_or_insert_default().baseline = fold;
-                    // As long as Redis keeps it (lua/decide.lua).
-                    let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS);
-                    cell.expires_at = cell.expires_at.max(now.saturating_add(kept));
-                }
-                match (&mut cell.state, next) {
-                    (State::Window(w), Next::Window(next, applied)) => {
-                        *w = next;
-                        cell.expires_at = cell.expires_at.max(now + 2 * q.window_ms);
-                        if !admitted {
-                            // Its own denied units count now: the wait runs from the state they leave.
-                            let (after, _) = algorithm::sliding_window::check(next, now, applied);
-                            verdict.after_counting(after);
-                        }
-                    }
-                    (State::Log(log), _) => {
-                        log.commit(now, q.cost);
-                        cell.expires_at = cell.expires_at.max(now + q.window_ms);
-                    }
-                    (State::Bucket(b), Next::Bucket(next, applied)) => {
-                        *b = next;
-                        // Full again (and so forgettable) at tat.
-                        cell.expires_at = cell.expires_at.max(
-                            u64::try_from(next.tat.div_ceil(u128::from(applied.limit.max(1))))
-                                .unwrap_or(u64::MAX),
-                        );
-                        if !admitted {
-                            let (after, _) = token_bucket::check(next, now, applied, q.limit);
-                            verdict.after_counting(after);
-                        }
-                    }
-                    _ => unreachable!("the next state is computed from the same cell state"),
-                }
-            }
+        let mut assessment = None;
+        if let Some(a) = &check.adaptive {
+            let bad = *bad_reputation.get_or_insert_with(|| self.bad_reputation(&a.reputation, now));
+            let tally = cell.count_attempt(now, quota.window_ms, counted, bad);
+            let assessed = adaptive::assess(
+                &a.settings,
+                a.client_factors,
+                tally,
+                check.quota.limit,
+                quota.limit,
+                quota.cost,
+            );
+            quota.limit = assessed.limit;
+            assessment = Some(assessed);
         }
-        Answer { admitted, verdicts, source: self.source() }
+        let kind = self.kind(check);
+        if !cell.state.counts_as(kind) {
+            // The tier changed algorithm on a reload: start over with the new one.
+            cell.state = State::fresh(kind);
+        }
+        let (verdict, next) = cell.state.check(now, quota, check.quota.limit);
+        let (score, factors) = assessment.map_or((0, 0), |a| (a.score, a.factors));
+        let mut verdict = Verdict { score, factors, ..verdict };
+        if let Some(limit) =
+            assessment.map(|a| a.retry_limit).filter(|&l| !verdict.allowed && l < quota.limit)
+        {
+            let retry = Quota { limit, ..quota };
+            verdict.retry_after_ms = cell.state.check(now, retry, check.quota.limit).0.retry_after_ms;
+        }
+        let blocked = check.penalty.is_some_and(|p| cell.apply_penalty(p, &mut verdict, counted, now));
+        Pending { verdict, next, baseline, blocked }
     }
 
     /// The state kind a check is counted with here.
@@ -561,10 +446,129 @@ enum Kind {
 }
 
 /// The state a cell takes if the request is consumed, and the quota it was decided with.
+#[derive(Clone, Copy)]
 enum Next {
     Window(Window, Quota),
     Log,
     Bucket(Bucket, Quota),
+}
+
+/// One check decided, not yet committed.
+struct Pending {
+    verdict: Verdict,
+    next: Next,
+    /// The baseline's average folded up to now, and the first window not folded yet.
+    baseline: Option<(u64, u64)>,
+    /// The key is blocked by its penalty.
+    blocked: bool,
+}
+
+impl Pending {
+    /// Whether the check consumes its cost, once the request is decided: admitted requests
+    /// consume (a shadow tier only what it would allow, a failure-only tier never); a tier that
+    /// counts everything consumes whatever was decided, unless its key is blocked; a look never.
+    fn consumes(&self, check: &Check, admitted: bool) -> bool {
+        check.quota.cost > 0
+            && match check.counts {
+                Counts::Everything => !self.blocked,
+                Counts::Requests => admitted && self.verdict.allowed,
+                Counts::Failures => false,
+            }
+    }
+}
+
+/// Locks `cells` in their order (by key, so that two requests never wait on each other in a
+/// cycle); answers the guards in the checks' order.
+fn lock_in_order(cells: &[(usize, Arc<Mutex<Cell>>)]) -> Vec<MutexGuard<'_, Cell>> {
+    let mut guards: Vec<_> =
+        cells.iter().map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner))).collect();
+    guards.sort_by_key(|(i, _)| *i);
+    guards.into_iter().map(|(_, guard)| guard).collect()
+}
+
+impl Cell {
+    /// The baseline's average folded up to the window of `now` from the sliding window's own
+    /// counters, and the first window not folded yet.
+    fn fold_baseline(&self, now: u64, window_ms: u64) -> (u64, u64) {
+        let (start, current) = match &self.state {
+            State::Window(w) => (w.start_ms, w.current),
+            _ => (0, 0),
+        };
+        let (avg, since) = self.extra.as_ref().map_or((0, 0), |e| e.baseline);
+        algorithm::baseline::fold(avg, since, start, current, now - now % window_ms, window_ms)
+    }
+
+    /// Counts an adaptive tier's attempt (when `counted`) and reads its reported failures.
+    fn count_attempt(&mut self, now: u64, window_ms: u64, counted: bool, bad_reputation: bool) -> Tally {
+        let extra = self.extra.get_or_insert_default();
+        let attempts = extra.attempts.add(now, window_ms, u64::from(counted));
+        self.expires_at = self.expires_at.max(extra.attempts.reset_at);
+        let failures = extra.failures.add(now, window_ms, 0);
+        Tally { bad_reputation, attempts, counted, failures }
+    }
+
+    /// A penalty's part: a counted denial is a violation, and a blocked key is denied with the
+    /// longest wait, the block's or the window's. Answers whether the key is blocked.
+    fn apply_penalty(&mut self, p: Penalty, verdict: &mut Verdict, counted: bool, now: u64) -> bool {
+        let penalty = &mut self.extra.get_or_insert_default().penalty;
+        penalty.refresh(now, p);
+        if !penalty.blocked(now) && !verdict.allowed && counted {
+            penalty.violate(now, p, 1);
+            self.expires_at = self.expires_at.max(penalty.expires_at(p));
+        }
+        if !penalty.blocked(now) {
+            return false;
+        }
+        let wait = penalty.blocked_until - now;
+        let window_wait = if verdict.allowed { 0 } else { verdict.retry_after_ms };
+        *verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: wait.max(window_wait),
+            reset_after_ms: wait.max(verdict.reset_after_ms),
+            ..*verdict
+        };
+        true
+    }
+
+    /// Consumes a check's cost: its new state and baseline, and how long the cell must be kept.
+    /// When the request was denied, the check's own units count now, and its wait runs from the
+    /// state they leave (`Verdict::after_counting`).
+    fn commit(&mut self, check: &Check, p: &mut Pending, admitted: bool, now: u64) {
+        let q = check.quota;
+        if let (Some(fold), Next::Window(..)) = (p.baseline, p.next) {
+            self.extra.get_or_insert_default().baseline = fold;
+            // As long as Redis keeps it (lua/baseline.lua).
+            let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS);
+            self.expires_at = self.expires_at.max(now.saturating_add(kept));
+        }
+        match (&mut self.state, p.next) {
+            (State::Window(w), Next::Window(next, applied)) => {
+                *w = next;
+                self.expires_at = self.expires_at.max(now + 2 * q.window_ms);
+                if !admitted {
+                    let (after, _) = algorithm::sliding_window::check(next, now, applied);
+                    p.verdict.after_counting(after);
+                }
+            }
+            (State::Log(log), _) => {
+                log.commit(now, q.cost);
+                self.expires_at = self.expires_at.max(now + q.window_ms);
+            }
+            (State::Bucket(b), Next::Bucket(next, applied)) => {
+                *b = next;
+                // Full again (and so forgettable) at tat.
+                self.expires_at = self.expires_at.max(
+                    u64::try_from(next.tat.div_ceil(u128::from(applied.limit.max(1)))).unwrap_or(u64::MAX),
+                );
+                if !admitted {
+                    let (after, _) = token_bucket::check(next, now, applied, q.limit);
+                    p.verdict.after_counting(after);
+                }
+            }
+            _ => unreachable!("the next state is computed from the same cell state"),
+        }
+    }
 }
 
 impl State {
@@ -573,6 +577,25 @@ impl State {
             Kind::Window => State::Window(Window::default()),
             Kind::Log => State::Log(Log::default()),
             Kind::Bucket => State::Bucket(Bucket::default()),
+        }
+    }
+
+    /// Decides a request of `quota`; a log drops what left the window first. `configured` is the
+    /// tier's own limit: a bucket never charges a denied request more (see `token_bucket::check`).
+    fn check(&mut self, now: u64, quota: Quota, configured: u64) -> (Verdict, Next) {
+        match self {
+            State::Window(w) => {
+                let (v, next) = algorithm::sliding_window::check(*w, now, quota);
+                (v, Next::Window(next, quota))
+            }
+            State::Log(log) => {
+                log.trim(now, quota.window_ms);
+                (log.check(now, quota), Next::Log)
+            }
+            State::Bucket(b) => {
+                let (v, next) = token_bucket::check(*b, now, quota, configured);
+                (v, Next::Bucket(next, quota))
+            }
         }
     }
 
@@ -585,7 +608,13 @@ impl State {
 }
 
 impl Store for LocalStore {
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>> {
+    /// Never waits: the deadline does not matter.
+    fn decide<'a>(
+        &'a self,
+        checks: &'a [Check],
+        mode: Mode,
+        _deadline: Option<std::time::Instant>,
+    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
         let outcome = self.decide_at(checks, mode, self.now_ms());
         Box::pin(std::future::ready(Ok(outcome)))
     }

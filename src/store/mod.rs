@@ -2,8 +2,14 @@
 //! once, atomically, and the errors a store can return.
 //!
 //! A store knows keys, quotas and algorithms; it knows nothing of tiers' matching rules, gRPC or
-//! headers. `LocalStore` keeps state in this process, `RedisStore` runs one Lua script per request,
-//! and `FallbackStore` answers from a local store when Redis fails or is late.
+//! headers. Where each lives:
+//!
+//! - `local`: `LocalStore`, state in this process, decided with the pure twins in `algorithm`;
+//! - `redis/`: `RedisStore`, one script call per request (per slot in a Cluster): `connection`
+//!   (topologies, credentials, TLS), `protocol` (the scripts' KEYS, ARGV and reply), `slot`
+//!   (`key_slot`);
+//! - `script`: the Lua files of lua/ assembled into the two scripts;
+//! - `fallback`: `FallbackStore`, Redis within a deadline, else a local store by failure mode.
 
 pub mod events;
 pub mod fallback;
@@ -77,21 +83,18 @@ impl Merged {
     }
 }
 
+/// Where counts live. Every method but `shed` may wait on I/O; none holds a lock across it.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Decides one request against every check at once: admitted only if every enforcing check
     /// allows, and then (unless dry run) every check consumes its cost; otherwise nothing changes.
-    fn decide<'a>(&'a self, checks: &'a [Check], mode: Mode) -> BoxFuture<'a, Result<Answer, StoreError>>;
-
-    /// As `decide`, answering by the failure mode rather than waiting past `deadline` (the
-    /// caller's, when it sent one). Stores that never wait ignore it.
-    fn decide_by<'a>(
+    /// A store that waits on something answers by the failure mode rather than wait past
+    /// `deadline` (the caller's, when it sent one); stores that never wait ignore it.
+    fn decide<'a>(
         &'a self,
         checks: &'a [Check],
         mode: Mode,
-        _deadline: Option<Instant>,
-    ) -> BoxFuture<'a, Result<Answer, StoreError>> {
-        self.decide(checks, mode)
-    }
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Answer, StoreError>>;
 
     /// Answers at once by each check's failure mode without waiting on anything: for load that
     /// Sluice sheds. `local` checks count in process where the store keeps counts there, and are

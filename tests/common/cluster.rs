@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use sluice::store::redis::key_slot;
+
 use super::certs::{Ca, NodeTls, client_port, client_url};
 
 /// The cluster bus listens on port + 10000.
@@ -197,31 +199,6 @@ pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::Re
 /// The value of `field` in an INFO-style `field:value` text.
 pub fn info_field<'t>(info: &'t str, field: &str) -> Option<&'t str> {
     info.lines().find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
-}
-
-/// The hash slot of a key, as Redis computes it: CRC16 (XMODEM) of the key, or of the first non-empty
-/// `{hash tag}` in it, modulo 16384.
-pub fn key_slot(key: impl AsRef<[u8]>) -> u16 {
-    let key = key.as_ref();
-    let hashed = match key.iter().position(|&b| b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16_xmodem(hashed) % 16384
-}
-
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc
 }
 
 /// One line of `CLUSTER NODES`.
@@ -470,7 +447,7 @@ impl RedisCluster {
 
     /// The port of the master that owns `key`.
     pub fn master_of_key(&self, key: &str) -> u16 {
-        self.master_for_slot(key_slot(key))
+        self.master_for_slot(key_slot(key.as_bytes()))
     }
 
     /// Runs a command on one node (no redirection: a key of another node gets MOVED). Panics on error.

@@ -91,7 +91,6 @@ impl RedisServer {
         self.tls.as_deref()
     }
 
-    /// The URL, with the password when the server has one.
     /// A `RedisStore` on this server, as the differential and store-level tests drive it.
     pub async fn store(&self) -> sluice::store::redis::RedisStore {
         sluice::store::redis::RedisStore::connect(
@@ -103,6 +102,7 @@ impl RedisServer {
         .expect("connect to the test redis")
     }
 
+    /// The URL, with the password when the server has one.
     pub fn url(&self) -> String {
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),

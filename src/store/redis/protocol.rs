@@ -1,0 +1,264 @@
+//! The scripts' calling convention, the one Rust place that knows it: which keys a check or a
+//! failure passes in KEYS, which numbers in ARGV, and what a reply holds. Its Lua twin is
+//! lua/protocol.lua (`read_check`, `write_record`, `read_failure`), which documents each field; a
+//! field added here is added there at the same position, and a test below holds the two to the
+//! same lengths.
+//!
+//! decide.lua: KEYS are each check's `check_keys`, then the request's reputation keys; ARGV is the
+//! header (`DECIDE_HEADER` numbers), then per check its `CHECK_ARGS` numbers and those of its
+//! options (`ADAPTIVE_ARGS`, `PENALTY_ARGS`, `BASELINE_ARGS`); the reply is `REPLY_HEADER` values,
+//! then one `RECORD` per check. report.lua: KEYS are each failure's `failure_keys`; ARGV is
+//! `REPORT_HEADER` numbers, then per failure its `FAILURE_ARGS` and, with a penalty, its
+//! `PENALTY_ARGS`.
+//!
+//! Keys are `<tier-key>:<suffix>`; the tier-key holds the hash tag, so a tier-key's keys share a
+//! Cluster slot.
+
+use crate::algorithm::baseline::Baseline;
+use crate::algorithm::penalty::Penalty;
+use crate::algorithm::{Algorithm, MAX_COUNT, Verdict};
+use crate::check::{AdaptiveCheck, Answer, Check, Failure, Mode, Source};
+use crate::store::StoreError;
+use crate::store::script::{DECIDE, REPORT};
+
+/// decide.lua's ARGV before the first check: now (0: Redis `TIME`), commit (1 consumes), the
+/// number of checks, the number of reputation keys that end KEYS.
+pub const DECIDE_HEADER: usize = 4;
+/// Every check's numbers: algorithm code, limit, window, cost, shadow, counts code, and whether
+/// it is adaptive, has a penalty, has a baseline.
+pub const CHECK_ARGS: usize = 9;
+/// An adaptive check's: client score and factor bits, the store-side factors' weights
+/// (reputation, burst, failed logins), burst multiple, failed-logins threshold, reduction percent.
+pub const ADAPTIVE_ARGS: usize = 8;
+/// A penalty's: violations, period, base, factor, max.
+pub const PENALTY_ARGS: usize = 5;
+/// A baseline's: sensitivity and max, in percent.
+pub const BASELINE_ARGS: usize = 2;
+/// decide.lua's reply before the first record: admitted, now.
+pub const REPLY_HEADER: usize = 2;
+/// One check's verdict in the reply: allowed, remaining, retry-after, reset-after, effective
+/// limit, score, factor bits.
+pub const RECORD: usize = 7;
+/// report.lua's ARGV before the first failure: now (0: Redis `TIME`), the number of failures.
+pub const REPORT_HEADER: usize = 2;
+/// Every failure's numbers: window, and whether it is adaptive, has a penalty.
+pub const FAILURE_ARGS: usize = 3;
+
+/// Where a tier-key's data lives: `<tier-key>:<suffix>`.
+pub mod suffix {
+    /// A sliding window's hash.
+    pub const WINDOW: &str = "sw";
+    /// A sliding log's sorted set, and its running total of units.
+    pub const LOG: &str = "log";
+    pub const LOG_TOTAL: &str = "seq";
+    /// An adaptive tier's attempts and reported failures in the window.
+    pub const ATTEMPTS: &str = "att";
+    pub const FAILURES: &str = "fail";
+    /// A penalty's violations and block.
+    pub const PENALTY: &str = "pen";
+    /// A behavioural baseline's moving average.
+    pub const BASELINE: &str = "base";
+
+    /// All of them: what an operator's reset deletes.
+    pub const ALL: [&str; 7] = [WINDOW, LOG, LOG_TOTAL, ATTEMPTS, FAILURES, PENALTY, BASELINE];
+}
+
+/// One EVALSHA of decide.lua deciding `checks` (all in one slot) at `now` (0: Redis `TIME`).
+pub(super) fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
+    let reputation: &[String] =
+        checks.iter().find_map(|c| c.adaptive.as_ref()).map_or(&[], |a| &a.reputation);
+    let keys = checks.iter().map(|c| check_keys(c).count()).sum::<usize>() + reputation.len();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DECIDE.get_hash()).arg(keys);
+    for check in checks {
+        for suffix in check_keys(check) {
+            cmd.arg(format!("{}:{suffix}", check.key));
+        }
+    }
+    cmd.arg(reputation);
+    let header: [u64; DECIDE_HEADER] =
+        [now, (mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64];
+    cmd.arg(&header);
+    for check in checks {
+        cmd.arg(&check_args(check));
+        if let Some(a) = &check.adaptive {
+            cmd.arg(&adaptive_args(a));
+        }
+        if let Some(p) = &check.penalty {
+            cmd.arg(&penalty_args(p));
+        }
+        if let Some(b) = &check.baseline {
+            cmd.arg(&baseline_args(b));
+        }
+    }
+    cmd
+}
+
+/// A check's keys, in order, as suffixes of its tier-key.
+fn check_keys(check: &Check) -> impl Iterator<Item = &'static str> {
+    let algorithm: &[&'static str] = match check.algorithm {
+        Algorithm::SlidingWindow => &[suffix::WINDOW],
+        Algorithm::SlidingLog => &[suffix::LOG, suffix::LOG_TOTAL],
+    };
+    let adaptive: &[&'static str] =
+        if check.adaptive.is_some() { &[suffix::ATTEMPTS, suffix::FAILURES] } else { &[] };
+    let penalty = check.penalty.map(|_| suffix::PENALTY);
+    let baseline = check.baseline.map(|_| suffix::BASELINE);
+    algorithm.iter().chain(adaptive).copied().chain(penalty).chain(baseline)
+}
+
+fn check_args(check: &Check) -> [u64; CHECK_ARGS] {
+    let q = check.quota;
+    [
+        check.algorithm.code().into(),
+        q.limit,
+        q.window_ms,
+        // Beyond MAX_COUNT every cost is over every limit alike; below it doubles are exact.
+        q.cost.min(MAX_COUNT),
+        check.shadow.into(),
+        check.counts.code().into(),
+        check.adaptive.is_some().into(),
+        check.penalty.is_some().into(),
+        check.baseline.is_some().into(),
+    ]
+}
+
+fn adaptive_args(a: &AdaptiveCheck) -> [u64; ADAPTIVE_ARGS] {
+    let s = a.settings;
+    [
+        s.weights.score(a.client_factors).into(),
+        a.client_factors.into(),
+        s.weights.reputation.into(),
+        s.weights.burst.into(),
+        s.weights.failed_logins.into(),
+        s.burst_multiple,
+        s.failed_logins,
+        s.reduction_percent.into(),
+    ]
+}
+
+fn penalty_args(p: &Penalty) -> [u64; PENALTY_ARGS] {
+    [p.violations, p.period_ms, p.base_ms, p.factor, p.max_ms]
+}
+
+fn baseline_args(b: &Baseline) -> [u64; BASELINE_ARGS] {
+    [b.sensitivity_percent, b.max_percent]
+}
+
+/// decide.lua's reply for `n` checks: whether the request was admitted, and each check's verdict.
+pub(super) fn decode_reply(reply: &[i64], n: usize) -> Result<Answer, StoreError> {
+    if reply.len() != REPLY_HEADER + RECORD * n {
+        return Err(StoreError::BadReply(format!("{} values for {n} checks", reply.len())));
+    }
+    let (header, records) = reply.split_at(REPLY_HEADER);
+    let verdicts = records.chunks_exact(RECORD).map(decode_record).collect::<Result<Vec<_>, _>>()?;
+    Ok(Answer { admitted: header[0] == 1, verdicts, source: Source::Redis })
+}
+
+/// One check's verdict, as `write_record` in lua/protocol.lua writes it.
+fn decode_record(record: &[i64]) -> Result<Verdict, StoreError> {
+    let Ok([allowed, remaining, retry, reset, limit, score, factors]) = <[i64; RECORD]>::try_from(record)
+    else {
+        return Err(StoreError::BadReply(format!("a record of {} values", record.len())));
+    };
+    let non_negative =
+        |v: i64| u64::try_from(v).map_err(|_| StoreError::BadReply(format!("negative value {v}")));
+    Ok(Verdict {
+        allowed: allowed == 1,
+        remaining: non_negative(remaining)?,
+        retry_after_ms: non_negative(retry)?,
+        reset_after_ms: non_negative(reset)?,
+        limit: non_negative(limit)?,
+        score: u8::try_from(score).map_err(|_| StoreError::BadReply(format!("score {score}")))?,
+        factors: u8::try_from(factors).map_err(|_| StoreError::BadReply(format!("factors {factors}")))?,
+    })
+}
+
+/// One EVALSHA of report.lua counting `failures` (all in one slot) at `now` (0: Redis `TIME`).
+pub(super) fn report_cmd(failures: &[&Failure], now: u64) -> redis::Cmd {
+    let keys = failures.iter().map(|f| failure_keys(f).count()).sum::<usize>();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(REPORT.get_hash()).arg(keys);
+    for f in failures {
+        for suffix in failure_keys(f) {
+            cmd.arg(format!("{}:{suffix}", f.key));
+        }
+    }
+    let header: [u64; REPORT_HEADER] = [now, failures.len() as u64];
+    cmd.arg(&header);
+    for f in failures {
+        let args: [u64; FAILURE_ARGS] = [f.window_ms, f.adaptive.into(), f.penalty.is_some().into()];
+        cmd.arg(&args);
+        if let Some(p) = &f.penalty {
+            cmd.arg(&penalty_args(p));
+        }
+    }
+    cmd
+}
+
+/// A failure's keys, in order, as suffixes of its tier-key.
+fn failure_keys(f: &Failure) -> impl Iterator<Item = &'static str> {
+    let adaptive = f.adaptive.then_some(suffix::FAILURES);
+    let penalty = f.penalty.map(|_| suffix::PENALTY);
+    adaptive.into_iter().chain(penalty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of a `local NAME = { 'a', 'b', ... }` list in lua/protocol.lua.
+    fn lua_list(name: &str) -> Vec<String> {
+        let lua = include_str!("../../../lua/protocol.lua");
+        let start =
+            lua.find(&format!("local {name} = {{")).unwrap_or_else(|| panic!("{name} in protocol.lua"));
+        let list = &lua[start..];
+        let list = &list[list.find('{').expect("a list")..=list.find('}').expect("a list's end")];
+        list.split('\'').skip(1).step_by(2).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_lua_side_reads_and_writes_what_this_side_does() {
+        for (name, len) in [
+            ("DECIDE_HEADER", DECIDE_HEADER),
+            ("CHECK_ARGS", CHECK_ARGS),
+            ("ADAPTIVE_ARGS", ADAPTIVE_ARGS),
+            ("PENALTY_ARGS", PENALTY_ARGS),
+            ("BASELINE_ARGS", BASELINE_ARGS),
+            ("RECORD", RECORD),
+            ("REPORT_HEADER", REPORT_HEADER),
+            ("FAILURE_ARGS", FAILURE_ARGS),
+        ] {
+            assert_eq!(lua_list(name).len(), len, "{name}: {:?}", lua_list(name));
+        }
+    }
+
+    #[test]
+    fn a_check_passes_every_key_and_number_of_its_options() {
+        use crate::algorithm::Quota;
+        use crate::check::FailureMode;
+        let quota = Quota { limit: 10, window_ms: 1_000, cost: 1 };
+        let mut check = Check::plain("t".into(), Algorithm::SlidingLog, quota, FailureMode::Local);
+        check.adaptive = Some(AdaptiveCheck {
+            settings: Default::default(),
+            client_factors: 0,
+            reputation: vec!["rep".to_owned()].into(),
+        });
+        check.penalty = Some(Penalty { violations: 3, period_ms: 1, base_ms: 1, factor: 2, max_ms: 9 });
+        check.baseline = Some(Baseline { sensitivity_percent: 150, max_percent: 300 });
+        let cmd = decide_cmd(std::slice::from_ref(&check), Mode::Consume, 5);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "cursor".to_owned(),
+            })
+            .collect();
+        let keys = ["t:log", "t:seq", "t:att", "t:fail", "t:pen", "t:base", "rep"];
+        assert_eq!(args[2], keys.len().to_string());
+        assert_eq!(args[3..3 + keys.len()], keys);
+        assert_eq!(args[3 + keys.len()..][..DECIDE_HEADER], ["5", "1", "1", "1"]);
+        let numbers = args.len() - 3 - keys.len();
+        assert_eq!(numbers, DECIDE_HEADER + CHECK_ARGS + ADAPTIVE_ARGS + PENALTY_ARGS + BASELINE_ARGS);
+    }
+}

@@ -163,9 +163,7 @@ pub async fn run(
                 }
                 let incoming = futures::StreamExt::map(
                     tonic::transport::server::TcpIncoming::from(listener),
-                    move |conn| {
-                        conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout))
-                    },
+                    move |conn| conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout)),
                 );
                 let mut builder =
                     crate::transport::configure(tonic::transport::Server::builder(), &transport);

@@ -147,7 +147,7 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
     let mut files = Vec::new();
     for (i, path) in e.paths.iter().enumerate() {
         let p = Path::new(path);
-        match super::load::yaml_files_in(p) {
+        match yaml_files_in(p) {
             Ok(found) => files.extend(found),
             Err(_) if p.is_file() => files.push(p.to_path_buf()),
             Err(e) => problems.push(format!("envoy.paths[{i}]: cannot read {path:?}: {e}")),
@@ -398,6 +398,17 @@ fn rule(
         }
     };
     Some(RateLimit { unlimited, requests_per_unit, window_ms, unit: code, name, replaces })
+}
+
+/// The `.yaml` and `.yml` files of a directory, in name order.
+pub(crate) fn yaml_files_in(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 #[cfg(test)]

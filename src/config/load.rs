@@ -60,24 +60,13 @@ pub fn parse(
     validate(file).map_err(|problems| ConfigError::Invalid { origin: origin.to_owned(), problems })
 }
 
-/// The `.yaml` and `.yml` files of a directory, in name order.
-pub(crate) fn yaml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut found: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
 /// Every file a configuration at `path` reads: the file itself, then for each of its
 /// `envoy_paths` a directory's `.yaml`/`.yml` files in name order, or the path itself. A path
 /// that cannot be read is listed all the same, so that its appearing is noticed.
 pub fn files_read(path: &Path, envoy_paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
     for p in envoy_paths {
-        match yaml_files_in(p) {
+        match super::envoy_file::yaml_files_in(p) {
             Ok(found) => files.extend(found),
             Err(_) => files.push(p.clone()),
         }

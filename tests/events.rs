@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,16 +12,6 @@ use common::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const STREAM: &str = "sluice:events";
-
-/// A child process, killed and reaped on drop, so a failed assertion never leaves it running.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Appends an event with the fields the store writes (`SecurityEvent::fields`); returns its ID.
 fn add_event(redis: &RedisServer, tier: &str, correlation_id: &str) -> String {
@@ -57,7 +47,7 @@ fn follow_waits_through_silence_and_prints_what_comes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice events --follow");
-    let mut process = Process(child);
+    let mut process = common::Process(child);
     let stdout = process.0.stdout.take().expect("stdout");
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {

@@ -134,7 +134,7 @@ async fn redis_frozen_under_load() {
 /// denies, `local` counts the fair share; and the answers come at once.
 #[tokio::test]
 async fn failure_modes_per_tier_and_global() {
-    let dead = format!("redis://127.0.0.1:{}", common::free_port());
+    let dead = format!("redis://127.0.0.1:{}", common::pick_port(false));
     let yaml = format!(
         "redis:
   url: {dead}

@@ -169,9 +169,13 @@ async fn a_short_deadline_gets_no_more_than_the_limit_native() {
                 admitted += u32::from(answer.decisions[0].allowed);
                 sources.push(answer.decisions[0].source.clone());
             }
-            // Refused as late: DEADLINE_EXCEEDED.
+            // Refused as late: DEADLINE_EXCEEDED from Sluice, or CANCELLED from tonic's own timer
+            // when the machine is too busy to run the handler within the deadline at all.
             Err(status) => {
-                assert!(status.starts_with("grpc-status 4"), "{status}");
+                assert!(
+                    status.starts_with("grpc-status 4:") || status.starts_with("grpc-status 1:"),
+                    "{status}"
+                );
                 sources.push(status);
             }
         }

@@ -3,22 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SluiceServer, check, free_port, http_get, request};
+use common::{SluiceServer, check, http_get, pick_port, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// A `sluice serve` child process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run the sluice binary")
@@ -58,8 +48,8 @@ fn an_empty_file_or_one_without_tiers_is_refused() {
         for args in [&["check-config", path][..], &["serve", "--config", path][..]] {
             let out = Command::new(BIN)
                 .args(args)
-                .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
-                .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{}", pick_port(false)))
+                .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{}", pick_port(false)))
                 .env("SLUICE__FALLBACK__REPLICAS", "2")
                 .output()
                 .expect("run the sluice binary");
@@ -83,7 +73,7 @@ fn an_empty_file_or_one_without_tiers_is_refused() {
 
 #[tokio::test]
 async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (pick_port(false), pick_port(false));
     let child = Command::new(BIN)
         .arg("serve")
         .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{grpc}"))
@@ -92,7 +82,7 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice serve");
-    let mut process = Process(child);
+    let mut process = common::Process(child);
     let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
     assert_eventually!(
         tokio::net::TcpStream::connect(http_addr).await.is_ok()

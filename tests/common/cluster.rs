@@ -5,51 +5,23 @@
 //! and the addresses the cluster gives out (CLUSTER SLOTS, CLUSTER NODES, MOVED) are then TLS ones,
 //! while the fixture's own commands keep to the plaintext ports.
 //!
-//! Also holds the pieces the Sentinel fixture shares: `RedisProcess` (one child with its log) and
-//! `pick_port`. Everything here talks to nodes one at a time over plain sync connections; it never needs
+//! Also holds the pieces the Sentinel fixture shares: `RedisProcess` (one node with its log). Everything here talks to nodes one at a time over plain sync connections; it never needs
 //! the redis crate's cluster support.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{LazyLock, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::store::redis::key_slot;
 
 use super::certs::{Ca, NodeTls, client_port, client_url};
-
-/// The cluster bus listens on port + 10000.
-const BUS_OFFSET: u16 = 10000;
-
-/// Node ports come from here, so that both a port and its bus port stay below Linux's default ephemeral
-/// range (32768 and up): no outgoing connection of another test can be holding them.
-const PORT_RANGE: std::ops::Range<u16> = 15000..22700;
+use super::process::{BUS_OFFSET, Process, pick_port};
 
 /// How long one node gets to answer PING, and the whole cluster to settle.
 const START_PATIENCE: Duration = Duration::from_secs(20);
-
-/// Ports handed out in this test process; never handed out twice, even once their server has gone.
-static RESERVED: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
-
-/// A random loopback port that is free now (and, with `bus`, whose port + 10000 is free too), never
-/// returned before in this process.
-pub fn pick_port(bus: bool) -> u16 {
-    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1000 {
-        let port: u16 = rand::random_range(PORT_RANGE);
-        let bindable = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if reserved.contains(&port) || !bindable(port) || (bus && !bindable(port + BUS_OFFSET)) {
-            continue;
-        }
-        reserved.insert(port);
-        return port;
-    }
-    panic!("no free loopback port in {PORT_RANGE:?} after 1000 tries");
-}
 
 /// One `redis-server` or `redis-sentinel` child that logs to a file; SIGKILLed and reaped on drop.
 #[derive(Debug)]
@@ -58,7 +30,7 @@ pub struct RedisProcess {
     log: PathBuf,
     /// stdout and stderr: where a server complains before it opens its log (bad arguments, say).
     output: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 /// Why a process did not come up.
@@ -76,16 +48,11 @@ impl RedisProcess {
         let output = log.with_extension("out");
         let stdout = std::fs::File::create(&output).expect("create the process output file");
         let stderr = stdout.try_clone().expect("clone the output file handle");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {program} ({e}); install it with apt-get install redis-server redis-sentinel redis-tools")
-            });
-        RedisProcess { port, log, output, child: Some(child) }
+        let process = Process::spawn(
+            Command::new(program).args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr),
+            "install it with apt-get install redis-server redis-sentinel redis-tools",
+        );
+        RedisProcess { port, log, output, process: Some(process) }
     }
 
     /// The usual `redis-server` arguments for a throwaway node that logs into `dir`.
@@ -117,16 +84,14 @@ impl RedisProcess {
         let deadline = Instant::now() + patience;
         loop {
             // Compare process ids: a PONG could come from some other server that holds the port.
-            let pid = self.child.as_ref().map(|c| c.id().to_string());
+            let pid = self.process.as_ref().map(|p| p.id().to_string());
             if let Ok(info) = query::<String>(self.port, redis::cmd("INFO").arg("server"))
                 && info_field(&info, "process_id") == pid.as_deref()
             {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
+            if let Some(status) = self.process.as_mut().and_then(Process::exited) {
+                self.process = None;
                 let log = self.log_tail(30);
                 if log.contains("Address already in use") {
                     return Err(StartFailure::PortTaken);
@@ -148,7 +113,7 @@ impl RedisProcess {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     /// The last `lines` lines of the process's log, then of its stdout/stderr if it wrote any.
@@ -172,16 +137,7 @@ impl RedisProcess {
 
     /// SIGKILL, then reap the child so it does not linger as a zombie.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
+        self.process = None;
     }
 }
 

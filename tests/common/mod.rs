@@ -4,14 +4,15 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod process;
 pub mod proxy;
 pub mod sentinel;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::api::pb;
@@ -33,17 +34,13 @@ macro_rules! assert_eventually {
     }};
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
+pub use process::{Process, pick_port};
 
 /// A throwaway `redis-server` on a free port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<Process>,
     /// `requirepass`, when the server has one.
     password: Option<String>,
     /// TLS only (no plaintext port), clients verified against the CA, when set.
@@ -60,7 +57,7 @@ impl RedisServer {
     pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port: pick_port(false),
             dir,
             child: None,
             password: password.map(String::from),
@@ -75,7 +72,8 @@ impl RedisServer {
     pub fn start_tls(ca: &certs::Ca) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let tls = Box::new(certs::NodeTls::new(ca, dir.path()));
-        let mut server = RedisServer { port: free_port(), dir, child: None, password: None, tls: Some(tls) };
+        let mut server =
+            RedisServer { port: pick_port(false), dir, child: None, password: None, tls: Some(tls) };
         server.spawn();
         server
     }
@@ -121,18 +119,19 @@ impl RedisServer {
             None => vec!["--port".into(), self.port.to_string().into()],
             Some(tls) => [vec!["--port".into(), "0".into()], tls.server_args(self.port)].concat(),
         };
-        let child = Command::new("redis-server")
-            .args(ports)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .args(self.password.iter().flat_map(|p| ["--requirepass".to_owned(), p.clone()]))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed to run this test (apt-get install redis-server)");
+        let child = Process::spawn(
+            Command::new("redis-server")
+                .args(ports)
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .arg("--logfile")
+                .arg(self.dir.path().join("redis.log"))
+                .args(self.password.iter().flat_map(|p| ["--requirepass".to_owned(), p.clone()]))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "redis-server must be installed to run this test (apt-get install redis-server)",
+        );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ping().is_err() {
@@ -191,10 +190,7 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL and waits for it to go.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child = None;
     }
 
     /// Kills the server and starts a new, empty one on the same port.
@@ -204,21 +200,9 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // Thaw a frozen server first so that it dies and is reaped at once.
-            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
-        }
-        self.kill();
-    }
-}
-
-/// Sends a signal by name with kill(1).
+/// Sends a signal by name with kill(1); the process must be there to get it.
 pub fn signal(pid: u32, name: &str) {
-    let status =
-        Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
+    assert!(process::signal(pid, name), "kill -{name} {pid} failed");
 }
 
 /// A Sluice server running `server::run` in this process on loopback ports, configured from a real

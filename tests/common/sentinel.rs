@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::certs::{Ca, NodeTls, client_port, client_url};
-use super::cluster::{RedisProcess, StartFailure, info_field, pick_port, query, temp_dir};
+use super::cluster::{RedisProcess, StartFailure, info_field, query, temp_dir};
+use super::process::pick_port;
 
 const MASTER_NAME: &str = "mymaster";
 const START_PATIENCE: Duration = Duration::from_secs(20);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lints the Sluice chart and validates what it renders, with default values and with every option on.
+# Lints the Sluice chart and validates what it renders: with default values, with every option on, with
+# Envoy domain files inline and from an existing ConfigMap; checks which changes roll the pods.
 # Tools it lacks are installed into .tools/ (git-ignored) on the first run; later runs reuse them.
 set -euo pipefail
 
@@ -52,27 +53,81 @@ chart=helm/sluice
 all=helm/values-all.yaml
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+PY="$tools/venv/bin/python"
 
 # Rendered manifests: two-space indents, sequences may be indented or not, long lines allowed.
 yamllint_config='{extends: default, rules: {line-length: disable, indentation: {spaces: 2, indent-sequences: whatever}}}'
 
+# The values each render uses: defaults; every option on (domain files inline, config reloads,
+# domain files roll); domain files from an existing ConfigMap; the Istio example's values (domain
+# files inline, the default choices on change).
+declare -A variants=(
+  [default]=""
+  [all]="$all"
+  [existing-configmap]=helm/values-existing-configmap.yaml
+  [istio-example]=examples/istio/values.yaml
+)
+values_of() { [[ -n ${variants[$1]} ]] && printf '%s\n' -f "${variants[$1]}"; true; }
+
 "$HELM" version --short
 
-echo "== helm lint --strict $chart"
-"$HELM" lint --strict "$chart"
-echo "== helm lint --strict $chart -f $all"
-"$HELM" lint --strict "$chart" -f "$all"
-
-for variant in default all; do
-  args=()
-  [[ $variant == all ]] && args=(-f "$all")
+for variant in default all existing-configmap istio-example; do
+  mapfile -t args < <(values_of "$variant")
   rendered="$out/$variant.yaml"
+  echo "== helm lint --strict $chart ($variant values)"
+  "$HELM" lint --strict "$chart" "${args[@]}"
   echo "== helm template ($variant values) | kubernetes-validate --strict -k 1.30"
   "$HELM" template sluice "$chart" --namespace sluice "${args[@]}" >"$rendered"
   "$KV" --strict -k 1.30 - <"$rendered"
   echo "== yamllint ($variant values)"
   yamllint -s -d "$yamllint_config" "$rendered"
 done
+
+echo "== what each render rolls on, and where its domain files come from"
+"$PY" helm/expect.py shape "$out/default.yaml" --rolls-on config
+"$PY" helm/expect.py shape "$out/all.yaml" --rolls-on envoy-domains \
+  --domains sluice-envoy-domains --domain-files edge.yaml,internal.yml
+"$PY" helm/expect.py shape "$out/existing-configmap.yaml" --rolls-on config,envoy-domains --domains ratelimit-domains
+"$PY" helm/expect.py shape "$out/istio-example.yaml" --rolls-on config \
+  --domains sluice-envoy-domains --domain-files ingress.yaml
+
+# Render again with one change and compare the Deployments: equal means the pods are left running
+# (Sluice reloads the mounted file), different means they roll.
+render() { "$HELM" template sluice "$chart" --namespace sluice "$@"; }
+changed_domain=(--set-string 'envoy.domains.ingress\.yaml=domain: changed')
+echo "== a domain file change leaves the pods be (envoy.onChange: reload), or rolls them (roll)"
+render -f examples/istio/values.yaml "${changed_domain[@]}" >"$out/domain-changed.yaml"
+"$PY" helm/expect.py same-pods "$out/istio-example.yaml" "$out/domain-changed.yaml"
+render -f examples/istio/values.yaml --set envoy.onChange=roll >"$out/roll-before.yaml"
+render -f examples/istio/values.yaml --set envoy.onChange=roll "${changed_domain[@]}" >"$out/roll-after.yaml"
+"$PY" helm/expect.py new-pods "$out/roll-before.yaml" "$out/roll-after.yaml"
+echo "== a config change rolls the pods (config.onChange: roll), or leaves them be (reload)"
+render --set config.log.level=debug >"$out/config-changed.yaml"
+"$PY" helm/expect.py new-pods "$out/default.yaml" "$out/config-changed.yaml"
+render --set config.onChange=reload >"$out/reload-before.yaml"
+render --set config.onChange=reload --set config.log.level=debug >"$out/reload-after.yaml"
+"$PY" helm/expect.py same-pods "$out/reload-before.yaml" "$out/reload-after.yaml"
+
+echo "== values the chart refuses, each with a message naming the value"
+refuse() {
+  local want="$1"; shift
+  if msg=$(render "$@" 2>&1 >/dev/null); then
+    echo "helm template $* rendered; expected it to fail with: $want" >&2
+    exit 1
+  fi
+  grep -qF -- "$want" <<<"$msg" || { echo "helm template $*: expected \"$want\", got: $msg" >&2; exit 1; }
+  echo "refused: $*"
+}
+refuse 'envoy.onChange: "restart" is not one of reload, roll' --set envoy.onChange=restart
+refuse 'config.onChange: "sometimes" is not one of reload, roll' --set config.onChange=sometimes
+refuse 'envoy.domains and envoy.existingConfigMap: set one, not both' \
+  -f examples/istio/values.yaml --set envoy.existingConfigMap=ratelimit-domains
+refuse 'envoy.domains: "edge.json" must be a file name ending in .yaml or .yml' \
+  --set-string 'envoy.domains.edge\.json=domain: edge'
+# A user's own envoy.paths stay, the chart's directory is added.
+render -f examples/istio/values.yaml --set 'config.envoy.paths={/srv/domains}' >"$out/own-paths.yaml"
+grep -qF -- '- /srv/domains' "$out/own-paths.yaml" || { echo "config.envoy.paths lost /srv/domains" >&2; exit 1; }
+"$PY" helm/expect.py shape "$out/own-paths.yaml" --rolls-on config --domains sluice-envoy-domains --domain-files ingress.yaml
 
 echo "== python3 -m json.tool $chart/dashboards/sluice.json"
 python3 -m json.tool "$chart/dashboards/sluice.json" >/dev/null

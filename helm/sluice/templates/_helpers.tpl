@@ -48,12 +48,69 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-admin" (include "sluice.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The ConfigMap made from envoy.domains: the full name, shortened to leave room for "-envoy-domains". */}}
+{{- define "sluice.envoyDomainsName" -}}
+{{- printf "%s-envoy-domains" (include "sluice.fullname" . | trunc 49 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The ConfigMap whose keys are the Envoy domain files (envoy.existingConfigMap, else the one made
+from envoy.domains), or nothing when there are none. */}}
+{{- define "sluice.envoyDomainsConfigMap" -}}
+{{- if .Values.envoy.existingConfigMap }}
+{{- .Values.envoy.existingConfigMap }}
+{{- else if .Values.envoy.domains }}
+{{- include "sluice.envoyDomainsName" . }}
+{{- end }}
+{{- end }}
+
+{{/* Where the domain files are mounted: a volume of its own, beside (not inside) /etc/sluice. */}}
+{{- define "sluice.envoyDomainsDir" -}}
+/etc/sluice-domains
+{{- end }}
+
+{{/* What a change does to the pods: reload (Sluice reads the mounted files again) or roll (a checksum
+annotation makes new pods). */}}
+{{- define "sluice.configOnChange" -}}
+{{- default "roll" .Values.config.onChange }}
+{{- end }}
+{{- define "sluice.envoyOnChange" -}}
+{{- default "reload" .Values.envoy.onChange }}
+{{- end }}
+
 {{/*
-The configuration file: the config values, plus the admin listener when the admin API is enabled:
-on loopback, unless admin.service.enabled puts it on every pod address behind its own Service.
+The pod annotations: a checksum of each configuration set to roll, then podAnnotations. The checksum
+of an existing ConfigMap is read from the cluster (lookup), so it is empty under `helm template`.
+*/}}
+{{- define "sluice.podAnnotations" -}}
+{{- $annotations := dict }}
+{{- if eq (include "sluice.configOnChange" .) "roll" }}
+{{- $_ := set $annotations "checksum/config" (include (print .Template.BasePath "/configmap.yaml") . | sha256sum) }}
+{{- end }}
+{{- if eq (include "sluice.envoyOnChange" .) "roll" }}
+{{- if .Values.envoy.existingConfigMap }}
+{{- $existing := lookup "v1" "ConfigMap" .Release.Namespace .Values.envoy.existingConfigMap }}
+{{- $_ := set $annotations "checksum/envoy-domains" (get (default dict $existing) "data" | toJson | sha256sum) }}
+{{- else if .Values.envoy.domains }}
+{{- $_ := set $annotations "checksum/envoy-domains" (include (print .Template.BasePath "/envoy-domains.yaml") . | sha256sum) }}
+{{- end }}
+{{- end }}
+{{- toYaml (merge $annotations (default dict .Values.podAnnotations)) }}
+{{- end }}
+
+{{/*
+The configuration file: the config values (less the chart's own config.onChange), plus the admin
+listener when the admin API is enabled: on loopback, unless admin.service.enabled puts it on every pod
+address behind its own Service; plus the domain files' directory in envoy.paths.
 */}}
 {{- define "sluice.config" -}}
 {{- $config := deepCopy .Values.config }}
+{{- $_ := unset $config "onChange" }}
+{{- if include "sluice.envoyDomainsConfigMap" . }}
+{{- $envoy := default dict (get $config "envoy") }}
+{{- $paths := default (list) (get $envoy "paths") }}
+{{- $_ := set $envoy "paths" (append $paths (include "sluice.envoyDomainsDir" .) | uniq) }}
+{{- $_ := set $config "envoy" $envoy }}
+{{- end }}
 {{- if .Values.admin.enabled }}
 {{- $host := ternary "0.0.0.0" "127.0.0.1" .Values.admin.service.enabled }}
 {{- $admin := dict "grpc_addr" (printf "%s:%d" $host (int .Values.admin.port)) }}

@@ -4,7 +4,8 @@
 -- knows their layout.
 --
 -- The limit applied is the base limit, raised by the baseline, then shrunk by the threat score.
--- All or nothing: the request is admitted only when every enforcing tier allows it, and only then
+-- All or nothing: the request is admitted only when every enforcing tier allows it (quota-mode
+-- checks: when one of them does; see algorithm::admits), and only then
 -- does any tier consume (a shadow tier only what it would have allowed). A denied request changes
 -- no count, except an adaptive tier's attempts counter, which counts every attempt that is not a
 -- dry run, and a penalty's violations, which count each denial by their own tier. A blocked
@@ -30,6 +31,8 @@ local function reputation()
 end
 
 local admitted = true
+-- quota-mode checks: how many, and whether one of them is within its quota (a shadow one always is)
+local quotas, quota_within = 0, false
 local verdicts = {}
 local k = 1
 for i = 1, n do
@@ -86,10 +89,17 @@ for i = 1, n do
       v.state, v.blocked = nil, true
     end
   end
-  if not v.allowed and not c.shadow then
+  if c.quota_mode then
+    quotas = quotas + 1
+    quota_within = quota_within or v.allowed or c.shadow
+  elseif not v.allowed and not c.shadow then
     admitted = false
   end
   verdicts[i] = v
+end
+
+if quotas > 0 and not quota_within then
+  admitted = false
 end
 
 if commit then

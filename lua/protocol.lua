@@ -15,6 +15,7 @@
 --       commit: 1 to consume when admitted, 0 for a dry run; n: the number of checks;
 --       reputation_keys: how many reputation keys end KEYS (0 to 2);
 --       algorithm: 1 sliding_window, 2 sliding_log; shadow: 1 = evaluate and report, never deny;
+--       quota_mode: 1 = one of the request's quotas, which deny only when all of them are over;
 --       counts: 1 = consumes when admitted, 2 = consumes on every request, denied or not, 0 =
 --       counts reported failures only; adaptive, penalty, baseline: 1 when the check has that
 --       option (a baseline only with sliding_window).
@@ -29,7 +30,9 @@
 -- Reply 1
 
 local DECIDE_HEADER = { 'now', 'commit', 'n', 'reputation_keys' }
-local CHECK_ARGS = { 'algorithm', 'limit', 'window', 'cost', 'shadow', 'counts', 'adaptive', 'penalty', 'baseline' }
+local CHECK_ARGS = {
+  'algorithm', 'limit', 'window', 'cost', 'shadow', 'quota_mode', 'counts', 'adaptive', 'penalty', 'baseline',
+}
 local ADAPTIVE_ARGS = {
   'client_score', 'client_bits', 'w_reputation', 'w_burst', 'w_failed', 'burst_multiple', 'failed_threshold',
   'reduction',
@@ -67,6 +70,7 @@ local function read_check(a, k)
   local c
   c, a = read_args(a, CHECK_ARGS)
   c.shadow = c.shadow == 1
+  c.quota_mode = c.quota_mode == 1
   c.key = KEYS[k]
   if c.algorithm == 1 then
     k = k + 1

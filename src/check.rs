@@ -20,6 +20,9 @@ pub struct Check {
     pub quota: Quota,
     /// Evaluated and reported, never denies.
     pub shadow: bool,
+    /// One of the request's quotas (Envoy's `quota_mode`): over its limit it denies the request only
+    /// when every quota-mode check of the request is over (see `algorithm::admits`).
+    pub quota_mode: bool,
     /// What the fallback does with this check while Redis is unavailable.
     pub on_failure: FailureMode,
     /// Present when the tier's limit adapts to the threat score.
@@ -41,6 +44,7 @@ impl Check {
             algorithm,
             quota,
             shadow: false,
+            quota_mode: false,
             on_failure,
             adaptive: None,
             penalty: None,

@@ -189,16 +189,20 @@ impl Engine {
         descriptors: &[Descriptor],
         hits: u64,
         deadline: Option<Instant>,
-    ) -> Result<Vec<envoy::Status>, RequestError> {
+    ) -> Result<envoy::Answer, RequestError> {
         let started = Instant::now();
         let domains = self.domains.load_full();
         let signals = &self.tiers.load().tiers.signals;
+        let answer = |statuses: Vec<envoy::Status>| envoy::Answer {
+            over: envoy::over(&statuses, domains.quota_mode),
+            statuses,
+        };
         let Some(prepared) = envoy::prepare(&domains, signals, domain, descriptors, hits) else {
             metrics::envoy_unknown_domain();
-            return Ok(envoy::Prepared::unmatched(descriptors.len()));
+            return Ok(answer(envoy::Prepared::unmatched(descriptors.len())));
         };
         if prepared.checks.is_empty() {
-            return Ok(prepared.into_statuses());
+            return Ok(answer(prepared.into_statuses()));
         }
         let admission = self.shedding.admit(deadline);
         if matches!(admission, Admission::Late) {
@@ -206,15 +210,15 @@ impl Engine {
         }
         // Not the over-limit cache: Envoy's answer holds every descriptor's status, which a
         // remembered denial of one cannot give, and denied hits count by default.
-        let answer = self.ask(&prepared.checks, Mode::Consume, deadline, &admission).await?;
-        let source = answer.source.as_str();
+        let asked = self.ask(&prepared.checks, Mode::Consume, deadline, &admission).await?;
+        let source = asked.source.as_str();
         let domain = prepared.domain.clone();
-        let (statuses, decided) = prepared.finish(answer);
+        let (statuses, decided) = prepared.finish(asked);
         for (path, label) in &decided {
             metrics::envoy_decision(&domain, path, label, source);
         }
         metrics::decision_duration(started.elapsed());
-        Ok(statuses)
+        Ok(answer(statuses))
     }
 
     pub async fn check(&self, request: &Request, mode: Mode) -> Result<Decision, RequestError> {
@@ -397,6 +401,7 @@ fn prepare<'t>(loaded: &'t Loaded, request: &Request) -> Result<Prepared<'t>, Re
             algorithm: limit.algorithm,
             quota: crate::algorithm::Quota { limit: limit.limit, window_ms: limit.window_ms, cost },
             shadow: tier.shadow,
+            quota_mode: false,
             on_failure: tier.on_failure,
             penalty: tier.penalty,
             counts: tier.counts,

@@ -142,6 +142,7 @@ impl OverLimitCache {
 
 fn eligible(c: &Check) -> bool {
     !c.shadow
+        && !c.quota_mode
         && c.counts == Counts::Requests
         && c.adaptive.is_none()
         && c.penalty.is_none()

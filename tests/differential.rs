@@ -59,6 +59,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     algorithm,
                     quota: Quota { limit, window_ms, cost: hostile_cost(&mut rng, limit) },
                     shadow: rng.random_range(0..8) == 0,
+                    quota_mode: false,
                     on_failure: FailureMode::Local,
                     // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
                     penalty: (t == 1).then_some(PENALTY),

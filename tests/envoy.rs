@@ -316,3 +316,113 @@ descriptors:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two services' quotas and one regular limit, as envoyproxy/ratelimit's quota scripts configure them.
+const QUOTAS: &str = "
+domain: rl
+descriptors:
+  - key: service
+    value: service_1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: service
+    value: service_2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: regular
+    rate_limit: {unit: minute, requests_per_unit: 2}
+";
+
+/// A Sluice with the quota domain, on Redis or on its in-process store.
+async fn quota_server(redis: Option<&RedisServer>) -> (SluiceServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("rl.yaml"), QUOTAS).expect("write");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
+    (SluiceServer::start(&yaml, redis.map(|r| r.url()).as_deref()).await, dir)
+}
+
+fn looking(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
+        ..descriptor(entries)
+    }
+}
+
+/// (code, remaining) of each descriptor, then the overall code.
+fn codes(r: &RateLimitResponse) -> (Vec<(i32, u32)>, i32) {
+    (r.statuses.iter().map(|s| (s.code, s.limit_remaining)).collect(), r.overall_code)
+}
+
+const OK: i32 = Code::Ok as i32;
+const OVER: i32 = Code::OverLimit as i32;
+
+/// integration-test/scripts/quota.sh: both services in every request. A quota over its limit keeps
+/// its own OVER_LIMIT, and denies the request only once every quota of it is over.
+#[tokio::test]
+async fn quota_mode_denies_only_when_every_quota_is_over() {
+    let redis = RedisServer::start();
+    for store in [Some(&redis), None] {
+        let (server, _dir) = quota_server(store).await;
+        let mut c = client(&server).await;
+        let both = || vec![descriptor(&[("service", "service_1")]), descriptor(&[("service", "service_2")])];
+        let expected = [
+            (vec![(OK, 0), (OK, 1)], OK),
+            (vec![(OVER, 0), (OK, 0)], OK),
+            (vec![(OVER, 0), (OVER, 0)], OVER),
+        ];
+        for (i, want) in expected.into_iter().enumerate() {
+            let r = ask(&mut c, "rl", both(), 1).await;
+            assert_eq!(
+                codes(&r),
+                want,
+                "request {} on {}",
+                i + 1,
+                if store.is_some() { "redis" } else { "local" }
+            );
+            let retry = r.response_headers_to_add.iter().any(|h| h.key == "Retry-After");
+            assert_eq!(retry, want.1 == OVER, "Retry-After only when the request is denied");
+        }
+        // A regular descriptor over its limit denies whatever the quotas say
+        // (TestServicePerDescriptorQuotaMode); within it, the lone quota decides
+        // (TestServiceMixedPerDescriptorModes).
+        let mixed = |entries: &[(&str, &str)]| vec![descriptor(&[("regular", "r")]), descriptor(entries)];
+        let fresh = ask(&mut c, "rl", mixed(&[("service", "service_2")]), 1).await;
+        assert_eq!(codes(&fresh), (vec![(OK, 1), (OVER, 0)], OVER), "the only quota is over");
+        let r = ask(&mut c, "rl", vec![descriptor(&[("regular", "r")])], 2).await;
+        assert_eq!(codes(&r), (vec![(OVER, 0)], OVER), "a regular limit over");
+        server.shutdown().await;
+    }
+}
+
+/// integration-test/scripts/multiservice-tokenquota.sh: every request looks at both services'
+/// quotas without counting (`hits_addend` 0), is served by the first within its quota, and that
+/// service is then debited by a call of its own. A look at a count equal to the limit is OK with 0
+/// remaining.
+#[tokio::test]
+async fn token_quota_looks_then_debits_the_service_used() {
+    let redis = RedisServer::start();
+    for store in [Some(&redis), None] {
+        let (server, _dir) = quota_server(store).await;
+        let mut c = client(&server).await;
+        let look = || vec![looking(&[("service", "service_1")]), looking(&[("service", "service_2")])];
+        let expected = [
+            (vec![(OK, 1), (OK, 2)], OK, Some("service_1")),
+            (vec![(OK, 0), (OK, 2)], OK, Some("service_1")),
+            (vec![(OVER, 0), (OK, 2)], OK, Some("service_2")),
+            (vec![(OVER, 0), (OK, 1)], OK, Some("service_2")),
+            (vec![(OVER, 0), (OK, 0)], OK, Some("service_2")),
+            (vec![(OVER, 0), (OVER, 0)], OVER, None),
+        ];
+        for (i, (statuses, overall, served)) in expected.into_iter().enumerate() {
+            let r = ask(&mut c, "rl", look(), 0).await;
+            assert_eq!(codes(&r), (statuses, overall), "look {}", i + 1);
+            let first_within =
+                r.statuses.iter().position(|s| s.code == OK).map(|i| ["service_1", "service_2"][i]);
+            assert_eq!(first_within, served, "look {}", i + 1);
+            if let Some(service) = served {
+                ask(&mut c, "rl", vec![descriptor(&[("service", service)])], 1).await;
+            }
+        }
+        server.shutdown().await;
+    }
+}

@@ -1445,6 +1445,7 @@ fn sluice_check(c: &model::Check) -> Check {
         },
         quota: Quota { limit: s.limit, window_ms: s.window, cost: c.cost },
         shadow: s.shadow,
+        quota_mode: false,
         on_failure: FailureMode::Local,
         adaptive: s.adaptive.map(|a| AdaptiveCheck {
             settings: Adaptive {

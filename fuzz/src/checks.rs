@@ -246,7 +246,7 @@ pub fn headers(data: &[u8]) -> Handled {
             factors: input.byte(),
         });
     }
-    let admitted = admits(verdicts.iter().zip(&tiers).map(|(v, (_, _, shadow))| (v, *shadow)));
+    let admitted = admits(verdicts.iter().zip(&tiers).map(|(v, (_, _, shadow))| (v, *shadow, false)));
     let source = [Source::Redis, Source::Local, Source::Fallback][usize::from(input.byte() % 3)];
     let d = Decision::counted(tiers.clone(), Answer { admitted, verdicts: verdicts.clone(), source });
 
@@ -788,7 +788,8 @@ fn decide_on(
         let statuses = watched(|| {
             runtime().block_on(engine.should_rate_limit("fuzz", &converted.descriptors, converted.hits, None))
         })
-        .expect("the in-process store never fails");
+        .expect("the in-process store never fails")
+        .statuses;
         let over = statuses.iter().any(|s| s.over());
         // One counter per (key, value) or per shared wildcard; overrides per entries, rate and unit.
         let counter = |d: &RateLimitDescriptor| -> Option<(String, u64, bool)> {
@@ -864,7 +865,8 @@ fn decide_on(
                 let statuses = watched(|| {
                     runtime().block_on(engine.should_rate_limit("fuzz", std::slice::from_ref(&look), 1, None))
                 })
-                .expect("a look");
+                .expect("a look")
+                .statuses;
                 match &statuses[0] {
                     sluice::envoy::Status::Limited { verdict, .. } => verdict.remaining,
                     other => panic!("{key}: {other:?}"),

@@ -102,8 +102,18 @@ impl Verdict {
     }
 }
 
-/// All-or-nothing: a request passes only when every enforcing tier allows it. Shadow tiers are
-/// evaluated and reported but never deny.
-pub fn admits<'a>(verdicts: impl IntoIterator<Item = (&'a Verdict, bool)>) -> bool {
-    verdicts.into_iter().all(|(v, shadow)| v.allowed || shadow)
+/// Whether a request is admitted, from each of its checks' verdict, shadow flag and quota mode:
+/// every enforcing (not shadow) check allows it, and when it has quota-mode checks, at least one of
+/// them is within its quota (a shadow one always is), as envoyproxy/ratelimit decides.
+pub fn admits<'a>(verdicts: impl IntoIterator<Item = (&'a Verdict, bool, bool)>) -> bool {
+    let (mut quotas, mut quota_within) = (0usize, false);
+    for (v, shadow, quota_mode) in verdicts {
+        if quota_mode {
+            quotas += 1;
+            quota_within |= v.allowed || shadow;
+        } else if !v.allowed && !shadow {
+            return false;
+        }
+    }
+    quotas == 0 || quota_within
 }

@@ -47,12 +47,12 @@ impl RateLimitService for EnvoyService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let deadline = super::deadline(request.metadata());
         let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
-        let statuses = self
+        let answer = self
             .engine
             .should_rate_limit(&domain, &descriptors, hits, deadline)
             .await
             .map_err(super::status::from_envoy_error)?;
-        Ok(Response::new(respond(&statuses, self.headers)))
+        Ok(Response::new(respond(&answer, self.headers)))
     }
 }
 
@@ -132,8 +132,8 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
     Ok(Converted { domain: r.domain, descriptors, hits: u64::from(r.hits_addend.max(1)) })
 }
 
-fn respond(statuses: &[Decided], headers: Headers) -> RateLimitResponse {
-    let over = statuses.iter().any(Decided::over);
+fn respond(answer: &envoy::Answer, headers: Headers) -> RateLimitResponse {
+    let (statuses, over) = (&answer.statuses[..], answer.over);
     let descriptor_statuses = statuses
         .iter()
         .map(|s| match s {

@@ -64,9 +64,8 @@ struct DescriptorSpec {
     value_to_metric: bool,
     #[serde(default, deserialize_with = "flag")]
     share_threshold: bool,
-    /// Accepted and ignored: Sluice has no quota mode.
-    #[serde(default, rename = "quota_mode")]
-    _quota_mode: IgnoredAny,
+    #[serde(default, deserialize_with = "flag")]
+    quota_mode: bool,
     /// Free-form, for the file's readers.
     #[serde(default, rename = "metadata")]
     _metadata: IgnoredAny,
@@ -171,7 +170,13 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
         }
     }
     let attributes = e.attributes.iter().map(|(key, attr)| (key.clone(), Attr::parse(attr))).collect();
-    Domains { by_name, count_denied: e.count_denied, attributes, default_failure: FailureMode::Local }
+    Domains {
+        by_name,
+        count_denied: e.count_denied,
+        quota_mode: e.quota_mode,
+        attributes,
+        default_failure: FailureMode::Local,
+    }
 }
 
 /// Parses one file; `origin` names it in errors. Every problem is reported.
@@ -306,6 +311,7 @@ fn level(
             rule,
             options,
             shadow_mode: d.shadow_mode,
+            quota_mode: d.quota_mode,
             share_threshold: d.share_threshold,
             detailed_metric: d.detailed_metric,
             value_to_metric: d.value_to_metric,

@@ -165,6 +165,9 @@ pub struct Envoy {
     pub headers: Choice<Headers>,
     /// Count the hits of denied requests on every descriptor, as the reference does by default.
     pub count_denied: bool,
+    /// Every descriptor in quota mode, as the reference's `QUOTA_MODE`: a request is denied only
+    /// when a descriptor outside quota mode is over, or every quota-mode one is.
+    pub quota_mode: bool,
     /// Descriptor entry key -> request attribute, for the adaptive threat score, e.g.
     /// `{remote_address: ip, user_agent: user_agent, path: endpoint}`.
     pub attributes: std::collections::BTreeMap<String, String>,
@@ -176,6 +179,7 @@ impl Default for Envoy {
             paths: Vec::new(),
             headers: Choice::default(),
             count_denied: true,
+            quota_mode: false,
             attributes: Default::default(),
         }
     }

@@ -50,6 +50,8 @@ pub struct Node {
     pub rule: Option<RateLimit>,
     pub options: Options,
     pub shadow_mode: bool,
+    /// One of a request's quotas (see `algorithm::admits`).
+    pub quota_mode: bool,
     /// With a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
     pub detailed_metric: bool,
@@ -257,6 +259,7 @@ mod tests {
             }),
             options: Options::default(),
             shadow_mode: false,
+            quota_mode: false,
             share_threshold: false,
             detailed_metric: false,
             value_to_metric: false,

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
-use crate::check::{Answer, Check, Counts, FailureMode};
+use crate::check::{Answer as StoreAnswer, Check, Counts, FailureMode};
 use crate::metrics;
 use crate::request::{Attributes, escape_into};
 use crate::threat::Signals;
@@ -25,6 +25,8 @@ pub struct Domains {
     pub by_name: HashMap<String, Domain>,
     /// Count the hits of denied requests (the reference's default).
     pub count_denied: bool,
+    /// Every descriptor in quota mode (`envoy.quota_mode`).
+    pub quota_mode: bool,
     /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
     pub attributes: Vec<(String, crate::request::Attr)>,
     /// Failure mode of descriptors that set none.
@@ -52,21 +54,57 @@ pub enum Status {
         rule: RateLimit,
         verdict: Verdict,
         shadow: bool,
+        /// One of the request's quotas: over its limit it keeps its own OVER_LIMIT status, but
+        /// denies the request only when every quota of the request is over.
+        quota: bool,
         /// The hits counted on its key in this request exceed the limit: no wait lets it pass.
         never: bool,
     },
 }
 
 impl Status {
+    /// This descriptor's own code is OVER_LIMIT.
     pub fn over(&self) -> bool {
         matches!(self, Status::Limited { verdict, shadow: false, .. } if !verdict.allowed)
     }
+}
+
+/// The answer to a `ShouldRateLimit` request: one status per descriptor, and the overall code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub statuses: Vec<Status>,
+    /// The overall code is OVER_LIMIT (see `over`).
+    pub over: bool,
+}
+
+/// The request's overall code is OVER_LIMIT: a descriptor outside quota mode is over, or the request
+/// has quota-mode descriptors and every one of them is over (envoyproxy/ratelimit's rule; under
+/// `envoy.quota_mode` an unmatched descriptor is a quota within its limit).
+pub fn over(statuses: &[Status], quota_mode: bool) -> bool {
+    let (mut quotas, mut quotas_over) = (0, 0);
+    for s in statuses {
+        let quota = match s {
+            Status::Limited { quota, .. } => *quota,
+            Status::Unmatched => quota_mode,
+            Status::Unlimited => false,
+        };
+        match (quota, s.over()) {
+            (false, true) => return true,
+            (true, over) => {
+                quotas += 1;
+                quotas_over += usize::from(over);
+            }
+            (false, false) => {}
+        }
+    }
+    quotas > 0 && quotas == quotas_over
 }
 
 /// A descriptor that matched a limit: what applies and the counter it goes to.
 struct Matched {
     rule: RateLimit,
     shadow: bool,
+    quota: bool,
     key: String,
     /// The configuration path, for metrics.
     path: String,
@@ -95,6 +133,7 @@ struct Slot {
     descriptor: usize,
     rule: RateLimit,
     shadow: bool,
+    quota: bool,
     /// The configuration path, for metrics.
     path: String,
 }
@@ -106,7 +145,7 @@ impl Prepared {
     }
 
     /// Each limited descriptor's status from the store's answer, with what metrics need of it.
-    pub fn finish(mut self, answer: Answer) -> (Vec<Status>, Vec<(String, &'static str)>) {
+    pub fn finish(mut self, answer: StoreAnswer) -> (Vec<Status>, Vec<(String, &'static str)>) {
         // Whether a denied descriptor could ever pass; repeats of a key count together (see
         // `store::Merged`). Only a denial needs to know, so an admitted request skips the sums.
         let never: Vec<bool> = if answer.verdicts.iter().all(|v| v.allowed) {
@@ -128,7 +167,7 @@ impl Prepared {
             };
             decided.push((slot.path, label));
             self.statuses[slot.descriptor] =
-                Status::Limited { rule: slot.rule, verdict, shadow: slot.shadow, never };
+                Status::Limited { rule: slot.rule, verdict, shadow: slot.shadow, quota: slot.quota, never };
         }
         (self.statuses, decided)
     }
@@ -171,6 +210,7 @@ pub fn prepare(
                 Matched {
                     rule,
                     shadow: false,
+                    quota: domains.quota_mode,
                     key,
                     path: "(override)".to_owned(),
                     options: Default::default(),
@@ -183,6 +223,7 @@ pub fn prepare(
                 Matched {
                     rule,
                     shadow: m.node.shadow_mode,
+                    quota: m.node.quota_mode || domains.quota_mode,
                     key,
                     path: if m.client_values { metrics::client_label(m.path) } else { m.path },
                     options,
@@ -197,7 +238,7 @@ pub fn prepare(
     let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
     let mut slots = Vec::new();
     for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
-        let Some(Matched { rule, shadow, key, path, options }) = m else {
+        let Some(Matched { rule, shadow, quota, key, path, options }) = m else {
             statuses.push(Status::Unmatched);
             continue;
         };
@@ -224,6 +265,7 @@ pub fn prepare(
             // 0 looks without consuming, even when other descriptors of the request count.
             quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost },
             shadow: *shadow,
+            quota_mode: *quota,
             on_failure: options.on_failure.unwrap_or(domains.default_failure),
             adaptive: options
                 .adaptive
@@ -232,7 +274,13 @@ pub fn prepare(
             counts,
             baseline: None,
         });
-        slots.push(Slot { descriptor: i, rule: rule.clone(), shadow: *shadow, path: path.clone() });
+        slots.push(Slot {
+            descriptor: i,
+            rule: rule.clone(),
+            shadow: *shadow,
+            quota: *quota,
+            path: path.clone(),
+        });
         statuses.push(Status::Unmatched);
     }
     Some(Prepared { statuses, checks, slots, domain: domain_label.clone() })

@@ -224,20 +224,26 @@ impl LocalStore {
         if checks.iter().all(|c| c.on_failure == FailureMode::Local) {
             return self.decide_at(checks, mode, now);
         }
-        let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
+        // Whether the checks that fail closed deny the request whatever the counted ones say (an
+        // enforcing one, or every quota-mode one): then the counted ones must not consume. When a
+        // counted quota is over but one that fails open is within, the request passes uncounted.
+        let closed = |c: &Check| c.on_failure == FailureMode::Deny && !c.shadow;
+        let denies = checks.iter().any(|c| !c.quota_mode && closed(c))
+            || (checks.iter().any(|c| c.quota_mode) && checks.iter().filter(|c| c.quota_mode).all(closed));
         let counted: Vec<Check> =
             checks.iter().filter(|c| c.on_failure == FailureMode::Local).cloned().collect();
-        // A tier that fails closed denies the request, so the counted tiers must not consume.
         let answer = self.decide_at(&counted, if denies { Mode::DryRun } else { mode }, now);
         let mut counted_verdicts = answer.verdicts.into_iter();
-        let verdicts = checks
+        let verdicts: Vec<Verdict> = checks
             .iter()
             .map(|c| match c.on_failure {
                 FailureMode::Local => counted_verdicts.next().unwrap_or_default(),
                 FailureMode::Allow | FailureMode::Deny => super::failure_verdict(c, deny_retry_ms),
             })
             .collect();
-        Answer { admitted: answer.admitted && !denies, verdicts, source: answer.source }
+        let admitted = !denies
+            && algorithm::admits(verdicts.iter().zip(checks).map(|(v, c)| (v, c.shadow, c.quota_mode)));
+        Answer { admitted, verdicts, source: answer.source }
     }
 
     /// Milliseconds on this store's monotonic clock.
@@ -333,7 +339,7 @@ impl LocalStore {
             .map(|(check, cell)| self.evaluate(check, cell, mode, now, &mut bad_reputation))
             .collect();
         let admitted =
-            algorithm::admits(pending.iter().map(|p| &p.verdict).zip(checks.iter().map(|c| c.shadow)));
+            algorithm::admits(pending.iter().zip(checks).map(|(p, c)| (&p.verdict, c.shadow, c.quota_mode)));
         if mode == Mode::Consume {
             for ((check, cell), p) in checks.iter().zip(guards.iter_mut()).zip(&mut pending) {
                 if p.consumes(check, admitted) {

@@ -122,9 +122,10 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// `deny_retry_ms`, the others allowed uncounted (see `LocalStore::by_failure_mode` for a store
 /// that counts `local` checks).
 pub fn uncounted_by_failure_mode(checks: &[Check], deny_retry_ms: u64) -> Answer {
-    let denies = checks.iter().any(|c| c.on_failure == FailureMode::Deny && !c.shadow);
-    let verdicts = checks.iter().map(|c| failure_verdict(c, deny_retry_ms)).collect();
-    Answer { admitted: !denies, verdicts, source: Source::Shed }
+    let verdicts: Vec<Verdict> = checks.iter().map(|c| failure_verdict(c, deny_retry_ms)).collect();
+    let admitted =
+        crate::algorithm::admits(verdicts.iter().zip(checks).map(|(v, c)| (v, c.shadow, c.quota_mode)));
+    Answer { admitted, verdicts, source: Source::Shed }
 }
 
 /// The verdict of a check that is not counted: denied when it fails closed, else allowed whole.

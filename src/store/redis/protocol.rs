@@ -26,7 +26,7 @@ use crate::store::script::{DECIDE, REPORT};
 pub const DECIDE_HEADER: usize = 4;
 /// Every check's numbers: algorithm code, limit, window, cost, shadow, counts code, and whether
 /// it is adaptive, has a penalty, has a baseline.
-pub const CHECK_ARGS: usize = 9;
+pub const CHECK_ARGS: usize = 10;
 /// An adaptive check's: client score and factor bits, the store-side factors' weights
 /// (reputation, burst, failed logins), burst multiple, failed-logins threshold, reduction percent.
 pub const ADAPTIVE_ARGS: usize = 8;
@@ -116,6 +116,7 @@ fn check_args(check: &Check) -> [u64; CHECK_ARGS] {
         // Beyond MAX_COUNT every cost is over every limit alike; below it doubles are exact.
         q.cost.min(MAX_COUNT),
         check.shadow.into(),
+        check.quota_mode.into(),
         check.counts.code().into(),
         check.adaptive.is_some().into(),
         check.penalty.is_some().into(),

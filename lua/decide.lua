@@ -30,6 +30,16 @@ local function reputation()
   return bad_reputation
 end
 
+-- One check's algorithm at `limit`: allowed, remaining, retry, reset and the state to write.
+local function algorithm_check(c, now, limit)
+  if c.algorithm == 1 then
+    return sliding_window_check(c.key, now, limit, c.window, c.cost)
+  elseif c.algorithm == 3 then
+    return fixed_window_check(c.key, now, limit, c.window, c.cost)
+  end
+  return sliding_log_check(c.key, now, limit, c.window, c.cost)
+end
+
 local admitted = true
 -- quota-mode checks: how many, and whether one of them is within its quota (a shadow one always is)
 local quotas, quota_within = 0, false
@@ -61,19 +71,10 @@ for i = 1, n do
       adaptive_assess(c.adaptive, reputation(), attempts, counted, failures, c.limit, effective, cost)
   end
   v.limit = effective
-  if c.algorithm == 1 then
-    v.allowed, v.remaining, v.retry, v.reset, v.state = sliding_window_check(c.key, now, effective, window, cost)
-  else
-    v.allowed, v.remaining, v.retry, v.reset = sliding_log_check(c.key, now, effective, window, cost)
-  end
+  v.allowed, v.remaining, v.retry, v.reset, v.state = algorithm_check(c, now, effective)
   if v.retry_limit and not v.allowed and v.retry_limit < effective then
-    local _, retry
-    if c.algorithm == 1 then
-      _, _, retry = sliding_window_check(c.key, now, v.retry_limit, window, cost)
-    else
-      _, _, retry = sliding_log_check(c.key, now, v.retry_limit, window, cost)
-    end
-    v.retry = retry
+    local _
+    _, _, v.retry = algorithm_check(c, now, v.retry_limit)
   end
   if c.penalty then
     if not v.allowed and counted and v.penalty_state.u <= now then
@@ -133,6 +134,16 @@ if commit then
       end
       if c.baseline then
         baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
+      end
+    elseif c.algorithm == 3 then
+      fixed_window_commit(c.key, v.state, now, c.window, c.cost)
+      if not admitted then
+        -- its own denied units count now (see Verdict::after_counting)
+        local _, remaining, retry, reset = fixed_window_check(c.key, now, v.limit, c.window, c.cost)
+        v.retry = retry
+        if not v.allowed then
+          v.remaining, v.reset = remaining, reset
+        end
       end
     else
       sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)

@@ -14,7 +14,7 @@
 --       now: ms, or 0 to read Redis TIME (the normal case: one clock for every replica);
 --       commit: 1 to consume when admitted, 0 for a dry run; n: the number of checks;
 --       reputation_keys: how many reputation keys end KEYS (0 to 2);
---       algorithm: 1 sliding_window, 2 sliding_log; shadow: 1 = evaluate and report, never deny;
+--       algorithm: 1 sliding_window, 2 sliding_log, 3 fixed_window; shadow: 1 = evaluate and report, never deny;
 --       quota_mode: 1 = one of the request's quotas, which deny only when all of them are over;
 --       counts: 1 = consumes when admitted, 2 = consumes on every request, denied or not, 0 =
 --       counts reported failures only; adaptive, penalty, baseline: 1 when the check has that
@@ -72,7 +72,7 @@ local function read_check(a, k)
   c.shadow = c.shadow == 1
   c.quota_mode = c.quota_mode == 1
   c.key = KEYS[k]
-  if c.algorithm == 1 then
+  if c.algorithm == 1 or c.algorithm == 3 then
     k = k + 1
   elseif c.algorithm == 2 then
     c.seq_key = KEYS[k + 1]

@@ -24,9 +24,9 @@ local function sliding_log_check(key, now, limit, window, cost)
   local oldest = redis.call('ZRANGE', key, 0, 0)
   if not oldest[1] then
     if cost <= limit then
-      return true, limit - cost, 0, cost > 0 and window or 0
+      return true, limit - cost, 0, window
     end
-    return false, limit, window, 0
+    return false, limit, window, window
   end
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local base = sliding_log_span(oldest[1])

@@ -13,10 +13,9 @@
 -- Where stored counts saturate (src/algorithm/mod.rs): above every limit, exact in a double.
 local MAX_COUNT = 9007199254740991
 
-local function sliding_window_reset(c, p, elapsed, window)
+local function sliding_window_reset(c, elapsed, window)
   if c > 0 then return 2 * window - elapsed end
-  if p > 0 then return window - elapsed end
-  return 0
+  return window - elapsed
 end
 
 local function sliding_window_check(key, now, limit, window, cost)
@@ -36,7 +35,7 @@ local function sliding_window_check(key, now, limit, window, cost)
   local state = { start, c, p }
   if used + cost * window <= capacity then
     local remaining = math.floor((capacity - used - cost * window) / window)
-    return true, remaining, 0, sliding_window_reset(c + cost, p, elapsed, window), state
+    return true, remaining, 0, sliding_window_reset(c + cost, elapsed, window), state
   end
   local retry
   if c + cost <= limit then
@@ -47,7 +46,7 @@ local function sliding_window_check(key, now, limit, window, cost)
     retry = 2 * window - elapsed
   end
   local remaining = math.floor(math.max(capacity - used, 0) / window)
-  return false, remaining, retry, sliding_window_reset(c, p, elapsed, window), state
+  return false, remaining, retry, sliding_window_reset(c, elapsed, window), state
 end
 
 local function sliding_window_commit(key, state, window, cost)

@@ -426,3 +426,46 @@ async fn token_quota_looks_then_debits_the_service_used() {
         server.shutdown().await;
     }
 }
+
+/// With `envoy.algorithm: fixed_window` (and `count_denied`, the default) Sluice counts as
+/// envoyproxy/ratelimit does: OK while the window's count stays within the limit, then OVER_LIMIT
+/// with every denied hit counted, and `duration_until_reset` the seconds left in the window aligned
+/// to the epoch (`unit - now % unit`, within (0, unit]).
+#[tokio::test]
+async fn fixed_window_counts_as_the_reference() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("fw.yaml"),
+        "domain: fw\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 3}\n",
+    )
+    .expect("write");
+    let yaml =
+        format!("envoy:\n  paths: [\"{}\"]\n  algorithm: fixed_window\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut c = client(&server).await;
+    let unix =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    // Begin early in a minute, so the whole sequence falls in one window.
+    while unix() % 60 > 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let expected = [(OK, 2), (OK, 1), (OK, 0), (OVER, 0), (OVER, 0)];
+    for (i, want) in expected.into_iter().enumerate() {
+        let before = unix();
+        let r = ask(&mut c, "fw", vec![descriptor(&[("k", "v")])], 1).await;
+        let after = unix();
+        assert_eq!(codes(&r).0, vec![want], "request {}", i + 1);
+        let reset = r.statuses[0].duration_until_reset.expect("reset");
+        assert_eq!(reset.nanos, 0, "whole seconds");
+        let (late, early) = (60 - after % 60, 60 - before % 60);
+        assert!((late..=early).contains(&(reset.seconds as u64)), "{reset:?}, expected {late}..={early}");
+    }
+    // Denied hits counted: the key holds 5, so even a look is over.
+    let look = ask(&mut c, "fw", vec![looking(&[("k", "v")])], 0).await;
+    assert_eq!(codes(&look).0, vec![(OVER, 0)]);
+    let stored: std::collections::HashMap<String, u64> =
+        redis.cmd(redis::cmd("HGETALL").arg("sluice:{envoy|fw||k|v}:fw"));
+    assert_eq!(stored.get("c"), Some(&5), "{stored:?}");
+    server.shutdown().await;
+}

@@ -81,7 +81,7 @@ fn adaptive(mut c: Check, client_factors: u8, reputation: &[&str]) -> Check {
     c
 }
 
-const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingWindow, Algorithm::SlidingLog];
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::SlidingWindow, Algorithm::SlidingLog, Algorithm::FixedWindow];
 
 async fn admits_exactly_the_limit(s: Subject) {
     for algorithm in ALGORITHMS {
@@ -171,6 +171,32 @@ async fn sliding_not_fixed(s: Subject) {
     // left, reported as 6.
     let o = s.decide(&c, Mode::DryRun, start + 2_500).await;
     assert_eq!(o.verdicts[0].remaining, 6, "floor(10 - 5 * 0.5 - 1)");
+}
+
+/// envoyproxy/ratelimit's counting: windows aligned to the epoch, the limit again at once in the
+/// next window (the double burst the sliding window avoids), and the reset always the window's end.
+async fn fixed_is_fixed(s: Subject) {
+    let c = [check("fixed", Algorithm::FixedWindow, 10, 1_000)];
+    let start = T0 - T0 % 1_000 + 1_000;
+    for i in 0..10 {
+        let o = s.consume(&c, start + 990 + i % 5).await;
+        assert!(o.admitted);
+        assert_eq!(o.verdicts[0].reset_after_ms, 1_000 - 990 - i % 5, "the end of the window");
+    }
+    let denied = s.consume(&c, start + 999).await;
+    assert!(!denied.admitted);
+    assert_eq!((denied.verdicts[0].retry_after_ms, denied.verdicts[0].reset_after_ms), (1, 1));
+    let mut admitted = 0;
+    for _ in 0..12 {
+        admitted += usize::from(s.consume(&c, start + 1_010).await.admitted);
+    }
+    assert_eq!(admitted, 10, "the whole limit again right after the edge");
+    // A look at a fresh key: allowed, nothing counted, and still a reset that is not 0.
+    let mut look = check("fixed:look", Algorithm::FixedWindow, 1, 60_000);
+    look.quota.cost = 0;
+    let o = s.consume(&[look], T0).await;
+    assert!(o.admitted);
+    assert_eq!(o.verdicts[0].reset_after_ms, 60_000 - T0 % 60_000);
 }
 
 async fn dry_run_and_shadow_consume_as_documented(s: Subject) {
@@ -309,6 +335,7 @@ on_both_stores!(
     all_or_nothing_across_tiers,
     retry_after_is_exact,
     sliding_not_fixed,
+    fixed_is_fixed,
     dry_run_and_shadow_consume_as_documented,
     cost_counts_units,
 );
@@ -320,13 +347,21 @@ async fn redis_keys_expire() {
     let checks = [
         check("ttl:w", Algorithm::SlidingWindow, 5, 60_000),
         check("ttl:l", Algorithm::SlidingLog, 5, 30_000),
+        check("ttl:f", Algorithm::FixedWindow, 5, 60_000),
     ];
     assert!(store.decide_at(&checks, Mode::Consume, T0).await.expect("decision").admitted);
     let keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), 4, "{keys:?}");
     for key in keys {
         let ttl: i64 = server.cmd(redis::cmd("PTTL").arg(&key));
-        let max = if key.ends_with(":sw") { 120_000 } else { 30_000 };
+        // A fixed window's key lives until its window ends, 20 s after T0.
+        let max = if key.ends_with(":sw") {
+            120_000
+        } else if key.ends_with(":fw") {
+            20_000
+        } else {
+            30_000
+        };
         assert!(ttl > 0 && ttl <= max, "{key} has TTL {ttl}");
     }
 }

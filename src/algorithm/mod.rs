@@ -7,6 +7,7 @@
 
 pub mod adaptive;
 pub mod baseline;
+pub mod fixed_window;
 pub mod penalty;
 pub mod sliding_log;
 pub mod sliding_window;
@@ -22,6 +23,9 @@ pub enum Algorithm {
     SlidingWindow,
     /// One timestamp per unit consumed: exact, for small limits such as logins.
     SlidingLog,
+    /// One count per window aligned to the epoch: envoyproxy/ratelimit's counting, with its burst
+    /// of up to twice the limit across a window's edge.
+    FixedWindow,
 }
 
 impl Algorithm {
@@ -29,6 +33,7 @@ impl Algorithm {
         match self {
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::SlidingLog => "sliding_log",
+            Algorithm::FixedWindow => "fixed_window",
         }
     }
 
@@ -37,6 +42,7 @@ impl Algorithm {
         match self {
             Algorithm::SlidingWindow => 1,
             Algorithm::SlidingLog => 2,
+            Algorithm::FixedWindow => 3,
         }
     }
 }

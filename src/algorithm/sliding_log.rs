@@ -90,8 +90,9 @@ impl Log {
         self.entries.push_back(Entry { at: now, start, end: self.total });
     }
 
+    /// Until the newest entry leaves the window; a whole window when there is none, never 0.
     fn reset_after(&self, now: u64, window_ms: u64) -> u64 {
-        self.entries.back().map_or(0, |e| e.at.saturating_add(window_ms).saturating_sub(now))
+        self.entries.back().map_or(window_ms, |e| e.at.saturating_add(window_ms).saturating_sub(now))
     }
 }
 

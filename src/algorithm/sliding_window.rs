@@ -95,15 +95,11 @@ pub fn check(state: Window, now: u64, q: Quota) -> (Verdict, Window) {
     (verdict, next)
 }
 
-/// Until the estimate is zero: the current count weighs in until the end of the next window.
+/// Until the estimate is zero: the current count weighs in until the end of the next window, the
+/// previous one until the end of this one. With nothing counted, the end of this window: never 0, as
+/// a limited answer's reset must not invite a retry at once.
 fn reset_after(s: Window, elapsed: u128, w: u128) -> u64 {
-    if s.current > 0 {
-        to_u64(2 * w - elapsed)
-    } else if s.previous > 0 {
-        to_u64(w - elapsed)
-    } else {
-        0
-    }
+    if s.current > 0 { to_u64(2 * w - elapsed) } else { to_u64(w - elapsed) }
 }
 
 fn to_u64(v: u128) -> u64 {

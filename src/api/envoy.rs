@@ -153,7 +153,9 @@ fn respond(answer: &envoy::Answer, headers: Headers) -> RateLimitResponse {
                 } else {
                     0
                 },
-                duration_until_reset: Some(duration(verdict.reset_after_ms)),
+                // Whole seconds rounded up, as the reference gives them (for a fixed window the same
+                // number: the seconds left in the window), and never 0: no retry at once.
+                duration_until_reset: Some(duration(verdict.reset_after_ms.div_ceil(1000).max(1) * 1000)),
                 ..Default::default()
             },
         })

@@ -106,7 +106,7 @@ struct Replaced {
 struct DescriptorOptions {
     /// A window no unit can say, e.g. `15m`.
     window: Option<String>,
-    /// `sliding_window` (default) or `sliding_log`.
+    /// `sliding_window`, `sliding_log` or `fixed_window`; default `envoy.algorithm`.
     algorithm: Option<Choice<schema::Algorithm>>,
     /// `local`, `allow` or `deny`; default `fallback.mode`.
     on_redis_failure: Option<Choice<schema::FailureMode>>,
@@ -170,8 +170,20 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
         }
     }
     let attributes = e.attributes.iter().map(|(key, attr)| (key.clone(), Attr::parse(attr))).collect();
+    let algorithm = match e.algorithm.clone().or_report("envoy.algorithm", problems).map(Algorithm::from) {
+        Some(Algorithm::SlidingLog) => {
+            problems.push(
+                "envoy.algorithm: sliding_log suits small limits; give it to a descriptor with `sluice: \
+                 {algorithm: sliding_log}`"
+                    .to_owned(),
+            );
+            Algorithm::SlidingWindow
+        }
+        other => other.unwrap_or_default(),
+    };
     Domains {
         by_name,
+        algorithm,
         count_denied: e.count_denied,
         quota_mode: e.quota_mode,
         attributes,
@@ -298,7 +310,8 @@ fn level(
                 r.requests_per_unit, r.window_ms
             ));
         }
-        if let Some(r) = rule.as_ref().filter(|r| !r.unlimited && options.algorithm == Algorithm::SlidingLog)
+        if let Some(r) =
+            rule.as_ref().filter(|r| !r.unlimited && options.algorithm == Some(Algorithm::SlidingLog))
             && r.requests_per_unit > MAX_LOG_LIMIT
         {
             problems.push(format!(
@@ -332,9 +345,10 @@ fn level(
 }
 
 fn options(spec: DescriptorOptions, at: &str, problems: &mut Vec<String>) -> Options {
-    let algorithm = spec.algorithm.unwrap_or_default().or_report(&format!("{at}.algorithm"), problems);
+    let algorithm =
+        spec.algorithm.map(|a| a.or_report(&format!("{at}.algorithm"), problems).unwrap_or_default());
     Options {
-        algorithm: algorithm.unwrap_or_default().into(),
+        algorithm: algorithm.map(Algorithm::from),
         on_failure: spec.on_redis_failure.map(|mode| {
             mode.or_report(&format!("{at}.on_redis_failure"), problems).unwrap_or_default().into()
         }),

@@ -163,6 +163,9 @@ pub struct Envoy {
     pub paths: Vec<String>,
     /// Headers for the gateway: `draft` (default), `x_ratelimit` or `none`.
     pub headers: Choice<Headers>,
+    /// How descriptors count unless their `sluice:` options say otherwise: `sliding_window`
+    /// (default) or `fixed_window`, the reference's own counting.
+    pub algorithm: Choice<Algorithm>,
     /// Count the hits of denied requests on every descriptor, as the reference does by default.
     pub count_denied: bool,
     /// Every descriptor in quota mode, as the reference's `QUOTA_MODE`: a request is denied only
@@ -178,6 +181,7 @@ impl Default for Envoy {
         Envoy {
             paths: Vec::new(),
             headers: Choice::default(),
+            algorithm: Choice::default(),
             count_denied: true,
             quota_mode: false,
             attributes: Default::default(),
@@ -322,7 +326,7 @@ pub struct Tier {
     /// missing any of them is not counted by this tier. Empty: one counter for all.
     #[serde(default)]
     pub key: Vec<String>,
-    /// `sliding_window` (default) or `sliding_log`.
+    /// `sliding_window` (default), `sliding_log` or `fixed_window`.
     #[serde(default)]
     pub algorithm: Option<Choice<Algorithm>>,
     /// Units allowed per window.
@@ -487,6 +491,8 @@ pub enum Algorithm {
     SlidingWindow,
     /// One timestamp per unit: exact, for small limits such as logins.
     SlidingLog,
+    /// One count per window aligned to the epoch: envoyproxy/ratelimit's own counting.
+    FixedWindow,
 }
 
 impl From<Algorithm> for crate::algorithm::Algorithm {
@@ -494,6 +500,7 @@ impl From<Algorithm> for crate::algorithm::Algorithm {
         match a {
             Algorithm::SlidingWindow => crate::algorithm::Algorithm::SlidingWindow,
             Algorithm::SlidingLog => crate::algorithm::Algorithm::SlidingLog,
+            Algorithm::FixedWindow => crate::algorithm::Algorithm::FixedWindow,
         }
     }
 }

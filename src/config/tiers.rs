@@ -144,11 +144,12 @@ fn tier(
     };
     let counts = match count {
         Some(schema::Count::Requests) if t.count_denied => {
-            let sliding_window =
-                matches!(&rule, Some(Rule::Limited(l)) if l.algorithm == Algorithm::SlidingWindow);
-            if !sliding_window && rule.is_some() {
-                problems
-                    .push(format!("{at}.count_denied: only a sliding_window tier can count denied requests"));
+            let windowed = matches!(&rule, Some(Rule::Limited(l))
+                if matches!(l.algorithm, Algorithm::SlidingWindow | Algorithm::FixedWindow));
+            if !windowed && rule.is_some() {
+                problems.push(format!(
+                    "{at}.count_denied: only a sliding_window or fixed_window tier can count denied requests"
+                ));
             }
             if t.penalty.is_some() || penalty.is_some() {
                 problems

@@ -63,7 +63,8 @@ pub struct Node {
 /// Sluice's own options on a node (`sluice:`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    pub algorithm: Algorithm,
+    /// `None`: the domains' default (`envoy.algorithm`).
+    pub algorithm: Option<Algorithm>,
     /// `None`: the global `fallback.mode`.
     pub on_failure: Option<FailureMode>,
     pub adaptive: Option<Adaptive>,

@@ -25,6 +25,8 @@ pub struct Domains {
     pub by_name: HashMap<String, Domain>,
     /// Count the hits of denied requests (the reference's default).
     pub count_denied: bool,
+    /// How descriptors count unless their options say otherwise (`envoy.algorithm`).
+    pub algorithm: Algorithm,
     /// Every descriptor in quota mode (`envoy.quota_mode`).
     pub quota_mode: bool,
     /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
@@ -251,8 +253,9 @@ pub fn prepare(
             continue;
         }
         let cost = d.hits.unwrap_or(hits);
+        let algorithm = options.algorithm.unwrap_or(domains.algorithm);
         let counts = if domains.count_denied
-            && options.algorithm == Algorithm::SlidingWindow
+            && matches!(algorithm, Algorithm::SlidingWindow | Algorithm::FixedWindow)
             && options.penalty.is_none()
         {
             Counts::Everything
@@ -261,7 +264,7 @@ pub fn prepare(
         };
         checks.push(Check {
             key: key.clone(),
-            algorithm: options.algorithm,
+            algorithm,
             // 0 looks without consuming, even when other descriptors of the request count.
             quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost },
             shadow: *shadow,

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::{Merged, Store, StoreError};
 use crate::algorithm::adaptive::{self, Count, Tally};
+use crate::algorithm::fixed_window::Fixed;
 use crate::algorithm::penalty::{Penalty, PenaltyState};
 use crate::algorithm::token_bucket::{self, Bucket};
 use crate::algorithm::{self, Algorithm, Quota, Verdict, sliding_log::Log, sliding_window::Window};
@@ -47,6 +48,7 @@ pub enum Counting {
 enum State {
     Window(Window),
     Log(Log),
+    Fixed(Fixed),
     Bucket(Bucket),
 }
 
@@ -188,6 +190,10 @@ impl LocalStore {
                         field("sw.s", w.start_ms);
                     }
                     State::Log(log) => field("log.count", log.entries.len() as u64),
+                    State::Fixed(f) => {
+                        field("fw.c", f.count);
+                        field("fw.s", f.start_ms);
+                    }
                     State::Bucket(b) => field("bucket.tat", u64::try_from(b.tat).unwrap_or(u64::MAX)),
                 }
                 if let Some(extra) = cell.extra.as_deref() {
@@ -417,6 +423,7 @@ impl LocalStore {
             Counting::AsConfigured => match check.algorithm {
                 Algorithm::SlidingWindow => Kind::Window,
                 Algorithm::SlidingLog => Kind::Log,
+                Algorithm::FixedWindow => Kind::Fixed,
             },
         }
     }
@@ -448,6 +455,7 @@ impl LocalStore {
 enum Kind {
     Window,
     Log,
+    Fixed,
     Bucket,
 }
 
@@ -456,6 +464,7 @@ enum Kind {
 enum Next {
     Window(Window, Quota),
     Log,
+    Fixed(Fixed, Quota),
     Bucket(Bucket, Quota),
 }
 
@@ -561,6 +570,14 @@ impl Cell {
                 log.commit(now, q.cost);
                 self.expires_at = self.expires_at.max(now + q.window_ms);
             }
+            (State::Fixed(f), Next::Fixed(next, applied)) => {
+                *f = next;
+                self.expires_at = self.expires_at.max(next.start_ms.saturating_add(q.window_ms));
+                if !admitted {
+                    let (after, _) = algorithm::fixed_window::check(next, now, applied);
+                    p.verdict.after_counting(after);
+                }
+            }
             (State::Bucket(b), Next::Bucket(next, applied)) => {
                 *b = next;
                 // Full again (and so forgettable) at tat.
@@ -582,6 +599,7 @@ impl State {
         match kind {
             Kind::Window => State::Window(Window::default()),
             Kind::Log => State::Log(Log::default()),
+            Kind::Fixed => State::Fixed(Fixed::default()),
             Kind::Bucket => State::Bucket(Bucket::default()),
         }
     }
@@ -598,6 +616,10 @@ impl State {
                 log.trim(now, quota.window_ms);
                 (log.check(now, quota), Next::Log)
             }
+            State::Fixed(f) => {
+                let (v, next) = algorithm::fixed_window::check(*f, now, quota);
+                (v, Next::Fixed(next, quota))
+            }
             State::Bucket(b) => {
                 let (v, next) = token_bucket::check(*b, now, quota, configured);
                 (v, Next::Bucket(next, quota))
@@ -608,7 +630,10 @@ impl State {
     fn counts_as(&self, kind: Kind) -> bool {
         matches!(
             (self, kind),
-            (State::Window(_), Kind::Window) | (State::Log(_), Kind::Log) | (State::Bucket(_), Kind::Bucket)
+            (State::Window(_), Kind::Window)
+                | (State::Log(_), Kind::Log)
+                | (State::Fixed(_), Kind::Fixed)
+                | (State::Bucket(_), Kind::Bucket)
         )
     }
 }

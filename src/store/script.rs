@@ -4,7 +4,7 @@
 //! store loads it and tries again (`eval` in redis/connection.rs), so a flushed cache costs one
 //! extra round trip, not a failed decision.
 //!
-//! The order matters: sliding_log.lua uses sliding_window.lua's `MAX_COUNT`, and protocol.lua (the
+//! The order matters: sliding_log.lua and fixed_window.lua use sliding_window.lua's `MAX_COUNT`, and protocol.lua (the
 //! KEYS/ARGV/reply layout, twin of redis/protocol.rs) comes right before the entry file.
 
 use std::sync::LazyLock;
@@ -15,6 +15,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../lua/sliding_window.lua"),
     "\n",
     include_str!("../../lua/sliding_log.lua"),
+    "\n",
+    include_str!("../../lua/fixed_window.lua"),
     "\n",
     include_str!("../../lua/adaptive.lua"),
     "\n",

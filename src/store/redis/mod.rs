@@ -204,7 +204,9 @@ impl RedisStore {
             }
             AdminOp::Inspect { key } => {
                 let mut fields = Vec::new();
-                for suffix in [suffix::WINDOW, suffix::ATTEMPTS, suffix::FAILURES, suffix::PENALTY] {
+                for suffix in
+                    [suffix::WINDOW, suffix::FIXED, suffix::ATTEMPTS, suffix::FAILURES, suffix::PENALTY]
+                {
                     let hash: Vec<(String, String)> =
                         self.query(None, redis::cmd("HGETALL").arg(format!("{key}:{suffix}"))).await?;
                     fields.extend(hash.into_iter().map(|(f, v)| (format!("{suffix}.{f}"), v)));

@@ -51,6 +51,8 @@ pub mod suffix {
     /// A sliding log's sorted set, and its running total of units.
     pub const LOG: &str = "log";
     pub const LOG_TOTAL: &str = "seq";
+    /// A fixed window's hash.
+    pub const FIXED: &str = "fw";
     /// An adaptive tier's attempts and reported failures in the window.
     pub const ATTEMPTS: &str = "att";
     pub const FAILURES: &str = "fail";
@@ -60,7 +62,7 @@ pub mod suffix {
     pub const BASELINE: &str = "base";
 
     /// All of them: what an operator's reset deletes.
-    pub const ALL: [&str; 7] = [WINDOW, LOG, LOG_TOTAL, ATTEMPTS, FAILURES, PENALTY, BASELINE];
+    pub const ALL: [&str; 8] = [WINDOW, LOG, LOG_TOTAL, FIXED, ATTEMPTS, FAILURES, PENALTY, BASELINE];
 }
 
 /// One EVALSHA of decide.lua deciding `checks` (all in one slot) at `now` (0: Redis `TIME`).
@@ -99,6 +101,7 @@ fn check_keys(check: &Check) -> impl Iterator<Item = &'static str> {
     let algorithm: &[&'static str] = match check.algorithm {
         Algorithm::SlidingWindow => &[suffix::WINDOW],
         Algorithm::SlidingLog => &[suffix::LOG, suffix::LOG_TOTAL],
+        Algorithm::FixedWindow => &[suffix::FIXED],
     };
     let adaptive: &[&'static str] =
         if check.adaptive.is_some() { &[suffix::ATTEMPTS, suffix::FAILURES] } else { &[] };

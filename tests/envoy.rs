@@ -245,6 +245,11 @@ fn check_config_reads_the_reference_format_too() {
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("sliding window") && said.contains("envoy.algorithm: fixed_window"),
+        "check-config says how domain files count and how to count as the reference: {said}"
+    );
     let bad = common::write_config(
         "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
     );

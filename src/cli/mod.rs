@@ -172,6 +172,12 @@ fn report_config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// How Envoy domain files count unless told otherwise, and where that differs from the reference.
+const SLIDING_NOTE: &str = "note: descriptors count with Sluice's sliding window unless `envoy.algorithm: \
+    fixed_window` or a descriptor's `sluice: {algorithm: ...}` says otherwise; it allows no burst of \
+    twice the limit across a window's edge, so near an edge it denies some requests that \
+    envoyproxy/ratelimit's fixed window would allow";
+
 fn check_config(file: &std::path::Path) -> ExitCode {
     // A file in envoyproxy/ratelimit's format (a `domain` at the top) is checked as one.
     if let Ok(text) = std::fs::read_to_string(file)
@@ -180,6 +186,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         return match config::envoy_file::parse(&text, &file.display().to_string()) {
             Ok(domain) => {
                 println!("{}: ok, domain {:?}", file.display(), domain.name);
+                println!("{SLIDING_NOTE}");
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -193,6 +200,13 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match config::load(Some(file)) {
         Ok(settings) => {
             println!("{}: ok, {} tiers", file.display(), settings.tiers.len());
+            let domains = &settings.domains;
+            if !domains.by_name.is_empty() {
+                println!("{} Envoy domains, counted with {} by default", domains.by_name.len(), domains.algorithm);
+                if domains.algorithm != crate::algorithm::Algorithm::FixedWindow {
+                    println!("{SLIDING_NOTE}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => report_config_error(&e),

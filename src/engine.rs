@@ -208,9 +208,17 @@ impl Engine {
         if matches!(admission, Admission::Late) {
             return Err(RequestError::Late);
         }
-        // Not the over-limit cache: Envoy's answer holds every descriptor's status, which a
-        // remembered denial of one cannot give, and denied hits count by default.
-        let asked = self.ask(&prepared.checks, Mode::Consume, deadline, &admission).await?;
+        // From the over-limit cache only when every descriptor's check is held there (Envoy's answer
+        // has a status for each); with `count_denied` (the default) every denied hit must reach the
+        // store, so none is.
+        let asked = match self.over_limit.denied_each(&prepared.checks) {
+            Some(verdicts) => crate::check::Answer { admitted: false, verdicts, source: Source::Cache },
+            None => {
+                let asked = self.ask(&prepared.checks, Mode::Consume, deadline, &admission).await?;
+                self.over_limit.remember(&prepared.checks, &asked);
+                asked
+            }
+        };
         let source = asked.source.as_str();
         let domain = prepared.domain.clone();
         let (statuses, decided) = prepared.finish(asked);

@@ -1,7 +1,8 @@
 //! The over-limit cache: a tier-key denied until a known instant is denied again, without asking
 //! the store, until that instant. Under a flood from one client this keeps Redis load flat.
 //!
-//! Only denials that cannot end early are kept: the tier enforces (not shadow), counts admitted
+//! Only denials that cannot end early are kept: the tier enforces (not shadow, not one of a
+//! request's quotas), the request counts (not a look), the tier counts admitted
 //! requests only (a tier counting every request, or failures, must see each one), has no adaptive
 //! limit or baseline (either can rise for the next request) and no penalty (its violations are
 //! counted in the store). A denial holds for the same algorithm, limit and window, and for a cost
@@ -93,6 +94,35 @@ impl OverLimitCache {
         })
     }
 
+    /// When every check of the request is known to be denied now, each one's verdict: the answer
+    /// for a `ShouldRateLimit` request, whose every descriptor has a status (so a request with any
+    /// check not held here, or not eligible, must reach the store).
+    pub fn denied_each(&self, checks: &[Check]) -> Option<Vec<Verdict>> {
+        if self.max_keys == 0 || self.entries.is_empty() || checks.is_empty() {
+            return None;
+        }
+        let now = self.now_ms();
+        checks
+            .iter()
+            .map(|c| {
+                let e = *self.entries.get(&c.key)?;
+                let same_rule = e.algorithm == c.algorithm
+                    && e.limit == c.quota.limit
+                    && e.window_ms == c.quota.window_ms
+                    && c.quota.cost == e.cost;
+                (same_rule && eligible(c) && e.until > now).then(|| Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after_ms: e.until - now,
+                    reset_after_ms: e.reset.saturating_sub(now),
+                    limit: e.limit,
+                    score: 0,
+                    factors: 0,
+                })
+            })
+            .collect()
+    }
+
     /// Keeps the denials of `outcome` that qualify.
     pub fn remember(&self, checks: &[Check], outcome: &Answer) {
         if self.max_keys == 0 || outcome.admitted || !matches!(outcome.source, Source::Redis | Source::Local)
@@ -143,6 +173,7 @@ impl OverLimitCache {
 fn eligible(c: &Check) -> bool {
     !c.shadow
         && !c.quota_mode
+        && c.quota.cost > 0
         && c.counts == Counts::Requests
         && c.adaptive.is_none()
         && c.penalty.is_none()

@@ -474,3 +474,49 @@ async fn fixed_window_counts_as_the_reference() {
     assert_eq!(stored.get("c"), Some(&5), "{stored:?}");
     server.shutdown().await;
 }
+
+/// With `count_denied: false` a denial that cannot end early is remembered, as the reference's local
+/// cache does: the next request whose every descriptor is held there is answered OVER_LIMIT without
+/// a script call, and the metrics say `source="cache"`.
+#[tokio::test]
+async fn a_remembered_denial_is_answered_without_the_store() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "domain: c\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\n  count_denied: false\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut c = client(&server).await;
+    let one = || vec![descriptor(&[("k", "v")])];
+    for want in [OK, OK, OVER] {
+        assert_eq!(ask(&mut c, "c", one(), 1).await.overall_code, want);
+    }
+    let scripts = |redis: &RedisServer| -> u64 {
+        let info: String = redis.cmd(redis::cmd("INFO").arg("commandstats"));
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = scripts(&redis);
+    let r = ask(&mut c, "c", one(), 1).await;
+    assert_eq!(codes(&r), (vec![(OVER, 0)], OVER));
+    let reset = r.statuses[0].duration_until_reset.expect("reset");
+    assert!(reset.seconds > 0, "{reset:?}");
+    assert_eq!(scripts(&redis), before, "answered without a script call");
+    // A look, or a request with another descriptor, still reaches the store.
+    ask(&mut c, "c", vec![looking(&[("k", "v")])], 0).await;
+    assert_eq!(scripts(&redis), before + 1, "a look is never answered from the cache");
+    let metrics = common::http_get(server.http_addr, "/metrics").await.1;
+    assert!(
+        metrics.contains(
+            "sluice_envoy_decisions_total{domain=\"c\",descriptor=\"k\",decision=\"deny\",source=\"cache\"} 1"
+        ),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}

@@ -202,7 +202,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             println!("{}: ok, {} tiers", file.display(), settings.tiers.len());
             let domains = &settings.domains;
             if !domains.by_name.is_empty() {
-                println!("{} Envoy domains, counted with {} by default", domains.by_name.len(), domains.algorithm);
+                println!(
+                    "{} Envoy domains, counted with {} by default",
+                    domains.by_name.len(),
+                    domains.algorithm
+                );
                 if domains.algorithm != crate::algorithm::Algorithm::FixedWindow {
                     println!("{SLIDING_NOTE}");
                 }

@@ -102,10 +102,10 @@ serve_sluice sluice-local-envoy
 # --- Redis: our own server, never 6379
 start_redis
 
-# Sluice's decision script exactly as src/store/script.rs builds it.
-# The same concatenation as src/store/script.rs (the check after Sluice's run proves it).
-for f in sliding_window sliding_log adaptive penalty baseline decide; do cat "lua/$f.lua"; printf '\n'; done |
-  head -c -1 >"$WORK/decide.lua"
+# Sluice's decision script exactly as src/store/script.rs builds it: the files its SOURCE lists, in
+# order, joined by newlines (the check after Sluice's run proves it is the same text).
+mapfile -t LUA_FILES < <(sed -n '/^pub const SOURCE/,/^);/p' src/store/script.rs | grep -o 'lua/[a-z_]*\.lua')
+for f in "${LUA_FILES[@]}"; do cat "$f"; printf '\n'; done | head -c -1 >"$WORK/decide.lua"
 SHA=$(redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD <"$WORK/decide.lua")
 echo "== decision script sha1 $SHA" >&2
 BENCH_LINES=$WORK/redis-benchmark.txt
@@ -113,10 +113,10 @@ BENCH_LINES=$WORK/redis-benchmark.txt
 for c in $CONCURRENCY; do
   n=$((c == 1 ? 30000 : 200000))
   before=$(cpu_ticks "$REDIS_PID")
-  # ARGV (see lua/decide.lua): now (0 = Redis TIME), commit, 1 tier, 0 reputation keys; the tier:
-  # sliding_window, limit, window_ms, cost, shadow, counts, adaptive, penalty, baseline.
+  # ARGV (see lua/protocol.lua): now (0 = Redis TIME), commit, 1 tier, 0 reputation keys; the tier:
+  # sliding_window, limit, window_ms, cost, shadow, quota_mode, counts, adaptive, penalty, baseline.
   csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
-    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 1 0 0 0 | tail -n 1)
+    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
   after=$(cpu_ticks "$REDIS_PID")
   python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
 import csv, sys

@@ -12,7 +12,7 @@
 -- tier-key is denied until its block ends. A tier whose cost is 0 only looks: it changes no count,
 -- attempt or violation.
 
-local header, a = read_header(DECIDE_HEADER)
+local header, a = read_header()
 local now = header.now
 local commit = header.commit == 1
 local n = header.n
@@ -52,7 +52,9 @@ for i = 1, n do
   end
   a, k = next_a, next_k
   local window, cost = c.window, c.cost
-  local v = { check = c, score = 0, bits = 0 }
+  local v = {
+    check = c, score = 0, bits = 0, allowed = false, remaining = 0, retry = 0, reset = 0, limit = 0, state = false,
+  }
   if c.penalty then
     v.penalty_state = penalty_read(c.penalty_key, now, c.penalty)
   end

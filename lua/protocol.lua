@@ -1,7 +1,7 @@
 -- The scripts' calling convention, the one Lua place that knows it: the twin of
 -- src/store/redis/protocol.rs, which writes the KEYS and ARGV these functions read and reads the
 -- reply they write. A field added there is added here at the same position (a unit test there
--- holds the lists below to its lengths). Prepended to decide.lua and report.lua (see
+-- holds the counts below to its own). Prepended to decide.lua and report.lua (see
 -- src/store/script.rs).
 --
 -- decide.lua
@@ -29,49 +29,61 @@
 --       followed by PENALTY_ARGS when it has a penalty.
 -- Reply 1
 
-local DECIDE_HEADER = { 'now', 'commit', 'n', 'reputation_keys' }
-local CHECK_ARGS = {
-  'algorithm', 'limit', 'window', 'cost', 'shadow', 'quota_mode', 'counts', 'adaptive', 'penalty', 'baseline',
-}
-local ADAPTIVE_ARGS = {
-  'client_score', 'client_bits', 'w_reputation', 'w_burst', 'w_failed', 'burst_multiple', 'failed_threshold',
-  'reduction',
-}
-local PENALTY_ARGS = { 'violations', 'period', 'base', 'factor', 'max' }
-local BASELINE_ARGS = { 'sensitivity', 'max' }
-local RECORD = { 'allowed', 'remaining', 'retry', 'reset', 'limit', 'score', 'bits' }
-local REPORT_HEADER = { 'now', 'n' }
-local FAILURE_ARGS = { 'window', 'adaptive', 'penalty' }
+-- How many numbers each part holds, and their order (protocol.rs has the same counts, and a unit
+-- test there holds them equal). The readers below build each part with one table constructor, in
+-- this order: no cursor arithmetic outside them, and no table that grows field by field.
+local DECIDE_HEADER = 4 -- now, commit, n, reputation_keys
+local CHECK_ARGS = 10 -- algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline
+local ADAPTIVE_ARGS = 8 -- client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
+                        -- failed_threshold, reduction
+local PENALTY_ARGS = 5 -- violations, period, base, factor, max
+local BASELINE_ARGS = 2 -- sensitivity, max
+local RECORD = 7 -- allowed, remaining, retry, reset, limit, score, bits
+local REPORT_HEADER = 2 -- now, n
+local FAILURE_ARGS = 3 -- window, adaptive, penalty
 
--- The numbers `names` lists, from ARGV[a + 1] on, by name; and the cursor after them.
-local function read_args(a, names)
-  local t = {}
-  for i, name in ipairs(names) do
-    t[name] = tonumber(ARGV[a + i])
-  end
-  return t, a + #names
-end
-
--- A header with its `now` resolved: 0 means Redis TIME.
-local function read_header(names)
-  local h, a = read_args(0, names)
-  if h.now == 0 then
+-- ARGV[1] as the clock: 0 means Redis TIME.
+local function read_now()
+  local now = tonumber(ARGV[1])
+  if now == 0 then
     local t = redis.call('TIME')
-    h.now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  return h, a
+  return now
 end
 
--- One check of decide.lua, from ARGV[a + 1] and KEYS[k] on: its numbers by name, shadow as a
--- boolean, its keys (key, seq_key, attempts_key, failures_key, penalty_key, baseline_key) and its
--- options' numbers as tables (adaptive, penalty, baseline; nil when it has none); then the cursors
--- after it. nil and an error text for an unknown algorithm.
+-- decide.lua's header, and the cursor after it.
+local function read_header()
+  return {
+    now = read_now(), commit = tonumber(ARGV[2]), n = tonumber(ARGV[3]), reputation_keys = tonumber(ARGV[4]),
+  }, DECIDE_HEADER
+end
+
+-- report.lua's header, and the cursor after it.
+local function read_report_header()
+  return { now = read_now(), n = tonumber(ARGV[2]) }, REPORT_HEADER
+end
+
+local function read_penalty(a)
+  return {
+    violations = tonumber(ARGV[a + 1]), period = tonumber(ARGV[a + 2]), base = tonumber(ARGV[a + 3]),
+    factor = tonumber(ARGV[a + 4]), max = tonumber(ARGV[a + 5]),
+  }, a + PENALTY_ARGS
+end
+
+-- One check of decide.lua, from ARGV[a + 1] and KEYS[k] on: its numbers by name, shadow and
+-- quota_mode as booleans, its keys (key, seq_key, attempts_key, failures_key, penalty_key,
+-- baseline_key) and its options' numbers as tables (adaptive, penalty, baseline; false when it has
+-- none); then the cursors after it. nil and an error text for an unknown algorithm.
 local function read_check(a, k)
-  local c
-  c, a = read_args(a, CHECK_ARGS)
-  c.shadow = c.shadow == 1
-  c.quota_mode = c.quota_mode == 1
-  c.key = KEYS[k]
+  local c = {
+    algorithm = tonumber(ARGV[a + 1]), limit = tonumber(ARGV[a + 2]), window = tonumber(ARGV[a + 3]),
+    cost = tonumber(ARGV[a + 4]), shadow = ARGV[a + 5] == '1', quota_mode = ARGV[a + 6] == '1',
+    counts = tonumber(ARGV[a + 7]), adaptive = ARGV[a + 8] == '1', penalty = ARGV[a + 9] == '1',
+    baseline = ARGV[a + 10] == '1', key = KEYS[k], seq_key = false, attempts_key = false,
+    failures_key = false, penalty_key = false, baseline_key = false,
+  }
+  a = a + CHECK_ARGS
   if c.algorithm == 1 or c.algorithm == 3 then
     k = k + 1
   elseif c.algorithm == 2 then
@@ -80,59 +92,60 @@ local function read_check(a, k)
   else
     return nil, 'ERR sluice: unknown algorithm ' .. tostring(c.algorithm)
   end
-  if c.adaptive == 1 then
-    c.adaptive, a = read_args(a, ADAPTIVE_ARGS)
+  if c.adaptive then
+    c.adaptive = {
+      client_score = tonumber(ARGV[a + 1]), client_bits = tonumber(ARGV[a + 2]),
+      w_reputation = tonumber(ARGV[a + 3]), w_burst = tonumber(ARGV[a + 4]), w_failed = tonumber(ARGV[a + 5]),
+      burst_multiple = tonumber(ARGV[a + 6]), failed_threshold = tonumber(ARGV[a + 7]),
+      reduction = tonumber(ARGV[a + 8]),
+    }
+    a = a + ADAPTIVE_ARGS
     c.attempts_key, c.failures_key = KEYS[k], KEYS[k + 1]
     k = k + 2
-  else
-    c.adaptive = nil
   end
-  if c.penalty == 1 then
-    c.penalty, a = read_args(a, PENALTY_ARGS)
+  if c.penalty then
+    c.penalty, a = read_penalty(a)
     c.penalty_key = KEYS[k]
     k = k + 1
-  else
-    c.penalty = nil
   end
-  if c.baseline == 1 then
-    c.baseline, a = read_args(a, BASELINE_ARGS)
+  if c.baseline then
+    c.baseline = { sensitivity = tonumber(ARGV[a + 1]), max = tonumber(ARGV[a + 2]) }
+    a = a + BASELINE_ARGS
     c.baseline_key = KEYS[k]
     k = k + 1
-  else
-    c.baseline = nil
   end
   return c, a, k
 end
 
--- Appends one check's verdict to the reply: the fields RECORD names, a boolean as 1/0.
+-- Appends one check's verdict to the reply, in RECORD's order; allowed as 1/0.
 local function write_record(reply, v)
-  for _, name in ipairs(RECORD) do
-    local value = v[name]
-    if value == true then
-      value = 1
-    elseif value == false then
-      value = 0
-    end
-    reply[#reply + 1] = value
-  end
+  local n = #reply
+  reply[n + 1] = v.allowed and 1 or 0
+  reply[n + 2] = v.remaining
+  reply[n + 3] = v.retry
+  reply[n + 4] = v.reset
+  reply[n + 5] = v.limit
+  reply[n + 6] = v.score
+  reply[n + 7] = v.bits
 end
 
 -- One failure of report.lua, from ARGV[a + 1] and KEYS[k] on: its window, its keys
--- (failures_key when adaptive, penalty_key) and its penalty's numbers (nil without one); then the
+-- (failures_key when adaptive, penalty_key) and its penalty's numbers (false without one); then the
 -- cursors after it.
 local function read_failure(a, k)
-  local f
-  f, a = read_args(a, FAILURE_ARGS)
-  if f.adaptive == 1 then
+  local f = {
+    window = tonumber(ARGV[a + 1]), adaptive = ARGV[a + 2] == '1', penalty = ARGV[a + 3] == '1',
+    failures_key = false, penalty_key = false,
+  }
+  a = a + FAILURE_ARGS
+  if f.adaptive then
     f.failures_key = KEYS[k]
     k = k + 1
   end
-  if f.penalty == 1 then
-    f.penalty, a = read_args(a, PENALTY_ARGS)
+  if f.penalty then
+    f.penalty, a = read_penalty(a)
     f.penalty_key = KEYS[k]
     k = k + 1
-  else
-    f.penalty = nil
   end
   return f, a, k
 end

@@ -2,7 +2,7 @@
 -- lua/penalty.lua and lua/protocol.lua are prepended (see src/store/script.rs).
 -- KEYS, ARGV and reply: see protocol.lua (read_failure); all keys in one Cluster slot.
 
-local header, a = read_header(REPORT_HEADER)
+local header, a = read_report_header()
 local now = header.now
 local k = 1
 for _ = 1, header.n do

@@ -76,6 +76,8 @@ mod model {
     pub enum Algo {
         Window,
         Log,
+        /// envoyproxy/ratelimit's fixed window: one count per window aligned to the epoch.
+        Fixed,
     }
 
     #[derive(Clone, Copy, Debug)]
@@ -103,6 +105,8 @@ mod model {
         pub shadow: bool,
         /// Counts every request that is not a dry run, denied or not.
         pub everything: bool,
+        /// One of the request's quotas: it denies only when every quota of the request is over.
+        pub quota: bool,
         pub penalty: Option<PenaltySpec>,
         pub adaptive: Option<AdaptiveSpec>,
     }
@@ -115,6 +119,7 @@ mod model {
                 window,
                 shadow: false,
                 everything: false,
+                quota: false,
                 penalty: None,
                 adaptive: None,
             }
@@ -122,6 +127,10 @@ mod model {
 
         pub const fn log(limit: u64, window: u64) -> Spec {
             Spec { algo: Algo::Log, ..Spec::window(limit, window) }
+        }
+
+        pub const fn fixed(limit: u64, window: u64) -> Spec {
+            Spec { algo: Algo::Fixed, ..Spec::window(limit, window) }
         }
     }
 
@@ -195,6 +204,8 @@ mod model {
         Window(Window),
         /// One instant per unit consumed.
         Log(Vec<u64>),
+        /// The counted window's start and its count.
+        Fixed(u64, u64),
     }
 
     impl State {
@@ -202,6 +213,7 @@ mod model {
             match algo {
                 Algo::Window => State::Window(Window::default()),
                 Algo::Log => State::Log(Vec::new()),
+                Algo::Fixed => State::Fixed(0, 0),
             }
         }
 
@@ -210,6 +222,8 @@ mod model {
             match self {
                 State::Window(s) => s.scaled(now, w),
                 State::Log(stamps) => stamps.iter().filter(|&&t| t + w > now).count() as u128 * u128::from(w),
+                State::Fixed(start, count) if *start == now - now % w => u128::from(*count) * u128::from(w),
+                State::Fixed(..) => 0,
             }
         }
 
@@ -242,6 +256,13 @@ mod model {
                 State::Log(stamps) => {
                     let cost = usize::try_from(cost).expect("a log consumes at most its limit");
                     stamps.extend(std::iter::repeat_n(now, cost));
+                }
+                State::Fixed(start, count) => {
+                    let window = now - now % w;
+                    if *start != window {
+                        (*start, *count) = (window, 0);
+                    }
+                    *count = count.saturating_add(cost);
                 }
             }
         }
@@ -359,7 +380,10 @@ mod model {
                 verdicts.push(Verdict { allowed, remaining, remaining_or, retry, limit, score });
                 before.push(state);
             }
-            let admitted = verdicts.iter().zip(checks).all(|(v, c)| v.allowed || c.spec.shadow);
+            let within = |(v, c): (&Verdict, &Check)| v.allowed || c.spec.shadow;
+            let quotas = checks.iter().any(|c| c.spec.quota);
+            let admitted = verdicts.iter().zip(checks).filter(|(_, c)| !c.spec.quota).all(within)
+                && (!quotas || verdicts.iter().zip(checks).filter(|(_, c)| c.spec.quota).any(within));
             if consume {
                 for (c, v) in checks.iter().zip(&verdicts) {
                     if c.spec.everything || (admitted && v.allowed) {
@@ -378,14 +402,27 @@ mod model {
                     }
                 }
             }
+            // Every enforcing check must pass, and one of the quotas (none to wait for when one is
+            // shadow, since it always counts as within).
             let wait = if admitted {
                 Some(0)
             } else {
-                checks
-                    .iter()
-                    .zip(&verdicts)
-                    .filter(|(c, _)| !c.spec.shadow)
-                    .try_fold(0, |most, (c, v)| self.wait_of(c, v.limit, now).map(|w| w.max(most)))
+                let each = checks.iter().zip(&verdicts).filter(|(c, _)| !c.spec.shadow);
+                let regular = each
+                    .clone()
+                    .filter(|(c, _)| !c.spec.quota)
+                    .try_fold(0, |most, (c, v)| self.wait_of(c, v.limit, now).map(|w| w.max(most)));
+                let quota = if checks.iter().any(|c| c.spec.quota && c.spec.shadow) {
+                    Some(0)
+                } else {
+                    each.filter(|(c, _)| c.spec.quota)
+                        .filter_map(|(c, v)| self.wait_of(c, v.limit, now))
+                        .min()
+                };
+                match (regular, quotas) {
+                    (Some(r), true) => quota.map(|q| q.max(r)),
+                    (r, _) => r,
+                }
             };
             Outcome { admitted, verdicts, wait }
         }
@@ -1422,7 +1459,7 @@ const STORE_PENALTY: PenaltySpec =
     PenaltySpec { violations: 2, period: 20_000, base: 2_000, factor: 3, max: 30_000 };
 
 /// The store-level tiers (costs from 1 to the limit, as the engine guarantees).
-fn store_tiers() -> [Spec; 8] {
+fn store_tiers() -> [Spec; 12] {
     [
         Spec::window(5, 10_000),
         Spec::log(4, 7_000),
@@ -1432,6 +1469,10 @@ fn store_tiers() -> [Spec; 8] {
         Spec { penalty: Some(STORE_PENALTY), ..Spec::log(3, 7_000) },
         Spec { adaptive: Some(ADAPTIVE), ..Spec::window(6, 10_000) },
         Spec { adaptive: Some(ADAPTIVE), ..Spec::log(4, 7_000) },
+        Spec::fixed(4, 10_000),
+        Spec { everything: true, ..Spec::fixed(3, 6_000) },
+        Spec { quota: true, ..Spec::window(2, 10_000) },
+        Spec { quota: true, ..Spec::fixed(3, 6_000) },
     ]
 }
 
@@ -1442,10 +1483,11 @@ fn sluice_check(c: &model::Check) -> Check {
         algorithm: match s.algo {
             Algo::Window => Algorithm::SlidingWindow,
             Algo::Log => Algorithm::SlidingLog,
+            Algo::Fixed => Algorithm::FixedWindow,
         },
         quota: Quota { limit: s.limit, window_ms: s.window, cost: c.cost },
         shadow: s.shadow,
-        quota_mode: false,
+        quota_mode: s.quota,
         on_failure: FailureMode::Local,
         adaptive: s.adaptive.map(|a| AdaptiveCheck {
             settings: Adaptive {
@@ -1569,15 +1611,19 @@ fn compare_outcome(got: &Answer, expected: &model::Outcome, store: &str) -> Resu
     Ok(())
 }
 
-/// The wait a store's answer promises: the longest retry-after of its enforcing checks.
+/// The wait a store's answer promises: the longest retry-after of its enforcing checks outside
+/// quota mode, and at least the shortest of its quotas' (none when a quota is shadow).
 fn promised(got: &Answer, checks: &[model::Check]) -> u64 {
-    got.verdicts
-        .iter()
-        .zip(checks)
-        .filter(|(_, c)| !c.spec.shadow)
-        .map(|(v, _)| v.retry_after_ms)
-        .max()
-        .unwrap_or(0)
+    let retry = |quota: bool| {
+        got.verdicts
+            .iter()
+            .zip(checks)
+            .filter(move |(_, c)| !c.spec.shadow && c.spec.quota == quota)
+            .map(|(v, _)| v.retry_after_ms)
+    };
+    let quota_open = checks.iter().any(|c| c.spec.quota && c.spec.shadow);
+    let quota = if quota_open { 0 } else { retry(true).min().unwrap_or(0) };
+    retry(false).max().unwrap_or(0).max(quota)
 }
 
 async fn store_case(redis: &RedisStore, steps: &[StoreStep]) -> TestCaseResult {

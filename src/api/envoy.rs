@@ -177,22 +177,29 @@ fn duration(ms: u64) -> envoy_types::pb::google::protobuf::Duration {
 
 /// The headers of the deciding descriptor (see `decision::deciding`), in the configured style.
 fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<HeaderValue> {
-    let limited: Vec<(usize, &Rule, &Verdict, bool)> = statuses
+    let limited: Vec<(usize, &Rule, &Verdict, bool, bool)> = statuses
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Decided::Limited { rule, verdict, shadow, .. } => Some((i, rule, verdict, *shadow)),
+            Decided::Limited { rule, verdict, shadow, quota, .. } => {
+                Some((i, rule, verdict, *shadow, *quota))
+            }
             _ => None,
         })
         .collect();
-    let Some(&(i, rule, verdict, _)) = deciding(&limited, |(_, _, v, shadow)| (v, *shadow)) else {
+    let Some(&(i, rule, verdict, ..)) = deciding(&limited, |(_, _, v, shadow, _)| (v, *shadow)) else {
         return Vec::new();
     };
-    // The longest wait of any enforcing descriptor, one that counted a denied request's hits too;
-    // none when a descriptor over its limit can never pass, so no wait is promised.
+    // The longest wait of any enforcing descriptor outside quota mode (one that counted a denied
+    // request's hits too), and at least the shortest of the quotas', when every quota is over; none
+    // when a descriptor over its limit can never pass, so no wait is promised.
     let never = statuses.iter().any(|s| s.over() && matches!(s, Decided::Limited { never: true, .. }));
-    let retry = limited.iter().filter(|(.., shadow)| !shadow).map(|(_, _, v, _)| v.retry_after_ms).max();
-    let retry = retry.filter(|_| over && !never);
+    let enforcing = limited.iter().filter(|(.., shadow, _)| !shadow);
+    let regular = enforcing.clone().filter(|(.., quota)| !quota).map(|(_, _, v, ..)| v.retry_after_ms).max();
+    let quota_open = limited.iter().any(|&(.., shadow, quota)| shadow && quota);
+    let quotas = enforcing.filter(|(.., quota)| *quota).map(|(_, _, v, ..)| v.retry_after_ms).min();
+    let quotas = if quota_open { None } else { quotas };
+    let retry = regular.max(quotas).filter(|_| over && !never);
     fn described(i: usize, rule: &Rule) -> Described<'_> {
         Described {
             name: if rule.name.is_empty() {

@@ -75,3 +75,77 @@ async fn envoy_data_plane_clients_get_ok_then_over_limit() {
     assert_eq!(lines[4]["headers"]["X-RateLimit-Limit"], "4");
     assert_eq!(lines[4]["headers"]["X-RateLimit-Remaining"], "0");
 }
+
+/// The reference's quota scenario (integration-test/scripts/quota.sh) through the same clients,
+/// counted by the fixed window as the reference counts: a quota over its limit keeps its own
+/// OVER_LIMIT, the request is denied only when both quotas are over, and every reset is whole
+/// seconds within the minute.
+#[tokio::test]
+async fn envoy_data_plane_clients_see_quota_mode_on_a_fixed_window() {
+    let python = tokio::task::spawn_blocking(python).await.expect("venv");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("rl.yaml"),
+        "domain: rl\ndescriptors:\n  - key: service\n    value: service_1\n    quota_mode: true\n    \
+         rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: service\n    value: service_2\n    \
+         quota_mode: true\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let yaml =
+        format!("envoy:\n  paths: [\"{}\"]\n  algorithm: fixed_window\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    // The three calls must fall in one minute.
+    let unix =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    while unix() % 60 > 45 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let target = server.grpc_addr.to_string();
+    let script = common::repo_path("tests/clients/rls_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([&target, "rl", "service=service_1;service=service_2", "3"])
+            .output()
+            .expect("run the client")
+    })
+    .await
+    .expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let seen: Vec<(String, Vec<(String, u64)>)> = lines
+        .iter()
+        .map(|l| {
+            let statuses = l["statuses"].as_array().expect("statuses");
+            let each = statuses
+                .iter()
+                .map(|s| {
+                    (
+                        s["code"].as_str().expect("code").to_owned(),
+                        s["remaining"].as_u64().expect("remaining"),
+                    )
+                })
+                .collect();
+            (l["overall"].as_str().expect("overall").to_owned(), each)
+        })
+        .collect();
+    let status = |code: &str, remaining| (code.to_owned(), remaining);
+    assert_eq!(
+        seen,
+        [
+            ("OK".to_owned(), vec![status("OK", 0), status("OK", 1)]),
+            ("OK".to_owned(), vec![status("OVER_LIMIT", 0), status("OK", 0)]),
+            ("OVER_LIMIT".to_owned(), vec![status("OVER_LIMIT", 0), status("OVER_LIMIT", 0)]),
+        ]
+    );
+    for l in &lines {
+        for s in l["statuses"].as_array().expect("statuses") {
+            let reset = s["reset_s"].as_f64().expect("reset");
+            assert!(reset > 0.0 && reset <= 60.0 && reset.fract() == 0.0, "{l}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 """Calls Envoy's RateLimitService with two clients nobody in this project wrote: the grpcio stub and
 the grpclib (asyncio) stub of the envoy-data-plane package. Prints one JSON line per call.
 
-usage: rls_client.py HOST:PORT DOMAIN KEY=VALUE[,KEY=VALUE...] CALLS
+usage: rls_client.py HOST:PORT DOMAIN KEY=VALUE[,KEY=VALUE...][;KEY=VALUE...] CALLS
+(`;` separates descriptors)
 """
 import asyncio
 import json
@@ -21,10 +22,18 @@ from envoy_data_plane.envoy.service.ratelimit.v3 import (
 )
 
 
-def request(domain, entries):
-    pairs = [e.split("=", 1) for e in entries.split(",")]
-    descriptor = RateLimitDescriptor(entries=[RateLimitDescriptorEntry(key=k, value=v) for k, v in pairs])
-    return RateLimitRequest(domain=domain, descriptors=[descriptor], hits_addend=1)
+def request(domain, spec):
+    descriptors = []
+    for entries in spec.split(";"):
+        pairs = [e.split("=", 1) for e in entries.split(",")]
+        descriptors.append(
+            RateLimitDescriptor(entries=[RateLimitDescriptorEntry(key=k, value=v) for k, v in pairs])
+        )
+    return RateLimitRequest(domain=domain, descriptors=descriptors, hits_addend=1)
+
+
+def seconds(duration):
+    return duration.total_seconds() if duration is not None else None
 
 
 def line(client, response):
@@ -34,8 +43,16 @@ def line(client, response):
         "client": client,
         "overall": RateLimitResponseCode(response.overall_code).name,
         "remaining": status.limit_remaining,
-        "reset_s": (reset.total_seconds() if reset is not None else None),
+        "reset_s": seconds(reset),
         "headers": {h.key: h.value for h in response.response_headers_to_add},
+        "statuses": [
+            {
+                "code": RateLimitResponseCode(s.code).name,
+                "remaining": s.limit_remaining,
+                "reset_s": seconds(s.duration_until_reset),
+            }
+            for s in response.statuses
+        ],
     }), flush=True)
 
 

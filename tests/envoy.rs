@@ -110,9 +110,14 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     assert_eq!(header("X-RateLimit-Remaining").as_deref(), Some("0"));
     assert!(header("X-RateLimit-Reset").is_some());
     assert!(header("Retry-After").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s <= 2)));
-    // The exact value is limited before the key-only one: 0 per second.
+    // The exact value is limited before the key-only one: 0 per second. It can never pass, and its
+    // reset is still the end of the window, never 0 (no retry at once).
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let reset = r.statuses[0].duration_until_reset.expect("duration_until_reset");
+    // Its denied hit counts, and fades over the next second: 2 s, in whole seconds.
+    assert_eq!((reset.seconds, reset.nanos), (2, 0), "{reset:?}");
+    assert!(!r.response_headers_to_add.iter().any(|h| h.key == "Retry-After"), "no wait is promised");
     assert_eq!(
         ask(&mut c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await.overall_code,
         Code::Ok as i32

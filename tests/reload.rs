@@ -134,3 +134,58 @@ async fn an_edited_envoy_domain_file_is_reloaded_without_a_signal() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A mounted ConfigMap, as the Helm chart mounts domain files: each file a symlink through `..data`,
+/// which the kubelet points at a new directory in one rename. Sluice sees the new content without a
+/// restart.
+#[tokio::test]
+async fn a_configmap_update_by_symlink_swap_is_reloaded() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use std::os::unix::fs::symlink;
+
+    let domain = |per_hour: u32| {
+        format!(
+            "domain: cm\ndescriptors:\n  - key: user\n    rate_limit: {{unit: hour, requests_per_unit: {per_hour}}}\n"
+        )
+    };
+    let mount = tempfile::tempdir().expect("dir");
+    let version = |name: &str, per_hour: u32| {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir).expect("a version directory");
+        std::fs::write(dir.join("cm.yaml"), domain(per_hour)).expect("write the domain");
+    };
+    version("..2026_11_30_v1", 3);
+    symlink("..2026_11_30_v1", mount.path().join("..data")).expect("..data");
+    symlink("..data/cm.yaml", mount.path().join("cm.yaml")).expect("the file's link");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", mount.path().display());
+    let server = SluiceServer::start(&yaml, None).await;
+    let mut client =
+        RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr)).await.expect("connect");
+    let mut limit = async || {
+        let request = RateLimitRequest {
+            domain: "cm".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![rate_limit_descriptor::Entry { key: "user".into(), value: "ann".into() }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        };
+        let response = client.should_rate_limit(request).await.expect("ShouldRateLimit").into_inner();
+        response.statuses[0].current_limit.as_ref().map_or(0, |l| l.requests_per_unit)
+    };
+    assert_eq!(limit().await, 3);
+
+    // The kubelet's update: a new version directory, a new link, renamed over `..data` at once.
+    version("..2026_11_30_v2", 8);
+    symlink("..2026_11_30_v2", mount.path().join("..data_tmp")).expect("the new link");
+    std::fs::rename(mount.path().join("..data_tmp"), mount.path().join("..data")).expect("swap");
+    let changed = Instant::now();
+    while limit().await != 8 {
+        assert!(changed.elapsed() < Duration::from_secs(3), "the swapped ConfigMap was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

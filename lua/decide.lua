@@ -123,12 +123,16 @@ if commit then
     end
     if not consume then
       -- nothing to write
-    elseif c.algorithm == 1 then
-      sliding_window_commit(c.key, v.state, c.window, c.cost)
+    elseif c.algorithm == 1 or c.algorithm == 3 then
+      if c.algorithm == 1 then
+        sliding_window_commit(c.key, v.state, c.window, c.cost)
+      else
+        fixed_window_commit(c.key, v.state, now, c.window, c.cost)
+      end
       if not admitted then
         -- its own denied units count now: the wait runs from the state they leave (see
         -- Verdict::after_counting)
-        local _, remaining, retry, reset = sliding_window_check(c.key, now, v.limit, c.window, c.cost)
+        local _, remaining, retry, reset = algorithm_check(c, now, v.limit)
         v.retry = retry
         if not v.allowed then
           v.remaining, v.reset = remaining, reset
@@ -136,16 +140,6 @@ if commit then
       end
       if c.baseline then
         baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
-      end
-    elseif c.algorithm == 3 then
-      fixed_window_commit(c.key, v.state, now, c.window, c.cost)
-      if not admitted then
-        -- its own denied units count now (see Verdict::after_counting)
-        local _, remaining, retry, reset = fixed_window_check(c.key, now, v.limit, c.window, c.cost)
-        v.retry = retry
-        if not v.allowed then
-          v.remaining, v.reset = remaining, reset
-        end
       end
     else
       sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)

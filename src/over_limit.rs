@@ -66,31 +66,31 @@ impl OverLimitCache {
             return None;
         }
         let now = self.now_ms();
-        let mut longest: Option<(usize, Entry)> = None;
+        let mut longest: Option<(usize, Verdict)> = None;
         for (i, c) in checks.iter().enumerate().filter(|(_, c)| !c.shadow) {
-            let e = *self.entries.get(&c.key)?;
-            let same_rule = e.algorithm == c.algorithm
-                && e.limit == c.quota.limit
-                && e.window_ms == c.quota.window_ms
-                && c.quota.cost == e.cost;
-            if !(same_rule && eligible(c) && e.until > now) {
-                return None;
-            }
-            if longest.is_none_or(|(_, l)| e.until > l.until) {
-                longest = Some((i, e));
+            let v = self.held(c, now)?;
+            if longest.is_none_or(|(_, l)| v.retry_after_ms > l.retry_after_ms) {
+                longest = Some((i, v));
             }
         }
-        longest.map(|(i, e)| {
-            let verdict = Verdict {
-                allowed: false,
-                remaining: 0,
-                retry_after_ms: e.until - now,
-                reset_after_ms: e.reset.saturating_sub(now),
-                limit: e.limit,
-                score: 0,
-                factors: 0,
-            };
-            (i, verdict)
+        longest
+    }
+
+    /// The denial held for `c` now: for the same rule and cost, and only when `c` qualifies.
+    fn held(&self, c: &Check, now: u64) -> Option<Verdict> {
+        let e = *self.entries.get(&c.key)?;
+        let same_rule = e.algorithm == c.algorithm
+            && e.limit == c.quota.limit
+            && e.window_ms == c.quota.window_ms
+            && c.quota.cost == e.cost;
+        (same_rule && eligible(c) && e.until > now).then(|| Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: e.until - now,
+            reset_after_ms: e.reset.saturating_sub(now),
+            limit: e.limit,
+            score: 0,
+            factors: 0,
         })
     }
 
@@ -102,25 +102,7 @@ impl OverLimitCache {
             return None;
         }
         let now = self.now_ms();
-        checks
-            .iter()
-            .map(|c| {
-                let e = *self.entries.get(&c.key)?;
-                let same_rule = e.algorithm == c.algorithm
-                    && e.limit == c.quota.limit
-                    && e.window_ms == c.quota.window_ms
-                    && c.quota.cost == e.cost;
-                (same_rule && eligible(c) && e.until > now).then(|| Verdict {
-                    allowed: false,
-                    remaining: 0,
-                    retry_after_ms: e.until - now,
-                    reset_after_ms: e.reset.saturating_sub(now),
-                    limit: e.limit,
-                    score: 0,
-                    factors: 0,
-                })
-            })
-            .collect()
+        checks.iter().map(|c| self.held(c, now)).collect()
     }
 
     /// Keeps the denials of `outcome` that qualify.

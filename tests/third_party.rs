@@ -36,6 +36,26 @@ fn python() -> PathBuf {
     python
 }
 
+/// Runs tests/clients/rls_client.py against `server`: `calls` requests for `descriptors` (see the
+/// script), one JSON line each.
+async fn client_lines(
+    python: PathBuf,
+    server: &SluiceServer,
+    domain: &str,
+    descriptors: &str,
+    calls: u32,
+) -> Vec<serde_json::Value> {
+    let args = [server.grpc_addr.to_string(), domain.to_owned(), descriptors.to_owned(), calls.to_string()];
+    let script = common::repo_path("tests/clients/rls_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python).arg(script).args(args).output().expect("run the client")
+    })
+    .await
+    .expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+}
+
 #[tokio::test]
 async fn envoy_data_plane_clients_get_ok_then_over_limit() {
     let python = tokio::task::spawn_blocking(python).await.expect("venv");
@@ -49,22 +69,7 @@ async fn envoy_data_plane_clients_get_ok_then_over_limit() {
     let yaml =
         format!("envoy:\n  paths: [\"{}\"]\n  headers: x_ratelimit\ntiers: []\n", dir.path().display());
     let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
-    let target = server.grpc_addr.to_string();
-    let script = common::repo_path("tests/clients/rls_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([&target, "edge", "user=42", "6"])
-            .output()
-            .expect("run the client")
-    })
-    .await
-    .expect("client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let lines = client_lines(python, &server, "edge", "user=42", 6).await;
     assert_eq!(lines.len(), 6);
     let overall: Vec<&str> = lines.iter().map(|l| l["overall"].as_str().expect("overall")).collect();
     assert_eq!(overall, ["OK", "OK", "OK", "OK", "OVER_LIMIT", "OVER_LIMIT"]);
@@ -101,22 +106,7 @@ async fn envoy_data_plane_clients_see_quota_mode_on_a_fixed_window() {
     while unix() % 60 > 45 {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let target = server.grpc_addr.to_string();
-    let script = common::repo_path("tests/clients/rls_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([&target, "rl", "service=service_1;service=service_2", "3"])
-            .output()
-            .expect("run the client")
-    })
-    .await
-    .expect("client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let lines = client_lines(python, &server, "rl", "service=service_1;service=service_2", 3).await;
     let seen: Vec<(String, Vec<(String, u64)>)> = lines
         .iter()
         .map(|l| {

@@ -84,6 +84,21 @@ fn cluster_promotes_a_replica_when_its_master_is_killed() {
     let _: () = cluster.cmd_on(master, &set(key, "kept"));
     let acked: i64 = cluster.cmd_on(master, redis::cmd("WAIT").arg(1).arg(1000));
     assert_eq!(acked, 1, "the replica acknowledged the write");
+    // And holds it now, with its link up and no resync under way: a resync on a busy machine would
+    // empty the replica first, and a master killed during it leaves a promoted replica without
+    // the key, which is Redis's behaviour, not the fixture's.
+    let synced = Instant::now();
+    loop {
+        let info: String = cluster.cmd_on(replicas[0], redis::cmd("INFO").arg("replication"));
+        let field = |f| common::cluster::info_field(&info, f).map(str::to_owned);
+        if field("master_link_status").as_deref() == Some("up")
+            && field("master_sync_in_progress").as_deref() == Some("0")
+        {
+            break;
+        }
+        assert!(synced.elapsed() < Duration::from_secs(10), "the replica never settled: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     cluster.kill_node(master);
     let killed = Instant::now();

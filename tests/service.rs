@@ -79,6 +79,9 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         .env("SLUICE__SERVER__GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env_remove("SLUICE__REDIS__URL")
+        // An operator who exported the admin token for `sluice admin`, as the README suggests: it
+        // opens nothing without admin.grpc_addr, and stops nothing either.
+        .env("SLUICE__ADMIN__TOKEN", "a-token-for-the-admin-cli")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice serve");
@@ -141,6 +144,15 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     let mut log = String::new();
     std::io::Read::read_to_string(process.0.stderr.as_mut().expect("stderr"), &mut log).expect("read log");
     assert!(log.contains("no redis configured"), "{log}");
+    assert!(log.contains("the admin API is off: admin.grpc_addr is not set"), "{log}");
+
+    let out = Command::new(BIN)
+        .args(["check-config", &common::repo_path("examples/sluice.yaml").display().to_string()])
+        .env("SLUICE__ADMIN__TOKEN", "a-token-for-the-admin-cli")
+        .output()
+        .expect("check-config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("note: the admin API is off"));
 }
 
 #[tokio::test]

@@ -200,6 +200,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match config::load(Some(file)) {
         Ok(settings) => {
             println!("{}: ok, {} tiers", file.display(), settings.tiers.len());
+            for notice in &settings.notices {
+                println!("note: {notice}");
+            }
             let domains = &settings.domains;
             if !domains.by_name.is_empty() {
                 println!(
@@ -223,6 +226,9 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         Err(e) => return report_config_error(&e),
     };
     init_logging(&settings.log);
+    for notice in &settings.notices {
+        tracing::warn!("{notice}");
+    }
     match &path {
         Some(p) => {
             tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded")

@@ -56,6 +56,8 @@ pub struct Settings {
     /// The files and directories the domains were read from, watched for changes.
     pub envoy_paths: Vec<std::path::PathBuf>,
     pub envoy_headers: crate::decision::Headers,
+    /// What the settings leave off that an operator may have meant on, for the log at start.
+    pub notices: Vec<String>,
 }
 
 /// The admin API's listener, its TLS and its token (never logged).

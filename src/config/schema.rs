@@ -192,8 +192,10 @@ impl Default for Envoy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Its own gRPC listener, e.g. 127.0.0.1:8082.
-    pub grpc_addr: String,
+    /// Its own gRPC listener, e.g. 127.0.0.1:8082. Without it the admin API is off, even when a
+    /// token is given (say, `SLUICE__ADMIN__TOKEN` exported for `sluice admin`).
+    #[serde(default)]
+    pub grpc_addr: Option<String>,
     /// Callers present `authorization: Bearer <token>`; at least 16 characters. Set it from the
     /// environment (`SLUICE__ADMIN__TOKEN`) rather than the file; it is never logged.
     pub token: String,

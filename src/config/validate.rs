@@ -37,13 +37,20 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         Some(TlsSettings { cert_pem: cert_pem?, key_pem: key_pem?, client_ca_pem })
     });
 
+    let mut notices = Vec::new();
     let admin = file.admin.and_then(|a| {
-        let grpc_addr = a
-            .grpc_addr
+        let Some(addr) = a.grpc_addr else {
+            notices.push(
+                "the admin API is off: admin.grpc_addr is not set (an admin token alone, e.g. \
+                 SLUICE__ADMIN__TOKEN for `sluice admin`, does not open it)"
+                    .to_owned(),
+            );
+            return None;
+        };
+        let grpc_addr = addr
             .parse::<SocketAddr>()
             .map_err(|_| {
-                problems
-                    .push(format!("admin.grpc_addr: {:?} is not an address like 127.0.0.1:8082", a.grpc_addr))
+                problems.push(format!("admin.grpc_addr: {addr:?} is not an address like 127.0.0.1:8082"))
             })
             .ok();
         let tls = a.tls.or_report("admin.tls", &mut problems).map(|choice| match choice {
@@ -129,6 +136,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         tiers,
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
+        notices,
         domains,
         envoy_paths: file.envoy.paths.iter().map(std::path::PathBuf::from).collect(),
         envoy_headers: envoy_headers.into(),

@@ -39,14 +39,20 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Binds every listener; an error names the listener and its address.
     pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
+        async fn bind(what: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
+        }
         let admin = match &settings.admin {
-            Some(admin) => Some(TcpListener::bind(admin.grpc_addr).await?),
+            Some(admin) => Some(bind("admin.grpc_addr", admin.grpc_addr).await?),
             None => None,
         };
         Ok(Listeners {
-            grpc: TcpListener::bind(settings.server.grpc_addr).await?,
-            http: TcpListener::bind(settings.server.http_addr).await?,
+            grpc: bind("server.grpc_addr", settings.server.grpc_addr).await?,
+            http: bind("server.http_addr", settings.server.http_addr).await?,
             admin,
         })
     }

@@ -125,6 +125,15 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         assert_eq!(last["limit"], 5);
         assert_eq!(last["allowed"], i < 5, "attempt {i}: {last}");
     }
+    // A bare host:port is taken as http://host:port.
+    let bare = format!("127.0.0.1:{grpc}");
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(&["check", "--addr", &bare, "--attr", "ip=10.9.9.9", "--attr", "endpoint=/x", "--json"])
+    })
+    .await
+    .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     let retry = last["retry_after_ms"].as_u64().expect("retry_after_ms");
     assert!(retry > 890_000 && retry <= 900_000, "{last}");
     assert_eq!(last["remaining"], 0);
@@ -153,6 +162,22 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         .expect("check-config");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("note: the admin API is off"));
+}
+
+/// A port already in use stops `serve` with the listener's name and address in the log.
+#[test]
+fn a_taken_port_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("SLUICE__SERVER__GRPC_ADDR", addr.to_string())
+        .env("SLUICE__SERVER__HTTP_ADDR", format!("127.0.0.1:{}", pick_port(false)))
+        .output()
+        .expect("run sluice serve");
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("cannot listen on {addr} (server.grpc_addr)")), "{log}");
 }
 
 #[tokio::test]

@@ -75,8 +75,14 @@ pub(super) async fn admin(addr: String, token: String, tls: ClientTls, action: A
 }
 
 /// A channel to the admin API: plaintext for `http://`, TLS for `https://`.
+/// An address as given, or `http://` before a bare `host:port`.
+fn with_scheme(addr: &str) -> String {
+    if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
+}
+
 async fn connect_admin(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channel, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let addr = &with_scheme(addr);
     let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("{addr:?} is not an address: {e}"))?;
     let read =
@@ -133,6 +139,7 @@ pub(super) async fn check(
     let a = attributes(attrs);
     let request =
         pb::CheckRequest { requests: vec![pb::RateRequest { attributes: Some(a), cost, tiers }], dry_run };
+    let addr = with_scheme(&addr);
     let mut client = match pb::rate_limiter_client::RateLimiterClient::connect(addr.clone()).await {
         Ok(c) => c,
         Err(e) => {

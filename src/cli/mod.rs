@@ -241,7 +241,7 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     let listeners = match Listeners::bind(&settings).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };

@@ -12,6 +12,9 @@ use common::{RedisServer, SluiceServer};
 
 /// A Python virtual environment with tests/clients/requirements.txt installed.
 fn python() -> PathBuf {
+    // The tests of this file run at once: one of them builds the environment, the other waits.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("third-party-clients");
     let python = venv.join("bin/python");
     let requirements = common::repo_path("tests/clients/requirements.txt");

@@ -4,7 +4,7 @@
 #   sluice-local          `sluice serve`, in-process store
 #   sluice-redis          `sluice serve` on Redis (one multiplexed connection)
 #   sluice-redis-adaptive the same with the tier's adaptive threat score on
-# each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision script alone with
+# each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision function alone with
 # redis-benchmark. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
 # admitted decision. Everything listens on 127.0.0.1 on free ports; every process started here is
 # stopped on exit.
@@ -102,12 +102,15 @@ serve_sluice sluice-local-envoy
 # --- Redis: our own server, never 6379
 start_redis
 
-# Sluice's decision script exactly as src/store/script.rs builds it: the files its SOURCE lists, in
-# order, joined by newlines (the check after Sluice's run proves it is the same text).
-mapfile -t LUA_FILES < <(sed -n '/^pub const SOURCE/,/^);/p' src/store/script.rs | grep -o 'lua/[a-z_]*\.lua')
-for f in "${LUA_FILES[@]}"; do cat "$f"; printf '\n'; done | head -c -1 >"$WORK/decide.lua"
-SHA=$(redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD <"$WORK/decide.lua")
-echo "== decision script sha1 $SHA" >&2
+# Sluice's function library exactly as src/store/script.rs builds it: the files its BODY lists, in
+# order, joined by newlines, named after the first 16 hex digits of their SHA1 (the check after
+# Sluice's run proves it is the same text).
+mapfile -t LUA_FILES < <(sed -n '/^pub const BODY/,/^);/p' src/store/script.rs | grep -o 'lua/[a-z_]*\.lua')
+for f in "${LUA_FILES[@]}"; do cat "$f"; printf '\n'; done | head -c -1 >"$WORK/body.lua"
+VERSION=$(sha1sum "$WORK/body.lua" | cut -c 1-16)
+{ printf '#!lua name=sluice_%s\nlocal VERSION = '"'"'%s'"'"'\n' "$VERSION" "$VERSION"; cat "$WORK/body.lua"; } >"$WORK/library.lua"
+redis-cli -p "$REDIS_PORT" -x FUNCTION LOAD <"$WORK/library.lua" >/dev/null
+echo "== function library sluice_$VERSION" >&2
 BENCH_LINES=$WORK/redis-benchmark.txt
 : >"$BENCH_LINES"
 for c in $CONCURRENCY; do
@@ -116,26 +119,26 @@ for c in $CONCURRENCY; do
   # ARGV (see lua/protocol.lua): now (0 = Redis TIME), commit, 1 tier, 0 reputation keys; the tier:
   # sliding_window, limit, window_ms, cost, shadow, quota_mode, counts, adaptive, penalty, baseline.
   csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
-    EVALSHA "$SHA" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
+    FCALL "sluice_decide_$VERSION" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
   after=$(cpu_ticks "$REDIS_PID")
   python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
 import csv, sys
 c, n, before, after, hz = (int(v) for v in sys.argv[1:6])
 row = next(csv.reader([sys.argv[6]]))
 rps, p50, p99 = float(row[1]), float(row[4]), float(row[6])
-print(f"target=redis-benchmark-evalsha c={c} rps={rps:.0f} p50_us={p50 * 1000:.0f} p99_us={p99 * 1000:.0f} "
+print(f"target=redis-benchmark-fcall c={c} rps={rps:.0f} p50_us={p50 * 1000:.0f} p99_us={p99 * 1000:.0f} "
       f"redis_cpu_us_per_call={(after - before) * 1e6 / hz / n:.1f}")
 EOF
 done
 redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
-# Sluice must load the very same text: after a flush only its own load can bring this SHA back.
-redis-cli -p "$REDIS_PORT" SCRIPT FLUSH >/dev/null
+# Sluice must load the very same text: after a flush only its own load can bring this name back.
+redis-cli -p "$REDIS_PORT" FUNCTION FLUSH >/dev/null
 
 serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 # The same tier with the adaptive threat score on (requests carry no user agent: score 20).
 serve_sluice sluice-redis-adaptive "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}" "    adaptive: true"
 serve_sluice sluice-redis-envoy "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
-SAME_SCRIPT=$(redis-cli -p "$REDIS_PORT" SCRIPT EXISTS "$SHA" | head -n 1)
+SAME_LIBRARY=$(redis-cli -p "$REDIS_PORT" FUNCTION LIST LIBRARYNAME "sluice_$VERSION" | grep -c "^sluice_$VERSION\$" || true)
 
 # --- summary
 echo
@@ -156,7 +159,7 @@ for row in table:
     print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
 print()
 for b in bench:
-    print(f"redis-benchmark EVALSHA decide c={b['c']}: {b['rps']} calls/s, p50 {b['p50_us']} µs, "
+    print(f"redis-benchmark FCALL decide c={b['c']}: {b['rps']} calls/s, p50 {b['p50_us']} µs, "
           f"p99 {b['p99_us']} µs, redis CPU {b['redis_cpu_us_per_call']} µs/call")
 top = max((int(r["c"]) for r in runs), default=0)
 at = {r["target"]: r for r in runs if int(r["c"]) == top}
@@ -173,5 +176,5 @@ for target in ("sluice-redis",):
         print(f"{target} server CPU at c={top}: {cpu} µs/decision (target < 40: {'met' if cpu < 40 else 'MISSED'})")
 EOF
 cat "$WORK/sources.txt"
-echo "decision script loaded by Sluice is the text of lua/ (SCRIPT EXISTS after a flush): $SAME_SCRIPT"
+echo "function library loaded by Sluice is the text of lua/ (sluice_$VERSION listed after a flush: $SAME_LIBRARY)"
 echo "result lines appended to $RESULTS"

@@ -1,5 +1,6 @@
--- The entry script: one call decides one request against every tier that applies to it.
--- The algorithm files in lua/ and protocol.lua are prepended to this one (see src/store/script.rs).
+-- decide(): one call decides one request against every tier that applies to it. It calls the
+-- algorithm files of lua/ and protocol.lua, which come before it in the library (see
+-- src/store/script.rs), and library.lua registers it.
 -- KEYS, ARGV and reply: see protocol.lua, whose read_check and write_record are the one place that
 -- knows their layout.
 --
@@ -12,22 +13,14 @@
 -- tier-key is denied until its block ends. A tier whose cost is 0 only looks: it changes no count,
 -- attempt or violation.
 
-local header, a = read_header()
-local now = header.now
-local commit = header.commit == 1
-local n = header.n
-
-local bad_reputation = nil
-local function reputation()
-  if bad_reputation == nil then
-    bad_reputation = false
-    for k = #KEYS - header.reputation_keys + 1, #KEYS do
-      if redis.call('EXISTS', KEYS[k]) == 1 then
-        bad_reputation = true
-      end
+-- Whether one of the request's reputation keys (the last `count` KEYS) marks it.
+local function bad_reputation(count)
+  for k = #KEYS - count + 1, #KEYS do
+    if redis.call('EXISTS', KEYS[k]) == 1 then
+      return true
     end
   end
-  return bad_reputation
+  return false
 end
 
 -- One check's algorithm at `limit`: allowed, remaining, retry, reset and the state to write.
@@ -40,115 +33,128 @@ local function algorithm_check(c, now, limit)
   return sliding_log_check(c.key, now, limit, c.window, c.cost)
 end
 
-local admitted = true
--- quota-mode checks: how many, and whether one of them is within its quota (a shadow one always is)
-local quotas, quota_within = 0, false
-local verdicts = {}
-local k = 1
-for i = 1, n do
-  local c, next_a, next_k = read_check(a, k)
-  if not c then
-    return redis.error_reply(next_a)
-  end
-  a, k = next_a, next_k
-  local window, cost = c.window, c.cost
-  local v = {
-    check = c, score = 0, bits = 0, allowed = false, remaining = 0, retry = 0, reset = 0, limit = 0, state = false,
-  }
-  if c.penalty then
-    v.penalty_state = penalty_read(c.penalty_key, now, c.penalty)
-  end
-  local effective = c.limit
-  if c.baseline then
-    local s, count = sliding_window_current(c.key)
-    v.baseline, v.baseline_w = baseline_load(c.baseline_key, s, count, now, window)
-    effective = baseline_limit(c.limit, v.baseline, c.baseline.sensitivity, c.baseline.max)
-  end
-  -- A look (cost 0) changes nothing: no attempt, no violation, no count.
-  local counted = commit and cost > 0
-  if c.adaptive then
-    local attempts = adaptive_count(c.attempts_key, now, window, counted and 1 or 0)
-    local failures = adaptive_count(c.failures_key, now, window, 0)
-    v.score, v.bits, effective, v.retry_limit =
-      adaptive_assess(c.adaptive, reputation(), attempts, counted, failures, c.limit, effective, cost)
-  end
-  v.limit = effective
-  v.allowed, v.remaining, v.retry, v.reset, v.state = algorithm_check(c, now, effective)
-  if v.retry_limit and not v.allowed and v.retry_limit < effective then
-    local _
-    _, _, v.retry = algorithm_check(c, now, v.retry_limit)
-  end
-  if c.penalty then
-    if not v.allowed and counted and v.penalty_state.u <= now then
-      penalty_violate(c.penalty_key, v.penalty_state, now, c.penalty, 1)
+local function decide()
+  local header, a = read_header()
+  local now = header.now
+  local commit = header.commit == 1
+  local n = header.n
+
+  -- read once, by the first adaptive check
+  local reputation = nil
+
+  local admitted = true
+  -- quota-mode checks: how many, and whether one of them is within its quota (a shadow one always is)
+  local quotas, quota_within = 0, false
+  local verdicts = {}
+  local k = 1
+  for i = 1, n do
+    local c, next_a, next_k = read_check(a, k)
+    if not c then
+      return redis.error_reply(next_a)
     end
-    local wait = v.penalty_state.u - now
-    if wait > 0 then
-      -- blocked: retry-after is the longest wait, the block's or the window's when longer; a
-      -- blocked key counts nothing
-      local window_wait = v.allowed and 0 or v.retry
-      v.allowed, v.remaining = false, 0
-      v.retry, v.reset = math.max(wait, window_wait), math.max(wait, v.reset)
-      v.state, v.blocked = nil, true
+    a, k = next_a, next_k
+    local window, cost = c.window, c.cost
+    local v = {
+      check = c, score = 0, bits = 0, allowed = false, remaining = 0, retry = 0, reset = 0, limit = 0, state = false,
+    }
+    if c.penalty then
+      v.penalty_state = penalty_read(c.penalty_key, now, c.penalty)
     end
+    local effective = c.limit
+    if c.baseline then
+      local s, count = sliding_window_current(c.key)
+      v.baseline, v.baseline_w = baseline_load(c.baseline_key, s, count, now, window)
+      effective = baseline_limit(c.limit, v.baseline, c.baseline.sensitivity, c.baseline.max)
+    end
+    -- A look (cost 0) changes nothing: no attempt, no violation, no count.
+    local counted = commit and cost > 0
+    if c.adaptive then
+      local attempts = adaptive_count(c.attempts_key, now, window, counted and 1 or 0)
+      local failures = adaptive_count(c.failures_key, now, window, 0)
+      if reputation == nil then
+        reputation = bad_reputation(header.reputation_keys)
+      end
+      v.score, v.bits, effective, v.retry_limit =
+        adaptive_assess(c.adaptive, reputation, attempts, counted, failures, c.limit, effective, cost)
+    end
+    v.limit = effective
+    v.allowed, v.remaining, v.retry, v.reset, v.state = algorithm_check(c, now, effective)
+    if v.retry_limit and not v.allowed and v.retry_limit < effective then
+      local _
+      _, _, v.retry = algorithm_check(c, now, v.retry_limit)
+    end
+    if c.penalty then
+      if not v.allowed and counted and v.penalty_state.u <= now then
+        penalty_violate(c.penalty_key, v.penalty_state, now, c.penalty, 1)
+      end
+      local wait = v.penalty_state.u - now
+      if wait > 0 then
+        -- blocked: retry-after is the longest wait, the block's or the window's when longer; a
+        -- blocked key counts nothing
+        local window_wait = v.allowed and 0 or v.retry
+        v.allowed, v.remaining = false, 0
+        v.retry, v.reset = math.max(wait, window_wait), math.max(wait, v.reset)
+        v.state, v.blocked = nil, true
+      end
+    end
+    if c.quota_mode then
+      quotas = quotas + 1
+      quota_within = quota_within or v.allowed or c.shadow
+    elseif not v.allowed and not c.shadow then
+      admitted = false
+    end
+    verdicts[i] = v
   end
-  if c.quota_mode then
-    quotas = quotas + 1
-    quota_within = quota_within or v.allowed or c.shadow
-  elseif not v.allowed and not c.shadow then
+
+  if quotas > 0 and not quota_within then
     admitted = false
   end
-  verdicts[i] = v
-end
 
-if quotas > 0 and not quota_within then
-  admitted = false
-end
-
-if commit then
-  for i = 1, n do
-    local v = verdicts[i]
-    local c = v.check
-    local consume
-    if c.cost == 0 then
-      -- a look only
-      consume = false
-    elseif c.counts == 2 then
-      -- counts every request, denied or not (envoyproxy/ratelimit's way), unless its key is blocked
-      consume = not v.blocked
-    else
-      -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
-      -- the count would only grow its state); a failure-only tier (0) never here
-      consume = admitted and c.counts == 1 and v.allowed
-    end
-    if not consume then
-      -- nothing to write
-    elseif c.algorithm == 1 or c.algorithm == 3 then
-      if c.algorithm == 1 then
-        sliding_window_commit(c.key, v.state, c.window, c.cost)
+  if commit then
+    for i = 1, n do
+      local v = verdicts[i]
+      local c = v.check
+      local consume
+      if c.cost == 0 then
+        -- a look only
+        consume = false
+      elseif c.counts == 2 then
+        -- counts every request, denied or not (envoyproxy/ratelimit's way), unless its key is blocked
+        consume = not v.blocked
       else
-        fixed_window_commit(c.key, v.state, now, c.window, c.cost)
+        -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
+        -- the count would only grow its state); a failure-only tier (0) never here
+        consume = admitted and c.counts == 1 and v.allowed
       end
-      if not admitted then
-        -- its own denied units count now: the wait runs from the state they leave (see
-        -- Verdict::after_counting)
-        local _, remaining, retry, reset = algorithm_check(c, now, v.limit)
-        v.retry = retry
-        if not v.allowed then
-          v.remaining, v.reset = remaining, reset
+      if not consume then
+        -- nothing to write
+      elseif c.algorithm == 1 or c.algorithm == 3 then
+        if c.algorithm == 1 then
+          sliding_window_commit(c.key, v.state, c.window, c.cost)
+        else
+          fixed_window_commit(c.key, v.state, now, c.window, c.cost)
         end
+        if not admitted then
+          -- its own denied units count now: the wait runs from the state they leave (see
+          -- Verdict::after_counting)
+          local _, remaining, retry, reset = algorithm_check(c, now, v.limit)
+          v.retry = retry
+          if not v.allowed then
+            v.remaining, v.reset = remaining, reset
+          end
+        end
+        if c.baseline then
+          baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
+        end
+      else
+        sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)
       end
-      if c.baseline then
-        baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
-      end
-    else
-      sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)
     end
   end
-end
 
-local reply = { admitted and 1 or 0, now }
-for i = 1, n do
-  write_record(reply, verdicts[i])
+  local reply = { admitted and 1 or 0, now }
+  for i = 1, n do
+    write_record(reply, verdicts[i])
+  end
+  return reply
 end
-return reply

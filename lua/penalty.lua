@@ -6,6 +6,8 @@
 --       and, on reaching p.violations, blocks for min(p.base * p.factor ^ n, p.max). The state is
 --       forgotten p.max after the block or the period ends (the key's TTL says the same), so the
 --       escalation goes after a quiet spell.
+-- penalty_unblock(key) lifts a block (an operator's action): u and v back to 0, n kept; 1 when the
+--       hash exists, 0 (and nothing written) when it does not.
 
 local function penalty_read(key, now, p)
   local st = redis.call('HMGET', key, 'v', 'r', 'u', 'n')
@@ -27,4 +29,12 @@ local function penalty_violate(key, st, now, p, count)
   end
   redis.call('HSET', key, 'v', st.v, 'r', st.r, 'u', st.u, 'n', st.n)
   redis.call('PEXPIRE', key, math.max(st.u, st.r) - now + p.max)
+end
+
+local function penalty_unblock(key)
+  if redis.call('EXISTS', key) == 0 then
+    return 0
+  end
+  redis.call('HSET', key, 'u', 0, 'v', 0)
+  return 1
 end

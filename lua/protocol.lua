@@ -1,8 +1,8 @@
--- The scripts' calling convention, the one Lua place that knows it: the twin of
+-- The library's calling convention, the one Lua place that knows it: the twin of
 -- src/store/redis/protocol.rs, which writes the KEYS and ARGV these functions read and reads the
 -- reply they write. A field added there is added here at the same position (a unit test there
--- holds the counts below to its own). Prepended to decide.lua and report.lua (see
--- src/store/script.rs).
+-- holds the counts below to its own). decide.lua and report.lua come after it in the library
+-- (see src/store/script.rs).
 --
 -- decide.lua
 -- KEYS  per check, in ARGV order: its algorithm's keys (sliding_window: its hash; sliding_log: its
@@ -41,6 +41,10 @@ local BASELINE_ARGS = 2 -- sensitivity, max
 local RECORD = 7 -- allowed, remaining, retry, reset, limit, score, bits
 local REPORT_HEADER = 2 -- now, n
 local FAILURE_ARGS = 3 -- window, adaptive, penalty
+
+-- The keys and arguments of the call under way: library.lua's entry points set them before they
+-- run decide or report (a function's callback gets them as parameters, not as globals).
+local KEYS, ARGV = {}, {}
 
 -- ARGV[1] as the clock: 0 means Redis TIME.
 local function read_now()

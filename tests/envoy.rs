@@ -499,23 +499,15 @@ async fn a_remembered_denial_is_answered_without_the_store() {
     for want in [OK, OK, OVER] {
         assert_eq!(ask(&mut c, "c", one(), 1).await.overall_code, want);
     }
-    let scripts = |redis: &RedisServer| -> u64 {
-        let info: String = redis.cmd(redis::cmd("INFO").arg("commandstats"));
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let before = scripts(&redis);
+    let before = redis.function_calls();
     let r = ask(&mut c, "c", one(), 1).await;
     assert_eq!(codes(&r), (vec![(OVER, 0)], OVER));
     let reset = r.statuses[0].duration_until_reset.expect("reset");
     assert!(reset.seconds > 0, "{reset:?}");
-    assert_eq!(scripts(&redis), before, "answered without a script call");
+    assert_eq!(redis.function_calls(), before, "answered without a script call");
     // A look, or a request with another descriptor, still reaches the store.
     ask(&mut c, "c", vec![looking(&[("k", "v")])], 0).await;
-    assert_eq!(scripts(&redis), before + 1, "a look is never answered from the cache");
+    assert_eq!(redis.function_calls(), before + 1, "a look is never answered from the cache");
     let metrics = common::http_get(server.http_addr, "/metrics").await.1;
     assert!(
         metrics.contains(

@@ -10,15 +10,6 @@ use sluice::api::pb;
 
 const TOKEN: &str = "over-limit-admin-token-0123";
 
-/// Script calls Redis has run so far.
-fn script_calls(redis: &RedisServer) -> u64 {
-    let info: String = redis.cmd(redis::cmd("INFO").arg("commandstats"));
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn denials_are_answered_from_the_cache_until_their_retry_after() {
     let redis = RedisServer::start();
@@ -35,7 +26,7 @@ async fn denials_are_answered_from_the_cache_until_their_retry_after() {
     assert!(!first.allowed);
     assert_eq!(first.source, "redis", "the first denial comes from Redis");
 
-    let before = script_calls(&redis);
+    let before = redis.function_calls();
     let mut last_retry = first.retry_after_ms;
     for _ in 0..20 {
         let d = check(&mut client, request(&ip)).await;
@@ -51,7 +42,7 @@ async fn denials_are_answered_from_the_cache_until_their_retry_after() {
         assert!(common::header(&d, "Retry-After").is_some());
         last_retry = d.retry_after_ms;
     }
-    assert_eq!(script_calls(&redis), before, "cached denials make no script call");
+    assert_eq!(redis.function_calls(), before, "cached denials make no script call");
     // Another client is not affected.
     assert_eq!(check(&mut client, request(&[("ip", "198.51.100.8")])).await.source, "redis");
 

@@ -1,4 +1,4 @@
-//! The script cache flushed, and Redis restarted, in the middle of a run: no failed decision.
+//! The function library flushed, and Redis restarted, in the middle of a run: no failed decision.
 
 mod common;
 
@@ -55,19 +55,6 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (usize, 
     total
 }
 
-/// Calls of the commands whose `INFO commandstats` names are given.
-fn calls(redis: &RedisServer, commands: &[&str]) -> usize {
-    let info: String = redis.cmd(redis::cmd("INFO").arg("commandstats"));
-    info.lines()
-        .filter(|l| commands.iter().any(|c| l.starts_with(&format!("cmdstat_{c}:"))))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<usize>().ok())
-        .sum()
-}
-
-fn script_calls(redis: &RedisServer) -> usize {
-    calls(redis, &["evalsha", "eval"])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn script_flush_mid_run_fails_nothing() {
     let redis = RedisServer::start();
@@ -76,7 +63,7 @@ async fn script_flush_mid_run_fails_nothing() {
     let tasks = load(&server, 8, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
-        let _: () = redis.cmd(redis::cmd("SCRIPT").arg("FLUSH"));
+        let _: () = redis.cmd(redis::cmd("FUNCTION").arg("FLUSH"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -84,9 +71,9 @@ async fn script_flush_mid_run_fails_nothing() {
     let (ok, failed) = finish(tasks).await;
     assert_eq!(failed, 0, "{failed} failed RPCs out of {}", ok + failed);
     assert!(ok > 100, "only {ok} decisions");
-    // Decisions went on through Redis: the script was loaded again after each flush.
-    assert!(calls(&redis, &["script|load"]) >= 1, "the script was never loaded again after a flush");
-    assert!(script_calls(&redis) >= ok / 2, "most decisions ran the script in Redis");
+    // Decisions went on through Redis: the library was loaded again after each flush.
+    assert!(redis.calls("function|load") >= 1, "the library was never loaded again after a flush");
+    assert!(redis.function_calls() as usize >= ok / 2, "most decisions ran the decision function in Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -97,11 +84,11 @@ async fn redis_restart_mid_run_fails_nothing() {
     let tasks = load(&server, 8, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
-    // After the restart the (empty) Redis gets decisions again, loading the script anew.
+    // After the restart the (empty) Redis gets decisions again, loading the library anew.
     let calls = Arc::new(AtomicUsize::new(0));
     assert_eventually!(
         {
-            calls.store(script_calls(&redis), Ordering::Relaxed);
+            calls.store(redis.function_calls() as usize, Ordering::Relaxed);
             calls.load(Ordering::Relaxed) > 50
         },
         Duration::from_secs(5),
@@ -132,4 +119,26 @@ async fn a_password_from_a_file_reaches_redis() {
     let without = SluiceServer::start(&yaml(""), None).await;
     let d = common::check(&mut without.client().await, request(&[("ip", "10.9.9.9")])).await;
     assert_eq!(d.source, "fallback", "no password: decided in process, not failed");
+}
+
+/// Another release's library on the same Redis (a rollout in progress) is neither replaced nor
+/// called: each release's functions carry the hash of its own text.
+#[tokio::test]
+async fn another_release_s_library_is_left_alone() {
+    let redis = RedisServer::start();
+    let other = "#!lua name=sluice_0123456789abcdef\n\
+                 redis.register_function('sluice_decide_0123456789abcdef', function() return {0, 0} end)";
+    let loaded: String = redis.cmd(redis::cmd("FUNCTION").arg("LOAD").arg(other));
+    assert_eq!(loaded, "sluice_0123456789abcdef");
+    let server = SluiceServer::start(YAML, Some(&redis.url())).await;
+    let mut client = server.client().await;
+    for remaining in [999_999, 999_998] {
+        let decision = common::check(&mut client, request(&[("ip", "10.9.9.9")])).await;
+        assert!(decision.allowed);
+        assert_eq!(decision.remaining, remaining, "decided by this release's function, on Redis");
+    }
+    let list: redis::Value = redis.cmd(redis::cmd("FUNCTION").arg("LIST").arg("LIBRARYNAME").arg("sluice_*"));
+    let names = format!("{list:?}");
+    assert!(names.contains("sluice_0123456789abcdef"), "the other release's library stays: {names}");
+    assert_eq!(names.matches("sluice_decide_").count(), 2, "one decision function per release: {names}");
 }

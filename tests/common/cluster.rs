@@ -152,6 +152,24 @@ pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::Re
     cmd.query(&mut conn)
 }
 
+/// SETs `key` on the node on `port` and WAITs, on the same connection, until one replica has it;
+/// returns how many did. (WAIT counts acknowledgements of its own connection's writes: on another
+/// connection it returns at once, whatever the replicas hold.)
+pub fn set_replicated(port: u16, key: &str, value: &str) -> i64 {
+    let timeout = Duration::from_secs(6);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let mut conn = client.get_connection_with_timeout(timeout).expect("connect");
+    conn.set_read_timeout(Some(timeout)).expect("timeout");
+    let ((), acked): ((), i64) = redis::pipe()
+        .set(key, value)
+        .cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut conn)
+        .unwrap_or_else(|e| panic!("SET and WAIT on node {port}: {e}"));
+    acked
+}
+
 /// The value of `field` in an INFO-style `field:value` text.
 pub fn info_field<'t>(info: &'t str, field: &str) -> Option<&'t str> {
     info.lines().find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))

@@ -164,6 +164,22 @@ impl RedisServer {
         cmd.query(&mut conn).expect("redis command")
     }
 
+    /// How many times this server has run `command` (`INFO commandstats`; subcommands as
+    /// `function|load`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(redis::cmd("INFO").arg("commandstats"));
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count of calls"))
+    }
+
+    /// Calls of the decision and report functions (FCALL) so far.
+    pub fn function_calls(&self) -> u64 {
+        self.calls("fcall")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }

@@ -15,6 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
 use crate::store::StoreError;
+use crate::store::script::LIBRARY;
 
 /// ACL credentials, applied to every connection; never logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -176,27 +177,27 @@ impl Connection {
         }
     }
 
-    /// Runs `cmd` (an EVALSHA of `script`, when given) on the node that holds its first key (any
-    /// node for none).
+    /// Runs `cmd` on the node that holds its first key (any node for none).
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,
-        script: Option<&redis::Script>,
         cmd: &redis::Cmd,
     ) -> Result<T, redis::RedisError> {
-        async fn on<T: redis::FromRedisValue>(
-            conn: &mut impl redis::aio::ConnectionLike,
-            script: Option<&redis::Script>,
-            cmd: &redis::Cmd,
-        ) -> Result<T, redis::RedisError> {
-            match script {
-                Some(script) => eval(conn, script, cmd).await,
-                None => cmd.query_async(conn).await,
-            }
-        }
         match self {
-            Connection::Manager(c) => on(&mut c.clone(), script, cmd).await,
-            Connection::Cluster(c) => on(&mut c.clone(), script, cmd).await,
-            Connection::Sentinel(s) => on(&mut (**s.current.load()).clone(), script, cmd).await,
+            Connection::Manager(c) => cmd.query_async(&mut c.clone()).await,
+            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Connection::Sentinel(s) => cmd.query_async(&mut (**s.current.load()).clone()).await,
+        }
+    }
+
+    /// Runs `cmd`, an FCALL of the library, as `query` does (see `call`).
+    pub(super) async fn fcall<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, redis::RedisError> {
+        match self {
+            Connection::Manager(c) => call(&mut c.clone(), cmd).await,
+            Connection::Cluster(c) => call(&mut c.clone(), cmd).await,
+            Connection::Sentinel(s) => call(&mut (**s.current.load()).clone(), cmd).await,
         }
     }
 
@@ -256,18 +257,39 @@ fn sentinel_client(
     Ok(builder.build()?)
 }
 
-/// EVALSHA, and on NOSCRIPT (an empty script cache, after a restart or a SCRIPT FLUSH) load the
-/// script and run it again: a flushed cache costs one extra round trip, not a failed decision.
-pub(super) async fn eval<T: redis::FromRedisValue>(
+/// Runs `cmd`, an FCALL of the library; when the node lacks the library (a fresh or flushed Redis,
+/// a node new to the Cluster), loads it and calls again: one extra round trip, not a failed
+/// decision. A Redis older than 7.0, which has no functions, gets an error that says so.
+pub(super) async fn call<T: redis::FromRedisValue>(
     conn: &mut impl redis::aio::ConnectionLike,
-    script: &redis::Script,
     cmd: &redis::Cmd,
 ) -> Result<T, redis::RedisError> {
     match cmd.query_async::<T>(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.load_async(conn).await?;
+        Err(e)
+            if e.code() == Some("ERR") && e.detail().is_some_and(|d| d.starts_with("Function not found")) =>
+        {
+            load(conn).await?;
             cmd.query_async::<T>(conn).await
+        }
+        Err(e) if e.detail().is_some_and(|d| d.starts_with("unknown command") && d.contains("FCALL")) => {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "Redis 7.0 or newer is needed (Sluice's decisions are Redis functions, called with FCALL)",
+                e.to_string(),
+            )))
         }
         other => other,
     }
+}
+
+/// Loads the library (in a Cluster, on every master). REPLACE makes a concurrent load by another
+/// replica of the same release harmless: the text, and so the functions, are the same.
+async fn load(conn: &mut impl redis::aio::ConnectionLike) -> Result<(), redis::RedisError> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&LIBRARY.source)
+        .query_async::<redis::Value>(conn)
+        .await
+        .map(drop)
 }

@@ -1,9 +1,10 @@
-//! The Redis store: one EVALSHA of the decision script (lua/decide.lua) per request, covering every
-//! tier-key, so a decision is one atomic step and one round trip.
+//! The Redis store: one FCALL of the decision function (lua/decide.lua in the library, see
+//! script.rs) per request, covering every tier-key, so a decision is one atomic step and one round
+//! trip.
 //!
 //! Redis's own clock (`TIME` inside the script) decides, so replicas with skewed clocks agree.
 //! `connection` reaches Redis, `protocol` is the one place that lays out the scripts' keys,
-//! arguments and reply (keys are `<tier-key>:<suffix>`, and the tier-key holds the hash tag, so a
+//! arguments and reply of the library's functions (keys are `<tier-key>:<suffix>`, and the tier-key holds the hash tag, so a
 //! tier-key's keys share a Cluster slot), `slot` computes Cluster slots; this file decides, reports
 //! failures and carries out operators' actions with them.
 //!
@@ -21,15 +22,15 @@ mod slot;
 pub use connection::{Access, Credentials, TlsFiles, Topology};
 pub use slot::key_slot;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use redis::cluster_async::ClusterConnection;
 
-use self::connection::{Connection, eval};
+use self::connection::{Connection, call};
 use self::protocol::suffix;
-use super::script::{DECIDE, REPORT};
+use super::script::LIBRARY;
 use super::{EVENTS_STREAM, Store, StoreError};
 use crate::algorithm::Verdict;
 use crate::check::{AdminOp, Answer, Check, Failure, Mode, SecurityEvent, Source};
@@ -67,7 +68,7 @@ impl RedisStore {
 
     /// PING, for the probe that closes the circuit.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.query::<()>(None, &redis::cmd("PING")).await
+        self.query::<()>(&redis::cmd("PING")).await
     }
 
     /// After failures: asks the sentinels for the current master and connects to it. The other
@@ -85,7 +86,7 @@ impl RedisStore {
         let result = match &self.conn {
             Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
             conn => conn
-                .query::<Vec<i64>>(Some(&DECIDE), &protocol::decide_cmd(checks, mode, now))
+                .fcall::<Vec<i64>>(&protocol::decide_cmd(checks, mode, now))
                 .await
                 .map_err(StoreError::from)
                 .and_then(|reply| protocol::decode_reply(&reply, checks.len())),
@@ -151,12 +152,8 @@ impl RedisStore {
     }
 
     /// Runs a command on the node that holds its first key (any node for none).
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        script: Option<&redis::Script>,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        Ok(self.conn.query(script, cmd).await?)
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        Ok(self.conn.query(cmd).await?)
     }
 
     /// Counts one failure on each tier-key, one script call per Cluster slot.
@@ -165,7 +162,7 @@ impl RedisStore {
             slot::by_slot(failures.iter().filter(|f| f.adaptive || f.penalty.is_some()), |f| f.key.as_str());
         let calls = groups.iter().map(|members| {
             let cmd = protocol::report_cmd(members, now);
-            async move { self.query::<i64>(Some(&REPORT), &cmd).await }
+            async move { self.conn.fcall::<i64>(&cmd).await }
         });
         futures::future::try_join_all(calls).await?;
         Ok(())
@@ -173,33 +170,25 @@ impl RedisStore {
 
     /// Carries out an operator's action (see `Store::admin`).
     pub async fn admin_op(&self, op: AdminOp<'_>) -> Result<Vec<(String, String)>, StoreError> {
-        // Lifts a block: the penalty hash's u (blocked until) and v (violations), as
-        // lua/penalty.lua names them, back to 0; the count of earlier blocks stays.
-        static UNBLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
-            redis::Script::new(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'u', 0, 'v', 0) return 1 end return 0",
-            )
-        });
         let touched = |keys: &[String]| keys.iter().map(|k| ("key".to_owned(), k.clone())).collect();
         match op {
             AdminOp::SetReputation { key, ttl_ms } => {
-                self.query::<()>(None, redis::cmd("SET").arg(key).arg("bad").arg("PX").arg(ttl_ms)).await?;
+                self.query::<()>(redis::cmd("SET").arg(key).arg("bad").arg("PX").arg(ttl_ms)).await?;
                 Ok(touched(&[key.to_owned()]))
             }
             AdminOp::ClearReputation { key } => {
-                self.query::<i64>(None, redis::cmd("DEL").arg(key)).await?;
+                self.query::<i64>(redis::cmd("DEL").arg(key)).await?;
                 Ok(touched(&[key.to_owned()]))
             }
             AdminOp::Unblock { key } => {
                 let pen = format!("{key}:{}", suffix::PENALTY);
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(UNBLOCK.get_hash()).arg(1).arg(&pen);
-                self.query::<i64>(Some(&UNBLOCK), &cmd).await?;
+                // penalty_unblock in lua/penalty.lua: the block lifted, the count of blocks kept
+                self.conn.fcall::<i64>(redis::cmd("FCALL").arg(&LIBRARY.unblock).arg(1).arg(&pen)).await?;
                 Ok(touched(&[pen]))
             }
             AdminOp::Reset { key } => {
                 let keys: Vec<String> = suffix::ALL.iter().map(|s| format!("{key}:{s}")).collect();
-                self.query::<i64>(None, redis::cmd("DEL").arg(&keys)).await?;
+                self.query::<i64>(redis::cmd("DEL").arg(&keys)).await?;
                 Ok(touched(&keys))
             }
             AdminOp::Inspect { key } => {
@@ -208,11 +197,11 @@ impl RedisStore {
                     [suffix::WINDOW, suffix::FIXED, suffix::ATTEMPTS, suffix::FAILURES, suffix::PENALTY]
                 {
                     let hash: Vec<(String, String)> =
-                        self.query(None, redis::cmd("HGETALL").arg(format!("{key}:{suffix}"))).await?;
+                        self.query(redis::cmd("HGETALL").arg(format!("{key}:{suffix}"))).await?;
                     fields.extend(hash.into_iter().map(|(f, v)| (format!("{suffix}.{f}"), v)));
                 }
                 let count: i64 =
-                    self.query(None, redis::cmd("ZCARD").arg(format!("{key}:{}", suffix::LOG))).await?;
+                    self.query(redis::cmd("ZCARD").arg(format!("{key}:{}", suffix::LOG))).await?;
                 if count > 0 {
                     fields.push(("log.count".into(), count.to_string()));
                 }
@@ -229,18 +218,18 @@ impl RedisStore {
         for (field, value) in event.fields() {
             cmd.arg(field).arg(value);
         }
-        self.query::<String>(None, &cmd).await.map(drop)
+        self.query::<String>(&cmd).await.map(drop)
     }
 }
 
-/// One EVALSHA of the decision script on `conn`, for checks whose keys share one node.
+/// One FCALL of the decision function on `conn`, for checks whose keys share one node.
 async fn decide_on(
     conn: &mut impl redis::aio::ConnectionLike,
     checks: &[Check],
     mode: Mode,
     now: u64,
 ) -> Result<Answer, StoreError> {
-    let reply: Vec<i64> = eval(conn, &DECIDE, &protocol::decide_cmd(checks, mode, now)).await?;
+    let reply: Vec<i64> = call(conn, &protocol::decide_cmd(checks, mode, now)).await?;
     protocol::decode_reply(&reply, checks.len())
 }
 

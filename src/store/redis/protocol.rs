@@ -19,7 +19,7 @@ use crate::algorithm::penalty::Penalty;
 use crate::algorithm::{Algorithm, MAX_COUNT, Verdict};
 use crate::check::{AdaptiveCheck, Answer, Check, Failure, Mode, Source};
 use crate::store::StoreError;
-use crate::store::script::{DECIDE, REPORT};
+use crate::store::script::LIBRARY;
 
 /// decide.lua's ARGV before the first check: now (0: Redis `TIME`), commit (1 consumes), the
 /// number of checks, the number of reputation keys that end KEYS.
@@ -65,13 +65,13 @@ pub mod suffix {
     pub const ALL: [&str; 8] = [WINDOW, LOG, LOG_TOTAL, FIXED, ATTEMPTS, FAILURES, PENALTY, BASELINE];
 }
 
-/// One EVALSHA of decide.lua deciding `checks` (all in one slot) at `now` (0: Redis `TIME`).
+/// One FCALL of decide.lua's function deciding `checks` (all in one slot) at `now` (0: Redis `TIME`).
 pub(super) fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
     let reputation: &[String] =
         checks.iter().find_map(|c| c.adaptive.as_ref()).map_or(&[], |a| &a.reputation);
     let keys = checks.iter().map(|c| check_keys(c).count()).sum::<usize>() + reputation.len();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(DECIDE.get_hash()).arg(keys);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(&LIBRARY.decide).arg(keys);
     for check in checks {
         for suffix in check_keys(check) {
             cmd.arg(format!("{}:{suffix}", check.key));
@@ -178,11 +178,11 @@ fn decode_record(record: &[i64]) -> Result<Verdict, StoreError> {
     })
 }
 
-/// One EVALSHA of report.lua counting `failures` (all in one slot) at `now` (0: Redis `TIME`).
+/// One FCALL of report.lua's function counting `failures` (all in one slot) at `now` (0: Redis `TIME`).
 pub(super) fn report_cmd(failures: &[&Failure], now: u64) -> redis::Cmd {
     let keys = failures.iter().map(|f| failure_keys(f).count()).sum::<usize>();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(REPORT.get_hash()).arg(keys);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(&LIBRARY.report).arg(keys);
     for f in failures {
         for suffix in failure_keys(f) {
             cmd.arg(format!("{}:{suffix}", f.key));

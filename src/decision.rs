@@ -17,6 +17,9 @@ pub enum Headers {
     Draft,
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
     XRateLimit,
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (whole seconds, at least 1), and
+    /// nothing else: envoyproxy/ratelimit's headers (`LIMIT_RESPONSE_HEADERS_ENABLED`).
+    RateLimit,
     None,
 }
 
@@ -172,6 +175,13 @@ pub fn render(
 ) -> Vec<(&'static str, String)> {
     let mut out = match style {
         Headers::None => return Vec::new(),
+        Headers::RateLimit => {
+            return vec![
+                ("RateLimit-Limit", deciding.limit.to_string()),
+                ("RateLimit-Remaining", remaining.to_string()),
+                ("RateLimit-Reset", ceil_secs(reset_ms).max(1).to_string()),
+            ];
+        }
         Headers::XRateLimit => vec![
             ("X-RateLimit-Limit", deciding.limit.to_string()),
             ("X-RateLimit-Remaining", remaining.to_string()),

@@ -193,9 +193,12 @@ impl Engine {
         let started = Instant::now();
         let domains = self.domains.load_full();
         let signals = &self.tiers.load().tiers.signals;
-        let answer = |statuses: Vec<envoy::Status>| envoy::Answer {
-            over: envoy::over(&statuses, domains.quota_mode),
-            statuses,
+        let answer = |statuses: Vec<envoy::Status>| {
+            let over = envoy::over(&statuses, domains.quota_mode);
+            if over && domains.shadow_mode {
+                metrics::envoy_shadowed();
+            }
+            envoy::Answer { over: over && !domains.shadow_mode, statuses }
         };
         let Some(prepared) = envoy::prepare(&domains, signals, domain, descriptors, hits) else {
             metrics::envoy_unknown_domain();
@@ -220,10 +223,10 @@ impl Engine {
             }
         };
         let source = asked.source.as_str();
-        let domain = prepared.domain.clone();
+        let domain = prepared.domain;
         let (statuses, decided) = prepared.finish(asked);
         for (path, label) in &decided {
-            metrics::envoy_decision(&domain, path, label, source);
+            metrics::envoy_decision(domain, path, label, source);
         }
         metrics::decision_duration(started.elapsed());
         Ok(answer(statuses))

@@ -20,6 +20,7 @@ pub const THREAT_SCORE: &str = "sluice_threat_score";
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 pub const ENVOY_DECISIONS: &str = "sluice_envoy_decisions_total";
 pub const ENVOY_UNKNOWN_DOMAIN: &str = "sluice_envoy_unknown_domain_total";
+pub const ENVOY_SHADOW: &str = "sluice_envoy_shadow_total";
 pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
 pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
 pub const SHED: &str = "sluice_shed_total";
@@ -66,6 +67,10 @@ fn describe() {
         "ShouldRateLimit decisions per limited descriptor, by domain, descriptor path (from the configuration), decision and source"
     );
     describe_counter!(ENVOY_UNKNOWN_DOMAIN, "ShouldRateLimit calls for a domain no file declares");
+    describe_counter!(
+        ENVOY_SHADOW,
+        "ShouldRateLimit answers made OK by envoy.shadow_mode that would have been OVER_LIMIT"
+    );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result (ok, error)");
     describe_gauge!(CIRCUIT_OPEN, "1 while decisions come from the in-process fallback instead of Redis");
     describe_counter!(FALLBACK_TIME, metrics::Unit::Seconds, "Time spent with the circuit open");
@@ -151,6 +156,10 @@ pub fn client_label(path: String) -> String {
     } else {
         "(other)".to_owned()
     }
+}
+
+pub fn envoy_shadowed() {
+    counter!(ENVOY_SHADOW).increment(1);
 }
 
 pub fn envoy_unknown_domain() {

@@ -517,3 +517,64 @@ async fn a_remembered_denial_is_answered_without_the_store() {
     );
     server.shutdown().await;
 }
+
+fn overriding(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        limit: Some(rate_limit_descriptor::RateLimitOverride { requests_per_unit, unit }),
+        ..descriptor(entries)
+    }
+}
+
+/// The reference's `LIMIT_RESPONSE_HEADERS_ENABLED` (`headers: ratelimit`) and `SHADOW_MODE`
+/// (`shadow_mode: true`), as its TestServiceWithDefaultRatelimitHeaders and
+/// TestServiceGlobalShadowMode pin them, and request overrides counting on the reference's keys.
+#[tokio::test]
+async fn reference_headers_global_shadow_mode_and_overrides() {
+    const MINUTE: i32 = 2;
+    const DAY: i32 = 4;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("d.yaml"),
+        "domain: d\ndescriptors:\n  - key: foo\n    rate_limit: {unit: minute, requests_per_unit: 10}\n",
+    )
+    .expect("write");
+    let yaml = format!(
+        "envoy:\n  paths: [\"{}\"]\n  headers: ratelimit\n  shadow_mode: true\n  algorithm: fixed_window\ntiers: []\n",
+        dir.path().display()
+    );
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut c = client(&server).await;
+    // Every count below is in one minute's fixed window: start well inside one.
+    let into_minute = std::time::SystemTime::UNIX_EPOCH.elapsed().expect("clock").as_secs() % 60;
+    if into_minute > 55 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
+    }
+
+    // 11 hits on a limit of 10, with an unmatched descriptor beside it: the status is over, the
+    // overall code OK (shadow), and the headers describe the over descriptor.
+    let r = ask(&mut c, "d", vec![descriptor(&[("foo", "bar")]), descriptor(&[("nothing", "x")])], 11).await;
+    assert_eq!(codes(&r), (vec![(OVER, 0), (OK, 0)], OK));
+    let header =
+        |name: &str| r.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.clone());
+    assert_eq!(header("RateLimit-Limit").as_deref(), Some("10"));
+    assert_eq!(header("RateLimit-Remaining").as_deref(), Some("0"));
+    let reset: u64 = header("RateLimit-Reset").expect("reset").parse().expect("whole seconds");
+    assert!((1..=60).contains(&reset), "the seconds left in the minute, as the reference: {reset}");
+    assert_eq!(r.response_headers_to_add.len(), 3, "nothing else: {:?}", r.response_headers_to_add);
+    let metrics = common::http_get(server.http_addr, "/metrics").await.1;
+    assert!(metrics.contains("sluice_envoy_shadow_total 1"), "{metrics}");
+
+    // An override of the same unit counts on the configuration's key: 11 already there.
+    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 5, MINUTE)], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 4)], OK), "a fresh key for foo=baz");
+    let r = ask(&mut c, "d", vec![descriptor(&[("foo", "baz")])], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 8)], OK), "the configuration's limit sees the override's hit");
+    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 20, MINUTE)], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 17)], OK), "and another rate of the same unit too");
+    // Another unit has its own counter, shared by every override of that unit.
+    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 100, DAY)], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 99)], OK));
+    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 50, DAY)], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 48)], OK));
+}

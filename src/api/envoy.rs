@@ -175,7 +175,25 @@ fn duration(ms: u64) -> envoy_types::pb::google::protobuf::Duration {
     }
 }
 
-/// The headers of the deciding descriptor (see `decision::deciding`), in the configured style.
+/// The descriptor envoyproxy/ratelimit's headers describe: the first with the least remaining,
+/// unless one outside quota mode is over, when the last such one.
+fn reference_deciding(statuses: &[Decided]) -> Option<usize> {
+    let (mut chosen, mut least) = (None, u64::from(u32::MAX));
+    for (i, s) in statuses.iter().enumerate() {
+        let Decided::Limited { verdict, quota, .. } = s else { continue };
+        let remaining = if s.over() { 0 } else { verdict.remaining.min(u64::from(u32::MAX)) };
+        if remaining < least {
+            (chosen, least) = (Some(i), remaining);
+        }
+        if s.over() && !quota {
+            (chosen, least) = (Some(i), 0);
+        }
+    }
+    chosen
+}
+
+/// The headers of the deciding descriptor (see `decision::deciding`; with `ratelimit` headers,
+/// `reference_deciding`), in the configured style.
 fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<HeaderValue> {
     let limited: Vec<(usize, &Rule, &Verdict, bool, bool)> = statuses
         .iter()
@@ -187,7 +205,11 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
             _ => None,
         })
         .collect();
-    let Some(&(i, rule, verdict, ..)) = deciding(&limited, |(_, _, v, shadow, _)| (v, *shadow)) else {
+    let chosen = match headers {
+        Headers::RateLimit => reference_deciding(statuses).map(|i| limited.iter().find(|l| l.0 == i)),
+        _ => Some(deciding(&limited, |(_, _, v, shadow, _)| (v, *shadow))),
+    };
+    let Some(Some(&(i, rule, verdict, ..))) = chosen else {
         return Vec::new();
     };
     // The longest wait of any enforcing descriptor outside quota mode (one that counted a denied

@@ -186,6 +186,7 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
         algorithm,
         count_denied: e.count_denied,
         quota_mode: e.quota_mode,
+        shadow_mode: e.shadow_mode,
         attributes,
         default_failure: FailureMode::Local,
     }

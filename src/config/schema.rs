@@ -161,7 +161,8 @@ pub struct Envoy {
     /// Files, or directories of `.yaml`/`.yml` files, in envoyproxy/ratelimit's format: one
     /// domain each.
     pub paths: Vec<String>,
-    /// Headers for the gateway: `draft` (default), `x_ratelimit` or `none`.
+    /// Headers for the gateway: `draft` (default), `x_ratelimit`, `ratelimit` (the reference's
+    /// `RateLimit-Limit`, `-Remaining` and `-Reset`) or `none` (the reference's default).
     pub headers: Choice<Headers>,
     /// How descriptors count unless their `sluice:` options say otherwise: `sliding_window`
     /// (default) or `fixed_window`, the reference's own counting.
@@ -171,6 +172,10 @@ pub struct Envoy {
     /// Every descriptor in quota mode, as the reference's `QUOTA_MODE`: a request is denied only
     /// when a descriptor outside quota mode is over, or every quota-mode one is.
     pub quota_mode: bool,
+    /// Never deny, as the reference's `SHADOW_MODE`: an answer that would be OVER_LIMIT is OK
+    /// (the statuses and headers keep saying what was over), and
+    /// `sluice_envoy_shadow_total` counts it.
+    pub shadow_mode: bool,
     /// Descriptor entry key -> request attribute, for the adaptive threat score, e.g.
     /// `{remote_address: ip, user_agent: user_agent, path: endpoint}`.
     pub attributes: std::collections::BTreeMap<String, String>,
@@ -184,6 +189,7 @@ impl Default for Envoy {
             algorithm: Choice::default(),
             count_denied: true,
             quota_mode: false,
+            shadow_mode: false,
             attributes: Default::default(),
         }
     }
@@ -551,6 +557,10 @@ pub enum Headers {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
     #[serde(rename = "x_ratelimit")]
     XRateLimit,
+    /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, as envoyproxy/ratelimit
+    /// sends them with `LIMIT_RESPONSE_HEADERS_ENABLED`.
+    #[serde(rename = "ratelimit")]
+    RateLimit,
     None,
 }
 
@@ -559,6 +569,7 @@ impl From<Headers> for crate::decision::Headers {
         match h {
             Headers::Draft => crate::decision::Headers::Draft,
             Headers::XRateLimit => crate::decision::Headers::XRateLimit,
+            Headers::RateLimit => crate::decision::Headers::RateLimit,
             Headers::None => crate::decision::Headers::None,
         }
     }

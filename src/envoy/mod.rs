@@ -29,6 +29,9 @@ pub struct Domains {
     pub algorithm: Algorithm,
     /// Every descriptor in quota mode (`envoy.quota_mode`).
     pub quota_mode: bool,
+    /// No request is denied: the overall code is OK even when a descriptor is over
+    /// (`envoy.shadow_mode`, the reference's `SHADOW_MODE`).
+    pub shadow_mode: bool,
     /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
     pub attributes: Vec<(String, crate::request::Attr)>,
     /// Failure mode of descriptors that set none.
@@ -121,12 +124,12 @@ pub fn unit_window_ms(code: i32) -> Option<u64> {
 /// A request's descriptors made ready for the store: the statuses known without it, one check per
 /// limited descriptor, and where each check's verdict goes.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Prepared<'d> {
     statuses: Vec<Status>,
     pub checks: Vec<Check>,
     slots: Vec<Slot>,
     /// The domain's name from the configuration, for metrics.
-    pub domain: String,
+    pub domain: &'d str,
 }
 
 /// Where one check's verdict goes.
@@ -140,7 +143,7 @@ struct Slot {
     path: String,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// The statuses of a request whose domain is unknown: no limit applies.
     pub fn unmatched(descriptors: usize) -> Vec<Status> {
         vec![Status::Unmatched; descriptors]
@@ -182,13 +185,13 @@ impl Prepared {
 
 /// Matches a request's descriptors for `domain`, `hits` each unless a descriptor says otherwise;
 /// `None` when the domain is unknown.
-pub fn prepare(
-    domains: &Domains,
+pub fn prepare<'d>(
+    domains: &'d Domains,
     signals: &Signals,
     domain: &str,
     descriptors: &[Descriptor],
     hits: u64,
-) -> Option<Prepared> {
+) -> Option<Prepared<'d>> {
     let (domain_label, config) = domains.by_name.get_key_value(domain)?;
     // Metric labels come from the configuration (its domain and paths), never from the request,
     // except the values of a `detailed_metric` node, which its author asked for.
@@ -206,8 +209,14 @@ pub fn prepare(
                     name: String::new(),
                     replaces: vec![],
                 };
-                // The rate and unit are part of the key: two overrides never share a counter.
-                let kind = format!("override|{requests_per_unit}|{unit}");
+                // As in the reference, the limit is not part of the key: an override counts with
+                // the configuration's limit for the same entries when their windows agree, and with
+                // every other override of that unit when they do not.
+                let shares = config
+                    .matches(&d.entries)
+                    .and_then(|m| m.node.rule.as_ref().map(|r| !r.unlimited && r.window_ms == window_ms))
+                    .unwrap_or(false);
+                let kind = if shares { String::new() } else { format!("override|{unit}") };
                 let key = identity(domain, &kind, d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
                 Matched {
                     rule,
@@ -286,7 +295,7 @@ pub fn prepare(
         });
         statuses.push(Status::Unmatched);
     }
-    Some(Prepared { statuses, checks, slots, domain: domain_label.clone() })
+    Some(Prepared { statuses, checks, slots, domain: domain_label })
 }
 
 /// The request attributes the descriptors carry, by `envoy.attributes`.

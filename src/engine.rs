@@ -198,7 +198,11 @@ impl Engine {
             if over && domains.shadow_mode {
                 metrics::envoy_shadowed();
             }
-            envoy::Answer { over: over && !domains.shadow_mode, statuses }
+            envoy::Answer {
+                over: over && !domains.shadow_mode,
+                statuses,
+                metadata: domains.response_metadata,
+            }
         };
         let Some(prepared) = envoy::prepare(&domains, signals, domain, descriptors, hits) else {
             metrics::envoy_unknown_domain();

@@ -53,7 +53,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 fn describe() {
-    describe_counter!(DECISIONS, "Decisions per tier, by decision (allow, deny, shadow_deny) and source");
+    describe_counter!(
+        DECISIONS,
+        "Decisions per tier, by decision (allow, deny, shadow_deny, exempt) and source"
+    );
     describe_histogram!(DECISION_DURATION, metrics::Unit::Seconds, "Time to decide one request");
     describe_histogram!(REDIS_DURATION, metrics::Unit::Seconds, "Time of one decision script call to Redis");
     describe_counter!(REDIS_ERRORS, "Failed or late Redis calls, by error type");

@@ -233,6 +233,9 @@ async fn bad_requests_name_the_field() {
         .await
         .expect_err("empty key");
     assert!(status.message().starts_with("descriptors[0].entries[0].key:"), "{}", status.message());
+    // Both refusals are counted, by the kind of field they name.
+    let metrics = common::http_get(server.http_addr, "/metrics").await.1;
+    assert!(metrics.contains("sluice_requests_rejected_total{field=\"descriptors\"} 2"), "{metrics}");
     // 1000 descriptors: one status each.
     let many: Vec<_> = (0..1000)
         .map(|i| descriptor(&[("remote_address", &format!("10.0.{}.{}", i / 256, i % 256))]))
@@ -335,19 +338,23 @@ descriptors:
     value: service_1
     quota_mode: true
     rate_limit: {unit: minute, requests_per_unit: 1}
+    metadata: {service_with_quota: {name: service_1}}
   - key: service
     value: service_2
     quota_mode: true
     rate_limit: {unit: minute, requests_per_unit: 2}
+    metadata: {service_with_quota: {name: service_2}, tier: 2}
   - key: regular
     rate_limit: {unit: minute, requests_per_unit: 2}
 ";
 
-/// A Sluice with the quota domain, on Redis or on its in-process store.
+/// A Sluice with the quota domain, on Redis or on its in-process store, answering with dynamic
+/// metadata as the reference's integration tests run it.
 async fn quota_server(redis: Option<&RedisServer>) -> (SluiceServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("rl.yaml"), QUOTAS).expect("write");
-    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
+    let yaml =
+        format!("envoy:\n  paths: [\"{}\"]\n  response_metadata: true\ntiers: []\n", dir.path().display());
     (SluiceServer::start(&yaml, redis.map(|r| r.url()).as_deref()).await, dir)
 }
 
@@ -405,8 +412,9 @@ async fn quota_mode_denies_only_when_every_quota_is_over() {
 }
 
 /// integration-test/scripts/multiservice-tokenquota.sh: every request looks at both services'
-/// quotas without counting (`hits_addend` 0), is served by the first within its quota, and that
-/// service is then debited by a call of its own. A look at a count equal to the limit is OK with 0
+/// quotas without counting (`hits_addend` 0), is served by the first within its quota (which the
+/// gateway reads from the answer's metadata, `metadata.service_with_quota.name`), and that service
+/// is then debited by a call of its own. A look at a count equal to the limit is OK with 0
 /// remaining.
 #[tokio::test]
 async fn token_quota_looks_then_debits_the_service_used() {
@@ -429,10 +437,40 @@ async fn token_quota_looks_then_debits_the_service_used() {
             let first_within =
                 r.statuses.iter().position(|s| s.code == OK).map(|i| ["service_1", "service_2"][i]);
             assert_eq!(first_within, served, "look {}", i + 1);
+            let metadata = serde_json::to_value(r.dynamic_metadata.as_ref().map(struct_json)).expect("json");
+            assert_eq!(metadata["domain"], "rl");
+            assert_eq!(
+                metadata["descriptors"],
+                serde_json::json!([
+                    {"entries": ["service=service_1"], "hitsAddend": 0.0},
+                    {"entries": ["service=service_2"], "hitsAddend": 0.0},
+                ]),
+                "look {}",
+                i + 1
+            );
+            assert!(metadata.get("hitsAddend").is_none(), "the request's hits_addend is 0");
+            assert_eq!(
+                metadata["metadata"]["service_with_quota"]["name"].as_str(),
+                served,
+                "look {}: the first passed descriptor's name wins",
+                i + 1
+            );
+            // service_2's other key comes in whenever it passed, beside service_1's name.
+            let tier_2 = statuses_ok(&r, 1).then_some(2.0);
+            assert_eq!(metadata["metadata"]["tier"].as_f64(), tier_2, "look {}", i + 1);
             if let Some(service) = served {
                 ask(&mut c, "rl", vec![descriptor(&[("service", service)])], 1).await;
             }
         }
+        // A limit override in the reference's text form, and the request's own hits_addend.
+        let r = ask(&mut c, "rl", vec![overriding(&[("other", "x")], 5, 2)], 3).await;
+        let metadata = struct_json(r.dynamic_metadata.as_ref().expect("metadata"));
+        assert_eq!(metadata["hitsAddend"], 3.0);
+        assert_eq!(
+            metadata["descriptors"],
+            serde_json::json!([{"entries": ["other=x"], "limit": "requests_per_unit:5 unit:MINUTE"}])
+        );
+        assert!(metadata.get("metadata").is_none(), "an override carries no metadata: {metadata}");
         server.shutdown().await;
     }
 }
@@ -527,7 +565,7 @@ fn overriding(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> Ra
 
 /// The reference's `LIMIT_RESPONSE_HEADERS_ENABLED` (`headers: ratelimit`) and `SHADOW_MODE`
 /// (`shadow_mode: true`), as its TestServiceWithDefaultRatelimitHeaders and
-/// TestServiceGlobalShadowMode pin them, and request overrides counting on the reference's keys.
+/// TestServiceGlobalShadowMode pin them; request overrides on keys of their own.
 #[tokio::test]
 async fn reference_headers_global_shadow_mode_and_overrides() {
     const MINUTE: i32 = 2;
@@ -565,16 +603,34 @@ async fn reference_headers_global_shadow_mode_and_overrides() {
     let metrics = common::http_get(server.http_addr, "/metrics").await.1;
     assert!(metrics.contains("sluice_envoy_shadow_total 1"), "{metrics}");
 
-    // An override of the same unit counts on the configuration's key: 11 already there.
+    // An override counts under a key of its own rate and unit, apart from the file's limit.
     let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 5, MINUTE)], 1).await;
-    assert_eq!(codes(&r), (vec![(OK, 4)], OK), "a fresh key for foo=baz");
-    let r = ask(&mut c, "d", vec![descriptor(&[("foo", "baz")])], 1).await;
-    assert_eq!(codes(&r), (vec![(OK, 8)], OK), "the configuration's limit sees the override's hit");
-    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 20, MINUTE)], 1).await;
-    assert_eq!(codes(&r), (vec![(OK, 17)], OK), "and another rate of the same unit too");
-    // Another unit has its own counter, shared by every override of that unit.
+    assert_eq!(codes(&r), (vec![(OK, 4)], OK));
+    let r =
+        ask(&mut c, "d", vec![descriptor(&[("foo", "baz")]), overriding(&[("foo", "baz")], 5, MINUTE)], 1)
+            .await;
+    assert_eq!(codes(&r), (vec![(OK, 9), (OK, 3)], OK));
     let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 100, DAY)], 1).await;
     assert_eq!(codes(&r), (vec![(OK, 99)], OK));
-    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 50, DAY)], 1).await;
-    assert_eq!(codes(&r), (vec![(OK, 48)], OK));
+}
+
+/// Descriptor `i` of an answer is OK.
+fn statuses_ok(r: &RateLimitResponse, i: usize) -> bool {
+    r.statuses[i].code == OK
+}
+
+/// A protobuf Struct as JSON, to compare with `serde_json::json!`.
+fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => (*b).into(),
+            Some(Kind::NumberValue(n)) => (*n).into(),
+            Some(Kind::StringValue(s)) => s.clone().into(),
+            Some(Kind::ListValue(l)) => l.values.iter().map(value).collect(),
+            Some(Kind::StructValue(s)) => struct_json(s),
+        }
+    }
+    s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect()
 }

@@ -134,6 +134,43 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     .expect("cli");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // `sluice admin` pointed at the decision port says which port the admin API is on.
+    let bare = format!("127.0.0.1:{grpc}");
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(&[
+            "admin",
+            "--addr",
+            &bare,
+            "--token",
+            "a-token-for-the-admin-cli",
+            "inspect",
+            "--tier",
+            "auth",
+            "--attr",
+            "ip=10.1.1.1",
+        ])
+    })
+    .await
+    .expect("cli");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("does not serve the admin API") && said.contains("admin.grpc_addr"), "{said}");
+
+    // A cost of 0 is refused, and counted under the field it names.
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(&["check", "--addr", &addr, "--attr", "ip=10.9.9.9", "--cost", "0", "--json"])
+    })
+    .await
+    .expect("cli");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cost"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = http_get(http_addr, "/metrics").await.1;
+    assert!(metrics.contains("sluice_requests_rejected_total{field=\"cost\"} 1"), "{metrics}");
+
     let retry = last["retry_after_ms"].as_u64().expect("retry_after_ms");
     assert!(retry > 890_000 && retry <= 900_000, "{last}");
     assert_eq!(last["remaining"], 0);
@@ -153,6 +190,7 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     let mut log = String::new();
     std::io::Read::read_to_string(process.0.stderr.as_mut().expect("stderr"), &mut log).expect("read log");
     assert!(log.contains("no redis configured"), "{log}");
+    assert!(!log.contains('\x1b'), "no colour codes in a log that is not a terminal: {log:?}");
     assert!(log.contains("the admin API is off: admin.grpc_addr is not set"), "{log}");
 
     let out = Command::new(BIN)

@@ -46,13 +46,17 @@ impl RateLimitService for EnvoyService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let deadline = super::deadline(request.metadata());
-        let Converted { domain, descriptors, hits } = to_domain(request.into_inner(), self.limits)?;
+        let request = to_domain(request.into_inner(), self.limits).inspect_err(super::status::rejected)?;
         let answer = self
             .engine
-            .should_rate_limit(&domain, &descriptors, hits, deadline)
+            .should_rate_limit(&request.domain, &request.descriptors, request.hits, deadline)
             .await
             .map_err(super::status::from_envoy_error)?;
-        Ok(Response::new(respond(&answer, self.headers)))
+        let mut response = respond(&answer, self.headers);
+        if answer.metadata {
+            response.dynamic_metadata = Some(metadata::of(&request, &answer.statuses));
+        }
+        Ok(Response::new(response))
     }
 }
 
@@ -63,6 +67,8 @@ pub struct Converted {
     pub descriptors: Vec<Descriptor>,
     /// Units each descriptor consumes unless it carries its own `hits_addend`.
     pub hits: u64,
+    /// The request's `hits_addend` as sent (0: absent).
+    pub hits_addend: u32,
 }
 
 /// Checks a request against the input bounds and converts it; a request past a bound gets
@@ -129,7 +135,12 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
             hits: d.hits_addend.map(|h| h.value),
         });
     }
-    Ok(Converted { domain: r.domain, descriptors, hits: u64::from(r.hits_addend.max(1)) })
+    Ok(Converted {
+        domain: r.domain,
+        descriptors,
+        hits: u64::from(r.hits_addend.max(1)),
+        hits_addend: r.hits_addend,
+    })
 }
 
 fn respond(answer: &envoy::Answer, headers: Headers) -> RateLimitResponse {
@@ -239,4 +250,112 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
         .into_iter()
         .map(|(key, value)| HeaderValue { key: key.into(), value, ..Default::default() })
         .collect()
+}
+
+/// The dynamic metadata of an answer, as envoyproxy/ratelimit builds it with
+/// `RESPONSE_DYNAMIC_METADATA`: `domain`; `descriptors`, one object per request descriptor with its
+/// `entries` as `key=value` strings, its `limit` override in protobuf text form and its own
+/// `hitsAddend` when it has them; the request's `hitsAddend` unless 0; and `metadata`, the
+/// `metadata` of every descriptor that passed (limited and not over), merged in request order: a
+/// key already present keeps its first value, and two objects under one key merge the same way.
+mod metadata {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+
+    use super::{Converted, Decided};
+    use crate::envoy::domain::{Metadata, Unit};
+
+    pub fn of(request: &Converted, statuses: &[Decided]) -> Struct {
+        let mut fields = std::collections::HashMap::new();
+        fields.insert("domain".to_owned(), string(request.domain.clone()));
+        let descriptors = request.descriptors.iter().map(|d| {
+            let mut fields = std::collections::HashMap::new();
+            let entries = d.entries.iter().map(|(k, v)| string(format!("{k}={v}"))).collect();
+            fields.insert("entries".to_owned(), list(entries));
+            if let Some((requests_per_unit, unit)) = d.limit_override {
+                fields.insert("limit".to_owned(), string(limit_text(requests_per_unit, unit)));
+            }
+            if let Some(hits) = d.hits {
+                fields.insert("hitsAddend".to_owned(), number(hits as f64));
+            }
+            value(Kind::StructValue(Struct { fields }))
+        });
+        fields.insert("descriptors".to_owned(), list(descriptors.collect()));
+        if request.hits_addend != 0 {
+            fields.insert("hitsAddend".to_owned(), number(f64::from(request.hits_addend)));
+        }
+        let mut passed = Metadata::new();
+        for s in statuses {
+            if let Decided::Limited { rule, .. } = s
+                && !s.over()
+                && let Some(m) = &rule.metadata
+            {
+                merge(&mut passed, m);
+            }
+        }
+        if !passed.is_empty() {
+            fields.insert("metadata".to_owned(), json(&serde_json::Value::Object(passed)));
+        }
+        Struct { fields }
+    }
+
+    /// `into` keeps what it has; what it lacks comes from `from`; objects on both sides merge.
+    fn merge(into: &mut Metadata, from: &Metadata) {
+        for (key, v) in from {
+            match (into.get_mut(key), v) {
+                (None, _) => {
+                    into.insert(key.clone(), v.clone());
+                }
+                (Some(serde_json::Value::Object(mine)), serde_json::Value::Object(theirs)) => {
+                    merge(mine, theirs)
+                }
+                (Some(_), _) => {}
+            }
+        }
+    }
+
+    /// A limit override as Go's protobuf text form writes it: fields at their default left out.
+    fn limit_text(requests_per_unit: u64, unit: i32) -> String {
+        let mut parts = Vec::new();
+        if requests_per_unit != 0 {
+            parts.push(format!("requests_per_unit:{requests_per_unit}"));
+        }
+        if unit != 0 {
+            parts.push(match Unit::from_code(unit) {
+                Some(u) => format!("unit:{}", u.name().to_ascii_uppercase()),
+                None => format!("unit:{unit}"),
+            });
+        }
+        parts.join(" ")
+    }
+
+    fn json(v: &serde_json::Value) -> Value {
+        value(match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(items) => {
+                Kind::ListValue(ListValue { values: items.iter().map(json).collect() })
+            }
+            serde_json::Value::Object(fields) => Kind::StructValue(Struct {
+                fields: fields.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
+            }),
+        })
+    }
+
+    fn value(kind: Kind) -> Value {
+        Value { kind: Some(kind) }
+    }
+
+    fn string(s: String) -> Value {
+        value(Kind::StringValue(s))
+    }
+
+    fn number(n: f64) -> Value {
+        value(Kind::NumberValue(n))
+    }
+
+    fn list(values: Vec<Value>) -> Value {
+        value(Kind::ListValue(ListValue { values }))
+    }
 }

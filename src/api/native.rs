@@ -12,7 +12,6 @@ use crate::check::Mode;
 use crate::config::InputLimits;
 use crate::decision::Decision;
 use crate::engine::{self, Engine};
-use crate::metrics;
 use crate::request::{Attr, Attributes};
 
 #[derive(Debug)]
@@ -37,8 +36,7 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let correlation_id = correlation_id(request.metadata());
         let deadline = super::deadline(request.metadata());
         let request = request.into_inner();
-        let mut requests =
-            to_requests(request.requests, self.limits).inspect_err(|_| metrics::rejected("request"))?;
+        let mut requests = to_requests(request.requests, self.limits).inspect_err(super::status::rejected)?;
         for r in &mut requests {
             r.correlation_id.clone_from(&correlation_id);
         }

@@ -11,6 +11,22 @@ pub fn invalid(field: &str, reason: &str) -> Status {
     Status::new(Code::InvalidArgument, format!("{field}: {reason}"))
 }
 
+/// Counts an INVALID_ARGUMENT made by `invalid` in `sluice_requests_rejected_total`, labelled by
+/// the kind of field it names (a fixed set: `cost`, `domain`, `descriptors` or `request`).
+pub fn rejected(status: &Status) {
+    let field = status.message().split(':').next().unwrap_or_default();
+    let last = field.rsplit('.').next().unwrap_or(field);
+    let label = match last.split('[').next().unwrap_or(last) {
+        "cost" => "cost",
+        "domain" => "domain",
+        "descriptors" | "entries" | "key" | "value" | "limit" | "hits_addend" | "is_negative_hits" => {
+            "descriptors"
+        }
+        _ => "request",
+    };
+    metrics::rejected(label);
+}
+
 /// A call whose deadline left no time to decide.
 pub fn late() -> Status {
     Status::deadline_exceeded("the call's deadline leaves no time to decide")

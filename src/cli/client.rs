@@ -67,6 +67,13 @@ pub(super) async fn admin(addr: String, token: String, tls: ClientTls, action: A
             println!("{out}");
             ExitCode::SUCCESS
         }
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            eprintln!(
+                "sluice: {addr} does not serve the admin API (sluice.v1.Admin): the admin API has a listener \
+                 of its own, admin.grpc_addr in the server's configuration, not the decision port"
+            );
+            ExitCode::FAILURE
+        }
         Err(status) => {
             eprintln!("sluice: {}: {}", status.code(), status.message());
             ExitCode::FAILURE

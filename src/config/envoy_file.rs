@@ -18,7 +18,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
 use super::duration::parse_duration_ms;
@@ -66,9 +65,9 @@ struct DescriptorSpec {
     share_threshold: bool,
     #[serde(default, deserialize_with = "flag")]
     quota_mode: bool,
-    /// Free-form, for the file's readers.
-    #[serde(default, rename = "metadata")]
-    _metadata: IgnoredAny,
+    /// Free-form, returned to the gateway when the descriptor passes (`envoy.response_metadata`).
+    #[serde(default)]
+    metadata: Option<crate::envoy::domain::Metadata>,
     /// Sluice's own options (`DescriptorOptions`), read on their own.
     #[serde(default, deserialize_with = "present")]
     sluice: Option<serde_json::Value>,
@@ -187,6 +186,7 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
         count_denied: e.count_denied,
         quota_mode: e.quota_mode,
         shadow_mode: e.shadow_mode,
+        response_metadata: e.response_metadata,
         attributes,
         default_failure: FailureMode::Local,
     }
@@ -291,7 +291,13 @@ fn level(
             Some(Ok(options)) => options.window.as_deref(),
             _ => None,
         };
-        let rule = d.rate_limit.and_then(|r| rule(r, window, &format!("{at}.rate_limit"), problems, origin));
+        let rule = d
+            .rate_limit
+            .and_then(|r| rule(r, window, &format!("{at}.rate_limit"), problems, origin))
+            .map(|r| RateLimit {
+                metadata: d.metadata.filter(|m| !m.is_empty()).map(std::sync::Arc::new),
+                ..r
+            });
         let options = match sluice {
             None => Options::default(),
             Some(Ok(spec)) => options(spec, &format!("{origin}: {at}.sluice"), problems),
@@ -402,7 +408,15 @@ fn rule(
         if unit.is_ok() {
             problems.push(format!("{origin}: {at}.unit: should not be given when unlimited"));
         }
-        return Some(RateLimit { unlimited, requests_per_unit, window_ms: 0, unit: 0, name, replaces });
+        return Some(RateLimit {
+            unlimited,
+            requests_per_unit,
+            window_ms: 0,
+            unit: 0,
+            name,
+            replaces,
+            metadata: None,
+        });
     }
     let (window_ms, code) = match (unit, window) {
         (unit, Some(w)) => match parse_duration_ms(w) {
@@ -418,7 +432,7 @@ fn rule(
             return None;
         }
     };
-    Some(RateLimit { unlimited, requests_per_unit, window_ms, unit: code, name, replaces })
+    Some(RateLimit { unlimited, requests_per_unit, window_ms, unit: code, name, replaces, metadata: None })
 }
 
 /// The `.yaml` and `.yml` files of a directory, in name order.

@@ -176,6 +176,9 @@ pub struct Envoy {
     /// (the statuses and headers keep saying what was over), and
     /// `sluice_envoy_shadow_total` counts it.
     pub shadow_mode: bool,
+    /// Answer with dynamic metadata, as the reference's `RESPONSE_DYNAMIC_METADATA`: the domain,
+    /// the request's descriptors and hits, and the merged `metadata` of the descriptors that passed.
+    pub response_metadata: bool,
     /// Descriptor entry key -> request attribute, for the adaptive threat score, e.g.
     /// `{remote_address: ip, user_agent: user_agent, path: endpoint}`.
     pub attributes: std::collections::BTreeMap<String, String>,
@@ -190,6 +193,7 @@ impl Default for Envoy {
             count_denied: true,
             quota_mode: false,
             shadow_mode: false,
+            response_metadata: false,
             attributes: Default::default(),
         }
     }

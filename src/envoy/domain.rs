@@ -10,6 +10,7 @@
 //! their format.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
 use crate::algorithm::adaptive::Adaptive;
@@ -82,7 +83,13 @@ pub struct RateLimit {
     pub unit: i32,
     pub name: String,
     pub replaces: Vec<String>,
+    /// The descriptor's `metadata`, returned to the gateway when it passes (with
+    /// `envoy.response_metadata`).
+    pub metadata: Option<Arc<Metadata>>,
 }
+
+/// A descriptor's free-form `metadata`: a JSON object.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// What a request descriptor matched.
 #[derive(Debug)]
@@ -257,6 +264,7 @@ mod tests {
                 unit: Unit::Second.code(),
                 name: String::new(),
                 replaces: vec![],
+                metadata: None,
             }),
             options: Options::default(),
             shadow_mode: false,

@@ -32,6 +32,9 @@ pub struct Domains {
     /// No request is denied: the overall code is OK even when a descriptor is over
     /// (`envoy.shadow_mode`, the reference's `SHADOW_MODE`).
     pub shadow_mode: bool,
+    /// Answers carry dynamic metadata (`envoy.response_metadata`, the reference's
+    /// `RESPONSE_DYNAMIC_METADATA`).
+    pub response_metadata: bool,
     /// Descriptor entry keys that carry request attributes, for the adaptive threat score.
     pub attributes: Vec<(String, crate::request::Attr)>,
     /// Failure mode of descriptors that set none.
@@ -80,6 +83,8 @@ pub struct Answer {
     pub statuses: Vec<Status>,
     /// The overall code is OVER_LIMIT (see `over`).
     pub over: bool,
+    /// The answer carries dynamic metadata (`Domains::response_metadata`).
+    pub metadata: bool,
 }
 
 /// The request's overall code is OVER_LIMIT: a descriptor outside quota mode is over, or the request
@@ -208,15 +213,13 @@ pub fn prepare<'d>(
                     unit,
                     name: String::new(),
                     replaces: vec![],
+                    metadata: None,
                 };
-                // As in the reference, the limit is not part of the key: an override counts with
-                // the configuration's limit for the same entries when their windows agree, and with
-                // every other override of that unit when they do not.
-                let shares = config
-                    .matches(&d.entries)
-                    .and_then(|m| m.node.rule.as_ref().map(|r| !r.unlimited && r.window_ms == window_ms))
-                    .unwrap_or(false);
-                let kind = if shares { String::new() } else { format!("override|{unit}") };
+                // The rate and unit are part of the key: a key is one limit, so the checks of one
+                // request on one key always agree (see `store::Merged`). The reference shares one
+                // counter between an override and the file's limit for the same entries, each
+                // compared with its own limit; docs/envoy.md says where that differs.
+                let kind = format!("override|{requests_per_unit}|{unit}");
                 let key = identity(domain, &kind, d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
                 Matched {
                     rule,

@@ -229,6 +229,12 @@ tiers:
     let inspected =
         admin.inspect(authorized(key_request("login", &attrs("alice")))).await.expect("inspect").into_inner();
     assert_eq!(inspected.fields.get("pen.n").map(String::as_str), Some("2"), "{inspected:?}");
+    // Without the username the key cannot be built, and the answer names the attribute as written.
+    let status = admin
+        .unblock(authorized(key_request("login", &[("ip", "203.0.113.9")])))
+        .await
+        .expect_err("no username");
+    assert!(status.message().contains("keyed by username, which is missing"), "{}", status.message());
     admin.unblock(authorized(key_request("login", &attrs("alice")))).await.expect("unblock");
     assert!(check(&mut client, request(&attrs("alice"))).await.allowed, "unblock lifts the block");
     admin.reset(authorized(key_request("login", &attrs("alice")))).await.expect("reset");

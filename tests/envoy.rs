@@ -267,6 +267,38 @@ fn check_config_reads_the_reference_format_too() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid rate limit unit \"fortnight\""));
+
+    // A directory, as `envoy.paths` takes one: every domain file in it.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("edge.yaml"), EDGE).expect("write");
+    std::fs::write(
+        dir.path().join("other.yml"),
+        "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let check_dir = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check-config", dir.path().to_str().expect("path")])
+            .output()
+            .expect("run")
+    };
+    let out = check_dir();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 2 domains: edge, other"));
+    // The same domain in two files: both are named.
+    std::fs::write(
+        dir.path().join("again.yaml"),
+        "domain: edge\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let out = check_dir();
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("duplicate domain \"edge\", already declared in") && said.contains("edge.yaml"),
+        "{said}"
+    );
+    assert!(said.contains("again.yaml"), "{said}");
 }
 
 /// Sluice's own options on a descriptor: a window no unit says, a sliding log, an adaptive score

@@ -124,7 +124,24 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
         assert_eq!(last["tier"], "auth");
         assert_eq!(last["limit"], 5);
         assert_eq!(last["allowed"], i < 5, "attempt {i}: {last}");
+        // The whole decision: where it was counted, the threat score, and every tier's part.
+        assert_eq!(last["source"], "local", "{last}");
+        assert!(last["threat_score"].is_u64() && last["threat_factors"].is_array(), "{last}");
+        let auth = last["tiers"].as_array().and_then(|t| t.iter().find(|t| t["tier"] == "auth"));
+        assert_eq!(auth.map(|t| t["allowed"].clone()), Some((i < 5).into()), "{last}");
     }
+    // The text form names the source and each tier.
+    let text_addr = addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(&["check", "--addr", &text_addr, "--attr", "ip=10.1.1.2", "--attr", "endpoint=/auth/login"])
+    })
+    .await
+    .expect("cli");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("allowed by ") && said.contains("(local)") && said.contains("  tier "),
+        "{said}"
+    );
     // A bare host:port is taken as http://host:port.
     let bare = format!("127.0.0.1:{grpc}");
     let out = tokio::task::spawn_blocking(move || {

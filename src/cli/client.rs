@@ -168,6 +168,23 @@ pub(super) async fn check(
     if json {
         let headers: serde_json::Map<String, serde_json::Value> =
             d.headers.iter().map(|h| (h.name.clone(), h.value.clone().into())).collect();
+        let tiers: Vec<serde_json::Value> = d
+            .tiers
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "tier": t.tier,
+                    "allowed": t.allowed,
+                    "shadow": t.shadow,
+                    "limit": t.limit,
+                    "remaining": t.remaining,
+                    "retry_after_ms": t.retry_after_ms,
+                    "reset_after_ms": t.reset_after_ms,
+                    "threat_score": t.threat_score,
+                    "threat_factors": t.threat_factors,
+                })
+            })
+            .collect();
         let out = serde_json::json!({
             "allowed": d.allowed,
             "retry_after_ms": d.retry_after_ms,
@@ -175,16 +192,35 @@ pub(super) async fn check(
             "remaining": d.remaining,
             "reset_after_ms": d.reset_after_ms,
             "tier": d.tier,
+            "source": d.source,
+            "threat_score": d.threat_score,
+            "threat_factors": d.threat_factors,
+            "tiers": tiers,
             "headers": headers,
         });
         println!("{out}");
     } else {
         let verdict = if d.allowed { "allowed" } else { "denied" };
         let tier = if d.tier.is_empty() { "(no tier matched)" } else { d.tier.as_str() };
+        let source = if d.source.is_empty() { "nothing counted" } else { d.source.as_str() };
         println!(
-            "{verdict} by {tier}: limit {}, remaining {}, retry after {} ms, reset after {} ms",
+            "{verdict} by {tier} ({source}): limit {}, remaining {}, retry after {} ms, reset after {} ms",
             d.limit, d.remaining, d.retry_after_ms, d.reset_after_ms
         );
+        if d.threat_score > 0 || !d.threat_factors.is_empty() {
+            println!("threat score {} ({})", d.threat_score, d.threat_factors.join(", "));
+        }
+        for t in &d.tiers {
+            let verdict = match (t.allowed, t.shadow) {
+                (true, _) => "allows",
+                (false, false) => "denies",
+                (false, true) => "would deny (shadow)",
+            };
+            println!(
+                "  tier {} {verdict}: limit {}, remaining {}, retry after {} ms",
+                t.tier, t.limit, t.remaining, t.retry_after_ms
+            );
+        }
         for h in &d.headers {
             println!("{}: {}", h.name, h.value);
         }

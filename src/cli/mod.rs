@@ -179,6 +179,26 @@ const SLIDING_NOTE: &str = "note: descriptors count with Sluice's sliding window
     envoyproxy/ratelimit's fixed window would allow";
 
 fn check_config(file: &std::path::Path) -> ExitCode {
+    // A directory is one of `envoy.paths`: every domain file in it.
+    if file.is_dir() {
+        return match config::envoy_file::check_path(&file.display().to_string()) {
+            Ok(names) if names.is_empty() => {
+                eprintln!("sluice: {}: no .yaml or .yml domain file in it", file.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Ok(names) => {
+                println!("{}: ok, {} domains: {}", file.display(), names.len(), names.join(", "));
+                println!("{SLIDING_NOTE}");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("sluice: {p}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     // A file in envoyproxy/ratelimit's format (a `domain` at the top) is checked as one.
     if let Ok(text) = std::fs::read_to_string(file)
         && text.lines().any(|l| l.starts_with("domain:"))

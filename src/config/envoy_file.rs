@@ -140,6 +140,20 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     })
 }
 
+/// Checks the domain files at `path`, a file or a directory, as `envoy.paths` reads them: the names of
+/// their domains, sorted, or every problem.
+pub fn check_path(path: &str) -> Result<Vec<String>, Vec<String>> {
+    let mut problems = Vec::new();
+    let envoy = schema::Envoy { paths: vec![path.to_owned()], ..Default::default() };
+    let domains = domains(&envoy, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut names: Vec<String> = domains.by_name.into_keys().collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Loads every file of `envoy.paths`.
 pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains {
     let mut files = Vec::new();
@@ -152,15 +166,20 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
         }
     }
     let mut by_name = HashMap::new();
+    let mut declared_in: HashMap<String, String> = HashMap::new();
     for file in files {
         let origin = file.display().to_string();
         match std::fs::read_to_string(&file) {
             Err(e) => problems.push(format!("{origin}: cannot read: {e}")),
             Ok(text) => match parse(&text, &origin) {
                 Ok(domain) => {
-                    if by_name.contains_key(&domain.name) {
-                        problems.push(format!("{origin}: duplicate domain {:?}", domain.name));
+                    if let Some(first) = declared_in.get(&domain.name) {
+                        problems.push(format!(
+                            "{origin}: duplicate domain {:?}, already declared in {first}",
+                            domain.name
+                        ));
                     } else {
+                        declared_in.insert(domain.name.clone(), origin);
                         by_name.insert(domain.name.clone(), domain);
                     }
                 }

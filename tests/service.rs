@@ -32,6 +32,30 @@ fn check_config_names_every_bad_key_and_exits_78() {
     assert_eq!(out.status.code(), Some(78));
     assert!(stderr.contains("tiers[0]") && stderr.contains("windw"), "{stderr}");
 
+    // Unknown keys, wrong types and bad values, in the file and in the environment: all at once,
+    // each line with its key, and the variable for what the environment set.
+    let mixed = common::write_config(
+        "server:\n  colour: blue\ntiers:\n  - name: bad name!\n    limit: -5\n    window: 10x\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", mixed.path().to_str().expect("path")])
+        .env("SLUICE__SERVER__SHADE", "dark")
+        .output()
+        .expect("check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for expected in [
+        "server.colour: unknown field `colour`",
+        "server.shade: unknown field `shade`",
+        "SLUICE__SERVER__SHADE",
+        "tiers[0].limit: invalid type",
+        "tiers[0].name: \"bad name!\"",
+        "tiers[0].window: \"10x\"",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 5, "one line a problem:\n{stderr}");
+
     let example = common::repo_path("examples/sluice.yaml");
     let out = sluice(&["check-config", example.to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -271,6 +295,10 @@ async fn http_endpoints_health_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("sluice_decision_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("# HELP sluice_decisions_total") && l.contains("exempt")),
+        "the help names every decision label: {metrics}"
+    );
     assert!(!metrics.contains("192.0.2.1"), "a client value leaked into a label");
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))

@@ -52,12 +52,145 @@ pub fn parse(
         .add_source(::config::Environment::with_prefix("SLUICE").separator("__").source(env))
         .build()
         .map_err(|e| parse_error(e.to_string()))?;
-    let file: schema::File = serde_path_to_error::deserialize(layered).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." { parse_error(inner) } else { parse_error(format!("{path}: {inner}")) }
-    })?;
+    let file: schema::File = match serde_path_to_error::deserialize(layered.clone()) {
+        Ok(file) => file,
+        Err(e) => {
+            // Reading it whole stops at the first mistake: look again, key by key, for all of them.
+            let problems = every_problem(&layered);
+            if problems.is_empty() {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                return Err(if path == "." {
+                    parse_error(inner)
+                } else {
+                    parse_error(format!("{path}: {inner}"))
+                });
+            }
+            return Err(ConfigError::Invalid { origin: origin.to_owned(), problems });
+        }
+    };
     validate(file).map_err(|problems| ConfigError::Invalid { origin: origin.to_owned(), problems })
+}
+
+/// Every mistake of a configuration that does not read as a whole: each unknown key and each
+/// value of the wrong type, found by reading each key on its own (a tier's, one tier at a time),
+/// with its key and, when the environment set it, the variable; then the problems of the values
+/// that did read, as `validate` finds them, except on keys already named.
+fn every_problem(layered: &::config::Config) -> Vec<String> {
+    use ::config::{Value, ValueKind};
+    let Ok(top) = ::config::Source::collect(layered) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let mut kept = ::config::Map::new();
+    for (key, value) in top {
+        let value = match &value.kind {
+            ValueKind::Array(items) if key == "tiers" => {
+                let tiers = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, tier)| probe::<schema::Tier>(&format!("tiers[{i}]"), tier, &mut problems))
+                    .collect::<Vec<_>>();
+                Value::new(None, ValueKind::Array(tiers))
+            }
+            ValueKind::Table(fields) => {
+                let mut section = ::config::Map::new();
+                for (field, v) in fields {
+                    let alone = table([(key.clone(), table([(field.clone(), v.clone())]))]);
+                    match problem::<schema::File>("", alone, v) {
+                        Some(p) => problems.push(p),
+                        None => {
+                            section.insert(field.clone(), v.clone());
+                        }
+                    }
+                }
+                Value::new(None, ValueKind::Table(section))
+            }
+            _ => match problem::<schema::File>("", table([(key.clone(), value.clone())]), &value) {
+                Some(p) => {
+                    problems.push(p);
+                    continue;
+                }
+                None => value,
+            },
+        };
+        kept.insert(key, value);
+    }
+    problems.sort();
+    // What remains reads as a whole (or says what it still lacks); its values are checked next.
+    let named: Vec<String> =
+        problems.iter().map(|p| p.split(": ").next().unwrap_or_default().to_owned()).collect();
+    match serde_path_to_error::deserialize::<_, schema::File>(Value::new(None, ValueKind::Table(kept))) {
+        Err(e) => problems.push(format!("{}: {}", e.path(), e.inner())),
+        Ok(file) => {
+            if let Err(more) = validate(file) {
+                problems.extend(
+                    more.into_iter().filter(|p| !named.iter().any(|key| p.starts_with(key.as_str()))),
+                );
+            }
+        }
+    }
+    problems
+}
+
+/// A mapping of `entries`, as the `config` crate holds one.
+fn table<const N: usize>(entries: [(String, ::config::Value); N]) -> ::config::Value {
+    ::config::Value::new(None, ::config::ValueKind::Table(entries.into_iter().collect()))
+}
+
+/// `value`'s fields read one at a time as a `T`, the item at `prefix` (a tier): the fields that read
+/// are kept, and each that does not is a problem.
+fn probe<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: &::config::Value,
+    problems: &mut Vec<String>,
+) -> ::config::Value {
+    let ::config::ValueKind::Table(fields) = &value.kind else {
+        problems.extend(problem::<T>(prefix, value.clone(), value));
+        return value.clone();
+    };
+    let mut kept = ::config::Map::new();
+    for (field, v) in fields {
+        match problem::<T>(prefix, table([(field.clone(), v.clone())]), v) {
+            Some(p) => problems.push(p),
+            None => {
+                kept.insert(field.clone(), v.clone());
+            }
+        }
+    }
+    ::config::Value::new(None, ::config::ValueKind::Table(kept))
+}
+
+/// Why `value` does not read as a `T`, as `<key>: <why>`, the key under `prefix`; `None` when it
+/// reads, or when all it lacks is a sibling field (a key read alone lacks its siblings). `leaf` is
+/// the value the key holds: from the environment, the problem names the variable.
+fn problem<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: ::config::Value,
+    leaf: &::config::Value,
+) -> Option<String> {
+    let e = serde_path_to_error::deserialize::<_, T>(value).err()?;
+    let why = e.inner().to_string();
+    if why.starts_with("missing field") || why.starts_with("missing configuration field") {
+        return None;
+    }
+    // The `config` crate adds the key it was reading; the key leads the line already.
+    let why = match why.rfind(" for key `") {
+        Some(at) if why.ends_with('`') => why[..at].to_owned(),
+        _ => why,
+    };
+    let path = e.path().to_string();
+    let key = match (prefix.is_empty(), path.as_str()) {
+        (true, p) => p.to_owned(),
+        (false, ".") => prefix.to_owned(),
+        (false, p) => format!("{prefix}.{p}"),
+    };
+    Some(if leaf.origin() == Some("the environment") {
+        let variable = format!("SLUICE__{}", key.to_uppercase().replace('.', "__"));
+        format!("{key}: {why} (set by the environment variable {variable})")
+    } else {
+        format!("{key}: {why}")
+    })
 }
 
 /// Every file a configuration at `path` reads: the file itself, then for each of its
@@ -104,6 +237,27 @@ mod tests {
         assert!(lines.iter().any(|l| l.contains("tiers[0].window: \"15x\"")), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("tiers[1].name")), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("tiers[1].exempt")), "{lines:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named_at_once_with_the_rest() {
+        let yaml = "server:\n  colour: blue\n  grpc_addr: nowhere\ntiers:\n  - name: bad name!\n    limit: -5\n    \
+                    window: 10x\n  - name: ok\n    limit: 3\n    window: 1m\n    shadw: true\n";
+        let env = HashMap::from([("SLUICE__LOG__COLOUR".to_owned(), "red".to_owned())]);
+        let lines = parse(yaml, "t.yaml", Some(env)).expect_err("invalid").lines();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        assert!(has("t.yaml: server.colour: unknown field `colour`"), "{lines:?}");
+        assert!(
+            has("server.grpc_addr: \"nowhere\" is not an address"),
+            "a value problem beside them: {lines:?}"
+        );
+        assert!(has("tiers[0].limit: invalid type: 64-bit integer `-5`"), "{lines:?}");
+        assert!(has("tiers[0].name"), "{lines:?}");
+        assert!(has("tiers[0].window: \"10x\""), "{lines:?}");
+        assert!(has("tiers[1].shadw: unknown field"), "{lines:?}");
+        assert!(has("log.colour: unknown field `colour`") && has("SLUICE__LOG__COLOUR"), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("tiers[0]limit")), "{lines:?}");
+        assert_eq!(lines.iter().filter(|l| l.contains("tiers[0].limit")).count(), 1, "{lines:?}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ descriptors:
 /// Kinds of `Check` call; the ones marked invalid must get INVALID_ARGUMENT.
 const NATIVE_KINDS: usize = 10;
 /// Kinds of `ShouldRateLimit` call.
-const ENVOY_KINDS: usize = 7;
+const ENVOY_KINDS: usize = 8;
 
 /// Random strings, each holding a distinctive token (recorded) so that its appearance anywhere in
 /// `/metrics` is unmistakable.
@@ -301,15 +301,13 @@ fn envoy(kind: usize, r: &mut Random) -> (RateLimitRequest, bool) {
             ]),
             true,
         ),
-        // An empty key, or a domain over limits.max_value_bytes.
-        5 => {
-            if r.coin() {
-                (edge(vec![descriptor(vec![(String::new(), r.text())])]), false)
-            } else {
-                let domain = format!("{}{}", r.token(), "d".repeat(5000));
-                let descriptors = vec![descriptor(vec![("remote_address".into(), r.ipv4())])];
-                (RateLimitRequest { domain, descriptors, hits_addend: 1 }, false)
-            }
+        // An empty key (refused, counted under `descriptors`).
+        5 => (edge(vec![descriptor(vec![(String::new(), r.text())])]), false),
+        // A domain over limits.max_value_bytes (refused, counted under `domain`).
+        7 => {
+            let domain = format!("{}{}", r.token(), "d".repeat(5000));
+            let descriptors = vec![descriptor(vec![("remote_address".into(), r.ipv4())])];
+            (RateLimitRequest { domain, descriptors, hits_addend: 1 }, false)
         }
         // A descriptor's own hits: 0 only looks.
         6 => {

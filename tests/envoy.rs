@@ -72,7 +72,8 @@ async fn ask(
         .into_inner()
 }
 
-async fn server(redis: &RedisServer, headers: &str) -> (SluiceServer, tempfile::TempDir) {
+/// A directory with two domain files: edge.yaml (EDGE) and other.yml.
+fn domain_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("edge.yaml"), EDGE).expect("write");
     std::fs::write(
@@ -80,6 +81,11 @@ async fn server(redis: &RedisServer, headers: &str) -> (SluiceServer, tempfile::
         "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
     )
     .expect("write");
+    dir
+}
+
+async fn server(redis: &RedisServer, headers: &str) -> (SluiceServer, tempfile::TempDir) {
+    let dir = domain_dir();
     let yaml = format!("envoy:\n  paths: [\"{}\"]\n  headers: {headers}\ntiers: []\n", dir.path().display());
     (SluiceServer::start(&yaml, Some(&redis.url())).await, dir)
 }
@@ -269,13 +275,7 @@ fn check_config_reads_the_reference_format_too() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid rate limit unit \"fortnight\""));
 
     // A directory, as `envoy.paths` takes one: every domain file in it.
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("edge.yaml"), EDGE).expect("write");
-    std::fs::write(
-        dir.path().join("other.yml"),
-        "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
-    )
-    .expect("write");
+    let dir = domain_dir();
     let check_dir = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["check-config", dir.path().to_str().expect("path")])

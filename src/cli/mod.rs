@@ -181,41 +181,20 @@ const SLIDING_NOTE: &str = "note: descriptors count with Sluice's sliding window
 fn check_config(file: &std::path::Path) -> ExitCode {
     // A directory is one of `envoy.paths`: every domain file in it.
     if file.is_dir() {
-        return match config::envoy_file::check_path(&file.display().to_string()) {
-            Ok(names) if names.is_empty() => {
-                eprintln!("sluice: {}: no .yaml or .yml domain file in it", file.display());
-                ExitCode::from(EXIT_CONFIG)
+        let checked = config::envoy_file::check_path(&file.display().to_string()).and_then(|names| {
+            if names.is_empty() {
+                return Err(vec![format!("{}: no .yaml or .yml domain file in it", file.display())]);
             }
-            Ok(names) => {
-                println!("{}: ok, {} domains: {}", file.display(), names.len(), names.join(", "));
-                println!("{SLIDING_NOTE}");
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                for p in problems {
-                    eprintln!("sluice: {p}");
-                }
-                ExitCode::from(EXIT_CONFIG)
-            }
-        };
+            Ok(format!("{} domains: {}", names.len(), names.join(", ")))
+        });
+        return domain_check(file, checked);
     }
     // A file in envoyproxy/ratelimit's format (a `domain` at the top) is checked as one.
     if let Ok(text) = std::fs::read_to_string(file)
         && text.lines().any(|l| l.starts_with("domain:"))
     {
-        return match config::envoy_file::parse(&text, &file.display().to_string()) {
-            Ok(domain) => {
-                println!("{}: ok, domain {:?}", file.display(), domain.name);
-                println!("{SLIDING_NOTE}");
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                for p in problems {
-                    eprintln!("sluice: {p}");
-                }
-                ExitCode::from(EXIT_CONFIG)
-            }
-        };
+        let checked = config::envoy_file::parse(&text, &file.display().to_string());
+        return domain_check(file, checked.map(|domain| format!("domain {:?}", domain.name)));
     }
     match config::load(Some(file)) {
         Ok(settings) => {
@@ -237,6 +216,23 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => report_config_error(&e),
+    }
+}
+
+/// What a check of domain files found, or every problem it met (exit 78).
+fn domain_check(file: &std::path::Path, checked: Result<String, Vec<String>>) -> ExitCode {
+    match checked {
+        Ok(found) => {
+            println!("{}: ok, {found}", file.display());
+            println!("{SLIDING_NOTE}");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in problems {
+                eprintln!("sluice: {p}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

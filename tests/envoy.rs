@@ -339,6 +339,12 @@ descriptors:
     assert_eq!(r.overall_code, Code::OverLimit as i32);
     let reset = r.statuses[0].duration_until_reset.expect("reset").seconds;
     assert!(reset > 800, "a 15-minute window: {reset} s");
+    // The unit Envoy sees stays the file's: its units cannot say 15 minutes (docs/envoy.md).
+    let unit = r.statuses[0].current_limit.as_ref().expect("limit").unit;
+    assert_eq!(
+        unit,
+        envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit::Minute as i32
+    );
     // A second denial is the second violation: blocked for 30 s.
     let r = ask(&mut c, "auth", login(), 1).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);

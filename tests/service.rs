@@ -372,3 +372,13 @@ async fn reflection_lists_and_describes_the_services() {
         );
     }
 }
+
+/// `check` against an address where nothing listens says why, not only "transport error".
+#[test]
+fn check_says_why_it_cannot_connect() {
+    let free = pick_port(false);
+    let out = sluice(&["check", "--addr", &format!("127.0.0.1:{free}"), "--attr", "ip=10.0.0.1"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Connection refused") && said.contains("is Sluice serving there?"), "{said}");
+}

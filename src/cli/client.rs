@@ -150,7 +150,7 @@ pub(super) async fn check(
     let mut client = match pb::rate_limiter_client::RateLimiterClient::connect(addr.clone()).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sluice: cannot connect to {addr}: {e}");
+            eprintln!("sluice: cannot connect to {addr}: {} (is Sluice serving there?)", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -7,6 +7,22 @@ use std::path::{Path, PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    // The commit built, for sluice_build_info; "unknown" outside a git checkout (a source archive).
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=SLUICE_REVISION={revision}");
+    for git in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if Path::new(git).exists() {
+            println!("cargo:rerun-if-changed={git}");
+        }
+    }
     let descriptors = protox::compile(["sluice/v1/sluice.proto", "sluice/v1/admin.proto"], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("sluice_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;

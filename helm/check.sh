@@ -129,7 +129,17 @@ render -f examples/istio/values.yaml --set 'config.envoy.paths={/srv/domains}' >
 grep -qF -- '- /srv/domains' "$out/own-paths.yaml" || { echo "config.envoy.paths lost /srv/domains" >&2; exit 1; }
 "$PY" helm/expect.py shape "$out/own-paths.yaml" --rolls-on config --domains sluice-envoy-domains --domain-files ingress.yaml
 
-echo "== python3 -m json.tool $chart/dashboards/sluice.json"
+echo "== python3 -m json.tool $chart/dashboards/sluice.json, and every sluice_ series it queries is one src/metrics.rs names"
 python3 -m json.tool "$chart/dashboards/sluice.json" >/dev/null
+python3 - "$chart/dashboards/sluice.json" src/metrics.rs <<'PY'
+import json, re, sys
+board, source = json.load(open(sys.argv[1])), open(sys.argv[2]).read()
+named = set(re.findall(r'"(sluice_[a-z_]+)"', source))
+queried = {re.sub(r"_(bucket|sum|count)$", "", m) for p in board["panels"] for t in p.get("targets", [])
+           for m in re.findall(r"\bsluice_[a-z_]+", t["expr"])}
+unknown = sorted(queried - named)
+if unknown:
+    sys.exit(f"the dashboard queries series src/metrics.rs does not name: {unknown}")
+PY
 
 echo "== all checks passed"

@@ -183,6 +183,11 @@ impl Engine {
 
     /// Decides a `ShouldRateLimit` request: `hits` for each descriptor unless it carries its own.
     /// Every limited descriptor is checked in one store call; an unknown domain limits nothing.
+    /// Calls being decided now (see `Shedding`).
+    pub fn in_flight(&self) -> usize {
+        self.shedding.in_flight()
+    }
+
     pub async fn should_rate_limit(
         &self,
         domain: &str,
@@ -327,8 +332,23 @@ impl Engine {
         self.over_limit.remember(&checks, &outcome);
         let decision = Decision::counted(counted, outcome);
         let source = decision.source.map_or("none", |s| s.as_str());
-        for (status, (counters, threshold)) in decision.statuses.iter().zip(&counters) {
+        for ((status, check), (counters, threshold)) in decision.statuses.iter().zip(&checks).zip(&counters) {
             counters.record(&status.tier, status.label(), source);
+            if mode == Mode::Consume && decision.source != Some(Source::Shed) {
+                // What the tier's count took: an admitted request's units where the tier allowed
+                // them, and every request's on a tier that counts denied ones too.
+                let counts_it = match check.counts {
+                    crate::check::Counts::Requests => decision.allowed && status.verdict.allowed,
+                    crate::check::Counts::Everything => true,
+                    crate::check::Counts::Failures => false,
+                };
+                let units = if counts_it { check.quota.cost } else { 0 };
+                let left = u128::from(status.verdict.remaining) * 100;
+                let near = decision.allowed
+                    && status.verdict.allowed
+                    && left < u128::from(status.verdict.limit) * u128::from(metrics::NEAR_LIMIT_PERCENT);
+                counters.consumed(&status.tier, units, near);
+            }
             if threshold.is_some() {
                 metrics::threat_score(&status.tier, status.verdict.score);
             }

@@ -14,17 +14,25 @@ use metrics_exporter_prometheus::PrometheusHandle;
 struct Http {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    engine: Arc<crate::engine::Engine>,
 }
 
-pub fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
+pub fn router(
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    engine: Arc<crate::engine::Engine>,
+) -> Router {
     Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Http { metrics, ready })
+        .with_state(Http { metrics, ready, engine })
 }
 
 async fn render(State(http): State<Http>) -> ([(&'static str, &'static str); 1], String) {
+    // Gauges read at the scrape: the calls in flight now, and the process's own figures.
+    crate::metrics::in_flight(http.engine.in_flight());
+    crate::metrics::collect_process();
     http.metrics.run_upkeep();
     ([("content-type", "text/plain; version=0.0.4")], http.metrics.render())
 }

@@ -25,6 +25,17 @@ pub const SECURITY_EVENTS: &str = "sluice_security_events_total";
 pub const FALLBACK_TIME: &str = "sluice_fallback_seconds_total";
 pub const SHED: &str = "sluice_shed_total";
 pub const OVER_LIMIT_KEYS: &str = "sluice_over_limit_cache_keys";
+pub const BUILD_INFO: &str = "sluice_build_info";
+pub const CIRCUIT_OPENINGS: &str = "sluice_circuit_openings_total";
+pub const RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
+pub const RELOAD_SUCCESS_TIME: &str = "sluice_config_last_reload_success_timestamp_seconds";
+pub const IN_FLIGHT: &str = "sluice_in_flight";
+pub const IN_FLIGHT_LIMIT: &str = "sluice_in_flight_limit";
+pub const UNITS: &str = "sluice_units_total";
+pub const NEAR_LIMIT: &str = "sluice_near_limit_total";
+
+/// A decision is near its limit when what remains is under this share of the limit (in percent).
+pub const NEAR_LIMIT_PERCENT: u64 = 20;
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -48,8 +59,21 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()?;
     describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("SLUICE_REVISION"))
+        .set(1.0);
     *installed = Some(handle.clone());
     Ok(handle)
+}
+
+/// The process's own metrics (CPU seconds, resident memory, open file descriptors, start time),
+/// read anew before each scrape.
+pub fn collect_process() {
+    static COLLECTOR: std::sync::LazyLock<metrics_process::Collector> = std::sync::LazyLock::new(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    });
+    COLLECTOR.collect();
 }
 
 fn describe() {
@@ -70,6 +94,27 @@ fn describe() {
         "ShouldRateLimit decisions per limited descriptor, by domain, descriptor path (from the configuration), decision and source"
     );
     describe_counter!(ENVOY_UNKNOWN_DOMAIN, "ShouldRateLimit calls for a domain no file declares");
+    describe_gauge!(BUILD_INFO, "Always 1, labelled by the version and the git revision built");
+    describe_counter!(
+        CIRCUIT_OPENINGS,
+        "Times the circuit opened (Redis unavailable), however short the outage"
+    );
+    describe_gauge!(
+        RELOAD_SUCCESSFUL,
+        "1 when the last configuration load (start-up or reload) succeeded, else 0"
+    );
+    describe_gauge!(
+        RELOAD_SUCCESS_TIME,
+        metrics::Unit::Seconds,
+        "Unix time of the last successful configuration load"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Calls being decided now (a Check batch is one), against sluice_in_flight_limit"
+    );
+    describe_gauge!(IN_FLIGHT_LIMIT, "server.max_in_flight: past it, calls are shed");
+    describe_counter!(UNITS, "Units consumed, by tier (a request's cost times the tier's)");
+    describe_counter!(NEAR_LIMIT, "Admitted decisions that left less than 20% of the tier's limit, by tier");
     describe_counter!(
         ENVOY_SHADOW,
         "ShouldRateLimit answers made OK by envoy.shadow_mode that would have been OVER_LIMIT"
@@ -87,21 +132,40 @@ fn describe() {
 const DECISION_LABELS: [&str; 4] = ["allow", "deny", "shadow_deny", "exempt"];
 const SOURCE_LABELS: [&str; 6] = ["redis", "local", "fallback", "shed", "cache", "none"];
 
-/// One tier's decision counters, each registered on first use and then incremented without a
-/// registry lookup.
+/// One tier's counters, each registered on first use and then incremented without a registry
+/// lookup: decisions by decision and source, units consumed, and near-limit decisions.
 #[derive(Debug, Default)]
-pub struct TierCounters([std::sync::OnceLock<metrics::Counter>; DECISION_LABELS.len() * SOURCE_LABELS.len()]);
+pub struct TierCounters {
+    decisions: [std::sync::OnceLock<metrics::Counter>; DECISION_LABELS.len() * SOURCE_LABELS.len()],
+    units: std::sync::OnceLock<metrics::Counter>,
+    near_limit: std::sync::OnceLock<metrics::Counter>,
+}
 
 impl TierCounters {
     pub fn record(&self, tier: &std::sync::Arc<str>, decision: &'static str, source: &'static str) {
         let d = DECISION_LABELS.iter().position(|l| *l == decision).unwrap_or(0);
         let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(SOURCE_LABELS.len() - 1);
-        self.0[d * SOURCE_LABELS.len() + s]
+        self.decisions[d * SOURCE_LABELS.len() + s]
             .get_or_init(|| {
                 let tier = std::sync::Arc::clone(tier);
                 counter!(DECISIONS, "tier" => tier, "decision" => DECISION_LABELS[d], "source" => SOURCE_LABELS[s])
             })
             .increment(1);
+    }
+
+    /// `units` consumed on the tier; `near` when what remains is under `NEAR_LIMIT_PERCENT` of the
+    /// limit.
+    pub fn consumed(&self, tier: &std::sync::Arc<str>, units: u64, near: bool) {
+        if units > 0 {
+            self.units
+                .get_or_init(|| counter!(UNITS, "tier" => std::sync::Arc::clone(tier)))
+                .increment(units);
+        }
+        if near {
+            self.near_limit
+                .get_or_init(|| counter!(NEAR_LIMIT, "tier" => std::sync::Arc::clone(tier)))
+                .increment(1);
+        }
     }
 }
 
@@ -171,6 +235,28 @@ pub fn envoy_unknown_domain() {
 
 pub fn config_reload(result: &'static str) {
     counter!(CONFIG_RELOADS, "result" => result).increment(1);
+    config_loaded(result == "ok");
+}
+
+/// The outcome of a configuration load, at start-up or on a reload.
+pub fn config_loaded(ok: bool) {
+    gauge!(RELOAD_SUCCESSFUL).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default();
+        gauge!(RELOAD_SUCCESS_TIME).set(now.as_secs_f64());
+    }
+}
+
+pub fn circuit_opened() {
+    counter!(CIRCUIT_OPENINGS).increment(1);
+}
+
+pub fn in_flight(now: usize) {
+    gauge!(IN_FLIGHT).set(now as f64);
+}
+
+pub fn in_flight_limit(limit: usize) {
+    gauge!(IN_FLIGHT_LIMIT).set(limit as f64);
 }
 
 pub fn circuit_open(open: bool) {

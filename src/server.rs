@@ -89,6 +89,8 @@ pub async fn run(
         },
     ));
     spawn_cache_sweeper(Arc::clone(&engine), stop_rx.clone());
+    metrics::in_flight_limit(settings.server.max_in_flight);
+    metrics::config_loaded(true);
     spawn_metrics_upkeep(handle.clone(), stop_rx.clone());
     let native = NativeService::new(Arc::clone(&engine), settings.limits);
     engine.replace_domains(settings.domains);
@@ -149,7 +151,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let http = axum::serve(
         crate::http::IdleListener::new(listeners.http, transport.idle_timeout),
-        crate::http::router(handle, ready),
+        crate::http::router(handle, ready, Arc::clone(&engine)),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
 

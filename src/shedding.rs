@@ -51,6 +51,11 @@ impl Shedding {
         Shedding { in_flight: AtomicUsize::new(0), max_in_flight: max_in_flight.max(1) }
     }
 
+    /// Calls holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Takes a slot for one call, or says it is shed or late (and counts why).
     pub fn admit(&self, deadline: Option<Instant>) -> Admission<'_> {
         if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < MIN_DEADLINE) {

@@ -117,6 +117,11 @@ async fn outage(freeze: bool) {
     let (status, metrics) = common::http_get(server.http_addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("sluice_circuit_open 0"), "the circuit is closed again");
+    let openings = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_circuit_openings_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(openings.is_some_and(|n| n >= 1.0), "the opening is counted: {openings:?}");
     assert!(metrics.contains("sluice_redis_errors_total{error_type="), "redis errors are counted");
 }
 

@@ -295,6 +295,9 @@ async fn http_endpoints_health_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("sluice_decision_duration_seconds_bucket"), "{metrics}");
+    // Units consumed, and the admitted decision that left 0 of 2 (under 20%) counted as near.
+    assert!(value("sluice_units_total{tier=\"edge_ip\"}") >= 2.0, "{metrics}");
+    assert!(value("sluice_near_limit_total{tier=\"edge_ip\"}") >= 1.0, "{metrics}");
     assert!(
         metrics.lines().any(|l| l.starts_with("# HELP sluice_decisions_total") && l.contains("exempt")),
         "the help names every decision label: {metrics}"
@@ -381,4 +384,70 @@ fn check_says_why_it_cannot_connect() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("Connection refused") && said.contains("is Sluice serving there?"), "{said}");
+}
+
+/// The metrics an operator looks for first, from a real `sluice serve`: the build, the process,
+/// calls in flight against the bound, and whether the last configuration load worked.
+#[tokio::test]
+async fn build_process_and_reload_metrics() {
+    let (grpc, http) = (pick_port(false), pick_port(false));
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("sluice.yaml");
+    let good = format!(
+        "server:\n  grpc_addr: 127.0.0.1:{grpc}\n  http_addr: 127.0.0.1:{http}\n  max_in_flight: 77\ntiers: []\n"
+    );
+    std::fs::write(&config, &good).expect("write");
+    let child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().expect("path")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sluice serve");
+    let _process = common::Process(child);
+    let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
+    assert_eventually!(
+        tokio::net::TcpStream::connect(http_addr).await.is_ok(),
+        Duration::from_secs(10),
+        "sluice serve did not listen"
+    );
+    let scrape = || async move { http_get(http_addr, "/metrics").await.1 };
+    let metrics = scrape().await;
+    let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).map(str::to_owned);
+    let build = line("sluice_build_info{").expect("build info");
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    assert!(build.contains("revision=\"") && build.ends_with(" 1"), "{build}");
+    for process in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+        assert!(line(process).is_some(), "{process} missing:\n{metrics}");
+    }
+    let started = line("process_start_time_seconds").and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(started.is_some_and(|t| t > 1.7e9), "{started:?}");
+    assert_eq!(line("sluice_in_flight_limit ").as_deref(), Some("sluice_in_flight_limit 77"));
+    assert!(line("sluice_in_flight ").is_some(), "{metrics}");
+    assert_eq!(
+        line("sluice_config_last_reload_successful ").as_deref(),
+        Some("sluice_config_last_reload_successful 1")
+    );
+    let loaded_at = line("sluice_config_last_reload_success_timestamp_seconds ")
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("load time");
+
+    // A broken file is not loaded, and the gauge says so; a good one again, and it says so too.
+    std::fs::write(&config, format!("{good}  - name: broken\n")).expect("break");
+    assert_eventually!(
+        scrape().await.contains("sluice_config_last_reload_successful 0"),
+        Duration::from_secs(10),
+        "the failed reload was not reported"
+    );
+    std::fs::write(&config, &good).expect("mend");
+    assert_eventually!(
+        scrape().await.contains("sluice_config_last_reload_successful 1"),
+        Duration::from_secs(10),
+        "the good reload was not reported"
+    );
+    let metrics = scrape().await;
+    let reloaded_at = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_config_last_reload_success_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("reload time");
+    assert!(reloaded_at >= loaded_at, "{reloaded_at} < {loaded_at}");
 }

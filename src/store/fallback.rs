@@ -157,6 +157,7 @@ impl FallbackStore {
             return;
         }
         metrics::circuit_open(true);
+        metrics::circuit_opened();
         tracing::warn!(error = %error, "redis unavailable: deciding in process until it answers again");
         tokio::spawn(Arc::clone(self).probe());
     }

@@ -27,6 +27,12 @@ if [[ ! -x "$HELM" ]]; then
   )
 fi
 
+# promtool, from Debian's prometheus package (the server is not started).
+if ! command -v promtool >/dev/null; then
+  echo "== installing Debian's prometheus (for promtool)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # kubernetes-validate, in its own venv.
 KV="$tools/venv/bin/kubernetes-validate"
 if [[ ! -x "$KV" ]] || ! "$tools/venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $kv_version"; then
@@ -128,6 +134,18 @@ refuse 'envoy.domains: "edge.json" must be a file name ending in .yaml or .yml' 
 render -f examples/istio/values.yaml --set 'config.envoy.paths={/srv/domains}' >"$out/own-paths.yaml"
 grep -qF -- '- /srv/domains' "$out/own-paths.yaml" || { echo "config.envoy.paths lost /srv/domains" >&2; exit 1; }
 "$PY" helm/expect.py shape "$out/own-paths.yaml" --rolls-on config --domains sluice-envoy-domains --domain-files ingress.yaml
+
+echo "== promtool check rules: the alerts, as the plain file and as the PrometheusRule renders them"
+promtool check rules "$chart/rules/sluice-alerts.yaml"
+"$PY" - "$out/all.yaml" "$out/rules-from-chart.yaml" <<'PY'
+import sys, yaml
+rule = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule")
+yaml.safe_dump({"groups": rule["spec"]["groups"]}, open(sys.argv[2], "w"))
+PY
+promtool check rules "$out/rules-from-chart.yaml"
+cmp <("$PY" -c 'import sys, yaml, json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["groups"], sort_keys=True))' "$chart/rules/sluice-alerts.yaml") \
+  <("$PY" -c 'import sys, yaml, json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["groups"], sort_keys=True))' "$out/rules-from-chart.yaml") \
+  || { echo "the PrometheusRule's groups differ from rules/sluice-alerts.yaml" >&2; exit 1; }
 
 echo "== python3 -m json.tool $chart/dashboards/sluice.json, and every sluice_ series it queries is one src/metrics.rs names"
 python3 -m json.tool "$chart/dashboards/sluice.json" >/dev/null

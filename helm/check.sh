@@ -135,6 +135,14 @@ render -f examples/istio/values.yaml --set 'config.envoy.paths={/srv/domains}' >
 grep -qF -- '- /srv/domains' "$out/own-paths.yaml" || { echo "config.envoy.paths lost /srv/domains" >&2; exit 1; }
 "$PY" helm/expect.py shape "$out/own-paths.yaml" --rolls-on config --domains sluice-envoy-domains --domain-files ingress.yaml
 
+echo "== rollouts: the grace period covers the drain, a PodDisruptionBudget with more than one replica, pods spread"
+refuse 'terminationGracePeriodSeconds: 3 is less than config.server.drain_secs + shutdown_grace_secs (15)' \
+  --set terminationGracePeriodSeconds=3
+grep -q 'terminationGracePeriodSeconds: 20$' "$out/default.yaml" || { echo "default grace is not drain 5 + grace 10 + 5" >&2; exit 1; }
+grep -q '^kind: PodDisruptionBudget$' "$out/default.yaml" || { echo "two replicas and no PodDisruptionBudget" >&2; exit 1; }
+! render --set replicaCount=1 | grep -q '^kind: PodDisruptionBudget$' || { echo "a PodDisruptionBudget for one replica" >&2; exit 1; }
+grep -q 'topologyKey: topology.kubernetes.io/zone' "$out/default.yaml" || { echo "no spread over zones by default" >&2; exit 1; }
+
 echo "== promtool check rules: the alerts, as the plain file and as the PrometheusRule renders them"
 promtool check rules "$chart/rules/sluice-alerts.yaml"
 "$PY" - "$out/all.yaml" "$out/rules-from-chart.yaml" <<'PY'

@@ -70,11 +70,22 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves until `shutdown` resolves, then lets calls in flight finish (up to the grace period).
+/// How `run` stops when its shutdown future resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Say NOT_SERVING (gRPC health) and 503 (`/readyz`) at once, serve on for `server.drain_secs`
+    /// while load balancers move away, then close the listeners: what SIGTERM asks.
+    Drain,
+    /// Close the listeners at once: what SIGINT (Ctrl-C) asks.
+    Now,
+}
+
+/// Serves until `shutdown` resolves, drains as it says, then lets calls in flight finish (up to
+/// the grace period).
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), ServerError> {
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -112,11 +123,26 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(true));
     let grace = settings.server.shutdown_grace;
+    let drain = settings.server.drain;
     tokio::spawn({
         let ready = Arc::clone(&ready);
         async move {
-            shutdown.await;
+            let stop = shutdown.await;
             ready.store(false, Ordering::Relaxed);
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_not_serving::<crate::api::pb::rate_limiter_server::RateLimiterServer<NativeService>>()
+                .await;
+            health
+                .set_not_serving::<envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<EnvoyService>>()
+                .await;
+            if stop == Stop::Drain && !drain.is_zero() {
+                tracing::info!(
+                    drain_secs = drain.as_secs(),
+                    "shutting down: not ready, serving on while load balancers move away"
+                );
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         }

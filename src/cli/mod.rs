@@ -270,7 +270,8 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (an orchestrator's) drains first; SIGINT (a person's Ctrl-C) stops at once.
+async fn shutdown_signal() -> server::Stop {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -286,8 +287,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => server::Stop::Now,
+        _ = term => server::Stop::Drain,
     }
 }
 

@@ -82,6 +82,8 @@ impl std::fmt::Debug for AdminSettings {
 pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// On SIGTERM: serving on, while health and readiness say otherwise (`server.drain_secs`).
+    pub drain: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsSettings>,
     pub transport: Transport,

@@ -49,7 +49,11 @@ pub struct Server {
     pub grpc_addr: String,
     /// HTTP listener: `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: String,
-    /// On SIGTERM or SIGINT, how long calls in flight may take to finish.
+    /// On SIGTERM, how long to keep serving once gRPC health says NOT_SERVING and `/readyz` 503, so
+    /// that load balancers and gateways move away before the listeners close. SIGINT (Ctrl-C)
+    /// skips it.
+    pub drain_secs: u64,
+    /// Then, how long calls in flight may take to finish.
     pub shutdown_grace_secs: u64,
     /// TLS on the gRPC listener; absent, plaintext.
     pub tls: Option<Tls>,
@@ -89,6 +93,7 @@ impl Default for Server {
         Server {
             grpc_addr: "0.0.0.0:8081".into(),
             http_addr: "0.0.0.0:9090".into(),
+            drain_secs: 5,
             shutdown_grace_secs: 10,
             tls: None,
             max_message_bytes: 4 * 1024 * 1024,

@@ -107,6 +107,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         server: ServerSettings {
             grpc_addr: grpc_addr.expect("checked above"),
             http_addr: http_addr.expect("checked above"),
+            drain: Duration::from_secs(file.server.drain_secs),
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
             tls,
             transport: Transport {

@@ -253,6 +253,7 @@ impl SluiceServer {
         let task = tokio::spawn(async move {
             server::run(settings, listeners, async {
                 let _ = stopped.await;
+                server::Stop::Now
             })
             .await
             .expect("server failed");

@@ -136,3 +136,20 @@ address behind its own Service; plus the domain files' directory in envoy.paths.
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/*
+Seconds Kubernetes waits after SIGTERM: as given, or the drain, the grace for calls in flight and 5
+more; never less than the first two.
+*/}}
+{{- define "sluice.terminationGracePeriod" -}}
+{{- $server := .Values.config.server | default dict -}}
+{{- $needed := add (int (dig "drain_secs" 5 $server)) (int (dig "shutdown_grace_secs" 10 $server)) -}}
+{{- $given := .Values.terminationGracePeriodSeconds -}}
+{{- if eq (toString $given) "" -}}
+{{- add $needed 5 -}}
+{{- else if lt (int $given) $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds: %v is less than config.server.drain_secs + shutdown_grace_secs (%d): pods would be killed before they drain" $given $needed) -}}
+{{- else -}}
+{{- $given -}}
+{{- end -}}
+{{- end }}

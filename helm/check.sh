@@ -135,6 +135,11 @@ render -f examples/istio/values.yaml --set 'config.envoy.paths={/srv/domains}' >
 grep -qF -- '- /srv/domains' "$out/own-paths.yaml" || { echo "config.envoy.paths lost /srv/domains" >&2; exit 1; }
 "$PY" helm/expect.py shape "$out/own-paths.yaml" --rolls-on config --domains sluice-envoy-domains --domain-files ingress.yaml
 
+echo "== values.schema.json and README.md are what values.yaml makes; the schema refuses a typo and a wrong type"
+"$PY" helm/values_doc.py check
+refuse "additional properties 'replicaCont' not allowed" --set replicaCont=3
+refuse "got string, want integer" --set replicaCount=three
+
 echo "== rollouts: the grace period covers the drain, a PodDisruptionBudget with more than one replica, pods spread"
 refuse 'terminationGracePeriodSeconds: 3 is less than config.server.drain_secs + shutdown_grace_secs (15)' \
   --set terminationGracePeriodSeconds=3

@@ -153,3 +153,20 @@ more; never less than the first two.
 {{- $given -}}
 {{- end -}}
 {{- end }}
+
+{{/*
+The ports Sluice listens on, from config.server.grpc_addr and http_addr (host:port).
+*/}}
+{{- define "sluice.grpcPort" -}}
+{{- include "sluice.portOf" (dict "key" "config.server.grpc_addr" "addr" (dig "grpc_addr" "0.0.0.0:8081" (.Values.config.server | default dict))) -}}
+{{- end }}
+{{- define "sluice.httpPort" -}}
+{{- include "sluice.portOf" (dict "key" "config.server.http_addr" "addr" (dig "http_addr" "0.0.0.0:9090" (.Values.config.server | default dict))) -}}
+{{- end }}
+{{- define "sluice.portOf" -}}
+{{- $port := regexFind "[0-9]+$" (toString .addr) -}}
+{{- if not (regexMatch ":[0-9]+$" (toString .addr)) -}}
+{{- fail (printf "%s: %q is not host:port" .key .addr) -}}
+{{- end -}}
+{{- $port -}}
+{{- end }}

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=Cargo.lock");
-    // The commit built, for sluice_build_info; "unknown" outside a git checkout (a source archive).
-    let revision = std::process::Command::new("git")
+    // The commit built, for sluice_build_info: SLUICE_REVISION when the build is given it (an image
+    // build has no .git), else git's; "unknown" outside a checkout (a source archive).
+    println!("cargo:rerun-if-env-changed=SLUICE_REVISION");
+    let revision = std::env::var("SLUICE_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
+        std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()
@@ -16,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
+    })
+    .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=SLUICE_REVISION={revision}");
     for git in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         if Path::new(git).exists() {

@@ -10,17 +10,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The commit built, for sluice_build_info: SLUICE_REVISION when the build is given it (an image
     // build has no .git), else git's; "unknown" outside a checkout (a source archive).
     println!("cargo:rerun-if-env-changed=SLUICE_REVISION");
-    let revision = std::env::var("SLUICE_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
-        std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    let revision = std::env::var("SLUICE_REVISION")
         .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-    })
-    .unwrap_or_else(|| "unknown".to_owned());
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=SLUICE_REVISION={revision}");
     for git in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         if Path::new(git).exists() {

@@ -92,3 +92,17 @@ fn follow_waits_through_silence_and_prints_what_comes() {
     assert_eq!(event["correlation_id"], "corr-after", "{event}");
     assert!(process.0.try_wait().expect("try_wait").is_none(), "still following after an event");
 }
+
+/// Redis out of reach: the message names where, without the URL's password.
+#[test]
+fn an_unreachable_redis_is_named_without_its_password() {
+    let port = common::pick_port(false);
+    let out = Command::new(BIN)
+        .args(["events", "--redis", &format!("redis://:s3cret-pass@127.0.0.1:{port}"), "--count", "1"])
+        .output()
+        .expect("run sluice events");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("events from redis://127.0.0.1:{port}")), "{said}");
+    assert!(!said.contains("s3cret"), "the password was printed: {said}");
+}

@@ -9,9 +9,30 @@ pub(super) async fn events(url: &str, count: usize, follow: bool) -> ExitCode {
     match print_events(url, count, follow).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: events: {e}");
+            eprintln!("sluice: events from {}: {e}", without_credentials(url));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `url` with any `user:password@` left out, for messages: a credential is never printed.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(super::without_credentials("redis://:s3cret@10.0.0.5:6379/0"), "redis://10.0.0.5:6379/0");
+        assert_eq!(super::without_credentials("rediss://user:p@ss@host:1"), "rediss://host:1");
+        assert_eq!(super::without_credentials("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
     }
 }
 

@@ -26,16 +26,6 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn credentials_never_reach_a_message() {
-        assert_eq!(super::without_credentials("redis://:s3cret@10.0.0.5:6379/0"), "redis://10.0.0.5:6379/0");
-        assert_eq!(super::without_credentials("rediss://user:p@ss@host:1"), "rediss://host:1");
-        assert_eq!(super::without_credentials("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
-    }
-}
-
 /// Prints the newest `count` events; with `follow`, then waits for new ones until interrupted.
 async fn print_events(url: &str, count: usize, follow: bool) -> Result<(), EventsError> {
     let mut reader = EventReader::connect(url).await?;
@@ -64,4 +54,14 @@ fn print(event: &Event) {
         fields.insert(field.clone(), value.clone().into());
     }
     println!("{}", serde_json::Value::Object(fields));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(super::without_credentials("redis://:s3cret@10.0.0.5:6379/0"), "redis://10.0.0.5:6379/0");
+        assert_eq!(super::without_credentials("rediss://user:p@ss@host:1"), "rediss://host:1");
+        assert_eq!(super::without_credentials("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
+    }
 }

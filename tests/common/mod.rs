@@ -234,11 +234,17 @@ pub struct SluiceServer {
 }
 
 impl SluiceServer {
-    /// Starts a server from YAML; `redis_url` adds a redis section when given.
+    /// Starts a server from YAML; `redis_url` adds a redis section when given (200 ms a call).
     pub async fn start(yaml: &str, redis_url: Option<&str>) -> SluiceServer {
+        Self::start_with_timeout(yaml, redis_url, 200).await
+    }
+
+    /// As `start`, with Redis calls given `timeout_ms` before the fallback answers: for tests whose
+    /// point is that Redis decides, so that a busy machine does not make it the fallback.
+    pub async fn start_with_timeout(yaml: &str, redis_url: Option<&str>, timeout_ms: u64) -> SluiceServer {
         let mut text = yaml.to_owned();
         if let Some(url) = redis_url {
-            text.push_str(&format!("\nredis:\n  url: {url}\n  timeout_ms: 200\n"));
+            text.push_str(&format!("\nredis:\n  url: {url}\n  timeout_ms: {timeout_ms}\n"));
         }
         let file = write_config(&text);
         let mut settings = sluice::config::load_with_env(Some(file.path()), Some(HashMap::new()))

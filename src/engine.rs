@@ -181,13 +181,13 @@ impl Engine {
         Ok(self.store.admin(op).await?)
     }
 
-    /// Decides a `ShouldRateLimit` request: `hits` for each descriptor unless it carries its own.
-    /// Every limited descriptor is checked in one store call; an unknown domain limits nothing.
     /// Calls being decided now (see `Shedding`).
     pub fn in_flight(&self) -> usize {
         self.shedding.in_flight()
     }
 
+    /// Decides a `ShouldRateLimit` request: `hits` for each descriptor unless it carries its own.
+    /// Every limited descriptor is checked in one store call; an unknown domain limits nothing.
     pub async fn should_rate_limit(
         &self,
         domain: &str,

@@ -217,10 +217,10 @@ fn header_values(statuses: &[Decided], headers: Headers, over: bool) -> Vec<Head
         })
         .collect();
     let chosen = match headers {
-        Headers::RateLimit => reference_deciding(statuses).map(|i| limited.iter().find(|l| l.0 == i)),
-        _ => Some(deciding(&limited, |(_, _, v, shadow, _)| (v, *shadow))),
+        Headers::RateLimit => reference_deciding(statuses).and_then(|i| limited.iter().find(|l| l.0 == i)),
+        _ => deciding(&limited, |(_, _, v, shadow, _)| (v, *shadow)),
     };
-    let Some(Some(&(i, rule, verdict, ..))) = chosen else {
+    let Some(&(i, rule, verdict, ..)) = chosen else {
         return Vec::new();
     };
     // The longest wait of any enforcing descriptor outside quota mode (one that counted a denied

@@ -89,23 +89,18 @@ fn every_problem(layered: &::config::Config) -> Vec<String> {
                 let tiers = items
                     .iter()
                     .enumerate()
-                    .map(|(i, tier)| probe::<schema::Tier>(&format!("tiers[{i}]"), tier, &mut problems))
+                    .map(|(i, tier)| {
+                        probe::<schema::Tier>(&format!("tiers[{i}]"), tier, &mut problems, |field, v| {
+                            table([(field, v)])
+                        })
+                    })
                     .collect::<Vec<_>>();
                 Value::new(None, ValueKind::Array(tiers))
             }
-            ValueKind::Table(fields) => {
-                let mut section = ::config::Map::new();
-                for (field, v) in fields {
-                    let alone = table([(key.clone(), table([(field.clone(), v.clone())]))]);
-                    match problem::<schema::File>("", alone, v) {
-                        Some(p) => problems.push(p),
-                        None => {
-                            section.insert(field.clone(), v.clone());
-                        }
-                    }
-                }
-                Value::new(None, ValueKind::Table(section))
-            }
+            // A section's keys are read in place, so that a problem's key starts with the section's.
+            ValueKind::Table(_) => probe::<schema::File>("", &value, &mut problems, |field, v| {
+                table([(key.clone(), table([(field, v)]))])
+            }),
             _ => match problem::<schema::File>("", table([(key.clone(), value.clone())]), &value) {
                 Some(p) => {
                     problems.push(p);
@@ -120,13 +115,21 @@ fn every_problem(layered: &::config::Config) -> Vec<String> {
     // What remains reads as a whole (or says what it still lacks); its values are checked next.
     let named: Vec<String> =
         problems.iter().map(|p| p.split(": ").next().unwrap_or_default().to_owned()).collect();
-    match serde_path_to_error::deserialize::<_, schema::File>(Value::new(None, ValueKind::Table(kept))) {
-        Err(e) => problems.push(format!("{}: {}", e.path(), e.inner())),
+    // `tiers[1]` names `tiers[1].limit`, not `tiers[10].limit`.
+    let unnamed = |p: &String| {
+        !named
+            .iter()
+            .any(|key| p.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with([':', '.', '['])))
+    };
+    let rest = Value::new(None, ValueKind::Table(kept));
+    match serde_path_to_error::deserialize::<_, schema::File>(rest) {
+        // Still unreadable (a tier that is no mapping, a missing required key): said once.
+        Err(e) => problems.extend(
+            Some(format!("{}: {}", e.path(), without_key_suffix(e.inner().to_string()))).filter(unnamed),
+        ),
         Ok(file) => {
             if let Err(more) = validate(file) {
-                problems.extend(
-                    more.into_iter().filter(|p| !named.iter().any(|key| p.starts_with(key.as_str()))),
-                );
+                problems.extend(more.into_iter().filter(unnamed));
             }
         }
     }
@@ -138,12 +141,13 @@ fn table<const N: usize>(entries: [(String, ::config::Value); N]) -> ::config::V
     ::config::Value::new(None, ::config::ValueKind::Table(entries.into_iter().collect()))
 }
 
-/// `value`'s fields read one at a time as a `T`, the item at `prefix` (a tier): the fields that read
-/// are kept, and each that does not is a problem.
+/// `value`'s fields read one at a time as a `T`, each placed by `alone` where a `T` has it (the item
+/// at `prefix`, say a tier): the fields that read are kept, and each that does not is a problem.
 fn probe<T: serde::de::DeserializeOwned>(
     prefix: &str,
     value: &::config::Value,
     problems: &mut Vec<String>,
+    alone: impl Fn(String, ::config::Value) -> ::config::Value,
 ) -> ::config::Value {
     let ::config::ValueKind::Table(fields) = &value.kind else {
         problems.extend(problem::<T>(prefix, value.clone(), value));
@@ -151,7 +155,7 @@ fn probe<T: serde::de::DeserializeOwned>(
     };
     let mut kept = ::config::Map::new();
     for (field, v) in fields {
-        match problem::<T>(prefix, table([(field.clone(), v.clone())]), v) {
+        match problem::<T>(prefix, alone(field.clone(), v.clone()), v) {
             Some(p) => problems.push(p),
             None => {
                 kept.insert(field.clone(), v.clone());
@@ -159,6 +163,14 @@ fn probe<T: serde::de::DeserializeOwned>(
         }
     }
     ::config::Value::new(None, ::config::ValueKind::Table(kept))
+}
+
+/// An error without the key the `config` crate adds at its end: the key leads the line already.
+fn without_key_suffix(why: String) -> String {
+    match why.rfind(" for key `") {
+        Some(at) if why.ends_with('`') => why[..at].to_owned(),
+        _ => why,
+    }
 }
 
 /// Why `value` does not read as a `T`, as `<key>: <why>`, the key under `prefix`; `None` when it
@@ -174,11 +186,7 @@ fn problem<T: serde::de::DeserializeOwned>(
     if why.starts_with("missing field") || why.starts_with("missing configuration field") {
         return None;
     }
-    // The `config` crate adds the key it was reading; the key leads the line already.
-    let why = match why.rfind(" for key `") {
-        Some(at) if why.ends_with('`') => why[..at].to_owned(),
-        _ => why,
-    };
+    let why = without_key_suffix(why);
     let path = e.path().to_string();
     let key = match (prefix.is_empty(), path.as_str()) {
         (true, p) => p.to_owned(),
@@ -258,6 +266,30 @@ mod tests {
         assert!(has("log.colour: unknown field `colour`") && has("SLUICE__LOG__COLOUR"), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("tiers[0]limit")), "{lines:?}");
         assert_eq!(lines.iter().filter(|l| l.contains("tiers[0].limit")).count(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn a_tier_that_does_not_read_is_said_once() {
+        // tiers[1] is no mapping at all; tiers[10]'s value problem is still named.
+        let mut yaml = String::from("tiers:\n");
+        for i in 0..11 {
+            match i {
+                1 => yaml.push_str("  - not a tier\n"),
+                10 => yaml.push_str("  - name: bad name!\n    limit: 3\n    window: 1m\n"),
+                i => yaml.push_str(&format!("  - name: t{i}\n    limit: 3\n    window: 1m\n")),
+            }
+        }
+        let lines = parse(&yaml, "t.yaml", Some(HashMap::new())).expect_err("invalid").lines();
+        assert_eq!(
+            lines,
+            ["t.yaml: tiers[1]: invalid type: string \"not a tier\", expected struct Tier"],
+            "said once"
+        );
+        // A tier whose field does not read leaves the others checked, tiers[10] among them.
+        let yaml = yaml.replace("  - not a tier\n", "  - name: t1\n    limit: -1\n    window: 1m\n");
+        let lines = parse(&yaml, "t.yaml", Some(HashMap::new())).expect_err("invalid").lines();
+        assert!(lines.iter().any(|l| l.contains("tiers[1].limit: invalid type")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("tiers[10].name: \"bad name!\"")), "{lines:?}");
     }
 
     #[test]

@@ -39,9 +39,8 @@ pub const BODY: &str = concat!(
 
 /// The library as Redis loads it, and the names of its functions.
 pub struct Library {
-    /// `sluice_<version>`, the version being the first 16 hex digits of the SHA1 of [`BODY`].
-    pub name: String,
-    /// `#!lua name=sluice_<version>`, `local VERSION = '<version>'`, then [`BODY`].
+    /// `#!lua name=sluice_<version>`, `local VERSION = '<version>'`, then [`BODY`]; the version is
+    /// the first 16 hex digits of the SHA1 of [`BODY`].
     pub source: String,
     /// Decides one request (lua/decide.lua).
     pub decide: String,
@@ -55,7 +54,6 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     let sha1 = redis::Script::new(BODY).get_hash().to_owned();
     let version = &sha1[..16];
     Library {
-        name: format!("sluice_{version}"),
         source: format!("#!lua name=sluice_{version}\nlocal VERSION = '{version}'\n{BODY}"),
         decide: format!("sluice_decide_{version}"),
         report: format!("sluice_report_{version}"),

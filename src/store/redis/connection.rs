@@ -182,11 +182,7 @@ impl Connection {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, redis::RedisError> {
-        match self {
-            Connection::Manager(c) => cmd.query_async(&mut c.clone()).await,
-            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-            Connection::Sentinel(s) => cmd.query_async(&mut (**s.current.load()).clone()).await,
-        }
+        self.send(cmd, false).await
     }
 
     /// Runs `cmd`, an FCALL of the library, as `query` does (see `call`).
@@ -194,10 +190,25 @@ impl Connection {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, redis::RedisError> {
+        self.send(cmd, true).await
+    }
+
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        fcall: bool,
+    ) -> Result<T, redis::RedisError> {
+        async fn on<T: redis::FromRedisValue>(
+            conn: &mut impl redis::aio::ConnectionLike,
+            cmd: &redis::Cmd,
+            fcall: bool,
+        ) -> Result<T, redis::RedisError> {
+            if fcall { call(conn, cmd).await } else { cmd.query_async(conn).await }
+        }
         match self {
-            Connection::Manager(c) => call(&mut c.clone(), cmd).await,
-            Connection::Cluster(c) => call(&mut c.clone(), cmd).await,
-            Connection::Sentinel(s) => call(&mut (**s.current.load()).clone(), cmd).await,
+            Connection::Manager(c) => on(&mut c.clone(), cmd, fcall).await,
+            Connection::Cluster(c) => on(&mut c.clone(), cmd, fcall).await,
+            Connection::Sentinel(s) => on(&mut (**s.current.load()).clone(), cmd, fcall).await,
         }
     }
 

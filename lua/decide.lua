@@ -9,7 +9,9 @@
 -- checks: when one of them does; see algorithm::admits), and only then
 -- does any tier consume (a shadow tier only what it would have allowed). A denied request changes
 -- no count, except an adaptive tier's attempts counter, which counts every attempt that is not a
--- dry run, and a penalty's violations, which count each denial by their own tier. A blocked
+-- dry run, a penalty's violations, which count each denial by their own tier, and a tier that
+-- counts everything, which writes as soon as it is decided (a repeat of its key in the same
+-- request sees it, and is decided against its own limit, as envoyproxy/ratelimit counts). A blocked
 -- tier-key is denied until its block ends. A tier whose cost is 0 only looks: it changes no count,
 -- attempt or violation.
 
@@ -31,6 +33,21 @@ local function algorithm_check(c, now, limit)
     return fixed_window_check(c.key, now, limit, c.window, c.cost)
   end
   return sliding_log_check(c.key, now, limit, c.window, c.cost)
+end
+
+-- Writes what one check consumes.
+local function write(c, v, now)
+  v.written = true
+  if c.algorithm == 1 then
+    sliding_window_commit(c.key, v.state, c.window, c.cost)
+  elseif c.algorithm == 3 then
+    fixed_window_commit(c.key, v.state, now, c.window, c.cost)
+  else
+    sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)
+  end
+  if c.baseline and c.algorithm ~= 2 then
+    baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
+  end
 end
 
 local function decide()
@@ -97,6 +114,11 @@ local function decide()
         v.state, v.blocked = nil, true
       end
     end
+    if commit and c.counts == 2 and cost > 0 and not v.blocked then
+      -- counts every request, denied or not (envoyproxy/ratelimit's way), unless its key is
+      -- blocked: written now, so a repeat of its key later in this request sees it
+      write(c, v, now)
+    end
     if c.quota_mode then
       quotas = quotas + 1
       quota_within = quota_within or v.allowed or c.shadow
@@ -114,40 +136,18 @@ local function decide()
     for i = 1, n do
       local v = verdicts[i]
       local c = v.check
-      local consume
-      if c.cost == 0 then
-        -- a look only
-        consume = false
-      elseif c.counts == 2 then
-        -- counts every request, denied or not (envoyproxy/ratelimit's way), unless its key is blocked
-        consume = not v.blocked
-      else
-        -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
-        -- the count would only grow its state); a failure-only tier (0) never here
-        consume = admitted and c.counts == 1 and v.allowed
-      end
-      if not consume then
-        -- nothing to write
-      elseif c.algorithm == 1 or c.algorithm == 3 then
-        if c.algorithm == 1 then
-          sliding_window_commit(c.key, v.state, c.window, c.cost)
-        else
-          fixed_window_commit(c.key, v.state, now, c.window, c.cost)
+      -- counts admitted requests; a shadow tier only what it would have allowed (past its limit
+      -- the count would only grow its state); a failure-only tier (0) never here
+      if not v.written and c.counts == 1 and c.cost > 0 and admitted and v.allowed then
+        write(c, v, now)
+      elseif v.written and not admitted and (c.algorithm == 1 or c.algorithm == 3) then
+        -- its own denied units count: the wait runs from the state they leave, as a retry finds
+        -- it (see Verdict::after_counting)
+        local _, remaining, retry, reset = algorithm_check(c, now, v.limit)
+        v.retry = retry
+        if not v.allowed then
+          v.remaining, v.reset = remaining, reset
         end
-        if not admitted then
-          -- its own denied units count now: the wait runs from the state they leave (see
-          -- Verdict::after_counting)
-          local _, remaining, retry, reset = algorithm_check(c, now, v.limit)
-          v.retry = retry
-          if not v.allowed then
-            v.remaining, v.reset = remaining, reset
-          end
-        end
-        if c.baseline then
-          baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
-        end
-      else
-        sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)
       end
     end
   end

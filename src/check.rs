@@ -36,6 +36,15 @@ pub struct Check {
 }
 
 impl Check {
+    /// Whether the repeats of this check's key in one request are decided one after another,
+    /// each counted before the next is looked at and each against its own limit, as
+    /// envoyproxy/ratelimit counts them: when it counts everything it is asked (its units count
+    /// whatever the request's fate) and the request is consumed. Stores write such a check as soon
+    /// as it is decided; other repeats merge (`store::Merged`).
+    pub fn in_sequence(&self, mode: Mode) -> bool {
+        mode == Mode::Consume && self.counts == Counts::Everything
+    }
+
     /// A check that counts admitted requests and nothing more: not shadow, not adaptive, no
     /// penalty or baseline.
     pub fn plain(key: String, algorithm: Algorithm, quota: Quota, on_failure: FailureMode) -> Check {

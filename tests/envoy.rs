@@ -553,6 +553,14 @@ async fn fixed_window_counts_as_the_reference() {
     let stored: std::collections::HashMap<String, u64> =
         redis.cmd(redis::cmd("HGETALL").arg("sluice:{envoy|fw||k|v}:fw"));
     assert_eq!(stored.get("c"), Some(&5), "{stored:?}");
+    // One descriptor four times in one request: counted one after another, each against the
+    // limit, so the first three pass and the fourth is over (the reference's pipelined INCRBYs).
+    let four = vec![descriptor(&[("k", "w")]); 4];
+    let r = ask(&mut c, "fw", four, 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 2), (OK, 1), (OK, 0), (OVER, 0)], OVER));
+    let stored: std::collections::HashMap<String, u64> =
+        redis.cmd(redis::cmd("HGETALL").arg("sluice:{envoy|fw||k|w}:fw"));
+    assert_eq!(stored.get("c"), Some(&4), "{stored:?}");
     server.shutdown().await;
 }
 
@@ -641,15 +649,24 @@ async fn reference_headers_global_shadow_mode_and_overrides() {
     let metrics = common::http_get(server.http_addr, "/metrics").await.1;
     assert!(metrics.contains("sluice_envoy_shadow_total 1"), "{metrics}");
 
-    // An override counts under a key of its own rate and unit, apart from the file's limit.
+    // An override counts in the counter of the file's limit for the same entries and unit, each
+    // compared with its own limit, in the order sent; another unit has a counter of its own.
     let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 5, MINUTE)], 1).await;
     assert_eq!(codes(&r), (vec![(OK, 4)], OK));
     let r =
         ask(&mut c, "d", vec![descriptor(&[("foo", "baz")]), overriding(&[("foo", "baz")], 5, MINUTE)], 1)
             .await;
-    assert_eq!(codes(&r), (vec![(OK, 9), (OK, 3)], OK));
+    assert_eq!(codes(&r), (vec![(OK, 8), (OK, 2)], OK));
     let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 100, DAY)], 1).await;
     assert_eq!(codes(&r), (vec![(OK, 99)], OK));
+    // A high override does not lift the file's limit: 3 + 6 is past 5, within 10 (shadow mode
+    // keeps the overall code OK).
+    let r =
+        ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 5, MINUTE), descriptor(&[("foo", "baz")])], 6)
+            .await;
+    assert_eq!(codes(&r), (vec![(OVER, 0), (OVER, 0)], OK));
+    let r = ask(&mut c, "d", vec![overriding(&[("foo", "baz")], 1000, MINUTE)], 1).await;
+    assert_eq!(codes(&r), (vec![(OK, 984)], OK), "15 hits counted before it, denied ones too");
 }
 
 /// Descriptor `i` of an answer is OK.

@@ -105,13 +105,14 @@ async fn repeated_descriptors_count_once_each_and_freeze_nothing() {
     for (store, server) in &both.servers {
         let mut c = envoy(server).await;
         // The same descriptor twice, three times over: 6 units, not 3, and not a frozen process.
+        // Denied hits count here, so each repeat is counted in turn, as the reference counts.
         for i in 0..3 {
             let d = descriptor("ip", "10.0.0.9", None);
             let r = ask(&mut c, vec![d.clone(), d], 1).await;
             assert_eq!(r.overall_code, Code::Ok as i32, "{store}: request {i}");
             let left = 10 - 2 * (i + 1);
-            assert_eq!(r.statuses[0].limit_remaining, left, "{store}: request {i}");
-            assert_eq!(r.statuses[0], r.statuses[1], "{store}: both get the merged check's status");
+            assert_eq!(r.statuses[0].limit_remaining, left + 1, "{store}: request {i}, the first");
+            assert_eq!(r.statuses[1].limit_remaining, left, "{store}: request {i}, the second");
         }
         assert_eq!(remaining(&mut c, "ip", "10.0.0.9").await, (Code::Ok as i32, 4), "{store}");
         // Two values under one shared wildcard are one counter too.
@@ -122,7 +123,8 @@ async fn repeated_descriptors_count_once_each_and_freeze_nothing() {
         )
         .await;
         assert_eq!(r.overall_code, Code::Ok as i32, "{store}");
-        assert_eq!(r.statuses[0].limit_remaining, 1, "{store}: 4 + 5 of 10");
+        assert_eq!(r.statuses[0].limit_remaining, 6, "{store}: 4 of 10");
+        assert_eq!(r.statuses[1].limit_remaining, 1, "{store}: 4 + 5 of 10");
         let r = ask(&mut c, vec![descriptor("path", "/files/c", Some(2))], 1).await;
         assert_eq!(r.overall_code, Code::OverLimit as i32, "{store}: 9 + 2 is over 10");
         // And the process still answers everything else.
@@ -206,7 +208,7 @@ async fn a_look_counts_nothing_even_beside_a_counted_descriptor() {
 }
 
 #[tokio::test]
-async fn overrides_with_other_rates_or_units_never_share_a_counter() {
+async fn overrides_with_other_units_never_share_a_counter() {
     let both = both(false, "").await;
     for (store, server) in &both.servers {
         let mut c = envoy(server).await;
@@ -223,8 +225,14 @@ async fn overrides_with_other_rates_or_units_never_share_a_counter() {
         assert_eq!(r.statuses[0].limit_remaining, 5, "{store}: its own counter");
         let r = ask(&mut c, vec![over(100, 4, 1)], 1).await;
         assert_eq!(r.statuses[0].limit_remaining, 97, "{store}: untouched by the other");
+        // Another rate in the same unit counts with it, against its own limit, as the reference
+        // keys counters by entries and window: it neither resets the count nor lifts it.
         let r = ask(&mut c, vec![over(50, 4, 1)], 1).await;
-        assert_eq!(r.statuses[0].limit_remaining, 49, "{store}: another rate, another counter");
+        assert_eq!(r.statuses[0].limit_remaining, 46, "{store}: 4 of 50");
+        let r = ask(&mut c, vec![over(1_000_000, 4, 1)], 1).await;
+        assert_eq!(r.statuses[0].limit_remaining, 1_000_000 - 5, "{store}: 5 of a million");
+        let r = ask(&mut c, vec![over(5, 4, 1)], 1).await;
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32, "{store}: 6 of 5");
     }
 }
 

@@ -9,7 +9,10 @@
 //!    sliding-window descriptors when the domain counts denied hits): they count every request that
 //!    is not a dry run.
 //! 2. Checks on one key within one request (identical Envoy descriptors, values under one shared
-//!    wildcard) are one check costing the saturating sum; each duplicate gets its status.
+//!    wildcard, an override on the same entries) that count denied requests are decided in
+//!    order, each counted before the next is looked at and each against its own limit, as
+//!    envoyproxy/ratelimit counts them. Other repeats are one check costing the saturating sum at
+//!    the strictest limit; each duplicate gets its status.
 //! 3. Client numbers never wrap. Native: cost 0, or a cost above a matching tier's limit, is
 //!    INVALID_ARGUMENT naming `cost`, and nothing of the call is counted. Envoy: a request's
 //!    hits_addend 0 means 1; a descriptor's hits_addend 0 only looks (consumes nothing, and a full
@@ -17,7 +20,8 @@
 //!    hits count, counted saturating.
 //! 4. Retry-after is the shortest wait after which the same request passes if nothing else
 //!    happens (unless it never can); with a penalty, the longest of the block and the window.
-//! 5. Envoy limit overrides with different units or rates never share a counter.
+//! 5. Envoy limit overrides on the same entries share a counter when their units agree, each
+//!    compared with its own rate; different units never share one.
 //! 6. Adaptive: effective limit = floor(limit × (10000 − score × reduction_percent) / 10000), at
 //!    least 1 and never below the request's cost.
 //! 7. Redis down, failure mode `local`: token buckets of max(1, limit / replicas) per window; a
@@ -378,6 +382,12 @@ mod model {
                 let retry = if allowed { Some(0) } else { self.wait_of(c, limit, now) };
                 let retry = if c.spec.everything { None } else { retry };
                 verdicts.push(Verdict { allowed, remaining, remaining_or, retry, limit, score });
+                if c.spec.everything && consume {
+                    // Counted at once: a repeat of the key later in the request sees it.
+                    let mut after = state.clone();
+                    after.add(now, w, c.cost);
+                    self.states.insert(c.key.clone(), after);
+                }
                 before.push(state);
             }
             let within = |(v, c): (&Verdict, &Check)| v.allowed || c.spec.shadow;
@@ -386,7 +396,7 @@ mod model {
                 && (!quotas || verdicts.iter().zip(checks).filter(|(_, c)| c.spec.quota).any(within));
             if consume {
                 for (c, v) in checks.iter().zip(&verdicts) {
-                    if c.spec.everything || (admitted && v.allowed) {
+                    if !c.spec.everything && admitted && v.allowed {
                         let mut state = self.state(c);
                         state.add(now, c.spec.window, c.cost);
                         self.states.insert(c.key.clone(), state);
@@ -1134,7 +1144,7 @@ fn envoy_desc(d: Desc, suffix: &str) -> Described {
             let entries = vec![("ov".to_owned(), format!("o{v}-{suffix}"))];
             let matched = match unit_ms(unit) {
                 Some(window) => Matched::Limited {
-                    key: format!("ov|o{v}|{rpu}|{unit}"),
+                    key: format!("ov|o{v}|{unit}"),
                     spec: Spec { everything: true, ..Spec::window(u64::from(rpu), window) },
                     rpu: u64::from(rpu),
                     unit,
@@ -1217,7 +1227,8 @@ fn envoy_expect(
         })
         .collect();
     let default_hits = u64::from(hits_addend.max(1));
-    // Merge descriptors on one key: the saturating sum of their hits.
+    // Repeats on one key that count everything stay apart, decided in order; others merge into
+    // the saturating sum of their hits at the strictest limit.
     let mut checks: Vec<model::Check> = Vec::new();
     let mut slot_of: Vec<Option<usize>> = Vec::new();
     for (d, Described { matched, .. }) in step.iter().zip(&resolved) {
@@ -1230,9 +1241,10 @@ fn envoy_expect(
             continue;
         }
         let cost = d.hits.map_or(default_hits, |h| resolve_hits(h, matched));
-        match checks.iter().position(|c| &c.key == key) {
+        match checks.iter().position(|c| &c.key == key && !(c.spec.everything && spec.everything)) {
             Some(i) => {
                 checks[i].cost = checks[i].cost.saturating_add(cost);
+                checks[i].spec.limit = checks[i].spec.limit.min(spec.limit);
                 slot_of.push(Some(i));
             }
             None => {

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::algorithm::{Algorithm, Quota, Verdict};
-use crate::check::{Answer as StoreAnswer, Check, Counts, FailureMode};
+use crate::check::{Answer as StoreAnswer, Check, Counts, FailureMode, Mode};
 use crate::metrics;
 use crate::request::{Attributes, escape_into};
 use crate::threat::Signals;
@@ -156,17 +156,27 @@ impl Prepared<'_> {
 
     /// Each limited descriptor's status from the store's answer, with what metrics need of it.
     pub fn finish(mut self, answer: StoreAnswer) -> (Vec<Status>, Vec<(String, &'static str)>) {
-        // Whether a denied descriptor could ever pass; repeats of a key count together (see
-        // `store::Merged`). Only a denial needs to know, so an admitted request skips the sums.
+        // Whether a denied descriptor could ever pass: repeats of a key count together, the ones
+        // before it when they are decided in sequence, all of them when merged (`store::Merged`).
+        // Only a denial needs to know, so an admitted request skips the sums.
         let never: Vec<bool> = if answer.verdicts.iter().all(|v| v.allowed) {
             vec![false; self.checks.len()]
         } else {
-            let mut hits_on: HashMap<&str, u64> = HashMap::new();
+            let mut total: HashMap<&str, u64> = HashMap::new();
             for c in &self.checks {
-                let sum = hits_on.entry(c.key.as_str()).or_default();
+                let sum = total.entry(c.key.as_str()).or_default();
                 *sum = sum.saturating_add(c.quota.cost);
             }
-            self.checks.iter().map(|c| hits_on[c.key.as_str()] > c.quota.limit).collect()
+            let mut so_far: HashMap<&str, u64> = HashMap::new();
+            self.checks
+                .iter()
+                .map(|c| {
+                    let before = so_far.entry(c.key.as_str()).or_default();
+                    *before = before.saturating_add(c.quota.cost);
+                    let hits = if c.in_sequence(Mode::Consume) { *before } else { total[c.key.as_str()] };
+                    hits > c.quota.limit
+                })
+                .collect()
         };
         let mut decided = Vec::with_capacity(self.slots.len());
         for ((slot, verdict), never) in self.slots.into_iter().zip(answer.verdicts).zip(never) {
@@ -215,12 +225,22 @@ pub fn prepare<'d>(
                     replaces: vec![],
                     metadata: None,
                 };
-                // The rate and unit are part of the key: a key is one limit, so the checks of one
-                // request on one key always agree (see `store::Merged`). The reference shares one
-                // counter between an override and the file's limit for the same entries, each
-                // compared with its own limit; docs/envoy.md says where that differs.
-                let kind = format!("override|{requests_per_unit}|{unit}");
-                let key = identity(domain, &kind, d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                // The reference counts an override in the counter of the file's limit for the
+                // same entries, each compared with its own limit: so does Sluice, when the file's
+                // limit has the same window and algorithm. Otherwise the unit is part of the key,
+                // so that one key is always one window.
+                let file = config.matches(&d.entries).filter(|m| {
+                    m.node.rule.as_ref().is_some_and(|r| r.window_ms == window_ms)
+                        && m.node.options.algorithm.unwrap_or(domains.algorithm) == domains.algorithm
+                });
+                let key = match file {
+                    Some(m) => identity(domain, "", m.identity.into_iter()),
+                    None => identity(
+                        domain,
+                        &format!("override|{unit}"),
+                        d.entries.iter().map(|(k, v)| (k.as_str(), v.clone())),
+                    ),
+                };
                 Matched {
                     rule,
                     shadow: false,

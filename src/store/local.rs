@@ -331,36 +331,57 @@ impl LocalStore {
     /// store and the Lua script the same clock. The steps are lua/decide.lua's: evaluate every
     /// check, admit when every enforcing one allows, then commit what consumes.
     pub fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Answer {
-        // A key asked for twice would be locked twice by this thread: merge repeats first.
-        if let Some(merged) = Merged::of(checks) {
+        if let Some(merged) = Merged::of(checks, mode) {
             return merged.expand(self.decide_at(&merged.checks, mode, now));
         }
-        let cells = self.cells_in_key_order(checks, now);
+        // Each key locked once, even when repeats of it are decided in sequence.
+        let (cells, cell_of) = self.cells_in_key_order(checks, now);
         let mut guards = lock_in_order(&cells);
         // Whether the request's IP or user is marked bad: looked up once, when a check asks.
         let mut bad_reputation = None;
-        let mut pending: Vec<Pending> = checks
-            .iter()
-            .zip(guards.iter_mut())
-            .map(|(check, cell)| self.evaluate(check, cell, mode, now, &mut bad_reputation))
-            .collect();
+        let mut pending: Vec<Pending> = Vec::with_capacity(checks.len());
+        for (check, &at) in checks.iter().zip(&cell_of) {
+            let cell = &mut guards[at];
+            let mut p = self.evaluate(check, cell, mode, now, &mut bad_reputation);
+            // Its units count whatever the request's fate: written now, so that a repeat of the
+            // key later in this request sees them (`Check::in_sequence`).
+            p.written = check.in_sequence(mode) && p.consumes(check, true);
+            if p.written {
+                cell.commit(check, &p, now);
+            }
+            pending.push(p);
+        }
         let admitted =
             algorithm::admits(pending.iter().zip(checks).map(|(p, c)| (&p.verdict, c.shadow, c.quota_mode)));
         if mode == Mode::Consume {
-            for ((check, cell), p) in checks.iter().zip(guards.iter_mut()).zip(&mut pending) {
-                if p.consumes(check, admitted) {
-                    cell.commit(check, p, admitted, now);
+            for ((check, &at), p) in checks.iter().zip(&cell_of).zip(&mut pending) {
+                let cell = &mut guards[at];
+                if !p.written && p.consumes(check, admitted) {
+                    cell.commit(check, p, now);
+                    p.written = true;
+                }
+                if p.written && !admitted {
+                    cell.recount(check, p, now);
                 }
             }
         }
         Answer { admitted, verdicts: pending.into_iter().map(|p| p.verdict).collect(), source: self.source() }
     }
 
-    /// The cells of `checks` (created when new), sorted by key, each with its check's index.
-    fn cells_in_key_order(&self, checks: &[Check], now: u64) -> Vec<(usize, Arc<Mutex<Cell>>)> {
+    /// The cells of `checks`' keys (created when new), each once and sorted by key, and for each
+    /// check the index of its cell.
+    fn cells_in_key_order(&self, checks: &[Check], now: u64) -> (Vec<Arc<Mutex<Cell>>>, Vec<usize>) {
         let mut order: Vec<usize> = (0..checks.len()).collect();
         order.sort_by(|&a, &b| checks[a].key.cmp(&checks[b].key));
-        order.into_iter().map(|i| (i, self.cell(&checks[i], now))).collect()
+        let mut cells: Vec<Arc<Mutex<Cell>>> = Vec::with_capacity(checks.len());
+        let mut cell_of = vec![0; checks.len()];
+        for run in order.chunk_by(|&a, &b| checks[a].key == checks[b].key) {
+            for &i in run {
+                cell_of[i] = cells.len();
+            }
+            cells.push(self.cell(&checks[run[0]], now));
+        }
+        (cells, cell_of)
     }
 
     /// Decides one check against its cell: a baseline raises the limit, the threat score shrinks
@@ -413,7 +434,7 @@ impl LocalStore {
             verdict.retry_after_ms = cell.state.check(now, retry, check.quota.limit).0.retry_after_ms;
         }
         let blocked = check.penalty.is_some_and(|p| cell.apply_penalty(p, &mut verdict, counted, now));
-        Pending { verdict, next, baseline, blocked }
+        Pending { verdict, next, baseline, blocked, written: false }
     }
 
     /// The state kind a check is counted with here.
@@ -476,6 +497,8 @@ struct Pending {
     baseline: Option<(u64, u64)>,
     /// The key is blocked by its penalty.
     blocked: bool,
+    /// Its cost is counted in the cell.
+    written: bool,
 }
 
 impl Pending {
@@ -493,12 +516,9 @@ impl Pending {
 }
 
 /// Locks `cells` in their order (by key, so that two requests never wait on each other in a
-/// cycle); answers the guards in the checks' order.
-fn lock_in_order(cells: &[(usize, Arc<Mutex<Cell>>)]) -> Vec<MutexGuard<'_, Cell>> {
-    let mut guards: Vec<_> =
-        cells.iter().map(|(i, cell)| (*i, cell.lock().unwrap_or_else(PoisonError::into_inner))).collect();
-    guards.sort_by_key(|(i, _)| *i);
-    guards.into_iter().map(|(_, guard)| guard).collect()
+/// cycle).
+fn lock_in_order(cells: &[Arc<Mutex<Cell>>]) -> Vec<MutexGuard<'_, Cell>> {
+    cells.iter().map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner)).collect()
 }
 
 impl Cell {
@@ -549,7 +569,7 @@ impl Cell {
     /// Consumes a check's cost: its new state and baseline, and how long the cell must be kept.
     /// When the request was denied, the check's own units count now, and its wait runs from the
     /// state they leave (`Verdict::after_counting`).
-    fn commit(&mut self, check: &Check, p: &mut Pending, admitted: bool, now: u64) {
+    fn commit(&mut self, check: &Check, p: &Pending, now: u64) {
         let q = check.quota;
         if let (Some(fold), Next::Window(..)) = (p.baseline, p.next) {
             self.extra.get_or_insert_default().baseline = fold;
@@ -558,25 +578,17 @@ impl Cell {
             self.expires_at = self.expires_at.max(now.saturating_add(kept));
         }
         match (&mut self.state, p.next) {
-            (State::Window(w), Next::Window(next, applied)) => {
+            (State::Window(w), Next::Window(next, _)) => {
                 *w = next;
                 self.expires_at = self.expires_at.max(now + 2 * q.window_ms);
-                if !admitted {
-                    let (after, _) = algorithm::sliding_window::check(next, now, applied);
-                    p.verdict.after_counting(after);
-                }
             }
             (State::Log(log), _) => {
                 log.commit(now, q.cost);
                 self.expires_at = self.expires_at.max(now + q.window_ms);
             }
-            (State::Fixed(f), Next::Fixed(next, applied)) => {
+            (State::Fixed(f), Next::Fixed(next, _)) => {
                 *f = next;
                 self.expires_at = self.expires_at.max(next.start_ms.saturating_add(q.window_ms));
-                if !admitted {
-                    let (after, _) = algorithm::fixed_window::check(next, now, applied);
-                    p.verdict.after_counting(after);
-                }
             }
             (State::Bucket(b), Next::Bucket(next, applied)) => {
                 *b = next;
@@ -584,13 +596,26 @@ impl Cell {
                 self.expires_at = self.expires_at.max(
                     u64::try_from(next.tat.div_ceil(u128::from(applied.limit.max(1)))).unwrap_or(u64::MAX),
                 );
-                if !admitted {
-                    let (after, _) = token_bucket::check(next, now, applied, q.limit);
-                    p.verdict.after_counting(after);
-                }
             }
             _ => unreachable!("the next state is computed from the same cell state"),
         }
+    }
+
+    /// A denied request's units counted all the same: its retry-after (and, where it denied, what
+    /// is left) from the state the cell is in now, as a retry would find it
+    /// (`Verdict::after_counting`). The log keeps what it decided, as lua/decide.lua does.
+    fn recount(&self, check: &Check, p: &mut Pending, now: u64) {
+        let after = match (&self.state, p.next) {
+            (State::Window(w), Next::Window(_, applied)) => {
+                algorithm::sliding_window::check(*w, now, applied).0
+            }
+            (State::Fixed(f), Next::Fixed(_, applied)) => algorithm::fixed_window::check(*f, now, applied).0,
+            (State::Bucket(b), Next::Bucket(_, applied)) => {
+                token_bucket::check(*b, now, applied, check.quota.limit).0
+            }
+            _ => return,
+        };
+        p.verdict.after_counting(after);
     }
 }
 

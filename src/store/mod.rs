@@ -25,9 +25,11 @@ use futures::future::BoxFuture;
 use crate::algorithm::Verdict;
 use crate::check::{AdminOp, Answer, Check, Failure, FailureMode, Mode, SecurityEvent, Source};
 
-/// A request's checks with each key once: checks on the same key (two identical Envoy descriptors,
-/// two values under one shared wildcard) become one check whose cost is their sum, so a store
-/// never reads, locks or writes a key twice for one request, and counts stay exact.
+/// A request's checks with each key once, where a store could not decide its repeats one by one:
+/// checks on the same key (two identical Envoy descriptors, two values under one shared wildcard,
+/// an override on a file's descriptor) become one check whose cost is their sum and whose limit is
+/// the strictest, so a store never reads, locks or writes a key twice for one request, and counts
+/// stay exact. Repeats that count everything in a consumed request stay apart (`Check::in_sequence`).
 #[derive(Debug)]
 pub struct Merged {
     pub checks: Vec<Check>,
@@ -36,9 +38,9 @@ pub struct Merged {
 }
 
 impl Merged {
-    /// `None` when every key is already distinct (the common case, which allocates nothing more).
-    /// A repeat keeps the first check's settings: one key is one tier or descriptor, so they agree.
-    pub fn of(checks: &[Check]) -> Option<Merged> {
+    /// `None` when every key is already distinct (the common case, which allocates nothing more),
+    /// or when every repeat is decided in sequence.
+    pub fn of(checks: &[Check], mode: Mode) -> Option<Merged> {
         // Most requests have a few tiers: look for a repeat without allocating first.
         let repeats = match checks.len() {
             0 | 1 => false,
@@ -52,15 +54,20 @@ impl Merged {
         let mut order: Vec<usize> = (0..checks.len()).collect();
         order.sort_unstable_by(|&a, &b| checks[a].key.cmp(&checks[b].key).then(a.cmp(&b)));
         let same = |a: usize, b: usize| checks[a].key == checks[b].key;
-        if !order.windows(2).any(|w| same(w[0], w[1])) {
-            return None;
-        }
-        // Each check's representative: the first check asked for with its key.
-        let mut first = vec![0; checks.len()];
+        // Each check's representative: the first check asked for with its key, when its repeats
+        // merge; itself otherwise.
+        let mut first: Vec<usize> = (0..checks.len()).collect();
+        let mut merging = false;
         for run in order.chunk_by(|&a, &b| same(a, b)) {
-            for &i in run {
-                first[i] = run[0];
+            if run.len() > 1 && !run.iter().all(|&i| checks[i].in_sequence(mode)) {
+                merging = true;
+                for &i in run {
+                    first[i] = run[0];
+                }
             }
+        }
+        if !merging {
+            return None;
         }
         let mut merged: Vec<Check> = Vec::with_capacity(checks.len());
         let mut slot = vec![0; checks.len()];
@@ -71,6 +78,7 @@ impl Merged {
             } else {
                 let m = &mut merged[slot[first[i]]];
                 m.quota.cost = m.quota.cost.saturating_add(check.quota.cost);
+                m.quota.limit = m.quota.limit.min(check.quota.limit);
             }
         }
         let of = first.iter().map(|&f| slot[f]).collect();
@@ -202,6 +210,7 @@ impl StoreError {
 mod tests {
     use super::*;
     use crate::algorithm::{Algorithm, Quota};
+    use crate::check::Counts;
 
     fn check(key: &str, cost: u64) -> Check {
         let quota = Quota { limit: 10, window_ms: 1_000, cost };
@@ -210,13 +219,13 @@ mod tests {
 
     #[test]
     fn repeats_merge_into_the_first_with_the_summed_cost_few_keys_or_many() {
-        assert!(Merged::of(&[check("a", 1), check("b", 1)]).is_none());
+        assert!(Merged::of(&[check("a", 1), check("b", 1)], Mode::Consume).is_none());
         for n in [3, 9, 40] {
             let mut checks: Vec<Check> = (0..n).map(|i| check(&format!("k{i}"), 1)).collect();
-            assert!(Merged::of(&checks).is_none(), "{n} distinct keys");
+            assert!(Merged::of(&checks, Mode::Consume).is_none(), "{n} distinct keys");
             checks.push(check("k1", 4));
             checks.push(check("k1", u64::MAX));
-            let m = Merged::of(&checks).expect("a repeat");
+            let m = Merged::of(&checks, Mode::Consume).expect("a repeat");
             assert_eq!(m.checks.len(), n);
             assert_eq!(m.checks[1].quota.cost, u64::MAX, "saturated, not wrapped");
             let verdicts = (0..n).map(|i| Verdict { remaining: i as u64, ..Verdict::default() }).collect();
@@ -224,5 +233,21 @@ mod tests {
             assert_eq!(out.verdicts.len(), n + 2);
             assert_eq!((out.verdicts[n].remaining, out.verdicts[n + 1].remaining), (1, 1));
         }
+    }
+
+    #[test]
+    fn repeats_take_the_strictest_limit_unless_they_count_everything_in_a_consumed_request() {
+        let tight = Check { quota: Quota { limit: 3, ..check("k", 2).quota }, ..check("k", 2) };
+        let m = Merged::of(&[check("k", 1), tight.clone()], Mode::Consume).expect("a repeat");
+        assert_eq!((m.checks.len(), m.checks[0].quota.limit, m.checks[0].quota.cost), (1, 3, 3));
+
+        let everything = |c: Check| Check { counts: Counts::Everything, ..c };
+        let checks = [everything(check("k", 1)), everything(tight), everything(check("j", 1))];
+        assert!(Merged::of(&checks, Mode::Consume).is_none(), "decided in sequence");
+        let dry = Merged::of(&checks, Mode::DryRun).expect("a dry run writes nothing between repeats");
+        assert_eq!((dry.checks.len(), dry.checks[0].quota.limit, dry.checks[0].quota.cost), (2, 3, 3));
+        // One of the repeats counts admitted requests only: the whole key merges.
+        let mixed = [everything(check("k", 1)), check("k", 1)];
+        assert_eq!(Merged::of(&mixed, Mode::Consume).expect("merged").checks.len(), 1);
     }
 }

@@ -79,8 +79,9 @@ impl RedisStore {
 
     /// Decides at `now` (0: Redis `TIME`): one script call, or one per slot in a Cluster.
     async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
-        // A key twice in one script call would be read twice before either write: merge repeats.
-        let merged = super::Merged::of(checks);
+        // A key twice in one script call would be read twice before either write: merge repeats
+        // that the script does not write one by one.
+        let merged = super::Merged::of(checks, mode);
         let checks = merged.as_ref().map_or(checks, |m| &m.checks);
         let started = Instant::now();
         let result = match &self.conn {

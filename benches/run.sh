@@ -116,10 +116,11 @@ BENCH_LINES=$WORK/redis-benchmark.txt
 for c in $CONCURRENCY; do
   n=$((c == 1 ? 30000 : 200000))
   before=$(cpu_ticks "$REDIS_PID")
-  # ARGV (see lua/protocol.lua): now (0 = Redis TIME), commit, 1 tier, 0 reputation keys; the tier:
-  # sliding_window, limit, window_ms, cost, shadow, quota_mode, counts, adaptive, penalty, baseline.
+  # ARGV (see lua/protocol.lua): now (0 = Redis TIME), 1 request; its commit, 1 tier, 0 reputation
+  # keys; the tier: sliding_window, limit, window_ms, cost, shadow, quota_mode, counts, adaptive,
+  # penalty, baseline.
   csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
-    FCALL "sluice_decide_$VERSION" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
+    FCALL "sluice_decide_$VERSION" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
   after=$(cpu_ticks "$REDIS_PID")
   python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
 import csv, sys

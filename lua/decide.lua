@@ -1,4 +1,5 @@
--- decide(): one call decides one request against every tier that applies to it. It calls the
+-- decide(): one call decides a batch of requests, in order, each against every tier that applies
+-- to it and each exactly as if it had been sent alone. It calls the
 -- algorithm files of lua/ and protocol.lua, which come before it in the library (see
 -- src/store/script.rs), and library.lua registers it.
 -- KEYS, ARGV and reply: see protocol.lua, whose read_check and write_record are the one place that
@@ -15,9 +16,9 @@
 -- tier-key is denied until its block ends. A tier whose cost is 0 only looks: it changes no count,
 -- attempt or violation.
 
--- Whether one of the request's reputation keys (the last `count` KEYS) marks it.
-local function bad_reputation(count)
-  for k = #KEYS - count + 1, #KEYS do
+-- Whether one of the request's reputation keys (KEYS[first] on, `count` of them) marks it.
+local function bad_reputation(first, count)
+  for k = first, first + count - 1 do
     if redis.call('EXISTS', KEYS[k]) == 1 then
       return true
     end
@@ -50,11 +51,15 @@ local function write(c, v, now)
   end
 end
 
-local function decide()
-  local header, a = read_header()
-  local now = header.now
+-- Decides the request whose arguments start after ARGV[a] and keys at KEYS[k], at `now`; appends
+-- its reply to `reply`. Answers the cursors after it, or nil and an error text.
+local function decide_one(now, a, k, reply)
+  local header
+  header, a = read_header(a)
   local commit = header.commit == 1
   local n = header.n
+  local reputation_first = k
+  k = k + header.reputation_keys
 
   -- read once, by the first adaptive check
   local reputation = nil
@@ -63,11 +68,10 @@ local function decide()
   -- quota-mode checks: how many, and whether one of them is within its quota (a shadow one always is)
   local quotas, quota_within = 0, false
   local verdicts = {}
-  local k = 1
   for i = 1, n do
     local c, next_a, next_k = read_check(a, k)
     if not c then
-      return redis.error_reply(next_a)
+      return nil, next_a
     end
     a, k = next_a, next_k
     local window, cost = c.window, c.cost
@@ -89,7 +93,7 @@ local function decide()
       local attempts = adaptive_count(c.attempts_key, now, window, counted and 1 or 0)
       local failures = adaptive_count(c.failures_key, now, window, 0)
       if reputation == nil then
-        reputation = bad_reputation(header.reputation_keys)
+        reputation = bad_reputation(reputation_first, header.reputation_keys)
       end
       v.score, v.bits, effective, v.retry_limit =
         adaptive_assess(c.adaptive, reputation, attempts, counted, failures, c.limit, effective, cost)
@@ -152,9 +156,25 @@ local function decide()
     end
   end
 
-  local reply = { admitted and 1 or 0, now }
+  reply[#reply + 1] = admitted and 1 or 0
+  reply[#reply + 1] = now
   for i = 1, n do
     write_record(reply, verdicts[i])
+  end
+  return a, k
+end
+
+-- The function Redis calls: every request of the batch in order, one clock for all of them.
+local function decide()
+  local now, requests, a = read_batch_header()
+  local k = 1
+  local reply = {}
+  for _ = 1, requests do
+    local next_a, next_k = decide_one(now, a, k, reply)
+    if not next_a then
+      return redis.error_reply(next_k)
+    end
+    a, k = next_a, next_k
   end
   return reply
 end

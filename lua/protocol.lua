@@ -4,23 +4,25 @@
 -- holds the counts below to its own). decide.lua and report.lua come after it in the library
 -- (see src/store/script.rs).
 --
--- decide.lua
--- KEYS  per check, in ARGV order: its algorithm's keys (sliding_window: its hash; sliding_log: its
---       sorted set and its running total), then its attempts and failures counters when adaptive,
---       its penalty hash when it has a penalty, its baseline hash when it has one. A check's keys
---       share one hash tag, so they live in one Cluster slot. Last, the request's reputation keys.
--- ARGV  DECIDE_HEADER, then per check CHECK_ARGS, followed by ADAPTIVE_ARGS, PENALTY_ARGS and
---       BASELINE_ARGS for the options it has; all numbers:
+-- decide.lua: one call decides a batch of requests, in order, each as if it had been sent alone.
+-- KEYS  per request: its reputation keys (0 to 2), then per check, in ARGV order, its algorithm's
+--       keys (sliding_window, fixed_window: its hash; sliding_log: its sorted set and its running
+--       total), then its attempts and failures counters when adaptive, its penalty hash when it has
+--       a penalty, its baseline hash when it has one. A check's keys share one hash tag, so they
+--       live in one Cluster slot.
+-- ARGV  BATCH_HEADER, then per request DECIDE_HEADER and per check CHECK_ARGS, followed by
+--       ADAPTIVE_ARGS, PENALTY_ARGS and BASELINE_ARGS for the options it has; all numbers:
 --       now: ms, or 0 to read Redis TIME (the normal case: one clock for every replica);
+--       requests: how many requests follow;
 --       commit: 1 to consume when admitted, 0 for a dry run; n: the number of checks;
---       reputation_keys: how many reputation keys end KEYS (0 to 2);
+--       reputation_keys: how many reputation keys begin the request's KEYS (0 to 2);
 --       algorithm: 1 sliding_window, 2 sliding_log, 3 fixed_window; shadow: 1 = evaluate and report, never deny;
 --       quota_mode: 1 = one of the request's quotas, which deny only when all of them are over;
 --       counts: 1 = consumes when admitted, 2 = consumes on every request, denied or not, 0 =
 --       counts reported failures only; adaptive, penalty, baseline: 1 when the check has that
 --       option (a baseline only with sliding_window).
--- Reply admitted (1/0), now (ms), then per check a RECORD; allowed is 1/0, limit the effective
---       limit, bits the threat factors.
+-- Reply per request: admitted (1/0), now (ms), then per check a RECORD; allowed is 1/0, limit
+--       the effective limit, bits the threat factors.
 --
 -- report.lua
 -- KEYS  per failure, in ARGV order: its failures counter when adaptive, its penalty hash when it
@@ -32,7 +34,8 @@
 -- How many numbers each part holds, and their order (protocol.rs has the same counts, and a unit
 -- test there holds them equal). The readers below build each part with one table constructor, in
 -- this order: no cursor arithmetic outside them, and no table that grows field by field.
-local DECIDE_HEADER = 4 -- now, commit, n, reputation_keys
+local BATCH_HEADER = 2 -- now, requests
+local DECIDE_HEADER = 3 -- commit, n, reputation_keys
 local CHECK_ARGS = 10 -- algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline
 local ADAPTIVE_ARGS = 8 -- client_score, client_bits, w_reputation, w_burst, w_failed, burst_multiple,
                         -- failed_threshold, reduction
@@ -56,11 +59,16 @@ local function read_now()
   return now
 end
 
--- decide.lua's header, and the cursor after it.
-local function read_header()
+-- decide.lua's batch header: now, and the number of requests; and the cursor after it.
+local function read_batch_header()
+  return read_now(), tonumber(ARGV[2]), BATCH_HEADER
+end
+
+-- One request's header in decide.lua's batch, from ARGV[a + 1] on, and the cursor after it.
+local function read_header(a)
   return {
-    now = read_now(), commit = tonumber(ARGV[2]), n = tonumber(ARGV[3]), reputation_keys = tonumber(ARGV[4]),
-  }, DECIDE_HEADER
+    commit = tonumber(ARGV[a + 1]), n = tonumber(ARGV[a + 2]), reputation_keys = tonumber(ARGV[a + 3]),
+  }, a + DECIDE_HEADER
 end
 
 -- report.lua's header, and the cursor after it.

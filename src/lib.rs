@@ -7,7 +7,7 @@
 //!                   engine             which tiers apply (tier), one check per limited tier
 //!                   store::Store       decide all checks at once, all or nothing:
 //!                     LocalStore         in process (no Redis configured)
-//!                     RedisStore         one FCALL of lua/decide.lua, Redis TIME as the clock
+//!                     RedisStore         lua/decide.lua by FCALL, many requests a call, Redis's clock
 //!                     FallbackStore      Redis, else local counts within the deadline
 //!                   algorithm          the arithmetic, shared in meaning with lua/
 //!         <-- decision                 allow/deny, retry-after, remaining, headers

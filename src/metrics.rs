@@ -12,6 +12,7 @@ pub const DECISIONS: &str = "sluice_decisions_total";
 pub const DECISION_DURATION: &str = "sluice_decision_duration_seconds";
 pub const REDIS_DURATION: &str = "sluice_redis_duration_seconds";
 pub const REDIS_ERRORS: &str = "sluice_redis_errors_total";
+pub const REDIS_BATCH: &str = "sluice_redis_batch_requests";
 pub const REQUESTS_REJECTED: &str = "sluice_requests_rejected_total";
 pub const TIERS: &str = "sluice_tiers";
 pub const LOCAL_KEYS: &str = "sluice_local_keys";
@@ -57,6 +58,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
             metrics_exporter_prometheus::Matcher::Full(THREAT_SCORE.into()),
             &[0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(REDIS_BATCH.into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+        )?
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("SLUICE_REVISION"))
@@ -82,7 +87,12 @@ fn describe() {
         "Decisions per tier, by decision (allow, deny, shadow_deny, exempt) and source"
     );
     describe_histogram!(DECISION_DURATION, metrics::Unit::Seconds, "Time to decide one request");
-    describe_histogram!(REDIS_DURATION, metrics::Unit::Seconds, "Time of one decision script call to Redis");
+    describe_histogram!(
+        REDIS_DURATION,
+        metrics::Unit::Seconds,
+        "Time from asking Redis for one decision to its answer, waiting for its call included"
+    );
+    describe_histogram!(REDIS_BATCH, "Requests decided by one call to Redis");
     describe_counter!(REDIS_ERRORS, "Failed or late Redis calls, by error type");
     describe_counter!(REQUESTS_REJECTED, "Requests rejected as invalid, by field");
     describe_gauge!(TIERS, "Tiers in the running configuration");
@@ -180,6 +190,10 @@ pub fn decision_duration(elapsed: Duration) {
 
 pub fn redis_duration(elapsed: Duration) {
     histogram!(REDIS_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn redis_batch(requests: usize) {
+    histogram!(REDIS_BATCH).record(requests as f64);
 }
 
 pub fn redis_error(kind: &'static str) {

@@ -1,5 +1,7 @@
 //! Exact counts under concurrency: two Sluice servers share one Redis, 50 clients race, and a limit
-//! of N admits exactly N, because each decision is one atomic script call.
+//! of N admits exactly N, because each decision is decided atomically in a script call, even when
+//! one call carries many requests on the same key (which these races make: every request is on one
+//! key, and each server gathers the requests that arrive while its last call is in flight).
 
 mod common;
 
@@ -39,6 +41,16 @@ async fn race(algorithm: &str, limit: usize, extra: usize) {
     // And the counts really came from Redis, not from either server's fallback.
     let metrics = reqwest_metrics(a.http_addr).await + &reqwest_metrics(b.http_addr).await;
     assert!(!metrics.contains("source=\"fallback\""), "a decision fell back: {metrics}");
+    // Calls carried several requests on the one key. (Servers in one process share one registry:
+    // one scrape holds the calls of both, and of a race running beside this one.)
+    let one = reqwest_metrics(a.http_addr).await;
+    let value = |name: &str| -> f64 {
+        one.lines().filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).sum()
+    };
+    let (requests, calls) =
+        (value("sluice_redis_batch_requests_sum"), value("sluice_redis_batch_requests_count"));
+    assert!(requests > 0.0, "no request went through a call");
+    assert!(calls < requests, "{calls} calls for {requests} requests: no call carried two");
 }
 
 async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {

@@ -699,8 +699,9 @@ fn decide_on(
     by_name.insert("fuzz".to_owned(), decide_domain().clone());
     engine.replace_domains(sluice::envoy::Domains { by_name, count_denied, ..Default::default() });
 
-    // Per counter: (limit, units admitted, units consumed by the documented rule).
-    let mut counters: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    // Per counter: (the limit its final look sees, units admitted, units consumed by the documented
+    // rule, the highest limit it was asked with).
+    let mut counters: HashMap<String, (u64, u64, u64, u64)> = HashMap::new();
     let limits = InputLimits::default();
     for step in 0..usize::from(input.byte() % 12) + 1 {
         if input.flag() {
@@ -736,7 +737,7 @@ fn decide_on(
                         let cost = r.cost.unwrap_or(1);
                         let keys = [("per_user", &a.user, 10), ("per_ip_log", &a.ip, 5)];
                         for (tier, value, limit) in keys.into_iter().filter(|(_, v, _)| !v.is_empty()) {
-                            let c = counters.entry(format!("{tier}|{value}")).or_insert((limit, 0, 0));
+                            let c = counters.entry(format!("{tier}|{value}")).or_insert((limit, 0, 0, limit));
                             if d.allowed {
                                 c.1 += cost;
                                 c.2 += cost;
@@ -791,39 +792,55 @@ fn decide_on(
         .expect("the in-process store never fails")
         .statuses;
         let over = statuses.iter().any(|s| s.over());
-        // One counter per (key, value) or per shared wildcard; overrides per entries, rate and unit.
-        let counter = |d: &RateLimitDescriptor| -> Option<(String, u64, bool)> {
+        // One counter per (key, value) or per shared wildcard. An override counts in the file's
+        // counter for the same entries when the file's limit has its unit and no `sluice:` options
+        // (ip: minutes, path /f/*: hours), else in one of its entries and unit.
+        // Answers the counter, the descriptor's own limit, the limit a final look sees (the
+        // file's, when it has one) and whether denied hits count.
+        let counter = |d: &RateLimitDescriptor| -> Option<(String, u64, u64, bool)> {
             let e = &d.entries[0];
             if let Some(o) = &d.limit {
-                return sluice::envoy::unit_window_ms(o.unit).map(|_| {
-                    (
-                        format!("override|{}|{}|{}|{}", e.key, e.value, o.requests_per_unit, o.unit),
-                        u64::from(o.requests_per_unit),
-                        true,
-                    )
+                const MINUTE: i32 = 2;
+                const HOUR: i32 = 3;
+                sluice::envoy::unit_window_ms(o.unit)?;
+                let rate = u64::from(o.requests_per_unit);
+                return Some(match (e.key.as_str(), e.value.as_str(), o.unit) {
+                    ("ip", v, MINUTE) => (format!("ip|{v}"), rate, 10, true),
+                    ("path", "/f/a" | "/f/b", HOUR) => ("path|/f/*".to_owned(), rate, 7, true),
+                    (k, v, unit) => (format!("override|{k}|{v}|{unit}"), rate, rate, true),
                 });
             }
             let (_, limit) = DECIDE_KEYS.iter().find(|(k, _)| *k == e.key)?;
             match (e.key.as_str(), e.value.as_str()) {
                 ("path", "/g") => None,
-                ("path", _) => Some(("path|/f/*".to_owned(), *limit, true)),
+                ("path", _) => Some(("path|/f/*".to_owned(), *limit, *limit, true)),
                 // Only sliding-window descriptors without a penalty count denied hits.
-                ("pen", v) => Some((format!("pen|{v}"), *limit, false)),
-                ("login", v) => Some((format!("login|{v}"), *limit, false)),
-                (k, v) => Some((format!("{k}|{v}"), *limit, true)),
+                ("pen", v) => Some((format!("pen|{v}"), *limit, *limit, false)),
+                ("login", v) => Some((format!("login|{v}"), *limit, *limit, false)),
+                (k, v) => Some((format!("{k}|{v}"), *limit, *limit, true)),
             }
         };
         let mut seen: HashMap<String, &sluice::envoy::Status> = HashMap::new();
         for (d, (status, desc)) in converted.descriptors.iter().zip(statuses.iter().zip(&descriptors)) {
-            let Some((key, limit, counts_denied)) = counter(desc) else { continue };
-            if let Some(first) = seen.insert(key.clone(), status) {
-                assert_eq!(first, status, "step {step}: one counter, one status");
+            let Some((key, limit, look, counts_denied)) = counter(desc) else { continue };
+            // Repeats that count denied hits are decided one after another, each against its own
+            // limit; others are one check, and so one status.
+            let in_sequence = count_denied && counts_denied;
+            if let Some(first) = seen.insert(key.clone(), status)
+                && !in_sequence
+            {
+                let verdict = |s: &sluice::envoy::Status| match s {
+                    sluice::envoy::Status::Limited { verdict, .. } => Some(*verdict),
+                    _ => None,
+                };
+                assert_eq!(verdict(first), verdict(status), "step {step}: one counter, one status");
             }
             let hits = d.hits.unwrap_or(converted.hits);
-            let c = counters.entry(key).or_insert((limit, 0, 0));
+            let c = counters.entry(key).or_insert((look, 0, 0, limit));
+            c.3 = c.3.max(limit);
             if !over {
                 c.1 = c.1.saturating_add(hits);
-                assert!(c.1 <= c.0, "step {step}: {desc:?} admitted {} of {}", c.1, c.0);
+                assert!(c.1 <= c.3, "step {step}: {desc:?} admitted {} of at most {}", c.1, c.3);
             }
             if !over || (count_denied && counts_denied) {
                 c.2 = c.2.saturating_add(hits);
@@ -832,7 +849,7 @@ fn decide_on(
     }
 
     // A look at each counter: the limit less what was consumed (the penalty's blocks aside).
-    for (key, (limit, _, consumed)) in &counters {
+    for (key, (limit, _, consumed, _)) in &counters {
         let (kind, rest) = key.split_once('|').expect("kind|...");
         if kind == "pen" {
             continue;
@@ -852,10 +869,10 @@ fn decide_on(
             }
             _ => {
                 let (entries, over) = if kind == "override" {
+                    // Looked at with the rate it was first asked with.
                     let parts: Vec<&str> = rest.split('|').collect();
-                    let unit: i32 = parts[3].parse().expect("unit");
-                    let rate: u32 = parts[2].parse().expect("rate");
-                    (vec![(parts[0].to_owned(), parts[1].to_owned())], Some((u64::from(rate), unit)))
+                    let unit: i32 = parts[2].parse().expect("unit");
+                    (vec![(parts[0].to_owned(), parts[1].to_owned())], Some((*limit, unit)))
                 } else if kind == "path" {
                     (vec![("path".to_owned(), "/f/a".to_owned())], None)
                 } else {

@@ -227,11 +227,12 @@ pub fn prepare<'d>(
                 };
                 // The reference counts an override in the counter of the file's limit for the
                 // same entries, each compared with its own limit: so does Sluice, when the file's
-                // limit has the same window and algorithm. Otherwise the unit is part of the key,
-                // so that one key is always one window.
+                // limit has the same window and none of Sluice's own options (which an override
+                // cannot carry). Otherwise the unit is part of the key, so that one key is always
+                // one window.
                 let file = config.matches(&d.entries).filter(|m| {
                     m.node.rule.as_ref().is_some_and(|r| r.window_ms == window_ms)
-                        && m.node.options.algorithm.unwrap_or(domains.algorithm) == domains.algorithm
+                        && m.node.options == domain::Options::default()
                 });
                 let key = match file {
                     Some(m) => identity(domain, "", m.identity.into_iter()),

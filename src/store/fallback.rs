@@ -189,7 +189,10 @@ impl FallbackStore {
         if budget.is_zero() {
             return Ok(self.shed_for_deadline(checks, mode));
         }
-        let error = match tokio::time::timeout(budget, redis.decide(checks, mode, None)).await {
+        // Redis's call is bounded by our own deadline only: it may carry other requests (see
+        // redis/batch.rs), which a short deadline of this caller's must not fail.
+        let own = Instant::now() + self.settings.deadline;
+        let error = match tokio::time::timeout(budget, redis.decide(checks, mode, Some(own))).await {
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(e)) => e,
             Err(_) if callers => return Ok(self.shed_for_deadline(checks, mode)),

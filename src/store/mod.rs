@@ -5,9 +5,9 @@
 //! headers. Where each lives:
 //!
 //! - `local`: `LocalStore`, state in this process, decided with the pure twins in `algorithm`;
-//! - `redis/`: `RedisStore`, one script call per request (per slot in a Cluster): `connection`
-//!   (topologies, credentials, TLS), `protocol` (the scripts' KEYS, ARGV and reply), `slot`
-//!   (`key_slot`);
+//! - `redis/`: `RedisStore`, one request of a script call (per slot in a Cluster): `batch` (calls
+//!   that decide many requests), `connection` (topologies, credentials, TLS), `protocol` (the
+//!   scripts' KEYS, ARGV and reply), `slot` (`key_slot`);
 //! - `script`: the Lua files of lua/ assembled into the two scripts;
 //! - `fallback`: `FallbackStore`, Redis within a deadline, else a local store by failure mode.
 
@@ -156,7 +156,7 @@ pub const SHED_RETRY_MS: u64 = 1000;
 pub const EVENTS_STREAM: &str = "sluice:events";
 
 /// Why a store could not decide.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),

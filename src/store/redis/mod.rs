@@ -1,20 +1,23 @@
-//! The Redis store: one FCALL of the decision function (lua/decide.lua in the library, see
-//! script.rs) per request, covering every tier-key, so a decision is one atomic step and one round
-//! trip.
+//! The Redis store: each request is decided by the decision function (lua/decide.lua in the
+//! library, see script.rs) over every tier-key at once, so a decision is one atomic step. The
+//! requests that arrive while a call is in flight share the next call (`batch`), each decided as
+//! if sent alone.
 //!
 //! Redis's own clock (`TIME` inside the script) decides, so replicas with skewed clocks agree.
-//! `connection` reaches Redis, `protocol` is the one place that lays out the scripts' keys,
-//! arguments and reply of the library's functions (keys are `<tier-key>:<suffix>`, and the tier-key holds the hash tag, so a
-//! tier-key's keys share a Cluster slot), `slot` computes Cluster slots; this file decides, reports
-//! failures and carries out operators' actions with them.
+//! `connection` reaches Redis, `batch` gathers requests into calls, `protocol` is the one place
+//! that lays out the keys, arguments and reply of the library's functions (keys are
+//! `<tier-key>:<suffix>`, and the tier-key holds the hash tag, so a tier-key's keys share a Cluster
+//! slot), `slot` computes Cluster slots; this file decides, reports failures and carries out
+//! operators' actions with them.
 //!
 //! Topologies: a standalone server, Redis Cluster (the cluster client follows MOVED and
 //! failovers), or Sentinel (the master is asked of the sentinels again whenever `recover` runs,
 //! which is how a promoted replica is found). In a Cluster, the checks of one request are grouped by
-//! hash slot and each group is one script call, all sent at once: each group is atomic on its own,
-//! but a denial in one slot does not undo what another slot's group consumed. Reputation keys live
+//! hash slot and each group joins a call for its slot, all sent at once: each group is atomic on its
+//! own, but a denial in one slot does not undo what another slot's group consumed. Reputation keys live
 //! in a slot of their own, so for adaptive tiers they are read first, in one more round trip.
 
+mod batch;
 mod connection;
 mod protocol;
 mod slot;
@@ -28,8 +31,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use redis::cluster_async::ClusterConnection;
 
-use self::connection::{Connection, call};
-use self::protocol::suffix;
+use self::batch::Batcher;
+use self::connection::Connection;
+use self::protocol::{Encoded, suffix};
 use super::script::LIBRARY;
 use super::{EVENTS_STREAM, Store, StoreError};
 use crate::algorithm::Verdict;
@@ -40,6 +44,8 @@ use crate::metrics;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Connection,
+    /// Sends the decisions asked for at Redis's time, many per call.
+    batch: Batcher,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -56,14 +62,15 @@ impl RedisStore {
         access: &Access,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let store = RedisStore { conn: Connection::open(topology, access, timeout).await? };
+        let conn = Connection::open(topology, access, timeout).await?;
+        let store = RedisStore { batch: Batcher::start(conn.clone()), conn };
         store.ping().await?;
         Ok(store)
     }
 
     /// Decides with `now` in ms instead of Redis `TIME`: for the differential test only.
     pub async fn decide_at(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
-        self.run(checks, mode, now).await
+        self.run(checks, mode, now, None).await
     }
 
     /// PING, for the probe that closes the circuit.
@@ -77,20 +84,27 @@ impl RedisStore {
         self.conn.recover().await
     }
 
-    /// Decides at `now` (0: Redis `TIME`): one script call, or one per slot in a Cluster.
-    async fn run(&self, checks: &[Check], mode: Mode, now: u64) -> Result<Answer, StoreError> {
+    /// Decides at `now` (0: Redis `TIME`, in a call shared with other requests; see `batch`): one
+    /// request of a script call, or one per slot in a Cluster.
+    async fn run(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+        now: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, StoreError> {
+        if checks.is_empty() {
+            return Ok(Answer { admitted: true, verdicts: Vec::new(), source: Source::Redis });
+        }
         // A key twice in one script call would be read twice before either write: merge repeats
         // that the script does not write one by one.
         let merged = super::Merged::of(checks, mode);
         let checks = merged.as_ref().map_or(checks, |m| &m.checks);
         let started = Instant::now();
         let result = match &self.conn {
-            Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now).await,
-            conn => conn
-                .fcall::<Vec<i64>>(&protocol::decide_cmd(checks, mode, now))
-                .await
-                .map_err(StoreError::from)
-                .and_then(|reply| protocol::decode_reply(&reply, checks.len())),
+            Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now, deadline).await,
+            _ if now == 0 => self.batch.decide(Encoded::new(checks, mode), None, deadline).await,
+            conn => decide_alone(conn, checks, mode, now).await,
         };
         metrics::redis_duration(started.elapsed());
         match merged {
@@ -106,6 +120,7 @@ impl RedisStore {
         checks: &[Check],
         mode: Mode,
         now: u64,
+        deadline: Option<Instant>,
     ) -> Result<Answer, StoreError> {
         // Reputation keys live in their own slot (`{rep}`): read them first, then hand the factor
         // to the script as a client-side one. One more round trip, for adaptive requests only.
@@ -133,13 +148,11 @@ impl RedisStore {
         };
         let groups = slot::by_slot(0..checks.len(), |&i| checks[i].key.as_str());
         if groups.len() == 1 {
-            return decide_on(&mut conn.clone(), checks, mode, now).await;
+            return self.decide_in_slot(checks, mode, now, deadline).await;
         }
-        let calls = groups.iter().map(|members| {
-            let subset: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-            let mut conn = conn.clone();
-            async move { decide_on(&mut conn, &subset, mode, now).await }
-        });
+        let subsets: Vec<Vec<Check>> =
+            groups.iter().map(|members| members.iter().map(|&i| checks[i].clone()).collect()).collect();
+        let calls = subsets.iter().map(|subset| self.decide_in_slot(subset, mode, now, deadline));
         let outcomes = futures::future::try_join_all(calls).await?;
         let mut verdicts = vec![Verdict::default(); checks.len()];
         let mut admitted = true;
@@ -150,6 +163,22 @@ impl RedisStore {
             }
         }
         Ok(Answer { admitted, verdicts, source: Source::Redis })
+    }
+
+    /// Decides checks whose keys share one Cluster slot.
+    async fn decide_in_slot(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+        now: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, StoreError> {
+        if now == 0 {
+            let slot = slot::key_slot(checks[0].key.as_bytes());
+            self.batch.decide(Encoded::new(checks, mode), Some(slot), deadline).await
+        } else {
+            decide_alone(&self.conn, checks, mode, now).await
+        }
     }
 
     /// Runs a command on the node that holds its first key (any node for none).
@@ -223,27 +252,29 @@ impl RedisStore {
     }
 }
 
-/// One FCALL of the decision function on `conn`, for checks whose keys share one node.
-async fn decide_on(
-    conn: &mut impl redis::aio::ConnectionLike,
+/// One FCALL of the decision function for one request alone, at an instant chosen by the caller.
+async fn decide_alone(
+    conn: &Connection,
     checks: &[Check],
     mode: Mode,
     now: u64,
 ) -> Result<Answer, StoreError> {
-    let reply: Vec<i64> = call(conn, &protocol::decide_cmd(checks, mode, now)).await?;
-    protocol::decode_reply(&reply, checks.len())
+    let request = Encoded::new(checks, mode);
+    let reply: Vec<i64> = conn.fcall(&protocol::decide_cmd(std::iter::once(&request), now)).await?;
+    let mut answers = protocol::decode_replies(&reply, std::iter::once(request.checks))?;
+    answers.pop().ok_or_else(|| StoreError::BadReply("no answer".into()))
 }
 
 impl Store for RedisStore {
-    /// Ignores the deadline: `FallbackStore` bounds the calls it makes, and answers without Redis
-    /// when one is late.
+    /// A call that misses the earliest deadline of the requests in it fails them all with a
+    /// timeout (`FallbackStore` bounds its calls too, and answers without Redis when one is late).
     fn decide<'a>(
         &'a self,
         checks: &'a [Check],
         mode: Mode,
-        _deadline: Option<Instant>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Answer, StoreError>> {
-        Box::pin(self.run(checks, mode, 0))
+        Box::pin(self.run(checks, mode, 0, deadline))
     }
 
     fn report_failures<'a>(&'a self, failures: &'a [Failure]) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -4,10 +4,11 @@
 //! field added here is added there at the same position, and a test below holds the two to the
 //! same lengths.
 //!
-//! decide.lua: KEYS are each check's `check_keys`, then the request's reputation keys; ARGV is the
-//! header (`DECIDE_HEADER` numbers), then per check its `CHECK_ARGS` numbers and those of its
-//! options (`ADAPTIVE_ARGS`, `PENALTY_ARGS`, `BASELINE_ARGS`); the reply is `REPLY_HEADER` values,
-//! then one `RECORD` per check. report.lua: KEYS are each failure's `failure_keys`; ARGV is
+//! decide.lua decides a batch of requests in one call. KEYS are, per request, its reputation keys,
+//! then each check's `check_keys`; ARGV is `BATCH_HEADER` numbers, then per request its
+//! `DECIDE_HEADER` numbers and per check its `CHECK_ARGS` numbers and those of its options
+//! (`ADAPTIVE_ARGS`, `PENALTY_ARGS`, `BASELINE_ARGS`); the reply is, per request, `REPLY_HEADER`
+//! values, then one `RECORD` per check. `Encoded` is one request's part of a call. report.lua: KEYS are each failure's `failure_keys`; ARGV is
 //! `REPORT_HEADER` numbers, then per failure its `FAILURE_ARGS` and, with a penalty, its
 //! `PENALTY_ARGS`.
 //!
@@ -21,9 +22,11 @@ use crate::check::{AdaptiveCheck, Answer, Check, Failure, Mode, Source};
 use crate::store::StoreError;
 use crate::store::script::LIBRARY;
 
-/// decide.lua's ARGV before the first check: now (0: Redis `TIME`), commit (1 consumes), the
-/// number of checks, the number of reputation keys that end KEYS.
-pub const DECIDE_HEADER: usize = 4;
+/// decide.lua's ARGV before the first request: now (0: Redis `TIME`), the number of requests.
+pub const BATCH_HEADER: usize = 2;
+/// A request's ARGV before its first check: commit (1 consumes), the number of checks, the
+/// number of reputation keys that begin the request's KEYS.
+pub const DECIDE_HEADER: usize = 3;
 /// Every check's numbers: algorithm code, limit, window, cost, shadow, counts code, and whether
 /// it is adaptive, has a penalty, has a baseline.
 pub const CHECK_ARGS: usize = 10;
@@ -34,7 +37,7 @@ pub const ADAPTIVE_ARGS: usize = 8;
 pub const PENALTY_ARGS: usize = 5;
 /// A baseline's: sensitivity and max, in percent.
 pub const BASELINE_ARGS: usize = 2;
-/// decide.lua's reply before the first record: admitted, now.
+/// A request's reply before its first record: admitted, now.
 pub const REPLY_HEADER: usize = 2;
 /// One check's verdict in the reply: allowed, remaining, retry-after, reset-after, effective
 /// limit, score, factor bits.
@@ -65,33 +68,62 @@ pub mod suffix {
     pub const ALL: [&str; 8] = [WINDOW, LOG, LOG_TOTAL, FIXED, ATTEMPTS, FAILURES, PENALTY, BASELINE];
 }
 
-/// One FCALL of decide.lua's function deciding `checks` (all in one slot) at `now` (0: Redis `TIME`).
-pub(super) fn decide_cmd(checks: &[Check], mode: Mode, now: u64) -> redis::Cmd {
-    let reputation: &[String] =
-        checks.iter().find_map(|c| c.adaptive.as_ref()).map_or(&[], |a| &a.reputation);
-    let keys = checks.iter().map(|c| check_keys(c).count()).sum::<usize>() + reputation.len();
+/// One request's part of a decide.lua call: its keys and numbers, encoded by the task that asks,
+/// so that joining requests into one call only copies them.
+#[derive(Debug)]
+pub(super) struct Encoded {
+    pub keys: Vec<String>,
+    pub args: Vec<u64>,
+    /// How many checks, and so records in the reply.
+    pub checks: usize,
+}
+
+impl Encoded {
+    pub fn new(checks: &[Check], mode: Mode) -> Encoded {
+        let reputation: &[String] =
+            checks.iter().find_map(|c| c.adaptive.as_ref()).map_or(&[], |a| &a.reputation);
+        let mut keys = Vec::with_capacity(reputation.len() + checks.len());
+        keys.extend(reputation.iter().cloned());
+        for check in checks {
+            keys.extend(check_keys(check).map(|suffix| format!("{}:{suffix}", check.key)));
+        }
+        let mut args = Vec::with_capacity(DECIDE_HEADER + CHECK_ARGS * checks.len());
+        args.extend([(mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64]);
+        for check in checks {
+            args.extend(check_args(check));
+            if let Some(a) = &check.adaptive {
+                args.extend(adaptive_args(a));
+            }
+            if let Some(p) = &check.penalty {
+                args.extend(penalty_args(p));
+            }
+            if let Some(b) = &check.baseline {
+                args.extend(baseline_args(b));
+            }
+        }
+        Encoded { keys, args, checks: checks.len() }
+    }
+
+    /// About the bytes it adds to a call.
+    pub fn weight(&self) -> usize {
+        self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + self.args.len() * 8
+    }
+}
+
+/// One FCALL of decide.lua's function deciding `requests` in order (their keys all on one node)
+/// at `now` (0: Redis `TIME`).
+pub(super) fn decide_cmd<'a>(requests: impl Iterator<Item = &'a Encoded> + Clone, now: u64) -> redis::Cmd {
+    let keys: usize = requests.clone().map(|r| r.keys.len()).sum();
+    let count = requests.clone().count();
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(&LIBRARY.decide).arg(keys);
-    for check in checks {
-        for suffix in check_keys(check) {
-            cmd.arg(format!("{}:{suffix}", check.key));
-        }
+    for r in requests.clone() {
+        cmd.arg(&r.keys);
     }
-    cmd.arg(reputation);
-    let header: [u64; DECIDE_HEADER] =
-        [now, (mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64];
+    let header: [u64; BATCH_HEADER] = [now, count as u64];
     cmd.arg(&header);
-    for check in checks {
-        cmd.arg(&check_args(check));
-        if let Some(a) = &check.adaptive {
-            cmd.arg(&adaptive_args(a));
-        }
-        if let Some(p) = &check.penalty {
-            cmd.arg(&penalty_args(p));
-        }
-        if let Some(b) = &check.baseline {
-            cmd.arg(&baseline_args(b));
-        }
+    for r in requests {
+        cmd.arg(&r.args);
     }
     cmd
 }
@@ -149,14 +181,26 @@ fn baseline_args(b: &Baseline) -> [u64; BASELINE_ARGS] {
     [b.sensitivity_percent, b.max_percent]
 }
 
-/// decide.lua's reply for `n` checks: whether the request was admitted, and each check's verdict.
-pub(super) fn decode_reply(reply: &[i64], n: usize) -> Result<Answer, StoreError> {
-    if reply.len() != REPLY_HEADER + RECORD * n {
-        return Err(StoreError::BadReply(format!("{} values for {n} checks", reply.len())));
+/// decide.lua's reply for requests of so many checks each: per request, whether it was admitted
+/// and each check's verdict.
+pub(super) fn decode_replies(
+    reply: &[i64],
+    checks: impl Iterator<Item = usize> + Clone,
+) -> Result<Vec<Answer>, StoreError> {
+    let expected: usize = checks.clone().map(|n| REPLY_HEADER + RECORD * n).sum();
+    if reply.len() != expected {
+        return Err(StoreError::BadReply(format!("{} values where {expected} were due", reply.len())));
     }
-    let (header, records) = reply.split_at(REPLY_HEADER);
-    let verdicts = records.chunks_exact(RECORD).map(decode_record).collect::<Result<Vec<_>, _>>()?;
-    Ok(Answer { admitted: header[0] == 1, verdicts, source: Source::Redis })
+    let mut rest = reply;
+    checks
+        .map(|n| {
+            let (one, after) = rest.split_at(REPLY_HEADER + RECORD * n);
+            rest = after;
+            let (header, records) = one.split_at(REPLY_HEADER);
+            let verdicts = records.chunks_exact(RECORD).map(decode_record).collect::<Result<Vec<_>, _>>()?;
+            Ok(Answer { admitted: header[0] == 1, verdicts, source: Source::Redis })
+        })
+        .collect()
 }
 
 /// One check's verdict, as `write_record` in lua/protocol.lua writes it.
@@ -227,6 +271,7 @@ mod tests {
     #[test]
     fn the_lua_side_reads_and_writes_what_this_side_does() {
         for (name, len) in [
+            ("BATCH_HEADER", BATCH_HEADER),
             ("DECIDE_HEADER", DECIDE_HEADER),
             ("CHECK_ARGS", CHECK_ARGS),
             ("ADAPTIVE_ARGS", ADAPTIVE_ARGS),
@@ -253,7 +298,8 @@ mod tests {
         });
         check.penalty = Some(Penalty { violations: 3, period_ms: 1, base_ms: 1, factor: 2, max_ms: 9 });
         check.baseline = Some(Baseline { sensitivity_percent: 150, max_percent: 300 });
-        let cmd = decide_cmd(std::slice::from_ref(&check), Mode::Consume, 5);
+        let one = Encoded::new(std::slice::from_ref(&check), Mode::Consume);
+        let cmd = decide_cmd([&one, &one].into_iter(), 5);
         let args: Vec<String> = cmd
             .args_iter()
             .map(|a| match a {
@@ -261,11 +307,14 @@ mod tests {
                 _ => "cursor".to_owned(),
             })
             .collect();
-        let keys = ["t:log", "t:seq", "t:att", "t:fail", "t:pen", "t:base", "rep"];
-        assert_eq!(args[2], keys.len().to_string());
+        let keys = ["rep", "t:log", "t:seq", "t:att", "t:fail", "t:pen", "t:base"];
+        assert_eq!(args[2], (2 * keys.len()).to_string(), "two requests' keys");
         assert_eq!(args[3..3 + keys.len()], keys);
-        assert_eq!(args[3 + keys.len()..][..DECIDE_HEADER], ["5", "1", "1", "1"]);
-        let numbers = args.len() - 3 - keys.len();
-        assert_eq!(numbers, DECIDE_HEADER + CHECK_ARGS + ADAPTIVE_ARGS + PENALTY_ARGS + BASELINE_ARGS);
+        assert_eq!(args[3 + keys.len()..][..keys.len()], keys);
+        let numbers = &args[3 + 2 * keys.len()..];
+        assert_eq!(numbers[..BATCH_HEADER + DECIDE_HEADER], ["5", "2", "1", "1", "1"]);
+        let each = DECIDE_HEADER + CHECK_ARGS + ADAPTIVE_ARGS + PENALTY_ARGS + BASELINE_ARGS;
+        assert_eq!(numbers.len(), BATCH_HEADER + 2 * each);
+        assert_eq!(numbers[BATCH_HEADER..][..each], numbers[BATCH_HEADER + each..]);
     }
 }

@@ -63,3 +63,30 @@ start_redis() {
   for _ in $(seq 200); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
   redis-cli -p "$REDIS_PORT" ping | grep -q PONG
 }
+
+# Starts a Redis Cluster of three masters on free ports; sets CLUSTER_PORTS and CLUSTER_PIDS.
+start_cluster() {
+  local port dir i _
+  CLUSTER_PORTS=()
+  CLUSTER_PIDS=()
+  for i in 1 2 3; do
+    port=$(free_port)
+    dir=$WORK/cluster-$port
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+      --logfile "$dir/redis.log" --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" &
+    CLUSTER_PIDS+=("$!")
+    PIDS+=("$!")
+    CLUSTER_PORTS+=("$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 200); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  done
+  redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 200); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q 'cluster_state:ok' && return 0
+    sleep 0.05
+  done
+  echo "the cluster did not settle" >&2
+  return 1
+}

@@ -11,7 +11,8 @@
 #
 # usage: benches/run.sh
 #   env: SECS (measured seconds per run, 8), WARMUP_SECS (2), KEYS (1000), CONCURRENCY ("1 16 64"),
-#        RESULTS (file the result lines are appended to, target/loadgen-results.txt)
+#        RESULTS (file the result lines are appended to, target/loadgen-results.txt), CLUSTER (1:
+#        also Sluice on a Redis Cluster of three masters, as sluice-cluster)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -140,6 +141,20 @@ serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 serve_sluice sluice-redis-adaptive "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}" "    adaptive: true"
 serve_sluice sluice-redis-envoy "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 SAME_LIBRARY=$(redis-cli -p "$REDIS_PORT" FUNCTION LIST LIBRARYNAME "sluice_$VERSION" | grep -c "^sluice_$VERSION\$" || true)
+
+# --- Redis Cluster of three masters (CLUSTER=1): Sluice's CPU per decision from loadgen, the three
+# masters' CPU summed over all of this target's runs.
+if [[ ${CLUSTER:-0} == 1 ]]; then
+  start_cluster
+  nodes=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")
+  before=0
+  for pid in "${CLUSTER_PIDS[@]}"; do before=$((before + $(cpu_ticks "$pid"))); done
+  serve_sluice sluice-cluster "redis: {cluster: \"${nodes%,}\"}"
+  after=0
+  for pid in "${CLUSTER_PIDS[@]}"; do after=$((after + $(cpu_ticks "$pid"))); done
+  echo "== sluice-cluster: the three masters used $(((after - before) * 1000 / $(getconf CLK_TCK))) ms of CPU" |
+    tee -a "$RESULTS" >&2
+fi
 
 # --- summary
 echo

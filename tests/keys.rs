@@ -658,16 +658,23 @@ fn envoy_case() -> BoxedStrategy<EnvoyCase> {
                 vec![("files".to_owned(), "files/*".to_owned())],
             )(d)
         }),
-        // A limit given in the request: the client chooses keys, values and their number.
-        (domain(), vec((value(), envoy_value()), 0..4), 1..=7i32).prop_map(|(domain, entries, unit)| {
-            let mut expected = vec![domain.clone(), "override".to_owned(), "5".to_owned(), unit.to_string()];
-            expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
-            EnvoyCase {
-                domain,
-                descriptor: Descriptor { entries, limit_override: Some((5, unit)), hits: None },
-                expected: Some(expected),
-            }
-        }),
+        // A limit given in the request: the client chooses keys, values and their number (an
+        // override on a file's entries in the file's unit shares its counter: a pair below).
+        (domain(), vec((value(), envoy_value()), 0..4), 1..=7i32)
+            .prop_filter("keys no file has", |(_, entries, _)| {
+                entries.first().is_none_or(|(k, _)| {
+                    !["remote_address", "service", "path", "files"].contains(&k.as_str())
+                })
+            })
+            .prop_map(|(domain, entries, unit)| {
+                let mut expected = vec![domain.clone(), "override".to_owned(), unit.to_string()];
+                expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
+                EnvoyCase {
+                    domain,
+                    descriptor: Descriptor { entries, limit_override: Some((5, unit)), hits: None },
+                    expected: Some(expected),
+                }
+            }),
         // No limit: an unknown domain.
         (value(), vec((value(), envoy_value()), 1..3))
             .prop_filter("an unknown domain", |(domain, _)| !DOMAINS.contains(&domain.as_str()))
@@ -692,7 +699,7 @@ fn envoy_case() -> BoxedStrategy<EnvoyCase> {
 
 /// A request's own limit over `entries`.
 fn override_case(domain: &str, entries: Vec<(String, String)>) -> EnvoyCase {
-    let mut expected = vec![domain.to_owned(), "override".to_owned(), "5".to_owned(), "2".to_owned()];
+    let mut expected = vec![domain.to_owned(), "override".to_owned(), "2".to_owned()];
     expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
     EnvoyCase {
         domain: domain.to_owned(),
@@ -736,6 +743,24 @@ fn envoy_pair() -> BoxedStrategy<(EnvoyCase, EnvoyCase)> {
                 expected: Some(expected),
             };
             (configured, override_case(d, entries))
+        }),
+        // The request's own limit in the configured limit's unit (a second): one counter, each
+        // compared with its own limit, as envoyproxy/ratelimit counts them.
+        (select(DOMAINS), envoy_value()).prop_map(|(d, v)| {
+            let entries = vec![("remote_address".to_owned(), v)];
+            let mut expected = vec![d.to_owned(), String::new()];
+            expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
+            let configured = EnvoyCase {
+                domain: d.to_owned(),
+                descriptor: Descriptor { entries: entries.clone(), ..Default::default() },
+                expected: Some(expected.clone()),
+            };
+            let overriding = EnvoyCase {
+                domain: d.to_owned(),
+                descriptor: Descriptor { entries, limit_override: Some((5, 1)), hits: None },
+                expected: Some(expected),
+            };
+            (configured, overriding)
         }),
     ]
     .boxed()
@@ -789,7 +814,8 @@ proptest! {
     }
 
     /// Envoy descriptors: two share a key exactly when their domain, kind and entries (a shared
-    /// wildcard's pattern in place of the value) are the same; never a tier's key.
+    /// wildcard's pattern in place of the value) are the same, the kind of an override being the
+    /// configured limit's when it has the same unit; never a tier's key.
     #[test]
     fn envoy_keys_are_injective((x, y) in envoy_pair(), name in tier_name()) {
         let domains = envoy_domains();

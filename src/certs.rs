@@ -226,3 +226,42 @@ pub fn watch_redis(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path) -> Files {
+        let files = vec![("cert_file", dir.join("tls.crt")), ("key_file", dir.join("tls.key"))];
+        let mut files = Files { section: "server.tls", files, settled: Vec::new(), pending: None };
+        files.settled = files.read();
+        files
+    }
+
+    #[test]
+    fn files_are_taken_up_once_they_read_the_same_twice_in_a_row() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("tls.crt"), "cert 1").expect("write");
+        std::fs::write(dir.path().join("tls.key"), "key 1").expect("write");
+        let mut files = files(dir.path());
+        assert_eq!(files.changed(), None, "nothing changed");
+
+        // A writer caught half-way: the certificate is new, the key not yet.
+        std::fs::write(dir.path().join("tls.crt"), "cert 2").expect("write");
+        assert_eq!(files.changed(), None, "first sight of a change");
+        std::fs::write(dir.path().join("tls.key"), "key 2").expect("write");
+        assert_eq!(files.changed(), None, "it changed again since");
+        let new = vec![Ok(b"cert 2".to_vec()), Ok(b"key 2".to_vec())];
+        assert_eq!(files.changed().as_ref(), Some(&new), "the same twice in a row");
+        assert_eq!(files.changed().as_ref(), Some(&new), "offered again until settled");
+        files.settle(new);
+        assert_eq!(files.changed(), None, "settled");
+
+        // A missing file is a change like any other, and names its key when its bytes are asked for.
+        std::fs::remove_file(dir.path().join("tls.key")).expect("remove");
+        assert_eq!(files.changed(), None);
+        let missing = files.changed().expect("the same twice in a row");
+        let problem = files.bytes(missing).expect_err("a file is missing");
+        assert!(problem.starts_with("server.tls.key_file: cannot read"), "{problem}");
+    }
+}

@@ -174,6 +174,18 @@ mod tests {
     use crate::config::parse;
 
     #[test]
+    fn certificate_files_are_not_read_more_often_than_every_100_ms() {
+        let yaml = "server:\n  tls:\n    cert_file: /nonexistent/tls.crt\n    key_file: /nonexistent/tls.key\n    reload_interval_ms: 10\nredis:\n  url: rediss://127.0.0.1:6379\n  tls:\n    reload_interval_ms: 99\ntiers: []\n";
+        let lines = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        for key in ["server.tls.reload_interval_ms", "redis.tls.reload_interval_ms"] {
+            assert!(lines.contains(&format!("t.yaml: {key}: must be at least 100")), "{key}: {lines:?}");
+        }
+        let redis = "redis:\n  url: rediss://127.0.0.1:6379\ntiers: []\n";
+        let settings = parse(redis, "t.yaml", Some(HashMap::new())).expect("valid");
+        assert_eq!(settings.redis.expect("redis").tls_reload_interval, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn admin_tls_is_inherit_or_plaintext() {
         let admin = |tls: &str| {
             format!("admin:\n  grpc_addr: 127.0.0.1:8082\n  token: 0123456789abcdef\n{tls}tiers: []\n")

@@ -468,3 +468,19 @@ async fn a_rotated_redis_client_certificate_is_used_for_new_connections_and_no_d
     }
     assert_eq!(check(&mut client_b, "192.0.2.12").await, Ok("fallback".into()), "B stays refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_stops_accepting_when_the_server_stops() {
+    let ca = Ca::new("listener ca");
+    let leaf = ca.leaf(&["localhost"]);
+    let secret = SecretDir::new(&[("tls.crt", &leaf.0), ("tls.key", &leaf.1)]);
+    let server = SluiceServer::start(&listener_yaml(&secret, false, ""), None).await;
+    let addr = server.grpc_addr;
+    assert!(call_anew(addr, &ca.pem(), None).await.is_ok());
+    server.shutdown().await;
+    assert_eventually!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        Duration::from_secs(2),
+        "the listening socket is still open after the server stopped"
+    );
+}

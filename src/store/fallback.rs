@@ -12,6 +12,9 @@
 //! denies it. Any Redis error opens the circuit, transient or not (an out-of-memory or
 //! re-passworded Redis is no reason to fail a gateway); the ones that will not heal by themselves
 //! are logged as errors.
+//!
+//! When the Redis TLS files rotate, `rotate` connects anew with them and swaps the new connection
+//! in; calls in flight keep the old one, which closes after the last of them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,11 +14,12 @@
 //! ```
 //!
 //! `config` reads YAML and the environment into typed settings; `server` wires everything and
-//! serves gRPC and HTTP (`http`, `metrics`); `reload` swaps in a changed configuration while
-//! serving; `cli` is the binary's front.
+//! serves gRPC and HTTP (`http`, `metrics`), over TLS through `tls`; `reload` swaps in a changed
+//! configuration while serving, `certs` rotated certificate files; `cli` is the binary's front.
 
 pub mod algorithm;
 pub mod api;
+pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -35,4 +36,5 @@ pub mod shedding;
 pub mod store;
 pub mod threat;
 pub mod tier;
+pub mod tls;
 pub mod transport;

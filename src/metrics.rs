@@ -34,6 +34,9 @@ pub const IN_FLIGHT: &str = "sluice_in_flight";
 pub const IN_FLIGHT_LIMIT: &str = "sluice_in_flight_limit";
 pub const UNITS: &str = "sluice_units_total";
 pub const NEAR_LIMIT: &str = "sluice_near_limit_total";
+pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
+pub const TLS_RELOAD_SUCCESSFUL: &str = "sluice_tls_last_reload_successful";
+pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_tls_handshake_failures_total";
 
 /// A decision is near its limit when what remains is under this share of the limit (in percent).
 pub const NEAR_LIMIT_PERCENT: u64 = 20;
@@ -137,6 +140,18 @@ fn describe() {
         "Decisions answered at once by the failure mode, by reason (queue: too many in flight; deadline: the caller's deadline could not be met)"
     );
     describe_gauge!(OVER_LIMIT_KEYS, "Keys held by the over-limit cache");
+    describe_counter!(
+        TLS_RELOADS,
+        "Rotated certificate files taken up (ok) or refused (error), by target (grpc: the gRPC and admin listeners; redis: the Redis client)"
+    );
+    describe_gauge!(
+        TLS_RELOAD_SUCCESSFUL,
+        "1 when the target's certificate files as they are now are the ones in use, 0 while newer files are refused, by target"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out, by listener (grpc, admin) and reason (error, timeout)"
+    );
 }
 
 const DECISION_LABELS: [&str; 4] = ["allow", "deny", "shadow_deny", "exempt"];
@@ -259,6 +274,20 @@ pub fn config_loaded(ok: bool) {
         let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default();
         gauge!(RELOAD_SUCCESS_TIME).set(now.as_secs_f64());
     }
+}
+
+/// Certificate files of `target` (`grpc`, `redis`) read at start, taken up or refused on a change.
+pub fn tls_loaded(target: &'static str, ok: bool) {
+    gauge!(TLS_RELOAD_SUCCESSFUL, "target" => target).set(if ok { 1.0 } else { 0.0 });
+}
+
+pub fn tls_reload(target: &'static str, result: &'static str) {
+    counter!(TLS_RELOADS, "target" => target, "result" => result).increment(1);
+    tls_loaded(target, result == "ok");
+}
+
+pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
+    counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
 }
 
 pub fn circuit_opened() {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::api::admin::AdminService;
 use crate::api::envoy::EnvoyService;
 use crate::api::native::NativeService;
-use crate::config::{Settings, TlsSettings};
+use crate::config::Settings;
 use crate::engine::{Engine, EngineSettings};
 use crate::metrics;
 use crate::store::Store;
@@ -68,6 +68,8 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server.tls.{0}")]
+    Tls(#[from] crate::tls::PemError),
 }
 
 /// How `run` stops when its shutdown future resolves.
@@ -89,6 +91,10 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let handle = metrics::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let grpc_tls = match &settings.server.tls {
+        Some(tls) => Some(crate::certs::watch_listener(tls, stop_rx.clone())?),
+        None => None,
+    };
     let store = build_store(&settings, stop_rx.clone()).await;
     let engine = Arc::new(Engine::new(
         settings.tiers,
@@ -156,16 +162,17 @@ pub async fn run(
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
     let transport = settings.server.transport;
-    let mut builder = crate::transport::configure(tonic::transport::Server::builder(), &transport);
+    let idle =
+        move |tcp: tokio::net::TcpStream| crate::transport::IdleTimeout::new(tcp, transport.idle_timeout);
     if let Some(tls) = &settings.server.tls {
-        builder = builder.tls_config(tls_config(tls))?;
-        tracing::info!(mutual = tls.client_ca_pem.is_some(), "TLS on the gRPC listener");
+        tracing::info!(
+            mutual = tls.client_ca_pem.is_some(),
+            sha256 = %crate::tls::fingerprint(&tls.cert_pem).unwrap_or_default(),
+            reload_interval_ms = tls.reload_interval.as_millis() as u64,
+            "TLS on the gRPC listener"
+        );
     }
-    let incoming = futures::StreamExt::map(
-        tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-        move |conn| conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout)),
-    );
-    let grpc = builder
+    let router = crate::transport::configure(tonic::transport::Server::builder(), &transport)
         .layer(tower::util::MapResponseLayer::new(crate::transport::name_message_bound(
             transport.max_message_bytes,
         )))
@@ -173,8 +180,20 @@ pub async fn run(
         .add_service(reflection()?.build_v1alpha()?)
         .add_service(health_service)
         .add_service(native.into_server().max_decoding_message_size(transport.max_message_bytes))
-        .add_service(envoy.into_server().max_decoding_message_size(transport.max_message_bytes))
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        .add_service(envoy.into_server().max_decoding_message_size(transport.max_message_bytes));
+    let grpc: Serving = match &grpc_tls {
+        Some(config) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::incoming("grpc", listeners.grpc, Arc::clone(config), idle),
+            stopped(stop_rx.clone()),
+        )),
+        None => {
+            let incoming = futures::StreamExt::map(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                move |conn| conn.map(idle),
+            );
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+    };
     let http = axum::serve(
         crate::http::IdleListener::new(listeners.http, transport.idle_timeout),
         crate::http::router(handle, ready, Arc::clone(&engine)),
@@ -183,6 +202,8 @@ pub async fn run(
 
     let admin_stop = stop_rx.clone();
     let admin_engine = Arc::clone(&engine);
+    // `admin.tls: inherit`: the gRPC listener's configuration, rotated with it.
+    let admin_tls = grpc_tls.clone();
     let admin = async move {
         match (listeners.admin, settings.admin) {
             (Some(listener), Some(admin)) => {
@@ -195,20 +216,32 @@ pub async fn run(
                         "the admin API is served without TLS on a non-loopback address: its bearer token crosses the network in the clear"
                     );
                 }
-                let incoming = futures::StreamExt::map(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    move |conn| conn.map(|c| crate::transport::IdleTimeout::new(c, transport.idle_timeout)),
-                );
-                let mut builder =
-                    crate::transport::configure(tonic::transport::Server::builder(), &transport);
-                if let Some(tls) = &admin.tls {
-                    builder = builder.tls_config(tls_config(tls))?;
-                }
-                builder
-                    .add_service(AdminService::into_server(admin_engine, admin.token))
-                    .serve_with_incoming_shutdown(incoming, stopped(admin_stop))
-                    .await
-                    .map_err(ServerError::from)
+                let router = crate::transport::configure(tonic::transport::Server::builder(), &transport)
+                    .add_service(AdminService::into_server(admin_engine, admin.token));
+                let serving: Serving = match (&admin.tls, admin_tls) {
+                    (Some(_), Some(config)) => Box::pin(router.serve_with_incoming_shutdown(
+                        crate::tls::incoming("admin", listener, config, idle),
+                        stopped(admin_stop),
+                    )),
+                    // TLS of its own, should the admin listener ever have it.
+                    (Some(tls), None) => Box::pin(router.serve_with_incoming_shutdown(
+                        crate::tls::incoming(
+                            "admin",
+                            listener,
+                            crate::certs::watch_listener(tls, admin_stop.clone())?,
+                            idle,
+                        ),
+                        stopped(admin_stop),
+                    )),
+                    (None, _) => {
+                        let incoming = futures::StreamExt::map(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            move |conn| conn.map(idle),
+                        );
+                        Box::pin(router.serve_with_incoming_shutdown(incoming, stopped(admin_stop)))
+                    }
+                };
+                serving.await.map_err(ServerError::from)
             }
             _ => Ok(()),
         }
@@ -233,16 +266,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The listener side of TLS: the certificate and key, and for mutual TLS the CA that must have
-/// signed the client's certificate. Shared by the gRPC and admin listeners.
-fn tls_config(tls: &TlsSettings) -> tonic::transport::ServerTlsConfig {
-    let mut config = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-    if let Some(ca) = &tls.client_ca_pem {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-    }
-    config
-}
+/// A tonic server at work, whichever stream of connections it serves.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// Envoy's rate limit service and everything it imports, compiled by build.rs (empty when the
 /// proto files were not found at build time).
@@ -271,6 +296,7 @@ fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerErro
     Ok(builder)
 }
 
+/// The store settings ask for; with Redis, its certificates follow their files (`certs`).
 async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dyn Store> {
     match &settings.redis {
         None => {
@@ -296,7 +322,8 @@ async fn build_store(settings: &Settings, stop: watch::Receiver<bool>) -> Arc<dy
                 CONNECT_PATIENCE,
             )
             .await;
-            spawn_sweeper(store.local().clone(), "fallback", stop);
+            spawn_sweeper(store.local().clone(), "fallback", stop.clone());
+            crate::certs::watch_redis(&redis.access, redis.tls_reload_interval, Arc::clone(&store), stop);
             Arc::new(SharedFallback(store))
         }
     }

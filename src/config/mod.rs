@@ -25,6 +25,7 @@ mod tiers;
 mod validate;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use load::{DEFAULT_YAML, files_read, load, load_with_env, parse};
@@ -105,12 +106,18 @@ pub struct Transport {
     pub max_connection_age: Option<Duration>,
 }
 
-/// The gRPC listener's certificate, key and (for mutual TLS) client CA, read at load time.
+/// The gRPC listener's certificate, key and (for mutual TLS) client CA: what the files held at
+/// load time, and where they are, since they are read again every `reload_interval` while serving
+/// (see `certs`).
 #[derive(Clone)]
 pub struct TlsSettings {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     pub client_ca_pem: Option<Vec<u8>>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Duration,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -128,6 +135,8 @@ pub struct RedisSettings {
     pub access: crate::store::redis::Access,
     pub timeout: Duration,
     pub probe_interval: Duration,
+    /// How often the TLS files in `access` are read for a rotation.
+    pub tls_reload_interval: Duration,
 }
 
 /// Bounds on what one request may carry; past one, the request is refused with

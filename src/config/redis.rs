@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use super::schema::RedisTls;
+use super::validate::MIN_TLS_RELOAD_INTERVAL_MS;
 use super::{RedisSettings, schema};
-use crate::store::redis::{Access, Credentials, TlsFiles, Topology};
+use crate::store::redis::{Access, Credentials, TlsFiles, TlsPaths, Topology};
 
 /// The `redis` section: exactly one topology, its URLs, credentials and TLS files.
 pub(super) fn settings(r: schema::Redis, problems: &mut Vec<String>) -> Option<RedisSettings> {
@@ -83,12 +85,18 @@ pub(super) fn settings(r: schema::Redis, problems: &mut Vec<String>) -> Option<R
         problems.push("redis.username: needs a password (redis.password or redis.password_file)".into());
     }
     let credentials = password.map(|password| Credentials { username: r.username, password });
+    let reload_interval_ms =
+        r.tls.as_ref().map_or(RedisTls::default().reload_interval_ms, |t| t.reload_interval_ms);
+    if reload_interval_ms < MIN_TLS_RELOAD_INTERVAL_MS {
+        problems.push(format!("redis.tls.reload_interval_ms: must be at least {MIN_TLS_RELOAD_INTERVAL_MS}"));
+    }
     let tls = redis_tls(&topology, r.tls, problems);
     (problems.len() == before).then(|| RedisSettings {
         topology,
         access: Access { credentials, tls },
         timeout: Duration::from_millis(r.timeout_ms),
         probe_interval: Duration::from_millis(r.probe_interval_ms),
+        tls_reload_interval: Duration::from_millis(reload_interval_ms),
     })
 }
 
@@ -131,5 +139,16 @@ fn redis_tls(
             None
         }
     };
-    Some(TlsFiles { ca_pem, client })
+    // The Redis client would only find out when it connects, and then say less.
+    let checked = ca_pem.as_deref().map_or(Ok(()), crate::tls::check_ca).and_then(|()| {
+        client.as_ref().map_or(Ok(()), |(cert, key)| crate::tls::check_client_pair(cert, key))
+    });
+    if let Err(e) = checked {
+        problems.push(format!("redis.tls.{e}"));
+    }
+    let paths = TlsPaths {
+        ca: files.ca_file.map(Into::into),
+        client: files.cert_file.zip(files.key_file).map(|(cert, key)| (cert.into(), key.into())),
+    };
+    Some(TlsFiles { ca_pem, client, paths })
 }

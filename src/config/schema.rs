@@ -86,6 +86,14 @@ pub struct Tls {
     /// PEM CA certificate(s): when set, clients must present a certificate it signed (mutual TLS).
     #[serde(default)]
     pub client_ca_file: Option<String>,
+    /// How often the three files are read for a rotation (as cert-manager renews a mounted
+    /// Secret); new files are taken up once they read the same twice in a row.
+    #[serde(default = "default_tls_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_interval_ms() -> u64 {
+    5000
 }
 
 impl Default for Server {
@@ -142,7 +150,7 @@ pub struct Redis {
     pub tls: Option<RedisTls>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTls {
     /// PEM CA certificate(s) that signed the servers' certificates; absent, the system's roots.
@@ -151,6 +159,20 @@ pub struct RedisTls {
     pub cert_file: Option<String>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<String>,
+    /// How often these files are read for a rotation; new files are taken up (with a new
+    /// connection to Redis) once they read the same twice in a row.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RedisTls {
+    fn default() -> Self {
+        RedisTls {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            reload_interval_ms: default_tls_reload_interval_ms(),
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {

@@ -11,6 +11,9 @@ use super::{
     redis, schema, tiers,
 };
 
+/// Reading certificate files more often than this buys nothing and costs a busy loop.
+pub(super) const MIN_TLS_RELOAD_INTERVAL_MS: u64 = 100;
+
 /// The settings a file describes, or every problem it has.
 pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
@@ -34,7 +37,27 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             Some(path) => Some(read("client_ca_file", path)?),
             None => None,
         };
-        Some(TlsSettings { cert_pem: cert_pem?, key_pem: key_pem?, client_ca_pem })
+        if t.reload_interval_ms < MIN_TLS_RELOAD_INTERVAL_MS {
+            problems.push(format!(
+                "server.tls.reload_interval_ms: must be at least {MIN_TLS_RELOAD_INTERVAL_MS}"
+            ));
+        }
+        let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+        // Built here only to be checked, so that `check-config` names the file at fault; the server
+        // builds its own.
+        if let Err(e) = crate::tls::server_config(&cert_pem, &key_pem, client_ca_pem.as_deref()) {
+            problems.push(format!("server.tls.{e}"));
+            return None;
+        }
+        Some(TlsSettings {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+            cert_file: t.cert_file.clone().into(),
+            key_file: t.key_file.clone().into(),
+            client_ca_file: t.client_ca_file.clone().map(Into::into),
+            reload_interval: Duration::from_millis(t.reload_interval_ms),
+        })
     });
 
     let mut notices = Vec::new();
@@ -149,6 +172,18 @@ mod tests {
     use std::collections::HashMap;
 
     use crate::config::parse;
+
+    #[test]
+    fn certificate_files_are_not_read_more_often_than_every_100_ms() {
+        let yaml = "server:\n  tls:\n    cert_file: /nonexistent/tls.crt\n    key_file: /nonexistent/tls.key\n    reload_interval_ms: 10\nredis:\n  url: rediss://127.0.0.1:6379\n  tls:\n    reload_interval_ms: 99\ntiers: []\n";
+        let lines = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        for key in ["server.tls.reload_interval_ms", "redis.tls.reload_interval_ms"] {
+            assert!(lines.contains(&format!("t.yaml: {key}: must be at least 100")), "{key}: {lines:?}");
+        }
+        let redis = "redis:\n  url: rediss://127.0.0.1:6379\ntiers: []\n";
+        let settings = parse(redis, "t.yaml", Some(HashMap::new())).expect("valid");
+        assert_eq!(settings.redis.expect("redis").tls_reload_interval, std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn admin_tls_is_inherit_or_plaintext() {

@@ -12,12 +12,15 @@
 //! denies it. Any Redis error opens the circuit, transient or not (an out-of-memory or
 //! re-passworded Redis is no reason to fail a gateway); the ones that will not heal by themselves
 //! are logged as errors.
+//!
+//! When the Redis TLS files rotate, `rotate` connects anew with them and swaps the new connection
+//! in; calls in flight keep the old one, which closes after the last of them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::BoxFuture;
 
 use super::local::{Counting, LocalStore};
@@ -52,7 +55,11 @@ pub struct FallbackStore {
     settings: FallbackSettings,
     /// Where to connect when no connection was ever made.
     topology: Topology,
-    access: Access,
+    /// What to connect with: replaced when the TLS files rotate (`rotate`).
+    access: ArcSwap<Access>,
+    /// Held by whoever is connecting anew to store the connection (the probe's first connection,
+    /// `rotate`), so that an older connection never replaces a newer one.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl FallbackStore {
@@ -73,7 +80,8 @@ impl FallbackStore {
             open: AtomicBool::new(true),
             settings,
             topology,
-            access,
+            access: ArcSwap::from_pointee(access),
+            connecting: tokio::sync::Mutex::new(()),
         });
         match first {
             Ok(Ok(redis)) => {
@@ -123,18 +131,18 @@ impl FallbackStore {
             }
             let patience = self.settings.deadline * 4;
             let answered = match self.redis.load_full() {
-                None => match tokio::time::timeout(
-                    patience.max(Duration::from_secs(1)),
-                    RedisStore::connect(&self.topology, &self.access, self.settings.deadline),
-                )
-                .await
-                {
-                    Ok(Ok(redis)) => {
-                        self.redis.store(Some(Arc::new(redis)));
-                        true
-                    }
-                    _ => false,
-                },
+                None => {
+                    let _connecting = self.connecting.lock().await;
+                    // `rotate` may have connected meanwhile: that was an answer too.
+                    self.redis.load().is_some()
+                        || match self.connect().await {
+                            Ok(redis) => {
+                                self.redis.store(Some(Arc::new(redis)));
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                }
                 Some(redis) => {
                     let ping = async {
                         redis.recover().await?;
@@ -149,6 +157,33 @@ impl FallbackStore {
                 return;
             }
         }
+    }
+
+    /// A new connection with the access of the moment, within the probe's patience.
+    async fn connect(&self) -> Result<RedisStore, StoreError> {
+        let patience = (self.settings.deadline * 4).max(Duration::from_secs(1));
+        let access = self.access.load_full();
+        match tokio::time::timeout(
+            patience,
+            RedisStore::connect(&self.topology, &access, self.settings.deadline),
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(StoreError::Timeout(u64::try_from(patience.as_millis()).unwrap_or(u64::MAX))),
+        }
+    }
+
+    /// From now on, connects with `access` (rotated TLS files): opens a connection with it and, once
+    /// Redis has answered on it, makes it the one every new call uses. Calls in flight finish on the
+    /// old connection, which closes when the last of them is done. If the new connection fails,
+    /// the old one stays in use and the error says why; call again to retry.
+    pub async fn rotate(&self, access: Access) -> Result<(), StoreError> {
+        let _connecting = self.connecting.lock().await;
+        self.access.store(Arc::new(access));
+        let redis = self.connect().await?;
+        self.redis.store(Some(Arc::new(redis)));
+        Ok(())
     }
 
     /// Opens the circuit (once) and starts the probe that will close it.

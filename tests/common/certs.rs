@@ -138,3 +138,56 @@ pub fn client_url(tls: Option<&NodeTls>, port: u16) -> String {
     let scheme = if tls.is_some() { "rediss" } else { "redis" };
     format!("{scheme}://127.0.0.1:{}", client_port(tls, port))
 }
+
+/// A directory laid out as the kubelet mounts a Secret: the files live in a generation directory
+/// (`..<n>/`), `..data` links to it, and each visible name links through `..data`. `rotate` writes
+/// a new generation and swaps `..data` over to it in one rename, as the kubelet does, so a reader
+/// sees all the old files or all the new ones.
+pub struct SecretDir {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl SecretDir {
+    /// The first generation of `files` (name, content).
+    pub fn new(files: &[(&str, &str)]) -> SecretDir {
+        let mut secret = SecretDir { dir: tempfile::tempdir().expect("temp dir"), generation: 0 };
+        secret.rotate(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), secret.dir.path().join(name))
+                .expect("link a visible name");
+        }
+        secret
+    }
+
+    /// The visible path of `name`, as a configuration names it.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Swaps in a new generation holding `files` (the same names as the first), then removes the
+    /// previous generation.
+    pub fn rotate(&mut self, files: &[(&str, &str)]) {
+        self.generation += 1;
+        let root = self.dir.path();
+        let generation = format!("..{}", self.generation);
+        std::fs::create_dir(root.join(&generation)).expect("a generation directory");
+        for (name, content) in files {
+            std::fs::write(root.join(&generation).join(name), content).expect("write a secret file");
+        }
+        let _ = std::fs::remove_file(root.join("..data_tmp"));
+        std::os::unix::fs::symlink(&generation, root.join("..data_tmp")).expect("link ..data_tmp");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
+        if self.generation > 1 {
+            std::fs::remove_dir_all(root.join(format!("..{}", self.generation - 1)))
+                .expect("remove the previous generation");
+        }
+    }
+}
+
+/// The DER of the first certificate in a PEM text (the leaf).
+pub fn leaf_der(pem: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate").to_vec()
+}

@@ -6,6 +6,7 @@
 //! Gathering them into explicit pipelines was measured and bought nothing: Redis spends its time
 //! running the script, not reading sockets (see docs/performance.md).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,15 @@ impl Credentials {
 pub struct TlsFiles {
     pub ca_pem: Option<Vec<u8>>,
     pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// Where the bytes were read from, to be read again when the files rotate.
+    pub paths: TlsPaths,
+}
+
+/// The files behind `TlsFiles`: the CA, and the client certificate and key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for TlsFiles {

@@ -22,7 +22,7 @@ mod connection;
 mod protocol;
 mod slot;
 
-pub use connection::{Access, Credentials, TlsFiles, Topology};
+pub use connection::{Access, Credentials, TlsFiles, TlsPaths, Topology};
 pub use slot::key_slot;
 
 use std::sync::Arc;

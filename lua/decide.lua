@@ -40,7 +40,7 @@ end
 local function write(c, v, now)
   v.written = true
   if c.algorithm == 1 then
-    sliding_window_commit(c.key, v.state, c.window, c.cost)
+    sliding_window_commit(c.key, v.state, now, c.window, c.cost)
   elseif c.algorithm == 3 then
     fixed_window_commit(c.key, v.state, now, c.window, c.cost)
   else

@@ -4,7 +4,8 @@
 -- fixed_window_check(key, now, limit, window, cost)
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
 -- fixed_window_commit(key, state, now, window, cost) consumes cost; the key expires when its
---   window ends, when its count can no longer matter.
+--   window ends, when its count can no longer matter (set by the window's first write: the end
+--   does not move).
 
 local function fixed_window_check(key, now, limit, window, cost)
   local st = redis.call('HMGET', key, 's', 'c')
@@ -18,7 +19,8 @@ local function fixed_window_check(key, now, limit, window, cost)
   local after = math.min(c + cost, MAX_COUNT)
   -- until the window ends: at least 1 ms, since now lies inside it
   local reset = math.max(start + window - now, 1)
-  local state = { start, c }
+  -- the window counted, its count, and the window the key held
+  local state = { start, c, s }
   if after <= limit then
     return true, limit - after, 0, reset, state
   end
@@ -27,5 +29,7 @@ end
 
 local function fixed_window_commit(key, state, now, window, cost)
   redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT))
-  redis.call('PEXPIRE', key, math.max(state[1] + window - now, 1))
+  if state[3] ~= state[1] then
+    redis.call('PEXPIRE', key, math.max(state[1] + window - now, 1))
+  end
 end

@@ -3,8 +3,10 @@
 --       p (previous count).
 -- sliding_window_check(key, now, limit, window, cost)
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
--- sliding_window_commit(key, state, window, cost) consumes cost; the key expires two windows
---   after its last write, when its counts can no longer matter.
+-- sliding_window_commit(key, state, now, window, cost) consumes cost. The key expires three
+--   windows after the start of the window it counts, so at least two windows after its last write,
+--   when its counts can no longer matter: its expiry is set when that window begins (the first
+--   write of a window), not on every write, which saves a command per decision.
 -- sliding_window_current(key) -> the stored current window's start (ms) and count, 0 and 0 when
 --   none: what the behavioural baseline folds in (baseline.lua).
 -- Integers stay below 2^53 (the config bounds limit * window, and counts saturate at MAX_COUNT),
@@ -32,7 +34,8 @@ local function sliding_window_check(key, now, limit, window, cost)
   local elapsed = math.min(math.max(now - start, 0), window)
   local used = p * (window - elapsed) + c * window
   local capacity = limit * window
-  local state = { start, c, p }
+  -- the window counted, its counts, and the window the key held (the expiry moves with the window)
+  local state = { start, c, p, s }
   if used + cost * window <= capacity then
     local remaining = math.floor((capacity - used - cost * window) / window)
     return true, remaining, 0, sliding_window_reset(c + cost, elapsed, window), state
@@ -49,9 +52,11 @@ local function sliding_window_check(key, now, limit, window, cost)
   return false, remaining, retry, sliding_window_reset(c, elapsed, window), state
 end
 
-local function sliding_window_commit(key, state, window, cost)
+local function sliding_window_commit(key, state, now, window, cost)
   redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT), 'p', state[3])
-  redis.call('PEXPIRE', key, 2 * window)
+  if state[4] ~= state[1] then
+    redis.call('PEXPIRE', key, state[1] + 3 * window - now)
+  end
 end
 
 local function sliding_window_current(key)

@@ -32,8 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(["sluice/v1/sluice.proto", "sluice/v1/admin.proto"], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("sluice_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    let encoded = prost::Message::encode_to_vec(&descriptors);
+    std::fs::write(out_dir.join("sluice_descriptor.bin"), &encoded)?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+    // The canonical protobuf JSON mapping of the same messages, for the HTTP API: every field
+    // written, defaults included (a denial says "allowed": false).
+    pbjson_build::Builder::new().register_descriptors(&encoded)?.emit_fields().build(&[".sluice.v1"])?;
 
     let envoy = match envoy_proto_dir() {
         Some(dir) => {

@@ -72,3 +72,14 @@ impl axum::serve::Listener for IdleListener {
         self.inner.local_addr()
     }
 }
+
+/// A connection's peer address, for handlers served through `IdleListener`
+/// (`ConnectInfo<Peer>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, IdleListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, IdleListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}

@@ -36,6 +36,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The admin API's, when it is configured.
     pub admin: Option<TcpListener>,
+    /// The HTTP decision API's, when it is configured.
+    pub http_api: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -50,10 +52,15 @@ impl Listeners {
             Some(admin) => Some(bind("admin.grpc_addr", admin.grpc_addr).await?),
             None => None,
         };
+        let http_api = match &settings.http_api {
+            Some(api) => Some(bind("http_api.addr", api.addr).await?),
+            None => None,
+        };
         Ok(Listeners {
             grpc: bind("server.grpc_addr", settings.server.grpc_addr).await?,
             http: bind("server.http_addr", settings.server.http_addr).await?,
             admin,
+            http_api,
         })
     }
 }
@@ -200,6 +207,27 @@ pub async fn run(
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
 
+    let api_stop = stop_rx.clone();
+    let api_engine = Arc::clone(&engine);
+    let limits = settings.limits;
+    let max_body_bytes = transport.max_message_bytes;
+    let http_api = async move {
+        match (listeners.http_api, settings.http_api.clone()) {
+            (Some(listener), Some(api)) => {
+                tracing::info!(http_api = %listener.local_addr()?, "serving the HTTP decision API");
+                axum::serve(
+                    crate::http::IdleListener::new(listener, transport.idle_timeout),
+                    crate::api::http_api::router(api_engine, limits, api, max_body_bytes)
+                        .into_make_service_with_connect_info::<crate::http::Peer>(),
+                )
+                .with_graceful_shutdown(stopped(api_stop))
+                .await
+                .map_err(ServerError::from)
+            }
+            _ => Ok(()),
+        }
+    };
+
     let admin_stop = stop_rx.clone();
     let admin_engine = Arc::clone(&engine);
     // `admin.tls: inherit`: the gRPC listener's configuration, rotated with it.
@@ -250,7 +278,8 @@ pub async fn run(
         tokio::try_join!(
             async { grpc.await.map_err(ServerError::from) },
             async { http.await.map_err(ServerError::from) },
-            admin
+            admin,
+            http_api
         )
     };
     tokio::pin!(serving);

@@ -2,7 +2,9 @@
 //! decides anything.
 
 pub mod admin;
+pub mod client_ip;
 pub mod envoy;
+pub mod http_api;
 pub mod native;
 pub mod status;
 
@@ -75,6 +77,7 @@ impl From<crate::request::Attributes> for pb::Attributes {
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("sluice.v1");
+    include!(concat!(env!("OUT_DIR"), "/sluice.v1.serde.rs"));
 
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));

@@ -33,50 +33,70 @@ impl NativeService {
 #[tonic::async_trait]
 impl pb::rate_limiter_server::RateLimiter for NativeService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let correlation_id = correlation_id(request.metadata());
+        let correlation_id = correlation_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
         let deadline = super::deadline(request.metadata());
-        let request = request.into_inner();
-        let mut requests = to_requests(request.requests, self.limits).inspect_err(super::status::rejected)?;
-        for r in &mut requests {
-            r.correlation_id.clone_from(&correlation_id);
-        }
-        let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
-
-        let decisions = self
-            .engine
-            .check_batch(&requests, mode, deadline)
+        check(&self.engine, self.limits, request.into_inner(), correlation_id, deadline)
             .await
-            .map_err(|(i, e)| from_request_error(i, e))?
-            .into_iter()
-            .map(to_proto)
-            .collect();
-        Ok(Response::new(pb::CheckResponse { decisions }))
+            .map(Response::new)
     }
 
     async fn report(
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        let correlation_id = correlation_id(request.metadata());
-        let r = request.into_inner();
-        let outcome = match pb::Outcome::try_from(r.outcome) {
-            Ok(pb::Outcome::Success) => engine::Reported::Success,
-            Ok(pb::Outcome::Failure) => engine::Reported::Failure,
-            _ => return Err(invalid("outcome", "must be SUCCESS or FAILURE")),
-        };
-        let at = |field: &str| field.to_owned();
-        let request =
-            engine::Request { correlation_id, ..to_parts(&at, r.attributes, r.tiers, self.limits)? };
-        let counted =
-            self.engine.report(&request, outcome).await.map_err(super::status::from_report_error)?;
-        Ok(Response::new(pb::ReportResponse { tiers_counted: u32::try_from(counted).unwrap_or(u32::MAX) }))
+        let correlation_id = correlation_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
+        report(&self.engine, self.limits, request.into_inner(), correlation_id).await.map(Response::new)
     }
 }
 
-/// The gateway's request id (`x-request-id`), at most 128 bytes of it.
-fn correlation_id(metadata: &tonic::metadata::MetadataMap) -> String {
-    let id = metadata.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    id.char_indices().take_while(|(i, c)| i + c.len_utf8() <= 128).map(|(_, c)| c).collect()
+/// `Check`, whichever API carried it: the input checked against its bounds, every request
+/// decided, the decisions converted back.
+pub async fn check(
+    engine: &Engine,
+    limits: InputLimits,
+    request: pb::CheckRequest,
+    correlation_id: String,
+    deadline: Option<std::time::Instant>,
+) -> Result<pb::CheckResponse, Status> {
+    let mut requests = to_requests(request.requests, limits).inspect_err(super::status::rejected)?;
+    for r in &mut requests {
+        r.correlation_id.clone_from(&correlation_id);
+    }
+    let mode = if request.dry_run { Mode::DryRun } else { Mode::Consume };
+    let decisions = engine
+        .check_batch(&requests, mode, deadline)
+        .await
+        .map_err(|(i, e)| from_request_error(i, e))?
+        .into_iter()
+        .map(to_proto)
+        .collect();
+    Ok(pb::CheckResponse { decisions })
+}
+
+/// `Report`, whichever API carried it.
+pub async fn report(
+    engine: &Engine,
+    limits: InputLimits,
+    r: pb::ReportRequest,
+    correlation_id: String,
+) -> Result<pb::ReportResponse, Status> {
+    let outcome = match pb::Outcome::try_from(r.outcome) {
+        Ok(pb::Outcome::Success) => engine::Reported::Success,
+        Ok(pb::Outcome::Failure) => engine::Reported::Failure,
+        _ => return Err(invalid("outcome", "must be SUCCESS or FAILURE")),
+    };
+    let at = |field: &str| field.to_owned();
+    let request = engine::Request { correlation_id, ..to_parts(&at, r.attributes, r.tiers, limits)? };
+    let counted = engine.report(&request, outcome).await.map_err(super::status::from_report_error)?;
+    Ok(pb::ReportResponse { tiers_counted: u32::try_from(counted).unwrap_or(u32::MAX) })
+}
+
+/// The gateway's request id (`x-request-id`), at most 128 bytes of it; empty unless it is all
+/// visible ASCII (or tabs), so nothing in it means anything to a log.
+pub fn correlation_id(value: Option<&[u8]>) -> String {
+    let visible = |v: &&[u8]| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    let id = value.filter(visible).unwrap_or_default();
+    String::from_utf8_lossy(&id[..id.len().min(128)]).into_owned()
 }
 
 /// Checks a batch against the input bounds and converts it to engine requests.

@@ -52,6 +52,8 @@ pub struct Settings {
     /// Most entries in the Redis security event stream.
     pub events_max_len: u64,
     pub admin: Option<AdminSettings>,
+    /// The HTTP decision API and forward-auth; `None`: not served.
+    pub http_api: Option<HttpApiSettings>,
     /// Domains in envoyproxy/ratelimit's format, for `ShouldRateLimit`.
     pub domains: crate::envoy::Domains,
     /// The files and directories the domains were read from, watched for changes.
@@ -59,6 +61,18 @@ pub struct Settings {
     pub envoy_headers: crate::decision::Headers,
     /// What the settings leave off that an operator may have meant on, for the log at start.
     pub notices: Vec<String>,
+}
+
+/// The HTTP API's listener and how forward-auth reads a request (`http_api`).
+#[derive(Clone, Debug)]
+pub struct HttpApiSettings {
+    pub addr: SocketAddr,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Forward-auth's status for a denial.
+    pub deny_status: u16,
+    /// Header name (lower case) to attribute, for forward-auth.
+    pub attributes: Vec<(String, crate::request::Attr)>,
 }
 
 /// The admin API's listener, its TLS and its token (never logged).

@@ -30,6 +30,9 @@ pub struct File {
     /// `envoy.service.ratelimit.v3.RateLimitService` and its configuration files.
     #[serde(default)]
     pub envoy: Envoy,
+    /// The HTTP decision API and forward-auth for gateways; absent, they are not served.
+    #[serde(default)]
+    pub http_api: Option<HttpApi>,
     /// Size limits on every request, so hostile input costs bounded memory.
     #[serde(default)]
     pub limits: Limits,
@@ -248,6 +251,38 @@ impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
     }
+}
+
+/// Decisions over HTTP, on a listener of its own: `POST /v1/check` and `POST /v1/report` (sluice.v1's
+/// messages in their canonical JSON form) and `/v1/forward-auth` (any method), which takes the
+/// original request from the headers a gateway sends (NGINX `auth_request`, Caddy `forward_auth`,
+/// Traefik `forwardAuth`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpApi {
+    /// Its listener, e.g. 0.0.0.0:8083. Without it the HTTP API is off.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// The peers (addresses or CIDRs, e.g. 10.0.0.0/8) whose `X-Forwarded-For` and `X-Real-IP` are
+    /// believed: the client is the right-most address of `X-Forwarded-For` that is not one of
+    /// them. From any other peer, the peer's own address is the client. Empty (default): no header
+    /// is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Forward-auth's status for a denied request: 429 (default), or 403 for NGINX, whose
+    /// `auth_request` passes on only 401 and 403 (its example maps 403 back to 429).
+    #[serde(default = "default_deny_status")]
+    pub deny_status: u16,
+    /// Request headers whose values become attributes for forward-auth, by header name: e.g.
+    /// `{X-User: user, X-Client-Tier: client_tier, X-Login-Name: username}` (a name that is not a
+    /// built-in attribute is a free-form one). The gateway must set or remove these headers, or a
+    /// client could choose them.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+fn default_deny_status() -> u16 {
+    429
 }
 
 #[derive(Debug, Deserialize)]

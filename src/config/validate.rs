@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::duration::secs;
 use super::{
-    AdminSettings, InputLimits, LogSettings, ServerSettings, Settings, TlsSettings, Transport, envoy_file,
-    redis, schema, tiers,
+    AdminSettings, HttpApiSettings, InputLimits, LogSettings, ServerSettings, Settings, TlsSettings,
+    Transport, envoy_file, redis, schema, tiers,
 };
 
 /// Reading certificate files more often than this buys nothing and costs a busy loop.
@@ -86,6 +86,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
         Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
     });
+    let http_api = file.http_api.and_then(|h| http_api(h, &mut problems, &mut notices));
     let mut domains = envoy_file::domains(&file.envoy, &mut problems);
     let envoy_headers = file.envoy.headers.or_report("envoy.headers", &mut problems).unwrap_or_default();
     let redis = file.redis.and_then(|r| redis::settings(r, &mut problems));
@@ -160,11 +161,60 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         tiers,
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
+        http_api,
         notices,
         domains,
         envoy_paths: file.envoy.paths.iter().map(std::path::PathBuf::from).collect(),
         envoy_headers: envoy_headers.into(),
     })
+}
+
+/// The `http_api` section: its listener, trusted proxies, denial status and header attributes.
+fn http_api(
+    h: schema::HttpApi,
+    problems: &mut Vec<String>,
+    notices: &mut Vec<String>,
+) -> Option<HttpApiSettings> {
+    let Some(addr) = h.addr else {
+        notices.push("the HTTP API is off: http_api.addr is not set".to_owned());
+        return None;
+    };
+    let addr = addr
+        .parse::<SocketAddr>()
+        .map_err(|_| problems.push(format!("http_api.addr: {addr:?} is not an address like 0.0.0.0:8083")))
+        .ok();
+    let mut trusted_proxies = Vec::with_capacity(h.trusted_proxies.len());
+    for (i, entry) in h.trusted_proxies.iter().enumerate() {
+        let net = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => problems.push(format!(
+                "http_api.trusted_proxies[{i}]: {entry:?} is not an address or a CIDR like 10.0.0.0/8"
+            )),
+        }
+    }
+    if !(400..=499).contains(&h.deny_status) {
+        problems.push(format!(
+            "http_api.deny_status: {} is not a 4xx status (429, or 403 for NGINX)",
+            h.deny_status
+        ));
+    }
+    let mut attributes = Vec::with_capacity(h.attributes.len());
+    for (header, attribute) in &h.attributes {
+        let key = format!("http_api.attributes[{header:?}]");
+        if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push(format!("{key}: not a header name"));
+            continue;
+        }
+        if attribute.is_empty() || !attribute.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            problems.push(format!("{key}: {attribute:?} is not an attribute name (letters, digits, _)"));
+            continue;
+        }
+        attributes.push((header.to_ascii_lowercase(), crate::request::Attr::parse(attribute)));
+    }
+    Some(HttpApiSettings { addr: addr?, trusted_proxies, deny_status: h.deny_status, attributes })
 }
 
 #[cfg(test)]
@@ -183,6 +233,29 @@ mod tests {
         let redis = "redis:\n  url: rediss://127.0.0.1:6379\ntiers: []\n";
         let settings = parse(redis, "t.yaml", Some(HashMap::new())).expect("valid");
         assert_eq!(settings.redis.expect("redis").tls_reload_interval, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn http_api_problems_name_their_keys() {
+        let yaml = "http_api:\n  addr: nowhere\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, bogus]\n  \
+                    deny_status: 200\n  attributes: {\"X User\": user, X-Tier: \"client tier\"}\ntiers: []\n";
+        let lines = parse(yaml, "t.yaml", Some(HashMap::new())).expect_err("bad").lines();
+        for key in [
+            "http_api.addr",
+            "http_api.trusted_proxies[1]",
+            "http_api.trusted_proxies[2]",
+            "http_api.deny_status",
+            "http_api.attributes[\"X User\"]",
+            "http_api.attributes[\"X-Tier\"]",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(key)), "{key} in {lines:?}");
+        }
+        let ok = "http_api:\n  addr: 127.0.0.1:8083\n  trusted_proxies: [10.1.2.3/8, \"::1\"]\n  \
+                  attributes: {X-User: user, X-Login-Name: username}\ntiers: []\n";
+        let api = parse(ok, "t.yaml", Some(HashMap::new())).expect("valid").http_api.expect("served");
+        assert_eq!(api.deny_status, 429, "the default");
+        assert_eq!(api.trusted_proxies[0].to_string(), "10.0.0.0/8", "host bits dropped");
+        assert_eq!(api.attributes[0].0, "x-login-name", "header names in lower case");
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct SluiceServer {
     pub http_addr: SocketAddr,
     /// The admin API's address, when the config has an `admin` section.
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP decision API's address, when the config has an `http_api` section.
+    pub http_api_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _config: tempfile::NamedTempFile,
@@ -255,6 +257,7 @@ impl SluiceServer {
         let grpc_addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.local_addr().expect("addr");
         let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().expect("addr"));
+        let http_api_addr = listeners.http_api.as_ref().map(|l| l.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server::run(settings, listeners, async {
@@ -264,7 +267,15 @@ impl SluiceServer {
             .await
             .expect("server failed");
         });
-        SluiceServer { grpc_addr, http_addr, admin_addr, stop: Some(stop), task: Some(task), _config: file }
+        SluiceServer {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            http_api_addr,
+            stop: Some(stop),
+            task: Some(task),
+            _config: file,
+        }
     }
 
     pub async fn client(&self) -> RateLimiterClient<Channel> {

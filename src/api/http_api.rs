@@ -1,0 +1,185 @@
+//! Decisions over HTTP (`http_api`), for gateways and services that do not speak gRPC:
+//!
+//! - `POST /v1/check` and `POST /v1/report`: sluice.v1's `CheckRequest` and `ReportRequest` in their
+//!   canonical JSON form, answered with `CheckResponse` and `ReportResponse`. They go through the
+//!   same code as gRPC (`native::check`, `native::report`): the same bounds, load shedding and
+//!   failure modes. A denial is 200 with `"allowed": false`: this is an API, not a gate. Bad input
+//!   is 400 with gRPC's message, which names the field: `{"code": 3, "message": "..."}`.
+//! - `/v1/forward-auth` (any method): the original request comes from the headers a gateway sends
+//!   (`X-Forwarded-Method`/`X-Original-Method`, `X-Forwarded-Uri`/`X-Original-URI`,
+//!   `X-Forwarded-Host`, `User-Agent`, the configured attribute headers; the client from
+//!   `client_ip`). Allowed: 200 with the RateLimit headers, which the gateway can copy; denied:
+//!   `http_api.deny_status` with `Retry-After` and the RateLimit headers.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use tonic::{Code, Status};
+
+use super::{client_ip, native, pb};
+use crate::check::Mode;
+use crate::config::{HttpApiSettings, InputLimits};
+use crate::engine::Engine;
+use crate::http::Peer;
+
+#[derive(Clone)]
+struct Api {
+    engine: Arc<Engine>,
+    limits: InputLimits,
+    settings: Arc<HttpApiSettings>,
+}
+
+/// The HTTP API's routes. Bodies are bounded by `max_body_bytes` (the gRPC port's message bound).
+pub fn router(
+    engine: Arc<Engine>,
+    limits: InputLimits,
+    settings: HttpApiSettings,
+    max_body_bytes: usize,
+) -> Router {
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/report", post(report))
+        .route("/v1/forward-auth", any(forward_auth))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(Api { engine, limits, settings: Arc::new(settings) })
+}
+
+async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: pb::CheckRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(status) => return error(&status),
+    };
+    match native::check(&api.engine, api.limits, request, request_id(&headers), None).await {
+        Ok(response) => json(StatusCode::OK, &response),
+        Err(status) => error(&status),
+    }
+}
+
+async fn report(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: pb::ReportRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(status) => return error(&status),
+    };
+    match native::report(&api.engine, api.limits, request, request_id(&headers)).await {
+        Ok(response) => json(StatusCode::OK, &response),
+        Err(status) => error(&status),
+    }
+}
+
+async fn forward_auth(
+    State(api): State<Api>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let original_method = text("x-forwarded-method").or_else(|| text("x-original-method"));
+    // The path only: a query string would let a client make a fresh key with every `?x=...`.
+    let endpoint = text("x-forwarded-uri")
+        .or_else(|| text("x-original-uri"))
+        .map(|uri| uri.split(['?', '#']).next().unwrap_or_default().to_owned());
+    let mut attributes = pb::Attributes {
+        ip: client_ip::client_ip(peer, &headers, &api.settings.trusted_proxies).to_string(),
+        method: original_method.unwrap_or_else(|| method.to_string()),
+        endpoint: endpoint.unwrap_or_default(),
+        user_agent: text("user-agent").unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(host) = text("x-forwarded-host") {
+        attributes.extra.insert("host".to_owned(), host);
+    }
+    for (name, attribute) in &api.settings.attributes {
+        if let Some(value) = text(name) {
+            set(&mut attributes, attribute, value);
+        }
+    }
+    let request = pb::RateRequest { attributes: Some(attributes), cost: None, tiers: Vec::new() };
+    let requests = match native::to_requests(vec![request], api.limits) {
+        Ok(mut r) => {
+            r[0].correlation_id = request_id(&headers);
+            r
+        }
+        Err(status) => {
+            super::status::rejected(&status);
+            return error(&status);
+        }
+    };
+    let decision = match api.engine.check_batch(&requests, Mode::Consume, None).await {
+        Ok(mut decisions) => decisions.remove(0),
+        Err((i, e)) => return error(&super::status::from_request_error(i, e)),
+    };
+    let status = if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::from_u16(api.settings.deny_status).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+    };
+    let mut response = (status, if decision.allowed { "allowed\n" } else { "denied\n" }).into_response();
+    for (name, value) in decision.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// Sets a forward-auth attribute from a configured header.
+fn set(attributes: &mut pb::Attributes, attribute: &crate::request::Attr, value: String) {
+    use crate::request::Attr;
+    let slot = match attribute {
+        Attr::Ip => &mut attributes.ip,
+        Attr::User => &mut attributes.user,
+        Attr::Endpoint => &mut attributes.endpoint,
+        Attr::Method => &mut attributes.method,
+        Attr::UserAgent => &mut attributes.user_agent,
+        Attr::ClientTier => &mut attributes.client_tier,
+        Attr::Extra(name) => attributes.extra.entry(name.clone()).or_default(),
+    };
+    *slot = value;
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    native::correlation_id(headers.get("x-request-id").map(HeaderValue::as_bytes))
+}
+
+/// A JSON body as the message `T`; a body that is not one is INVALID_ARGUMENT, naming where it
+/// went wrong.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let at = e.path().to_string();
+        let message = if at == "." { e.inner().to_string() } else { format!("{at}: {}", e.inner()) };
+        Status::invalid_argument(message)
+    })
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => error(&Status::internal(format!("cannot write the answer: {e}"))),
+    }
+}
+
+/// A gRPC status as HTTP: the status code gRPC's HTTP mapping gives it, and `{"code", "message"}`.
+fn error(status: &Status) -> Response {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = serde_json::json!({ "code": status.code() as i32, "message": status.message() });
+    json_value(http, &body)
+}
+
+fn json_value(status: StatusCode, body: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}

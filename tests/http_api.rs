@@ -1,0 +1,243 @@
+//! The HTTP decision API and forward-auth (`http_api`), over real HTTP/1.1 on loopback: the JSON
+//! API answers as gRPC does (same decisions, same field-naming errors), and forward-auth takes the
+//! original request from a gateway's headers, believing `X-Forwarded-For` only from trusted peers.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::SluiceServer;
+use sluice::api::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TIERS: &str = "
+tiers:
+  - name: login
+    match:
+      endpoint: /auth/login
+      method: POST
+    key: [ip]
+    limit: 1
+    window: 1h
+  - name: edge
+    key: [ip]
+    limit: 3
+    window: 1h
+  - name: api
+    key: [user]
+    limit: 2
+    window: 1h
+";
+
+/// A server with the HTTP API; `extra` goes in its `http_api` section.
+async fn server(extra: &str) -> SluiceServer {
+    let yaml = format!("http_api:\n  addr: 127.0.0.1:0\n{extra}{TIERS}");
+    SluiceServer::start(&yaml, None).await
+}
+
+/// One HTTP/1.1 exchange from `source` (a loopback address of the test's choosing, so a test can
+/// play several clients): status, headers (lower-case names) and body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn exchange(
+    to: SocketAddr,
+    source: IpAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind the client's address");
+    let mut stream = socket.connect(to).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    // A server that refuses a body may answer and close before reading all of it: what it
+    // answered is read all the same.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer { status: status.expect("a status line"), headers, body: body.to_owned() }
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+async fn post(server: &SluiceServer, path: &str, body: &str) -> Answer {
+    let to = server.http_api_addr.expect("the HTTP API listens");
+    exchange(to, loopback(1), "POST", path, &[("Content-Type", "application/json")], body).await
+}
+
+#[tokio::test]
+async fn the_json_api_decides_as_grpc_does() {
+    let server = server("").await;
+    let ask = r#"{"requests": [{"attributes": {"user": "ann"}, "tiers": ["api"]}]}"#;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let answer = post(&server, "/v1/check", ask).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        seen.push(answer.json()["decisions"][0].clone());
+    }
+    // Canonical JSON: lowerCamelCase names, 64-bit numbers as strings, every field written.
+    assert_eq!(seen[0]["allowed"], true);
+    assert_eq!(seen[0]["remaining"], "1");
+    assert_eq!(seen[0]["tier"], "api");
+    assert_eq!(seen[0]["source"], "local");
+    assert_eq!(seen[2]["allowed"], false, "a denial is 200 with allowed: false: {}", seen[2]);
+    let retry: u64 = seen[2]["retryAfterMs"].as_str().expect("a string").parse().expect("a number");
+    assert!(retry > 0 && retry <= 7_200_000, "a sliding window: at most two windows: {retry}");
+    assert!(seen[2]["headers"].as_array().expect("headers").iter().any(|h| h["name"] == "Retry-After"));
+
+    // Both spellings of a field are read; a dry run counts nothing.
+    for dry in [r#""dry_run": true"#, r#""dryRun": true"#] {
+        let body = format!(r#"{{"requests": [{{"attributes": {{"user": "bea"}}, "cost": "2"}}], {dry}}}"#);
+        let answer = post(&server, "/v1/check", &body).await;
+        assert_eq!(answer.json()["decisions"][0]["remaining"], "0", "{}", answer.body);
+    }
+    let answer =
+        post(&server, "/v1/check", r#"{"requests": [{"attributes": {"user": "bea"}, "cost": 2}]}"#).await;
+    assert_eq!(answer.json()["decisions"][0]["allowed"], true, "the dry runs left the quota whole");
+
+    // Report: the tiers it counted.
+    let answer =
+        post(&server, "/v1/report", r#"{"attributes": {"user": "ann"}, "outcome": "FAILURE"}"#).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["tiersCounted"].is_number(), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn bad_input_is_400_with_grpc_s_message() {
+    let server = server("").await;
+    // The same refusal over gRPC, for its message.
+    let mut grpc = server.client().await;
+    let mut bad = common::request(&[("user", "x")]);
+    bad.cost = Some(0);
+    let refused = grpc
+        .check(pb::CheckRequest { requests: vec![bad], dry_run: false })
+        .await
+        .expect_err("cost 0 is refused");
+    let answer =
+        post(&server, "/v1/check", r#"{"requests": [{"attributes": {"user": "x"}, "cost": "0"}]}"#).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["message"], refused.message(), "the field is named as over gRPC");
+    assert_eq!(answer.json()["code"], 3, "INVALID_ARGUMENT");
+
+    for (body, names) in [
+        (r#"{"requests": []}"#, "requests"),
+        (r#"{"requests": [{"cost": "many"}]}"#, "requests[0].cost"),
+        (r#"{"requests": [{"attributes": {"colour": "blue"}}]}"#, "colour"),
+        (r#"{"requests": [{}], "dryrun": true}"#, "dryrun"),
+        (r#"{"requests": "#, "EOF"),
+        ("", "EOF"),
+        (r#"{"attributes": {"user": "x"}, "outcome": "MAYBE"}"#, "outcome"),
+    ] {
+        let path = if body.contains("outcome") { "/v1/report" } else { "/v1/check" };
+        let answer = post(&server, path, body).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+        let message = answer.json()["message"].as_str().expect("a message").to_owned();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    // A body past the message bound.
+    let huge = format!(r#"{{"requests": [{{"attributes": {{"user": "{}"}}}}]}}"#, "x".repeat(5 << 20));
+    let answer = post(&server, "/v1/check", &huge).await;
+    assert_eq!(answer.status, 413);
+    // Wrong method on the JSON API.
+    let to = server.http_api_addr.expect("addr");
+    let answer = exchange(to, loopback(1), "GET", "/v1/check", &[], "").await;
+    assert_eq!(answer.status, 405);
+}
+
+#[tokio::test]
+async fn forward_auth_counts_the_original_request_and_answers_with_headers() {
+    let server = server("  trusted_proxies: [127.0.0.1/32]\n  attributes: {X-User: user}\n").await;
+    let to = server.http_api_addr.expect("addr");
+    // The gateway (127.0.0.1, trusted) forwards clients 198.51.100.7 and 198.51.100.8.
+    let gateway = loopback(1);
+    let as_client = |ip: &'static str| {
+        [("X-Forwarded-For", ip), ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/x?q=1")]
+    };
+    for remaining in ["2", "1", "0"] {
+        let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &as_client("198.51.100.7"), "").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let ratelimit = answer.header("ratelimit").expect("a RateLimit header");
+        assert!(ratelimit.contains(&format!("r={remaining}")), "{ratelimit}");
+        assert!(answer.header("ratelimit-policy").expect("a policy").contains("\"edge\";q=3"));
+    }
+    let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &as_client("198.51.100.7"), "").await;
+    assert_eq!(answer.status, 429, "the fourth: {}", answer.body);
+    let retry: u64 = answer.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((1..=7200).contains(&retry), "at most two windows: {retry}");
+    // Another client behind the same gateway has its own count.
+    let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &as_client("198.51.100.8"), "").await;
+    assert_eq!(answer.status, 200);
+
+    // The method and path (not the query) reach the tiers: one login, then denied, whatever query.
+    let login = |query: &'static str| {
+        [("X-Forwarded-For", "198.51.100.9"), ("X-Original-Method", "POST"), ("X-Original-URI", query)]
+    };
+    let first = exchange(to, gateway, "GET", "/v1/forward-auth", &login("/auth/login?a=1"), "").await;
+    let second = exchange(to, gateway, "GET", "/v1/forward-auth", &login("/auth/login?a=2"), "").await;
+    assert_eq!((first.status, second.status), (200, 429));
+
+    // A configured header becomes an attribute: the api tier counts by user, across addresses.
+    for (i, client) in ["198.51.100.20", "198.51.100.21", "198.51.100.22"].into_iter().enumerate() {
+        let headers = [("X-Forwarded-For", client), ("X-User", "u1")];
+        let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &headers, "").await;
+        assert_eq!(answer.status, if i < 2 { 200 } else { 429 }, "request {i} of user u1");
+    }
+}
+
+#[tokio::test]
+async fn a_forged_x_forwarded_for_cannot_choose_the_key() {
+    let server = server("  trusted_proxies: [127.0.0.1/32]\n  deny_status: 403\n").await;
+    let to = server.http_api_addr.expect("addr");
+    // An untrusted peer (127.0.0.2) sends a different X-Forwarded-For each time: its own address
+    // is counted, so the fourth request is denied all the same, with the configured status.
+    for (i, forged) in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"].into_iter().enumerate() {
+        let headers = [("X-Forwarded-For", forged), ("X-Real-IP", forged)];
+        let answer = exchange(to, loopback(2), "GET", "/v1/forward-auth", &headers, "").await;
+        let expected = if i < 3 { 200 } else { 403 };
+        assert_eq!(answer.status, expected, "request {i} forged {forged}");
+    }
+    // Through the trusted gateway, a client that prepends a forged entry is still itself: the
+    // gateway appended the real address, and the walk stops at the right-most untrusted entry.
+    for i in 0..4 {
+        let xff = format!("203.0.113.{}, 198.51.100.50", 10 + i);
+        let answer =
+            exchange(to, loopback(1), "GET", "/v1/forward-auth", &[("X-Forwarded-For", xff.as_str())], "")
+                .await;
+        let expected = if i < 3 { 200 } else { 403 };
+        assert_eq!(answer.status, expected, "request {i}: {xff}");
+    }
+    // Garbage in X-Forwarded-For from the gateway: the gateway itself is counted, never nobody.
+    let answer =
+        exchange(to, loopback(1), "GET", "/v1/forward-auth", &[("X-Forwarded-For", "unknown")], "").await;
+    assert_eq!(answer.status, 200);
+}

@@ -83,3 +83,51 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Idle
         Peer(*stream.remote_addr())
     }
 }
+
+/// A TLS listener for axum: the connections of `tls::incoming`, each with its peer's address.
+pub struct TlsListener {
+    local: std::net::SocketAddr,
+    incoming: std::pin::Pin<Box<dyn futures::Stream<Item = TlsConnection> + Send>>,
+}
+
+type TlsConnection = Result<
+    tokio_rustls::server::TlsStream<crate::transport::IdleTimeout<tokio::net::TcpStream>>,
+    std::convert::Infallible,
+>;
+
+impl TlsListener {
+    pub fn new(
+        local: std::net::SocketAddr,
+        incoming: impl futures::Stream<Item = TlsConnection> + Send + 'static,
+    ) -> Self {
+        TlsListener { local, incoming: Box::pin(incoming) }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<crate::transport::IdleTimeout<tokio::net::TcpStream>>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match futures::StreamExt::next(&mut self.incoming).await {
+                Some(Ok(io)) => {
+                    let Ok(peer) = io.get_ref().0.get_ref().peer_addr() else { continue };
+                    return (io, peer);
+                }
+                // The accept loop has stopped: only shutdown is left.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}

@@ -9,6 +9,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
 pub const DECISIONS: &str = "sluice_decisions_total";
+pub const API_DECISIONS: &str = "sluice_api_decisions_total";
 pub const DECISION_DURATION: &str = "sluice_decision_duration_seconds";
 pub const REDIS_DURATION: &str = "sluice_redis_duration_seconds";
 pub const REDIS_ERRORS: &str = "sluice_redis_errors_total";
@@ -90,6 +91,10 @@ fn describe() {
         "Decisions per tier, by decision (allow, deny, shadow_deny, exempt) and source"
     );
     describe_histogram!(DECISION_DURATION, metrics::Unit::Seconds, "Time to decide one request");
+    describe_counter!(
+        API_DECISIONS,
+        "sluice.v1 decisions by the API that asked (grpc, http, forward_auth) and decision (allow, deny)"
+    );
     describe_histogram!(
         REDIS_DURATION,
         metrics::Unit::Seconds,
@@ -205,6 +210,11 @@ pub fn decision_duration(elapsed: Duration) {
 
 pub fn redis_duration(elapsed: Duration) {
     histogram!(REDIS_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// One `Check` decision, by the API that carried it.
+pub fn api_decision(api: &'static str, allowed: bool) {
+    counter!(API_DECISIONS, "api" => api, "decision" => if allowed { "allow" } else { "deny" }).increment(1);
 }
 
 pub fn redis_batch(requests: usize) {

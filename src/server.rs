@@ -190,7 +190,7 @@ pub async fn run(
         .add_service(envoy.into_server().max_decoding_message_size(transport.max_message_bytes));
     let grpc: Serving = match &grpc_tls {
         Some(config) => Box::pin(router.serve_with_incoming_shutdown(
-            crate::tls::incoming("grpc", listeners.grpc, Arc::clone(config), idle),
+            crate::tls::incoming("grpc", listeners.grpc, Arc::clone(config), crate::tls::Protocol::H2, idle),
             stopped(stop_rx.clone()),
         )),
         None => {
@@ -211,17 +211,35 @@ pub async fn run(
     let api_engine = Arc::clone(&engine);
     let limits = settings.limits;
     let max_body_bytes = transport.max_message_bytes;
+    // `http_api.tls: inherit`: the gRPC listener's configuration, rotated with it.
+    let api_tls = grpc_tls.clone();
     let http_api = async move {
         match (listeners.http_api, settings.http_api.clone()) {
             (Some(listener), Some(api)) => {
-                tracing::info!(http_api = %listener.local_addr()?, "serving the HTTP decision API");
-                axum::serve(
-                    crate::http::IdleListener::new(listener, transport.idle_timeout),
-                    crate::api::http_api::router(api_engine, limits, api, max_body_bytes)
-                        .into_make_service_with_connect_info::<crate::http::Peer>(),
-                )
-                .with_graceful_shutdown(stopped(api_stop))
-                .await
+                let addr = listener.local_addr()?;
+                let tls = api.tls.then_some(api_tls).flatten();
+                tracing::info!(http_api = %addr, tls = tls.is_some(), "serving the HTTP decision API");
+                let app = crate::api::http_api::router(api_engine, limits, api, max_body_bytes)
+                    .into_make_service_with_connect_info::<crate::http::Peer>();
+                match tls {
+                    Some(config) => {
+                        let incoming = crate::tls::incoming(
+                            "http_api",
+                            listener,
+                            config,
+                            crate::tls::Protocol::Http1,
+                            idle,
+                        );
+                        axum::serve(crate::http::TlsListener::new(addr, incoming), app)
+                            .with_graceful_shutdown(stopped(api_stop))
+                            .await
+                    }
+                    None => {
+                        axum::serve(crate::http::IdleListener::new(listener, transport.idle_timeout), app)
+                            .with_graceful_shutdown(stopped(api_stop))
+                            .await
+                    }
+                }
                 .map_err(ServerError::from)
             }
             _ => Ok(()),
@@ -248,7 +266,7 @@ pub async fn run(
                     .add_service(AdminService::into_server(admin_engine, admin.token));
                 let serving: Serving = match (&admin.tls, admin_tls) {
                     (Some(_), Some(config)) => Box::pin(router.serve_with_incoming_shutdown(
-                        crate::tls::incoming("admin", listener, config, idle),
+                        crate::tls::incoming("admin", listener, config, crate::tls::Protocol::H2, idle),
                         stopped(admin_stop),
                     )),
                     // TLS of its own, should the admin listener ever have it.
@@ -257,6 +275,7 @@ pub async fn run(
                             "admin",
                             listener,
                             crate::certs::watch_listener(tls, admin_stop.clone())?,
+                            crate::tls::Protocol::H2,
                             idle,
                         ),
                         stopped(admin_stop),

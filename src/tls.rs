@@ -137,14 +137,39 @@ pub fn fingerprint(cert_pem: &[u8]) -> Option<String> {
     Some(hex.join(":"))
 }
 
+/// What a listener serves over TLS, for ALPN: the configurations say `h2` (gRPC); the HTTP API
+/// serves HTTP/1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    H2,
+    Http1,
+}
+
+impl Protocol {
+    /// The configuration of the moment, saying this protocol.
+    fn config(self, shared: &SharedConfig) -> Arc<ServerConfig> {
+        let config = shared.load_full();
+        match self {
+            Protocol::H2 => config,
+            Protocol::Http1 => {
+                let mut own = (*config).clone();
+                own.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(own)
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` and yields each once its TLS handshake (under the
-/// configuration of the moment) has finished, wrapped in `wrap` below TLS. Failed and timed-out
-/// handshakes are counted under `name` and dropped. Accepting stops, and the listening socket
-/// closes, as soon as the stream is dropped (tonic drops it when it stops serving).
+/// configuration of the moment, saying `protocol`) has finished, wrapped in `wrap` below TLS.
+/// Failed and timed-out handshakes are counted under `name` and dropped. Accepting stops, and the
+/// listening socket closes, as soon as the stream is dropped (tonic drops it when it stops
+/// serving).
 pub fn incoming<S, W>(
     name: &'static str,
     listener: TcpListener,
     config: SharedConfig,
+    protocol: Protocol,
     wrap: W,
 ) -> impl futures::Stream<Item = Result<tokio_rustls::server::TlsStream<S>, std::convert::Infallible>>
 + Send
@@ -175,7 +200,7 @@ where
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+            let acceptor = tokio_rustls::TlsAcceptor::from(protocol.config(&config));
             let tx = tx.clone();
             let io = wrap(tcp);
             tokio::spawn(async move {

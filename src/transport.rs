@@ -65,6 +65,11 @@ impl<S> IdleTimeout<S> {
         let timer = idle.map(|idle| Box::pin(tokio::time::sleep(idle)));
         IdleTimeout { inner, idle, timer }
     }
+
+    /// The stream it bounds.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {

@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use common::SluiceServer;
 use sluice::api::pb;
@@ -197,6 +198,10 @@ async fn forward_auth_counts_the_original_request_and_answers_with_headers() {
     // Another client behind the same gateway has its own count.
     let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &as_client("198.51.100.8"), "").await;
     assert_eq!(answer.status, 200);
+    let metrics = common::http_get(server.http_addr, "/metrics").await.1;
+    for series in [r#"api="forward_auth",decision="allow""#, r#"api="forward_auth",decision="deny""#] {
+        assert!(metrics.contains(&format!("sluice_api_decisions_total{{{series}}}")), "{series}: {metrics}");
+    }
 
     // The method and path (not the query) reach the tiers: one login, then denied, whatever query.
     let login = |query: &'static str| {
@@ -240,4 +245,91 @@ async fn a_forged_x_forwarded_for_cannot_choose_the_key() {
     let answer =
         exchange(to, loopback(1), "GET", "/v1/forward-auth", &[("X-Forwarded-For", "unknown")], "").await;
     assert_eq!(answer.status, 200);
+}
+
+/// `http_api.tls: inherit` with mutual TLS on `server.tls`: HTTP/1.1 over TLS (ALPN says so), a
+/// client without a certificate refused; `plaintext` serves without TLS beside a TLS gRPC port.
+#[tokio::test]
+async fn the_http_api_inherits_mutual_tls() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let ca = common::certs::Ca::new("http-api-ca");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let (client_cert, client_key) = ca.leaf(&["client"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let tls = format!(
+        "server:\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n",
+        file("cert.pem", &cert),
+        file("key.pem", &key),
+        file("ca.pem", &ca.pem())
+    );
+    let server = SluiceServer::start(&format!("{tls}http_api:\n  addr: 127.0.0.1:0\n{TIERS}"), None).await;
+    let to = server.http_api_addr.expect("addr");
+
+    let connect = |identity: bool| {
+        let ca = ca.pem();
+        let (client_cert, client_key) = (client_cert.clone(), client_key.clone());
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).expect("CA")).expect("a CA");
+            let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+            let mut config = if identity {
+                builder
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).expect("cert")],
+                        PrivateKeyDer::from_pem_slice(client_key.as_bytes()).expect("key"),
+                    )
+                    .expect("identity")
+            } else {
+                builder.with_no_client_auth()
+            };
+            // What an HTTP client offers: both, and the listener picks HTTP/1.1.
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(to).await.expect("connect");
+            let name = ServerName::try_from("localhost").expect("name");
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        }
+    };
+    let mut stream = connect(true).await.expect("a handshake with a client certificate");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let body = r#"{"requests": [{"attributes": {"user": "tls"}}]}"#;
+    let request = format!(
+        "POST /v1/check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains(r#""allowed":true"#), "{raw}");
+
+    // Without a client certificate: refused (at the handshake, or at the first read in TLS 1.3).
+    let refused = match connect(false).await {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await.is_err() || raw.is_empty()
+        }
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // Plaintext on request, beside the TLS gRPC port.
+    let yaml = format!("{tls}http_api:\n  addr: 127.0.0.1:0\n  tls: plaintext\n{TIERS}");
+    let plain = SluiceServer::start(&yaml, None).await;
+    let answer = post(&plain, "/v1/check", body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
 }

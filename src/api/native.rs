@@ -35,7 +35,7 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let correlation_id = correlation_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
         let deadline = super::deadline(request.metadata());
-        check(&self.engine, self.limits, request.into_inner(), correlation_id, deadline)
+        check(Api::Grpc, &self.engine, self.limits, request.into_inner(), correlation_id, deadline)
             .await
             .map(Response::new)
     }
@@ -49,9 +49,28 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
     }
 }
 
+/// Which API carried a `Check`, for `sluice_api_decisions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Grpc,
+    Http,
+    ForwardAuth,
+}
+
+impl Api {
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::Grpc => "grpc",
+            Api::Http => "http",
+            Api::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
 /// `Check`, whichever API carried it: the input checked against its bounds, every request
 /// decided, the decisions converted back.
 pub async fn check(
+    api: Api,
     engine: &Engine,
     limits: InputLimits,
     request: pb::CheckRequest,
@@ -68,6 +87,7 @@ pub async fn check(
         .await
         .map_err(|(i, e)| from_request_error(i, e))?
         .into_iter()
+        .inspect(|d| crate::metrics::api_decision(api.label(), d.allowed))
         .map(to_proto)
         .collect();
     Ok(pb::CheckResponse { decisions })

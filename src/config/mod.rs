@@ -73,6 +73,8 @@ pub struct HttpApiSettings {
     pub deny_status: u16,
     /// Header name (lower case) to attribute, for forward-auth.
     pub attributes: Vec<(String, crate::request::Attr)>,
+    /// Served with the gRPC listener's TLS (`http_api.tls: inherit` with `server.tls`).
+    pub tls: bool,
 }
 
 /// The admin API's listener, its TLS and its token (never logged).

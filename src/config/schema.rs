@@ -279,6 +279,11 @@ pub struct HttpApi {
     /// client could choose them.
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// `inherit` (default): the listener has `server.tls`, mutual TLS and rotation included;
+    /// plaintext when `server.tls` is absent. `plaintext`: no TLS even with `server.tls` (a
+    /// gateway on the same host or network calling over loopback).
+    #[serde(default)]
+    pub tls: Choice<AdminTls>,
 }
 
 fn default_deny_status() -> u16 {
@@ -641,7 +646,7 @@ impl From<Headers> for crate::decision::Headers {
     }
 }
 
-/// TLS on the admin listener.
+/// TLS on the admin listener (and on the HTTP API's).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminTls {

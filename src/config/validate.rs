@@ -86,7 +86,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
         Some(AdminSettings { grpc_addr: grpc_addr?, token: a.token, tls: tls? })
     });
-    let http_api = file.http_api.and_then(|h| http_api(h, &mut problems, &mut notices));
+    let http_api = file.http_api.and_then(|h| http_api(h, tls.is_some(), &mut problems, &mut notices));
     let mut domains = envoy_file::domains(&file.envoy, &mut problems);
     let envoy_headers = file.envoy.headers.or_report("envoy.headers", &mut problems).unwrap_or_default();
     let redis = file.redis.and_then(|r| redis::settings(r, &mut problems));
@@ -172,6 +172,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
 /// The `http_api` section: its listener, trusted proxies, denial status and header attributes.
 fn http_api(
     h: schema::HttpApi,
+    server_tls: bool,
     problems: &mut Vec<String>,
     notices: &mut Vec<String>,
 ) -> Option<HttpApiSettings> {
@@ -214,7 +215,11 @@ fn http_api(
         }
         attributes.push((header.to_ascii_lowercase(), crate::request::Attr::parse(attribute)));
     }
-    Some(HttpApiSettings { addr: addr?, trusted_proxies, deny_status: h.deny_status, attributes })
+    let tls = h.tls.or_report("http_api.tls", problems).map(|choice| match choice {
+        schema::AdminTls::Inherit => server_tls,
+        schema::AdminTls::Plaintext => false,
+    });
+    Some(HttpApiSettings { addr: addr?, trusted_proxies, deny_status: h.deny_status, attributes, tls: tls? })
 }
 
 #[cfg(test)]

@@ -129,17 +129,36 @@ fn example(path: &str, gateway: u16, sluice: u16, app: u16) -> String {
         .replace("http://:8080", &format!("http://:{gateway}"))
 }
 
-/// What every gateway must do, whatever its configuration's shape. `headers_on_allow`: whether the
-/// gateway puts Sluice's RateLimit headers on an allowed response.
-async fn holds_the_promises(port: u16, seen: &Seen) {
+/// Where a gateway puts Sluice's RateLimit headers on an allowed request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copied {
+    /// On its response to the client.
+    ToClient,
+    /// On the request it sends on to the application (all Traefik can do).
+    ToApplication,
+}
+
+/// What every gateway must do, whatever its configuration's shape.
+async fn holds_the_promises(port: u16, seen: &Seen, copied: Copied) {
     // Three requests pass, with Sluice's headers; the application sees them.
     for remaining in ["2", "1", "0"] {
         let answer = request(port, 2, "GET", "/x?q=1", &[]).await;
         assert_eq!((answer.status, answer.body.as_str()), (200, "upstream"));
-        let ratelimit =
-            answer.header("ratelimit").unwrap_or_else(|| panic!("RateLimit in {:?}", answer.headers));
+        let (ratelimit, policy) = match copied {
+            Copied::ToClient => {
+                let h = |name| answer.header(name).map(str::to_owned);
+                (h("ratelimit"), h("ratelimit-policy"))
+            }
+            Copied::ToApplication => {
+                let seen = seen.lock().expect("seen");
+                let last = &seen.last().expect("the application saw it").2;
+                let h = |name: &str| last.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                (h("ratelimit"), h("ratelimit-policy"))
+            }
+        };
+        let ratelimit = ratelimit.unwrap_or_else(|| panic!("RateLimit in {:?}", answer.headers));
         assert!(ratelimit.contains(&format!("r={remaining}")), "{ratelimit}");
-        assert!(answer.header("ratelimit-policy").expect("RateLimit-Policy").contains("\"edge\";q=3"));
+        assert!(policy.expect("RateLimit-Policy").contains("\"edge\";q=3"));
     }
     let passed = seen.lock().expect("seen").len();
     assert_eq!(passed, 3, "the application saw the three allowed requests");
@@ -199,7 +218,7 @@ async fn nginx_auth_request() {
         "install it: apt-get install nginx (the README's test command does)",
     );
     until_routed(port, &mut nginx, &log).await;
-    holds_the_promises(port, &seen).await;
+    holds_the_promises(port, &seen, Copied::ToClient).await;
 }
 
 #[tokio::test]
@@ -225,5 +244,65 @@ async fn caddy_forward_auth() {
         "install it: apt-get install caddy (the README's test command does)",
     );
     until_routed(port, &mut caddy, &log).await;
-    holds_the_promises(port, &seen).await;
+    holds_the_promises(port, &seen, Copied::ToClient).await;
+}
+
+/// Traefik, from a virtual environment with tests/gateways/requirements.txt installed.
+fn traefik() -> std::path::PathBuf {
+    let venv = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
+    let requirements = common::repo_path("tests/gateways/requirements.txt");
+    let stamp = venv.join("installed.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .expect("python3 must be installed");
+        assert!(status.success(), "python3 -m venv failed");
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(&requirements)
+            .output()
+            .expect("pip");
+        assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&stamp, wanted).expect("stamp");
+    }
+    venv.join("bin/traefik")
+}
+
+#[tokio::test]
+async fn traefik_forward_auth() {
+    let binary = tokio::task::spawn_blocking(traefik).await.expect("traefik");
+    let sluice = sluice(429).await;
+    let app = pick_port(false);
+    let seen = application(app).await;
+    let port = pick_port(false);
+    let dir = tempfile::tempdir().expect("dir");
+    let sluice_port = sluice.http_api_addr.expect("the HTTP API").port();
+    let dynamic = dir.path().join("dynamic.yml");
+    std::fs::write(&dynamic, example("examples/gateways/traefik/dynamic.yml", port, sluice_port, app))
+        .expect("write");
+    let stat = example("examples/gateways/traefik/traefik.yml", port, sluice_port, app)
+        .replace("/etc/traefik/dynamic.yml", &dynamic.display().to_string());
+    let conf = dir.path().join("traefik.yml");
+    std::fs::write(&conf, stat).expect("write");
+    let log = dir.path().join("traefik.log");
+    let mut traefik = Process::spawn(
+        Command::new(binary)
+            .arg(format!("--configFile={}", conf.display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log")),
+        "its virtual environment could not be made (python3-venv, network to PyPI)",
+    );
+    until_routed(port, &mut traefik, &log).await;
+    // Routes from the file provider come a moment after the port: until then Traefik says 404.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(port, 9, "GET", "/", &[]).await.status == 404 {
+        assert!(Instant::now() < deadline, "no route: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen.lock().expect("seen").clear();
+    holds_the_promises(port, &seen, Copied::ToApplication).await;
 }

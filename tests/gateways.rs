@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::SluiceServer;
 use common::process::{Process, pick_port};
+use common::{RedisServer, SluiceServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLUICE: &str = "
@@ -143,7 +143,7 @@ async fn holds_the_promises(port: u16, seen: &Seen, copied: Copied) {
     // Three requests pass, with Sluice's headers; the application sees them.
     for remaining in ["2", "1", "0"] {
         let answer = request(port, 2, "GET", "/x?q=1", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (200, "upstream"));
+        assert_eq!((answer.status, answer.body.as_str()), (200, "upstream"), "{:?}", answer.headers);
         let (ratelimit, policy) = match copied {
             Copied::ToClient => {
                 let h = |name| answer.header(name).map(str::to_owned);
@@ -185,17 +185,29 @@ async fn holds_the_promises(port: u16, seen: &Seen, copied: Copied) {
     }
 }
 
-async fn sluice(deny_status: u16) -> SluiceServer {
+/// Sluice on a real redis-server, for `deny_status`.
+async fn sluice(deny_status: u16) -> (SluiceServer, RedisServer) {
+    let redis = RedisServer::start();
     let yaml = format!(
         "http_api:\n  addr: 127.0.0.1:0\n  trusted_proxies: [127.0.0.1/32]\n  deny_status: {deny_status}\n  \
          attributes: {{X-User: user}}\n{SLUICE}"
     );
-    SluiceServer::start(&yaml, None).await
+    (SluiceServer::start_with_timeout(&yaml, Some(&redis.url()), 1000).await, redis)
+}
+
+/// With Redis killed, requests go on by the failure mode (counted in process): the gateway never
+/// answers 5xx.
+async fn survives_redis(port: u16, redis: &mut RedisServer) {
+    redis.kill();
+    for i in 0..20u8 {
+        let status = request(port, 10 + i % 4, "GET", "/y", &[]).await.status;
+        assert!(status == 200 || status == 429, "request {i} with Redis down: {status}");
+    }
 }
 
 #[tokio::test]
 async fn nginx_auth_request() {
-    let sluice = sluice(403).await;
+    let (sluice, mut redis) = sluice(403).await;
     let app = pick_port(false);
     let seen = application(app).await;
     let port = pick_port(false);
@@ -219,11 +231,12 @@ async fn nginx_auth_request() {
     );
     until_routed(port, &mut nginx, &log).await;
     holds_the_promises(port, &seen, Copied::ToClient).await;
+    survives_redis(port, &mut redis).await;
 }
 
 #[tokio::test]
 async fn caddy_forward_auth() {
-    let sluice = sluice(429).await;
+    let (sluice, mut redis) = sluice(429).await;
     let app = pick_port(false);
     let seen = application(app).await;
     let port = pick_port(false);
@@ -245,6 +258,7 @@ async fn caddy_forward_auth() {
     );
     until_routed(port, &mut caddy, &log).await;
     holds_the_promises(port, &seen, Copied::ToClient).await;
+    survives_redis(port, &mut redis).await;
 }
 
 /// Traefik, from a virtual environment with tests/gateways/requirements.txt installed.
@@ -275,7 +289,7 @@ fn traefik() -> std::path::PathBuf {
 #[tokio::test]
 async fn traefik_forward_auth() {
     let binary = tokio::task::spawn_blocking(traefik).await.expect("traefik");
-    let sluice = sluice(429).await;
+    let (sluice, mut redis) = sluice(429).await;
     let app = pick_port(false);
     let seen = application(app).await;
     let port = pick_port(false);
@@ -305,4 +319,5 @@ async fn traefik_forward_auth() {
     }
     seen.lock().expect("seen").clear();
     holds_the_promises(port, &seen, Copied::ToApplication).await;
+    survives_redis(port, &mut redis).await;
 }

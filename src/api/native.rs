@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::status::{from_request_error, invalid};
 use super::{check_len, pb};
@@ -13,6 +14,7 @@ use crate::config::InputLimits;
 use crate::decision::Decision;
 use crate::engine::{self, Engine};
 use crate::request::{Attr, Attributes};
+use crate::traces::{self, Api, Outcome};
 
 #[derive(Debug)]
 pub struct NativeService {
@@ -28,11 +30,12 @@ impl NativeService {
     pub fn into_server(self) -> pb::rate_limiter_server::RateLimiterServer<Self> {
         pb::rate_limiter_server::RateLimiterServer::new(self)
     }
-}
 
-#[tonic::async_trait]
-impl pb::rate_limiter_server::RateLimiter for NativeService {
-    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    /// `Check`, within its span.
+    async fn decide(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let correlation_id = correlation_id(request.metadata());
         let deadline = super::deadline(request.metadata());
         let request = request.into_inner();
@@ -53,7 +56,8 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         Ok(Response::new(pb::CheckResponse { decisions }))
     }
 
-    async fn report(
+    /// `Report`, within its span.
+    async fn take_report(
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
@@ -70,6 +74,45 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let counted =
             self.engine.report(&request, outcome).await.map_err(super::status::from_report_error)?;
         Ok(Response::new(pb::ReportResponse { tiers_counted: u32::try_from(counted).unwrap_or(u32::MAX) }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::rate_limiter_server::RateLimiter for NativeService {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let span = super::call_span(Api::Check, request.metadata());
+        let answer = self.decide(request).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let outcome = match &answer {
+                Ok(r) => {
+                    let decisions = &r.get_ref().decisions;
+                    Outcome {
+                        allowed: Some(decisions.iter().all(|d| d.allowed)),
+                        source: decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
+                        tiers: decisions.iter().map(|d| d.tiers.len()).sum(),
+                        requests: Some(decisions.len()),
+                        ..Outcome::default()
+                    }
+                }
+                Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+            };
+            traces::answered(&span, outcome);
+        }
+        answer
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let span = super::call_span(Api::Report, request.metadata());
+        let answer = self.take_report(request).instrument(span.clone()).await;
+        let outcome = match &answer {
+            Ok(r) => Outcome { tiers: r.get_ref().tiers_counted as usize, ..Outcome::default() },
+            Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+        };
+        traces::answered(&span, outcome);
+        answer
     }
 }
 

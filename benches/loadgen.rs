@@ -13,7 +13,9 @@
 //! server's cost per decision is known, not guessed. The result is one line of `name=value` pairs.
 //!
 //! `noop` answers every entry of a Check with `allowed` and does nothing else: the floor that gRPC,
-//! HTTP/2 and the loopback cost on this machine, against which Sluice's own work shows.
+//! HTTP/2 and the loopback cost on this machine, against which Sluice's own work shows. It also
+//! takes OTLP trace exports and drops them, counting the spans (printed when it stops): the sink a
+//! Sluice with `tracing` on exports to when its cost is measured (`TRACING=` in benches/run.sh).
 //!
 //! Only 127.0.0.1 is accepted, both to listen on and to send to. Every loop ends by time and by
 //! count.
@@ -21,6 +23,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, value_parser};
@@ -28,6 +31,12 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{RateLimitDescrip
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use hdrhistogram::Histogram;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use sluice::api::pb;
 use sluice::api::pb::rate_limiter_client::RateLimiterClient;
 use sluice::api::pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
@@ -191,6 +200,23 @@ impl RateLimiter for Noop {
     }
 }
 
+/// Drops the spans it is sent, counting them.
+#[derive(Debug, Default, Clone)]
+struct SpanSink(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len());
+        self.0.fetch_add(spans.sum::<usize>() as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
 async fn noop(args: NoopArgs) -> Result<(), String> {
     loopback_only(args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -208,11 +234,15 @@ async fn noop(args: NoopArgs) -> Result<(), String> {
     };
     // The same transport settings as Sluice's own server, so the comparison is of the work done.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let sink = SpanSink::default();
+    let served = Server::builder()
         .add_service(RateLimiterServer::new(Noop))
+        .add_service(TraceServiceServer::new(sink.clone()))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
-        .map_err(|e| format!("serving: {e}"))
+        .map_err(|e| format!("serving: {e}"));
+    eprintln!("loadgen noop: {} spans received", sink.0.load(Ordering::Relaxed));
+    served
 }
 
 // ---------------------------------------------------------------------------------------------

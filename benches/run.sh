@@ -12,7 +12,9 @@
 # usage: benches/run.sh
 #   env: SECS (measured seconds per run, 8), WARMUP_SECS (2), KEYS (1000), CONCURRENCY ("1 16 64"),
 #        RESULTS (file the result lines are appended to, target/loadgen-results.txt), CLUSTER (1:
-#        also Sluice on a Redis Cluster of three masters, as sluice-cluster)
+#        also Sluice on a Redis Cluster of three masters, as sluice-cluster), TRACING (a sample_ratio,
+#        e.g. 1 or 0: every Sluice runs with `tracing` on, exporting to a no-op server that drops the
+#        spans; the calls carry no traceparent, so the ratio decides; compare with a run without it)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,6 +42,18 @@ load() {
   done
 }
 
+# TRACING=ratio: a span sink for every Sluice below (the no-op server, which counts what it drops).
+TRACING_YAML=
+if [[ -n ${TRACING:-} ]]; then
+  SINK_PORT=$(free_port)
+  "$LOADGEN" noop --listen "127.0.0.1:$SINK_PORT" >"$WORK/sink.log" 2>&1 &
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  wait_port "$SINK_PORT"
+  TRACING_YAML="tracing: {otlp_endpoint: \"http://127.0.0.1:$SINK_PORT\", sample_ratio: $TRACING}"
+  echo "== traces on: sample_ratio $TRACING, exported to a no-op sink on 127.0.0.1" | tee -a "$RESULTS" >&2
+fi
+
 # serve_sluice TARGET [yaml lines of a redis section]: serves, loads, and prints where decisions came from.
 serve_sluice() {
   local target=$1 redis_yaml=${2:-} tier_yaml=${3:-} grpc http cfg pid
@@ -59,6 +73,7 @@ tiers:
     window: 1s
 $tier_yaml
 $redis_yaml
+$TRACING_YAML
 EOF
   # Targets named *-envoy call ShouldRateLimit on an envoyproxy/ratelimit file with the same limit.
   local api=()
@@ -192,5 +207,9 @@ for target in ("sluice-redis",):
         print(f"{target} server CPU at c={top}: {cpu} µs/decision (target < 40: {'met' if cpu < 40 else 'MISSED'})")
 EOF
 cat "$WORK/sources.txt"
+if [[ -n ${TRACING:-} ]]; then
+  stop "$SINK_PID"
+  echo "== $(grep -o '[0-9]* spans received' "$WORK/sink.log" || echo 'no count from the span sink')" | tee -a "$RESULTS"
+fi
 echo "function library loaded by Sluice is the text of lua/ (sluice_$VERSION listed after a flush: $SAME_LIBRARY)"
 echo "result lines appended to $RESULTS"

@@ -198,7 +198,7 @@ impl Engine {
         let started = Instant::now();
         let domains = self.domains.load_full();
         let signals = &self.tiers.load().tiers.signals;
-        let answer = |statuses: Vec<envoy::Status>| {
+        let answer = |statuses: Vec<envoy::Status>, source: Option<Source>| {
             let over = envoy::over(&statuses, domains.quota_mode);
             if over && domains.shadow_mode {
                 metrics::envoy_shadowed();
@@ -207,14 +207,15 @@ impl Engine {
                 over: over && !domains.shadow_mode,
                 statuses,
                 metadata: domains.response_metadata,
+                source,
             }
         };
         let Some(prepared) = envoy::prepare(&domains, signals, domain, descriptors, hits) else {
             metrics::envoy_unknown_domain();
-            return Ok(answer(envoy::Prepared::unmatched(descriptors.len())));
+            return Ok(answer(envoy::Prepared::unmatched(descriptors.len()), None));
         };
         if prepared.checks.is_empty() {
-            return Ok(answer(prepared.into_statuses()));
+            return Ok(answer(prepared.into_statuses(), None));
         }
         let admission = self.shedding.admit(deadline);
         if matches!(admission, Admission::Late) {
@@ -231,14 +232,14 @@ impl Engine {
                 asked
             }
         };
-        let source = asked.source.as_str();
+        let source = asked.source;
         let domain = prepared.domain;
         let (statuses, decided) = prepared.finish(asked);
         for (path, label) in &decided {
-            metrics::envoy_decision(domain, path, label, source);
+            metrics::envoy_decision(domain, path, label, source.as_str());
         }
         metrics::decision_duration(started.elapsed());
-        Ok(answer(statuses))
+        Ok(answer(statuses, Some(source)))
     }
 
     pub async fn check(&self, request: &Request, mode: Mode) -> Result<Decision, RequestError> {

@@ -15,7 +15,8 @@
 //!
 //! `config` reads YAML and the environment into typed settings; `server` wires everything and
 //! serves gRPC and HTTP (`http`, `metrics`), over TLS through `tls`; `reload` swaps in a changed
-//! configuration while serving, `certs` rotated certificate files; `cli` is the binary's front.
+//! configuration while serving, `certs` rotated certificate files; `traces` makes a span of each
+//! decision for an OpenTelemetry collector when `tracing` is configured; `cli` is the binary's front.
 
 pub mod algorithm;
 pub mod api;
@@ -37,4 +38,5 @@ pub mod store;
 pub mod threat;
 pub mod tier;
 pub mod tls;
+pub mod traces;
 pub mod transport;

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::check_len;
 use super::status::invalid;
@@ -21,6 +22,7 @@ use crate::decision::{Described, Headers, deciding, render};
 use crate::engine::Engine;
 use crate::envoy::domain::RateLimit as Rule;
 use crate::envoy::{self, Descriptor, Status as Decided};
+use crate::traces::{self, Api, Outcome};
 
 #[derive(Debug)]
 pub struct EnvoyService {
@@ -45,13 +47,34 @@ impl RateLimitService for EnvoyService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let span = super::call_span(Api::ShouldRateLimit, request.metadata());
         let deadline = super::deadline(request.metadata());
-        let request = to_domain(request.into_inner(), self.limits).inspect_err(super::status::rejected)?;
+        let request = to_domain(request.into_inner(), self.limits).inspect_err(|status| {
+            super::status::rejected(status);
+            traces::answered(&span, Outcome { grpc_code: status.code().into(), ..Outcome::default() });
+        })?;
         let answer = self
             .engine
             .should_rate_limit(&request.domain, &request.descriptors, request.hits, deadline)
+            .instrument(span.clone())
             .await
-            .map_err(super::status::from_envoy_error)?;
+            .map_err(super::status::from_envoy_error);
+        if !span.is_disabled() {
+            // The domain is the caller's to write: recorded only when it is a configured one.
+            let known = self.engine.domains().by_name.contains_key(&request.domain);
+            let outcome = match &answer {
+                Ok(answer) => Outcome {
+                    allowed: Some(!answer.over),
+                    source: answer.source.map(|s| s.as_str()),
+                    tiers: answer.statuses.iter().filter(|s| matches!(s, Decided::Limited { .. })).count(),
+                    domain: known.then_some(request.domain.as_str()),
+                    ..Outcome::default()
+                },
+                Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+            };
+            traces::answered(&span, outcome);
+        }
+        let answer = answer?;
         let mut response = respond(&answer, self.headers);
         if answer.metadata {
             response.dynamic_metadata = Some(metadata::of(&request, &answer.statuses));

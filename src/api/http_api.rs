@@ -54,7 +54,8 @@ async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(r) => r,
         Err(status) => return error(&status),
     };
-    match native::check(native::Api::Http, &api.engine, api.limits, request, request_id(&headers), None).await
+    match native::check(native::Carrier::Http, &api.engine, api.limits, request, request_id(&headers), None)
+        .await
     {
         Ok(response) => json(StatusCode::OK, &response),
         Err(status) => error(&status),
@@ -114,7 +115,7 @@ async fn forward_auth(
         Ok(mut decisions) => decisions.remove(0),
         Err((i, e)) => return error(&super::status::from_request_error(i, e)),
     };
-    crate::metrics::api_decision(native::Api::ForwardAuth.label(), decision.allowed);
+    crate::metrics::api_decision(native::Carrier::ForwardAuth.label(), decision.allowed);
     let status = if decision.allowed {
         StatusCode::OK
     } else {

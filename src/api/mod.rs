@@ -11,6 +11,7 @@ pub mod status;
 use std::time::{Duration, Instant};
 
 use crate::config::InputLimits;
+use crate::traces;
 
 /// INVALID_ARGUMENT naming `field` when `text` is longer than `limits.max_value_bytes`.
 pub(crate) fn check_len(field: &str, text: &str, limits: InputLimits) -> Result<(), tonic::Status> {
@@ -21,6 +22,16 @@ pub(crate) fn check_len(field: &str, text: &str, limits: InputLimits) -> Result<
         ));
     }
     Ok(())
+}
+
+/// The span of a call of `api`, child of the caller's span when its `traceparent` metadata says so
+/// (see `traces`); `Span::none()`, without a look at the metadata, when traces are off.
+pub(crate) fn call_span(api: traces::Api, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    if !traces::enabled() {
+        return tracing::Span::none();
+    }
+    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    traces::decision_span(api, header("traceparent"), header("tracestate"))
 }
 
 /// The caller's deadline from its `grpc-timeout` header (1 to 8 digits and a unit: H, M, S, m, u,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::status::{from_request_error, invalid};
 use super::{check_len, pb};
@@ -13,6 +14,7 @@ use crate::config::InputLimits;
 use crate::decision::Decision;
 use crate::engine::{self, Engine};
 use crate::request::{Attr, Attributes};
+use crate::traces::{self, Api, Outcome};
 
 #[derive(Debug)]
 pub struct NativeService {
@@ -28,19 +30,21 @@ impl NativeService {
     pub fn into_server(self) -> pb::rate_limiter_server::RateLimiterServer<Self> {
         pb::rate_limiter_server::RateLimiterServer::new(self)
     }
-}
 
-#[tonic::async_trait]
-impl pb::rate_limiter_server::RateLimiter for NativeService {
-    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    /// `Check`, within its span.
+    async fn decide(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let correlation_id = correlation_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
         let deadline = super::deadline(request.metadata());
-        check(Api::Grpc, &self.engine, self.limits, request.into_inner(), correlation_id, deadline)
+        check(Carrier::Grpc, &self.engine, self.limits, request.into_inner(), correlation_id, deadline)
             .await
             .map(Response::new)
     }
 
-    async fn report(
+    /// `Report`, within its span.
+    async fn take_report(
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
@@ -49,20 +53,59 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
     }
 }
 
+#[tonic::async_trait]
+impl pb::rate_limiter_server::RateLimiter for NativeService {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let span = super::call_span(Api::Check, request.metadata());
+        let answer = self.decide(request).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let outcome = match &answer {
+                Ok(r) => {
+                    let decisions = &r.get_ref().decisions;
+                    Outcome {
+                        allowed: Some(decisions.iter().all(|d| d.allowed)),
+                        source: decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
+                        tiers: decisions.iter().map(|d| d.tiers.len()).sum(),
+                        requests: Some(decisions.len()),
+                        ..Outcome::default()
+                    }
+                }
+                Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+            };
+            traces::answered(&span, outcome);
+        }
+        answer
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let span = super::call_span(Api::Report, request.metadata());
+        let answer = self.take_report(request).instrument(span.clone()).await;
+        let outcome = match &answer {
+            Ok(r) => Outcome { tiers: r.get_ref().tiers_counted as usize, ..Outcome::default() },
+            Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+        };
+        traces::answered(&span, outcome);
+        answer
+    }
+}
+
 /// Which API carried a `Check`, for `sluice_api_decisions_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Api {
+pub enum Carrier {
     Grpc,
     Http,
     ForwardAuth,
 }
 
-impl Api {
+impl Carrier {
     pub fn label(self) -> &'static str {
         match self {
-            Api::Grpc => "grpc",
-            Api::Http => "http",
-            Api::ForwardAuth => "forward_auth",
+            Carrier::Grpc => "grpc",
+            Carrier::Http => "http",
+            Carrier::ForwardAuth => "forward_auth",
         }
     }
 }
@@ -70,7 +113,7 @@ impl Api {
 /// `Check`, whichever API carried it: the input checked against its bounds, every request
 /// decided, the decisions converted back.
 pub async fn check(
-    api: Api,
+    api: Carrier,
     engine: &Engine,
     limits: InputLimits,
     request: pb::CheckRequest,

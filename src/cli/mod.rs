@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError};
 use crate::server::{self, Listeners};
+use crate::traces::Traces;
 
 /// sysexits' EX_CONFIG: the configuration is wrong.
 const EXIT_CONFIG: u8 = 78;
@@ -241,7 +242,17 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return report_config_error(&e),
     };
-    init_logging(&settings.log);
+    let traces = match settings.tracing.as_ref().map(Traces::start).transpose() {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&settings.log, traces.as_ref());
+    if let Some(t) = &settings.tracing {
+        tracing::info!(otlp_endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, "exporting traces");
+    }
     for notice in &settings.notices {
         tracing::warn!("{notice}");
     }
@@ -261,7 +272,12 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(settings, listeners, shutdown_signal()).await {
+    let served = server::run(settings, listeners, shutdown_signal()).await;
+    // The spans of the last calls, sent within a bound whether or not the collector answers.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
@@ -292,17 +308,30 @@ async fn shutdown_signal() -> server::Stop {
     }
 }
 
-fn init_logging(log: &config::LogSettings) {
-    use tracing_subscriber::EnvFilter;
+fn init_logging(log: &config::LogSettings, traces: Option<&Traces>) {
+    use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // Spans meant for the collector are not log lines, whatever the level.
+    let filter =
+        filter.add_directive(format!("{}=off", crate::traces::TARGET).parse().expect("a valid directive"));
     use std::io::IsTerminal;
     // Colour only for a person at a terminal: never escape codes in a file, a pipe or a collector.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match log.format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
+    let ansi = std::io::stderr().is_terminal();
+    let Some(traces) = traces else {
+        let builder =
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+        let _ = match log.format {
+            config::LogFormat::Json => builder.json().try_init(),
+            config::LogFormat::Text => builder.try_init(),
+        };
+        return;
     };
+    // Each layer filters for itself: a global filter at `warn` would disable the decision spans
+    // (INFO) for the traces layer too.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = match log.format {
+        config::LogFormat::Json => fmt.json().boxed(),
+        config::LogFormat::Text => fmt.boxed(),
+    };
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces.layer()).try_init();
 }

@@ -48,6 +48,8 @@ pub struct Settings {
     pub over_limit_max_keys: usize,
     pub limits: InputLimits,
     pub log: LogSettings,
+    /// OpenTelemetry traces; `None`: off.
+    pub tracing: Option<TraceSettings>,
     pub tiers: Tiers,
     /// Most entries in the Redis security event stream.
     pub events_max_len: u64,
@@ -191,6 +193,16 @@ impl Default for InputLimits {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// Where decisions' spans go and how many are made (`tracing`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceSettings {
+    /// An `http://` or `https://` OTLP/gRPC endpoint.
+    pub otlp_endpoint: String,
+    /// In [0, 1]: the share of decisions without a caller's trace context that are traced.
+    pub sample_ratio: f64,
+    pub service_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -38,6 +38,10 @@ pub struct File {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
+    /// OpenTelemetry traces of decisions, exported over OTLP/gRPC; absent (the default), none are
+    /// made and nothing is exported.
+    #[serde(default)]
+    pub tracing: Option<Tracing>,
     /// Checked in order; a request is checked against every tier that matches it. Required:
     /// a configuration without tiers says `tiers: []`, so that a file emptied by accident (a
     /// truncated write, a half-updated ConfigMap) is refused instead of limiting nothing.
@@ -391,6 +395,31 @@ impl Default for Log {
     fn default() -> Self {
         Log { format: Choice::default(), level: "info".into() }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The collector's OTLP/gRPC endpoint, `http://host:4317` or `https://host:4317` (the
+    /// system's CA roots). Spans go in batches from a thread of their own; a collector that is
+    /// down costs dropped spans, never a decision.
+    pub otlp_endpoint: String,
+    /// The share of decisions traced that arrive without a caller's trace context, from 0 to 1.
+    /// A caller's `traceparent` decides for itself: sampled, Sluice's spans join its trace;
+    /// unsampled, Sluice makes none.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+
+fn default_service_name() -> String {
+    "sluice".into()
 }
 
 #[derive(Debug, Deserialize)]

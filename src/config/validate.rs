@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::duration::secs;
 use super::{
     AdminSettings, HttpApiSettings, InputLimits, LogSettings, ServerSettings, Settings, TlsSettings,
-    Transport, envoy_file, redis, schema, tiers,
+    TraceSettings, Transport, envoy_file, redis, schema, tiers,
 };
 
 /// Reading certificate files more often than this buys nothing and costs a busy loop.
@@ -120,6 +120,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
         }
     }
     let log_format = file.log.format.or_report("log.format", &mut problems).unwrap_or_default();
+    let tracing = file.tracing.and_then(|t| tracing(t, &mut problems));
 
     let tiers = tiers::tiers(file.tiers, &file.threat, default_failure, &mut problems);
 
@@ -158,6 +159,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             max_entries: file.limits.max_entries,
         },
         log: LogSettings { format: log_format, level: file.log.level },
+        tracing,
         tiers,
         events_max_len: file.threat.events_max_len.unwrap_or(10_000),
         admin,
@@ -222,6 +224,56 @@ fn http_api(
     Some(HttpApiSettings { addr: addr?, trusted_proxies, deny_status: h.deny_status, attributes, tls: tls? })
 }
 
+/// The `tracing` section: an endpoint the exporter can dial, a ratio that is one.
+fn tracing(t: schema::Tracing, problems: &mut Vec<String>) -> Option<TraceSettings> {
+    let before = problems.len();
+    if let Err(reason) = otlp_endpoint(&t.otlp_endpoint) {
+        problems.push(format!("tracing.otlp_endpoint: {:?} {reason}", t.otlp_endpoint));
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        problems.push(format!("tracing.sample_ratio: {} is not between 0 and 1", t.sample_ratio));
+    }
+    if t.service_name.trim().is_empty() {
+        problems.push("tracing.service_name: must not be empty".into());
+    }
+    (problems.len() == before).then_some(TraceSettings {
+        otlp_endpoint: t.otlp_endpoint,
+        sample_ratio: t.sample_ratio,
+        service_name: t.service_name,
+    })
+}
+
+/// `http://host[:port][/]` or `https://...`: what the OTLP/gRPC exporter dials.
+fn otlp_endpoint(endpoint: &str) -> Result<(), &'static str> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or("is not an http:// or https:// URL like http://127.0.0.1:4317")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err("must be a scheme and host[:port] only, like http://127.0.0.1:4317");
+    }
+    if !authority.chars().all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c)) {
+        return Err("has a character that is not in a host name or address");
+    }
+    // An IPv6 address is bracketed; a port is what follows the last colon outside the brackets.
+    let port = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            if host.is_empty() {
+                return Err("has no host");
+            }
+            Some(port)
+        }
+        _ => None,
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err("has a port that is not a number from 0 to 65535");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -274,5 +326,41 @@ mod tests {
             let settings = parse(&admin(tls), "t.yaml", Some(HashMap::new())).expect("valid");
             assert!(settings.admin.expect("admin").tls.is_none(), "no server.tls to inherit: {tls:?}");
         }
+    }
+
+    #[test]
+    fn tracing_names_a_bad_endpoint_or_ratio() {
+        let tracing = |section: &str| format!("tracing:\n{section}tiers: []\n");
+        let lines = |section: &str| {
+            parse(&tracing(section), "t.yaml", Some(HashMap::new())).expect_err("bad").lines()
+        };
+        let bad = lines("  otlp_endpoint: collector:4317\n  sample_ratio: 1.5\n");
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].starts_with("t.yaml: tracing.otlp_endpoint: \"collector:4317\" is not an http://"),
+            "{bad:?}"
+        );
+        assert_eq!(bad[1], "t.yaml: tracing.sample_ratio: 1.5 is not between 0 and 1");
+        for endpoint in ["http://", "http://host:port", "https://a/b", "http://us er:1", "http://:4317"] {
+            let bad = lines(&format!("  otlp_endpoint: \"{endpoint}\"\n"));
+            assert!(bad.len() == 1 && bad[0].contains("tracing.otlp_endpoint"), "{endpoint}: {bad:?}");
+        }
+        assert_eq!(lines("  otlp_endpoint: http://c:4317\n  sample_ratio: -0.1\n").len(), 1);
+
+        let settings = |section: &str, env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            parse(&tracing(section), "t.yaml", Some(env)).expect("valid").tracing.expect("on")
+        };
+        let on = settings("  otlp_endpoint: http://127.0.0.1:4317\n", &[]);
+        assert_eq!((on.sample_ratio, on.service_name.as_str()), (0.01, "sluice"));
+        for endpoint in ["https://otel-collector.observability.svc:4317", "http://[::1]:4317/", "http://c"] {
+            assert_eq!(settings(&format!("  otlp_endpoint: {endpoint}\n"), &[]).otlp_endpoint, endpoint);
+        }
+        let from_env = settings(
+            "  otlp_endpoint: http://127.0.0.1:4317\n",
+            &[("SLUICE__TRACING__SAMPLE_RATIO", "0.25"), ("SLUICE__TRACING__SERVICE_NAME", "edge-rl")],
+        );
+        assert_eq!((from_env.sample_ratio, from_env.service_name.as_str()), (0.25, "edge-rl"));
+        assert!(parse("tiers: []\n", "t.yaml", Some(HashMap::new())).expect("valid").tracing.is_none());
     }
 }

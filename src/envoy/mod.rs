@@ -85,6 +85,9 @@ pub struct Answer {
     pub over: bool,
     /// The answer carries dynamic metadata (`Domains::response_metadata`).
     pub metadata: bool,
+    /// Where the counts came from; `None` when no store was asked (an unknown domain, no limited
+    /// descriptor).
+    pub source: Option<crate::check::Source>,
 }
 
 /// The request's overall code is OVER_LIMIT: a descriptor outside quota mode is over, or the request

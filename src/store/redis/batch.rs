@@ -11,9 +11,14 @@
 //! requests in it: when it misses that, every request in it fails with a timeout, which the
 //! fallback store answers by each one's failure mode. A request whose caller stopped waiting
 //! before its call was sent is dropped uncounted.
+//!
+//! Traced requests (see `traces`) each have a span from joining the queue to the answer, with an
+//! event when their call was sent; each call carrying one of them has a span of its own, linked to
+//! theirs. With none traced, a call carries no more than before.
 
 use std::time::Instant;
 
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
@@ -21,6 +26,7 @@ use super::protocol::{self, Encoded};
 use crate::check::Answer;
 use crate::metrics;
 use crate::store::StoreError;
+use crate::traces::{self, CallSeen};
 
 /// At most this many requests in one call...
 const MOST_REQUESTS: usize = 128;
@@ -39,8 +45,13 @@ struct Job {
     /// Its hash slot, in a Cluster: calls hold one slot's requests only.
     slot: Option<u16>,
     deadline: Option<Instant>,
-    answer: oneshot::Sender<Result<Answer, StoreError>>,
+    /// The request's span, when it is traced: the call's span links to it.
+    traced: Option<SpanContext>,
+    answer: oneshot::Sender<Reply>,
 }
+
+/// A request's answer and, when it is traced, the call it went in.
+type Reply = (Result<Answer, StoreError>, Option<CallSeen>);
 
 impl Batcher {
     /// Starts the task that sends `conn`'s calls.
@@ -57,15 +68,20 @@ impl Batcher {
         slot: Option<u16>,
         deadline: Option<Instant>,
     ) -> Result<Answer, StoreError> {
+        let (span, traced) = traces::redis_span();
         let (answer, answered) = oneshot::channel();
-        let job = Job { request, slot, deadline, answer };
+        let job = Job { request, slot, deadline, traced, answer };
         if self.jobs.send(job).is_err() {
-            return Err(StoreError::BadReply("the task that sends calls to redis has stopped".into()));
+            return Err(stopped());
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(StoreError::BadReply("the task that sends calls to redis has stopped".into()))
-        })
+        let (answer, call) = answered.await.unwrap_or_else(|_| (Err(stopped()), None));
+        traces::redis_answered(&span, call.as_ref(), answer.as_ref().err().map(StoreError::kind));
+        answer
     }
+}
+
+fn stopped() -> StoreError {
+    StoreError::BadReply("the task that sends calls to redis has stopped".into())
 }
 
 /// Gathers what is waiting, sends it, hands out the answers; until every `Batcher` is dropped.
@@ -82,7 +98,7 @@ async fn send_calls(conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
         let now = Instant::now();
         jobs.retain(|j| !j.answer.is_closed());
         for late in jobs.extract_if(.., |j| j.deadline.is_some_and(|d| d <= now)) {
-            let _ = late.answer.send(Err(StoreError::Timeout(0)));
+            let _ = late.answer.send((Err(StoreError::Timeout(0)), None));
         }
         if jobs.is_empty() {
             continue;
@@ -90,6 +106,8 @@ async fn send_calls(conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
         metrics::redis_batch(jobs.len());
         let earliest = jobs.iter().filter_map(|j| j.deadline).min();
         let groups = by_slot(&jobs);
+        let traced =
+            if jobs.iter().any(|j| j.traced.is_some()) { call_spans(&jobs, &groups) } else { Vec::new() };
         let calls = futures::future::join_all(groups.iter().map(|members| {
             let cmd = protocol::decide_cmd(members.iter().map(|&i| &jobs[i].request), 0);
             let conn = &conn;
@@ -102,6 +120,9 @@ async fn send_calls(conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
         let mut answers: Vec<Option<Result<Answer, StoreError>>> = (0..jobs.len()).map(|_| None).collect();
         match replies {
             None => {
+                for (span, _) in traced.iter().flatten() {
+                    span.record("error.type", "timeout");
+                }
                 let waited = earliest.map_or(0, |d| d.saturating_duration_since(now).as_millis());
                 for a in &mut answers {
                     *a = Some(Err(StoreError::Timeout(u64::try_from(waited).unwrap_or(u64::MAX))));
@@ -127,11 +148,44 @@ async fn send_calls(conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
                 }
             }
         }
-        for (job, answer) in jobs.drain(..).zip(answers) {
+        let mut seen = calls_seen(&jobs, &groups, traced, now);
+        for (i, (job, answer)) in jobs.drain(..).zip(answers).enumerate() {
             let answer = answer.unwrap_or_else(|| Err(StoreError::BadReply("no answer in the call".into())));
-            let _ = job.answer.send(answer);
+            let _ = job.answer.send((answer, seen.get_mut(i).and_then(Option::take)));
         }
     }
+}
+
+/// A span for each call that carries a traced request (`None` for the others), by group.
+fn call_spans(jobs: &[Job], groups: &[Vec<usize>]) -> Vec<Option<(tracing::Span, SpanContext)>> {
+    groups
+        .iter()
+        .map(|members| {
+            let traced = members.iter().filter_map(|&i| jobs[i].traced.as_ref());
+            traces::redis_call_span(traced, members.len())
+        })
+        .collect()
+}
+
+/// What each traced job learns of its call (by job; empty when none is traced). Ends the calls'
+/// spans.
+fn calls_seen(
+    jobs: &[Job],
+    groups: &[Vec<usize>],
+    spans: Vec<Option<(tracing::Span, SpanContext)>>,
+    sent: Instant,
+) -> Vec<Option<CallSeen>> {
+    if spans.is_empty() {
+        return Vec::new();
+    }
+    let mut seen: Vec<Option<CallSeen>> = (0..jobs.len()).map(|_| None).collect();
+    for (members, span) in groups.iter().zip(spans) {
+        let Some((_, call)) = span else { continue };
+        for &i in members.iter().filter(|&&i| jobs[i].traced.is_some()) {
+            seen[i] = Some(CallSeen { sent, size: members.len(), call: call.clone() });
+        }
+    }
+    seen
 }
 
 /// The indices of `jobs` by call: one call per hash slot in a Cluster, one call otherwise; in

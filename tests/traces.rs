@@ -491,3 +491,44 @@ async fn a_collector_that_never_answers_changes_no_decision_and_delays_shutdown_
     assert!(stopping < Duration::from_secs(8), "stopping took {stopping:?}: the exporter's wait is bounded");
     drop(silent);
 }
+
+/// The HTTP API reads `traceparent` from its headers: `/v1/check` and forward-auth make `Check`
+/// spans under the caller's span.
+#[tokio::test]
+async fn http_calls_join_the_callers_trace() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let collector = collector();
+    let yaml = format!("http_api:\n  addr: 127.0.0.1:0\n{TIERS}");
+    let server = SluiceServer::start(&yaml, None).await;
+    let to = server.http_api_addr.expect("the HTTP API");
+    let send = |method: &'static str, path: &'static str, traceparent: String, body: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(to).await.expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\ntraceparent: {traceparent}\r\n\
+             X-Forwarded-For: 10.9.9.9\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let caller = Parent::new(true);
+    let json = send(
+        "POST",
+        "/v1/check",
+        caller.traceparent(),
+        r#"{"requests": [{"attributes": {"ip": "10.8.0.1"}}]}"#,
+    )
+    .await;
+    assert!(json.starts_with("HTTP/1.1 200"), "{json}");
+    let gate = caller.sibling();
+    let answer = send("GET", "/v1/forward-auth", gate.traceparent(), "").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let spans = collector.wait_for(&caller.trace_id, 2).await;
+    for parent in [&caller, &gate] {
+        let span = decision(&spans, CHECK, parent);
+        assert_eq!(attr(span, "sluice.decision").as_deref(), Some("allow"));
+        assert_eq!(attr(span, "sluice.source").as_deref(), Some("local"));
+    }
+}

@@ -10,6 +10,9 @@
 //!   `X-Forwarded-Host`, `User-Agent`, the configured attribute headers; the client from
 //!   `client_ip`). Allowed: 200 with the RateLimit headers, which the gateway can copy; denied:
 //!   `http_api.deny_status` with `Retry-After` and the RateLimit headers.
+//!
+//! With traces on, each call makes the same spans as gRPC's `Check` (forward-auth included) or
+//! `Report`, under the caller's `traceparent` header.
 
 use std::sync::Arc;
 
@@ -20,12 +23,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use super::{client_ip, native, pb};
 use crate::check::Mode;
 use crate::config::{HttpApiSettings, InputLimits};
 use crate::engine::Engine;
 use crate::http::Peer;
+use crate::traces;
 
 #[derive(Clone)]
 struct Api {
@@ -54,9 +59,13 @@ async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(r) => r,
         Err(status) => return error(&status),
     };
-    match native::check(native::Carrier::Http, &api.engine, api.limits, request, request_id(&headers), None)
-        .await
-    {
+    let span = call_span(traces::Api::Check, &headers);
+    let answer =
+        native::check(native::Carrier::Http, &api.engine, api.limits, request, request_id(&headers), None)
+            .instrument(span.clone())
+            .await;
+    traces::answered(&span, check_outcome(&answer));
+    match answer {
         Ok(response) => json(StatusCode::OK, &response),
         Err(status) => error(&status),
     }
@@ -67,9 +76,40 @@ async fn report(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
         Ok(r) => r,
         Err(status) => return error(&status),
     };
-    match native::report(&api.engine, api.limits, request, request_id(&headers)).await {
+    let span = call_span(traces::Api::Report, &headers);
+    let answer =
+        native::report(&api.engine, api.limits, request, request_id(&headers)).instrument(span.clone()).await;
+    let outcome = match &answer {
+        Ok(r) => traces::Outcome { tiers: r.tiers_counted as usize, ..Default::default() },
+        Err(status) => traces::Outcome { grpc_code: status.code().into(), ..Default::default() },
+    };
+    traces::answered(&span, outcome);
+    match answer {
         Ok(response) => json(StatusCode::OK, &response),
         Err(status) => error(&status),
+    }
+}
+
+/// A decision span for an HTTP call, under the caller's `traceparent` header when it sent one (the
+/// spans are `Check`'s and `Report`'s, whichever API carried them); none when traces are off.
+fn call_span(api: traces::Api, headers: &HeaderMap) -> tracing::Span {
+    if !traces::enabled() {
+        return tracing::Span::none();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    traces::decision_span(api, header("traceparent"), header("tracestate"))
+}
+
+fn check_outcome(answer: &Result<pb::CheckResponse, Status>) -> traces::Outcome<'_> {
+    match answer {
+        Ok(r) => traces::Outcome {
+            allowed: Some(r.decisions.iter().all(|d| d.allowed)),
+            source: r.decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
+            tiers: r.decisions.iter().map(|d| d.tiers.len()).sum(),
+            requests: Some(r.decisions.len()),
+            ..Default::default()
+        },
+        Err(status) => traces::Outcome { grpc_code: status.code().into(), ..Default::default() },
     }
 }
 
@@ -111,10 +151,20 @@ async fn forward_auth(
             return error(&status);
         }
     };
-    let decision = match api.engine.check_batch(&requests, Mode::Consume, None).await {
+    let span = call_span(traces::Api::Check, &headers);
+    let decision = match api.engine.check_batch(&requests, Mode::Consume, None).instrument(span.clone()).await
+    {
         Ok(mut decisions) => decisions.remove(0),
         Err((i, e)) => return error(&super::status::from_request_error(i, e)),
     };
+    let outcome = traces::Outcome {
+        allowed: Some(decision.allowed),
+        source: decision.source.map(|s| s.as_str()),
+        tiers: decision.statuses.len(),
+        requests: Some(1),
+        ..Default::default()
+    };
+    traces::answered(&span, outcome);
     crate::metrics::api_decision(native::Carrier::ForwardAuth.label(), decision.allowed);
     let status = if decision.allowed {
         StatusCode::OK

@@ -5,15 +5,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http1::{Answer, exchange, loopback};
 use common::process::{Process, pick_port};
 use common::{RedisServer, SluiceServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLUICE: &str = "
 tiers:
@@ -59,44 +59,9 @@ async fn application(port: u16) -> Seen {
     seen
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request from `source`.
+/// One HTTP/1.1 request to the gateway on `to` from 127.0.0.`source`.
 async fn request(to: u16, source: u8, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.bind(SocketAddr::new(IpAddr::from([127, 0, 0, source]), 0)).expect("bind the client's address");
-    let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], to))).await.expect("connect");
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("Content-Length: 0\r\n\r\n");
-    stream.write_all(text.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status: status.unwrap_or_else(|| panic!("no status line in {raw:?}")),
-        headers,
-        body: body.to_owned(),
-    }
+    exchange(SocketAddr::from(([127, 0, 0, 1], to)), loopback(source), method, path, headers, "").await
 }
 
 /// Waits until `port` answers `GET /` with the application's body (the gateway is up and routes).
@@ -263,27 +228,7 @@ async fn caddy_forward_auth() {
 
 /// Traefik, from a virtual environment with tests/gateways/requirements.txt installed.
 fn traefik() -> std::path::PathBuf {
-    let venv = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
-    let requirements = common::repo_path("tests/gateways/requirements.txt");
-    let stamp = venv.join("installed.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let status = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .expect("python3 must be installed");
-        assert!(status.success(), "python3 -m venv failed");
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(&requirements)
-            .output()
-            .expect("pip");
-        assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(&stamp, wanted).expect("stamp");
-    }
-    venv.join("bin/traefik")
+    common::http1::venv("gateways", &common::repo_path("tests/gateways/requirements.txt")).join("bin/traefik")
 }
 
 #[tokio::test]

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use common::SluiceServer;
+use common::http1::{Answer, exchange, loopback};
 use sluice::api::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,60 +34,6 @@ tiers:
 async fn server(extra: &str) -> SluiceServer {
     let yaml = format!("http_api:\n  addr: 127.0.0.1:0\n{extra}{TIERS}");
     SluiceServer::start(&yaml, None).await
-}
-
-/// One HTTP/1.1 exchange from `source` (a loopback address of the test's choosing, so a test can
-/// play several clients): status, headers (lower-case names) and body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-async fn exchange(
-    to: SocketAddr,
-    source: IpAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.bind(SocketAddr::new(source, 0)).expect("bind the client's address");
-    let mut stream = socket.connect(to).await.expect("connect");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    // A server that refuses a body may answer and close before reading all of it: what it
-    // answered is read all the same.
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer { status: status.expect("a status line"), headers, body: body.to_owned() }
-}
-
-fn loopback(last: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, last])
 }
 
 async fn post(server: &SluiceServer, path: &str, body: &str) -> Answer {
@@ -211,6 +157,16 @@ async fn forward_auth_counts_the_original_request_and_answers_with_headers() {
     let second = exchange(to, gateway, "GET", "/v1/forward-auth", &login("/auth/login?a=2"), "").await;
     assert_eq!((first.status, second.status), (200, 429));
 
+    // A configured header past the bound on values is refused, naming it; a long chain of
+    // forwarded addresses is walked from the right, as far as it needs.
+    let huge = "u".repeat(5000);
+    let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &[("X-User", huge.as_str())], "").await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("x-user"), "{}", answer.body);
+    let chain = format!("{}198.51.100.30", "203.0.113.77, ".repeat(3000));
+    let answer =
+        exchange(to, gateway, "GET", "/v1/forward-auth", &[("X-Forwarded-For", chain.as_str())], "").await;
+    assert_eq!(answer.status, 200, "the right-most address is the client");
     // A configured header becomes an attribute: the api tier counts by user, across addresses.
     for (i, client) in ["198.51.100.20", "198.51.100.21", "198.51.100.22"].into_iter().enumerate() {
         let headers = [("X-Forwarded-For", client), ("X-User", "u1")];

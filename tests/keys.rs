@@ -708,6 +708,18 @@ fn override_case(domain: &str, entries: Vec<(String, String)>) -> EnvoyCase {
     }
 }
 
+/// `remote_address` = `value` in `domain`, counted under the configured limit (a second).
+fn configured_address(domain: &str, value: String) -> EnvoyCase {
+    let entries = vec![("remote_address".to_owned(), value)];
+    let mut expected = vec![domain.to_owned(), String::new()];
+    expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
+    EnvoyCase {
+        domain: domain.to_owned(),
+        descriptor: Descriptor { entries, ..Default::default() },
+        expected: Some(expected),
+    }
+}
+
 /// Two descriptors likely to be confused by a careless encoding.
 fn envoy_pair() -> BoxedStrategy<(EnvoyCase, EnvoyCase)> {
     prop_oneof![
@@ -732,33 +744,20 @@ fn envoy_pair() -> BoxedStrategy<(EnvoyCase, EnvoyCase)> {
             };
             (override_case(d, split(&cuts[..3])), override_case(d, split(&cuts[3..])))
         }),
-        // A configured limit against the request's own limit over the same entries.
+        // A configured limit against the request's own limit over the same entries: in another
+        // unit (a minute), a counter of its own.
         (select(DOMAINS), envoy_value()).prop_map(|(d, v)| {
-            let entries = vec![("remote_address".to_owned(), v)];
-            let mut expected = vec![d.to_owned(), String::new()];
-            expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
-            let configured = EnvoyCase {
-                domain: d.to_owned(),
-                descriptor: Descriptor { entries: entries.clone(), ..Default::default() },
-                expected: Some(expected),
-            };
-            (configured, override_case(d, entries))
+            let configured = configured_address(d, v);
+            let overriding = override_case(d, configured.descriptor.entries.clone());
+            (configured, overriding)
         }),
-        // The request's own limit in the configured limit's unit (a second): one counter, each
-        // compared with its own limit, as envoyproxy/ratelimit counts them.
+        // In the configured limit's unit (a second): one counter, each compared with its own
+        // limit, as envoyproxy/ratelimit counts them.
         (select(DOMAINS), envoy_value()).prop_map(|(d, v)| {
-            let entries = vec![("remote_address".to_owned(), v)];
-            let mut expected = vec![d.to_owned(), String::new()];
-            expected.extend(entries.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
-            let configured = EnvoyCase {
-                domain: d.to_owned(),
-                descriptor: Descriptor { entries: entries.clone(), ..Default::default() },
-                expected: Some(expected.clone()),
-            };
+            let configured = configured_address(d, v);
             let overriding = EnvoyCase {
-                domain: d.to_owned(),
-                descriptor: Descriptor { entries, limit_override: Some((5, 1)), hits: None },
-                expected: Some(expected),
+                descriptor: Descriptor { limit_override: Some((5, 1)), ..configured.descriptor.clone() },
+                ..configured.clone()
             };
             (configured, overriding)
         }),

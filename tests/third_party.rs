@@ -12,31 +12,8 @@ use common::{RedisServer, SluiceServer};
 
 /// A Python virtual environment with tests/clients/requirements.txt installed.
 fn python() -> PathBuf {
-    // The tests of this file run at once: one of them builds the environment, the other waits.
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("third-party-clients");
-    let python = venv.join("bin/python");
-    let requirements = common::repo_path("tests/clients/requirements.txt");
-    let stamp = venv.join("installed.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let status = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .expect("python3 must be installed");
-        assert!(status.success(), "python3 -m venv failed");
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(&requirements)
-            .output()
-            .expect("pip");
-        assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(&stamp, wanted).expect("stamp");
-    }
-    python
+    common::http1::venv("third-party-clients", &common::repo_path("tests/clients/requirements.txt"))
+        .join("bin/python")
 }
 
 /// Runs tests/clients/rls_client.py against `server`: `calls` requests for `descriptors` (see the

@@ -27,15 +27,18 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     if !is_trusted(&peer) {
         return peer;
     }
+    // Right to left over every field line, without collecting: a long header costs no memory.
     let mut entries = headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|line| line.split(','))
+        .flat_map(|line| line.rsplit(','))
         .map(|e| e.trim_matches([' ', '\t']))
         .filter(|e| !e.is_empty())
-        .collect::<Vec<_>>();
-    if entries.is_empty() {
+        .take(MOST_HOPS)
+        .peekable();
+    if entries.peek().is_none() {
         return headers
             .get("x-real-ip")
             .and_then(|v| v.to_str().ok())
@@ -43,8 +46,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
             .unwrap_or(peer);
     }
     let mut last = peer;
-    let walked = entries.len().min(MOST_HOPS);
-    for entry in entries.drain(..).rev().take(walked) {
+    for entry in entries {
         match parse(entry) {
             Some(ip) if !is_trusted(&ip) => return ip,
             Some(ip) => last = ip,

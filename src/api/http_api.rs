@@ -135,22 +135,25 @@ async fn forward_auth(
     if let Some(host) = text("x-forwarded-host") {
         attributes.extra.insert("host".to_owned(), host);
     }
-    for (name, attribute) in &api.settings.attributes {
-        if let Some(value) = text(name) {
-            set(&mut attributes, attribute, value);
-        }
-    }
     let request = pb::RateRequest { attributes: Some(attributes), cost: None, tiers: Vec::new() };
-    let requests = match native::to_requests(vec![request], api.limits) {
-        Ok(mut r) => {
-            r[0].correlation_id = request_id(&headers);
-            r
-        }
+    let mut requests = match native::to_requests(vec![request], api.limits) {
+        Ok(r) => r,
         Err(status) => {
             super::status::rejected(&status);
             return error(&status);
         }
     };
+    requests[0].correlation_id = request_id(&headers);
+    // The configured headers, held to the same bound as every attribute.
+    for (name, attribute) in &api.settings.attributes {
+        if let Some(value) = text(name) {
+            if let Err(status) = super::check_len(name, &value, api.limits) {
+                super::status::rejected(&status);
+                return error(&status);
+            }
+            requests[0].attributes.set(attribute, value);
+        }
+    }
     let span = call_span(traces::Api::Check, &headers);
     let decision = match api.engine.check_batch(&requests, Mode::Consume, None).instrument(span.clone()).await
     {
@@ -178,21 +181,6 @@ async fn forward_auth(
         }
     }
     response
-}
-
-/// Sets a forward-auth attribute from a configured header.
-fn set(attributes: &mut pb::Attributes, attribute: &crate::request::Attr, value: String) {
-    use crate::request::Attr;
-    let slot = match attribute {
-        Attr::Ip => &mut attributes.ip,
-        Attr::User => &mut attributes.user,
-        Attr::Endpoint => &mut attributes.endpoint,
-        Attr::Method => &mut attributes.method,
-        Attr::UserAgent => &mut attributes.user_agent,
-        Attr::ClientTier => &mut attributes.client_tier,
-        Attr::Extra(name) => attributes.extra.entry(name.clone()).or_default(),
-    };
-    *slot = value;
 }
 
 fn request_id(headers: &HeaderMap) -> String {

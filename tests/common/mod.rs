@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod http1;
 pub mod otlp;
 pub mod process;
 pub mod proxy;

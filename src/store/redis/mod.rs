@@ -103,8 +103,7 @@ impl RedisStore {
         let started = Instant::now();
         let result = match &self.conn {
             Connection::Cluster(c) => self.run_by_slot(c, checks, mode, now, deadline).await,
-            _ if now == 0 => self.batch.decide(Encoded::new(checks, mode), None, deadline).await,
-            conn => decide_alone(conn, checks, mode, now).await,
+            _ => self.decide_one(checks, mode, now, None, deadline).await,
         };
         metrics::redis_duration(started.elapsed());
         match merged {
@@ -147,12 +146,13 @@ impl RedisStore {
             }
         };
         let groups = slot::by_slot(0..checks.len(), |&i| checks[i].key.as_str());
+        let slot = |subset: &[Check]| Some(slot::key_slot(subset[0].key.as_bytes()));
         if groups.len() == 1 {
-            return self.decide_in_slot(checks, mode, now, deadline).await;
+            return self.decide_one(checks, mode, now, slot(checks), deadline).await;
         }
         let subsets: Vec<Vec<Check>> =
             groups.iter().map(|members| members.iter().map(|&i| checks[i].clone()).collect()).collect();
-        let calls = subsets.iter().map(|subset| self.decide_in_slot(subset, mode, now, deadline));
+        let calls = subsets.iter().map(|subset| self.decide_one(subset, mode, now, slot(subset), deadline));
         let outcomes = futures::future::try_join_all(calls).await?;
         let mut verdicts = vec![Verdict::default(); checks.len()];
         let mut admitted = true;
@@ -165,17 +165,18 @@ impl RedisStore {
         Ok(Answer { admitted, verdicts, source: Source::Redis })
     }
 
-    /// Decides checks whose keys share one Cluster slot.
-    async fn decide_in_slot(
+    /// One request of a script call: in the next batch at Redis's time (with the requests of its
+    /// `slot`, in a Cluster), or alone at an instant chosen by the caller.
+    async fn decide_one(
         &self,
         checks: &[Check],
         mode: Mode,
         now: u64,
+        slot: Option<u16>,
         deadline: Option<Instant>,
     ) -> Result<Answer, StoreError> {
         if now == 0 {
-            let slot = slot::key_slot(checks[0].key.as_bytes());
-            self.batch.decide(Encoded::new(checks, mode), Some(slot), deadline).await
+            self.batch.decide(Encoded::new(checks, mode), slot, deadline).await
         } else {
             decide_alone(&self.conn, checks, mode, now).await
         }

@@ -188,14 +188,17 @@ pub fn render(
             ("X-RateLimit-Reset", ceil_secs(reset_ms).to_string()),
         ],
         Headers::Draft => {
-            let policies: Vec<String> = policies
-                .iter()
-                .map(|p| format!("\"{}\";q={};w={}", p.name, p.limit, ceil_secs(p.window_ms)))
-                .collect();
-            vec![
-                ("RateLimit-Policy", policies.join(", ")),
-                ("RateLimit", format!("\"{}\";r={remaining};t={}", deciding.name, ceil_secs(reset_ms))),
-            ]
+            use std::fmt::Write;
+            // Written in place: this runs on every decision.
+            let mut policy = String::with_capacity(policies.iter().map(|p| p.name.len() + 32).sum());
+            for (i, p) in policies.iter().enumerate() {
+                let separator = if i == 0 { "" } else { ", " };
+                let _ =
+                    write!(policy, "{separator}\"{}\";q={};w={}", p.name, p.limit, ceil_secs(p.window_ms));
+            }
+            let mut current = String::with_capacity(deciding.name.len() + 32);
+            let _ = write!(current, "\"{}\";r={remaining};t={}", deciding.name, ceil_secs(reset_ms));
+            vec![("RateLimit-Policy", policy), ("RateLimit", current)]
         }
     };
     if let Some(retry) = retry_ms {

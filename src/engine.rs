@@ -236,7 +236,7 @@ impl Engine {
         let domain = prepared.domain;
         let (statuses, decided) = prepared.finish(asked);
         for (path, label) in &decided {
-            metrics::envoy_decision(domain, path, label, source.as_str());
+            path.record(domain, label, source.as_str());
         }
         metrics::decision_duration(started.elapsed());
         Ok(answer(statuses, Some(source)))

@@ -68,6 +68,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()?;
     describe();
+    let _ = HOT.set(Hot::register());
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("SLUICE_REVISION"))
         .set(1.0);
     *installed = Some(handle.clone());
@@ -162,25 +163,44 @@ fn describe() {
 const DECISION_LABELS: [&str; 4] = ["allow", "deny", "shadow_deny", "exempt"];
 const SOURCE_LABELS: [&str; 6] = ["redis", "local", "fallback", "shed", "cache", "none"];
 
-/// One tier's counters, each registered on first use and then incremented without a registry
-/// lookup: decisions by decision and source, units consumed, and near-limit decisions.
+/// Decisions of one series set (a tier, or an Envoy descriptor) by decision and source, each
+/// registered on first use and then incremented without a registry lookup.
+#[derive(Debug, Default)]
+pub struct DecisionCounters(
+    [std::sync::OnceLock<metrics::Counter>; DECISION_LABELS.len() * SOURCE_LABELS.len()],
+);
+
+impl DecisionCounters {
+    /// Counts one decision; `register` makes the counter of a (decision, source) pair first seen.
+    fn increment(
+        &self,
+        decision: &'static str,
+        source: &'static str,
+        register: impl FnOnce(&'static str, &'static str) -> metrics::Counter,
+    ) {
+        let d = DECISION_LABELS.iter().position(|l| *l == decision).unwrap_or(0);
+        let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(SOURCE_LABELS.len() - 1);
+        self.0[d * SOURCE_LABELS.len() + s]
+            .get_or_init(|| register(DECISION_LABELS[d], SOURCE_LABELS[s]))
+            .increment(1);
+    }
+}
+
+/// One tier's counters: decisions by decision and source, units consumed, and near-limit
+/// decisions, each registered on first use.
 #[derive(Debug, Default)]
 pub struct TierCounters {
-    decisions: [std::sync::OnceLock<metrics::Counter>; DECISION_LABELS.len() * SOURCE_LABELS.len()],
+    decisions: DecisionCounters,
     units: std::sync::OnceLock<metrics::Counter>,
     near_limit: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl TierCounters {
     pub fn record(&self, tier: &std::sync::Arc<str>, decision: &'static str, source: &'static str) {
-        let d = DECISION_LABELS.iter().position(|l| *l == decision).unwrap_or(0);
-        let s = SOURCE_LABELS.iter().position(|l| *l == source).unwrap_or(SOURCE_LABELS.len() - 1);
-        self.decisions[d * SOURCE_LABELS.len() + s]
-            .get_or_init(|| {
-                let tier = std::sync::Arc::clone(tier);
-                counter!(DECISIONS, "tier" => tier, "decision" => DECISION_LABELS[d], "source" => SOURCE_LABELS[s])
-            })
-            .increment(1);
+        self.decisions.increment(decision, source, |decision, source| {
+            let tier = std::sync::Arc::clone(tier);
+            counter!(DECISIONS, "tier" => tier, "decision" => decision, "source" => source)
+        });
     }
 
     /// `units` consumed on the tier; `near` when what remains is under `NEAR_LIMIT_PERCENT` of the
@@ -204,21 +224,59 @@ pub fn decision(tier: &'static str, decision: &'static str, source: &'static str
     counter!(DECISIONS, "tier" => tier, "decision" => decision, "source" => source).increment(1);
 }
 
+/// The APIs that carry a `Check`, as `sluice_api_decisions_total` labels them.
+pub const API_LABELS: [&str; 3] = ["grpc", "http", "forward_auth"];
+
+/// The metrics recorded on every decision, registered once with the recorder, so that a decision
+/// pays no registry lookup (a hash of its name and labels) for them.
+struct Hot {
+    decision_duration: metrics::Histogram,
+    redis_duration: metrics::Histogram,
+    redis_batch: metrics::Histogram,
+    /// By `API_LABELS` position, then allowed (0) or denied (1).
+    api_decisions: [[metrics::Counter; 2]; API_LABELS.len()],
+}
+
+/// Set by `install`; until then (a process without a recorder) the metrics below are not kept.
+static HOT: std::sync::OnceLock<Hot> = std::sync::OnceLock::new();
+
+impl Hot {
+    fn register() -> Hot {
+        let api = |api: &'static str| {
+            ["allow", "deny"].map(|decision| counter!(API_DECISIONS, "api" => api, "decision" => decision))
+        };
+        Hot {
+            decision_duration: histogram!(DECISION_DURATION),
+            redis_duration: histogram!(REDIS_DURATION),
+            redis_batch: histogram!(REDIS_BATCH),
+            api_decisions: API_LABELS.map(api),
+        }
+    }
+}
+
 pub fn decision_duration(elapsed: Duration) {
-    histogram!(DECISION_DURATION).record(elapsed.as_secs_f64());
+    if let Some(hot) = HOT.get() {
+        hot.decision_duration.record(elapsed.as_secs_f64());
+    }
 }
 
 pub fn redis_duration(elapsed: Duration) {
-    histogram!(REDIS_DURATION).record(elapsed.as_secs_f64());
+    if let Some(hot) = HOT.get() {
+        hot.redis_duration.record(elapsed.as_secs_f64());
+    }
 }
 
-/// One `Check` decision, by the API that carried it.
-pub fn api_decision(api: &'static str, allowed: bool) {
-    counter!(API_DECISIONS, "api" => api, "decision" => if allowed { "allow" } else { "deny" }).increment(1);
+/// One `Check` decision, by the API that carried it (an index into `API_LABELS`).
+pub fn api_decision(api: usize, allowed: bool) {
+    if let Some(counter) = HOT.get().and_then(|hot| hot.api_decisions.get(api)) {
+        counter[usize::from(!allowed)].increment(1);
+    }
 }
 
 pub fn redis_batch(requests: usize) {
-    histogram!(REDIS_BATCH).record(requests as f64);
+    if let Some(hot) = HOT.get() {
+        hot.redis_batch.record(requests as f64);
+    }
 }
 
 pub fn redis_error(kind: &'static str) {
@@ -241,6 +299,21 @@ pub fn security_event(tier: &std::sync::Arc<str>, factor: &'static str) {
     counter!(SECURITY_EVENTS, "tier" => std::sync::Arc::clone(tier), "factor" => factor).increment(1);
 }
 
+/// An Envoy descriptor's decision, in the series of a configured path (`counters` are that path's).
+pub fn envoy_path_decision(
+    counters: &DecisionCounters,
+    domain: &str,
+    path: &str,
+    decision: &'static str,
+    source: &'static str,
+) {
+    counters.increment(decision, source, |decision, source| {
+        counter!(ENVOY_DECISIONS, "domain" => domain.to_owned(), "descriptor" => path.to_owned(), "decision" => decision, "source" => source)
+    });
+}
+
+/// An Envoy descriptor's decision under a path no configured node names alone (one holding request
+/// values, or an override's): registered anew each time.
 pub fn envoy_decision(domain: &str, descriptor: &str, decision: &'static str, source: &'static str) {
     counter!(ENVOY_DECISIONS, "domain" => domain.to_owned(), "descriptor" => descriptor.to_owned(), "decision" => decision, "source" => source)
         .increment(1);

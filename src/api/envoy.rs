@@ -100,7 +100,7 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
     if r.domain.is_empty() {
         return Err(invalid("domain", "must not be empty"));
     }
-    check_len("domain", &r.domain, limits)?;
+    check_len(|| "domain".to_owned(), &r.domain, limits)?;
     if r.descriptors.is_empty() {
         return Err(invalid("descriptors", "must hold at least one descriptor"));
     }
@@ -127,8 +127,8 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
             if e.key.is_empty() {
                 return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
             }
-            check_len(&format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
-            check_len(&format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
+            check_len(|| format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
+            check_len(|| format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
             entries.push((e.key, e.value));
         }
         if d.is_negative_hits {

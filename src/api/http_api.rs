@@ -147,7 +147,7 @@ async fn forward_auth(
     // The configured headers, held to the same bound as every attribute.
     for (name, attribute) in &api.settings.attributes {
         if let Some(value) = text(name) {
-            if let Err(status) = super::check_len(name, &value, api.limits) {
+            if let Err(status) = super::check_len(|| name.clone(), &value, api.limits) {
                 super::status::rejected(&status);
                 return error(&status);
             }
@@ -168,7 +168,7 @@ async fn forward_auth(
         ..Default::default()
     };
     traces::answered(&span, outcome);
-    crate::metrics::api_decision(native::Carrier::ForwardAuth.label(), decision.allowed);
+    crate::metrics::api_decision(native::Carrier::ForwardAuth.metric(), decision.allowed);
     let status = if decision.allowed {
         StatusCode::OK
     } else {

@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 use crate::config::InputLimits;
 use crate::traces;
 
-/// INVALID_ARGUMENT naming `field` when `text` is longer than `limits.max_value_bytes`.
-pub(crate) fn check_len(field: &str, text: &str, limits: InputLimits) -> Result<(), tonic::Status> {
+/// INVALID_ARGUMENT naming `field` when `text` is longer than `limits.max_value_bytes`. The name
+/// is made only for the error: most values pass, and a decision should not pay to name them.
+pub(crate) fn check_len(
+    field: impl FnOnce() -> String,
+    text: &str,
+    limits: InputLimits,
+) -> Result<(), tonic::Status> {
     if text.len() > limits.max_value_bytes {
         return Err(status::invalid(
-            field,
+            &field(),
             &format!("{} bytes exceed limits.max_value_bytes ({})", text.len(), limits.max_value_bytes),
         ));
     }

@@ -101,11 +101,12 @@ pub enum Carrier {
 }
 
 impl Carrier {
-    pub fn label(self) -> &'static str {
+    /// Its position in `metrics::API_LABELS`.
+    pub fn metric(self) -> usize {
         match self {
-            Carrier::Grpc => "grpc",
-            Carrier::Http => "http",
-            Carrier::ForwardAuth => "forward_auth",
+            Carrier::Grpc => 0,
+            Carrier::Http => 1,
+            Carrier::ForwardAuth => 2,
         }
     }
 }
@@ -130,7 +131,7 @@ pub async fn check(
         .await
         .map_err(|(i, e)| from_request_error(i, e))?
         .into_iter()
-        .inspect(|d| crate::metrics::api_decision(api.label(), d.allowed))
+        .inspect(|d| crate::metrics::api_decision(api.metric(), d.allowed))
         .map(to_proto)
         .collect();
     Ok(pb::CheckResponse { decisions })
@@ -206,7 +207,7 @@ fn to_parts(
         ));
     }
     for (j, name) in tiers.iter().enumerate() {
-        check_len(&at(&format!("tiers[{j}]")), name, limits)?;
+        check_len(|| at(&format!("tiers[{j}]")), name, limits)?;
     }
     let a = attributes.unwrap_or_default();
     for (name, value) in [
@@ -217,7 +218,7 @@ fn to_parts(
         ("user_agent", &a.user_agent),
         ("client_tier", &a.client_tier),
     ] {
-        check_len(&at(&format!("attributes.{name}")), value, limits)?;
+        check_len(|| at(&format!("attributes.{name}")), value, limits)?;
     }
     if a.extra.len() > limits.max_extra {
         return Err(invalid(
@@ -229,14 +230,14 @@ fn to_parts(
         if name.is_empty() {
             return Err(invalid(&at("attributes.extra"), "an entry has an empty name"));
         }
-        check_len(&at("attributes.extra"), name, limits)?;
+        check_len(|| at("attributes.extra"), name, limits)?;
         if Attr::BUILT_IN.contains(&name.as_str()) {
             return Err(invalid(
                 &at(&format!("attributes.extra[{name:?}]")),
                 "is a built-in attribute; set the field of that name instead",
             ));
         }
-        check_len(&at(&format!("attributes.extra[{name:?}]")), value, limits)?;
+        check_len(|| at(&format!("attributes.extra[{name:?}]")), value, limits)?;
     }
     Ok(engine::Request { attributes: Attributes::from(a), cost: 1, tiers, correlation_id: String::new() })
 }

@@ -355,6 +355,7 @@ fn level(
             detailed_metric: d.detailed_metric,
             value_to_metric: d.value_to_metric,
             children: Level::default(),
+            metric: Default::default(),
         };
         if let Some(children) = d.descriptors {
             level(
@@ -532,10 +533,8 @@ descriptors:
             900_000
         );
         assert!(d.matches(&entries(&[("unknown", "x")])).is_none());
-        assert_eq!(
-            d.matches(&entries(&[("remote_address", "9.9.9.9")])).expect("key-only").path,
-            "remote_address"
-        );
+        let key_only = d.matches(&entries(&[("remote_address", "9.9.9.9")])).expect("key-only");
+        assert_eq!((key_only.node.metric.path.as_str(), key_only.client_path), ("remote_address", None));
         let injected = parse(
             "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: \"a\\\"b\\r\\nX: 1\"}\n",
             "t",
@@ -545,7 +544,10 @@ descriptors:
             "{injected:?}"
         );
         let shown = parse("domain: d\ndescriptors:\n  - key: route\n    value_to_metric: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n", "t").expect("valid");
-        assert_eq!(shown.matches(&entries(&[("route", "api")])).expect("match").path, "route_api");
+        assert_eq!(
+            shown.matches(&entries(&[("route", "api")])).expect("match").client_path.as_deref(),
+            Some("route_api")
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub struct Domain {
 /// The nodes under one parent, by how they match an entry's value.
 #[derive(Clone, Debug, Default)]
 pub struct Level {
-    exact: HashMap<(String, String), Node>,
+    /// By key, then value: looked up with the request's strings as they are.
+    exact: HashMap<String, HashMap<String, Node>>,
     wildcards: Vec<(String, String, Node)>,
     any_value: HashMap<String, Node>,
 }
@@ -41,7 +42,7 @@ impl Level {
         } else if value.contains('*') {
             self.wildcards.push((key, value, node));
         } else {
-            self.exact.insert((key, value), node);
+            self.exact.entry(key).or_default().insert(value, node);
         }
     }
 }
@@ -59,6 +60,16 @@ pub struct Node {
     /// A key-only or wildcard match shows the request's value in the metric path.
     pub value_to_metric: bool,
     pub children: Level,
+    /// Its path in the configuration and its decision counters, filled in by `Domain::new`.
+    pub metric: Arc<NodeMetric>,
+}
+
+/// A node's `sluice_envoy_decisions_total` series when its path holds no request value: the path
+/// is known once the tree is, and the counters are registered on first use.
+#[derive(Debug, Default)]
+pub struct NodeMetric {
+    pub path: String,
+    pub counters: crate::metrics::DecisionCounters,
 }
 
 /// Sluice's own options on a node (`sluice:`).
@@ -97,73 +108,120 @@ pub struct Match<'d> {
     pub node: &'d Node,
     /// The counter's identity: each entry's key and value (the pattern, for a shared wildcard).
     pub identity: Vec<(&'d str, String)>,
-    /// The config path, for metrics: keys, wildcard patterns, and values only where detailed.
-    pub path: String,
-    /// Whether `path` holds values from the request (`detailed_metric`, or `value_to_metric` on a
-    /// node that matched more than one value), so that its label values must be bounded.
-    pub client_values: bool,
+    /// The config path for metrics when it holds values from the request (`detailed_metric`, or
+    /// `value_to_metric` on a node that matched more than one value), so that its label values
+    /// must be bounded; `None` when the node's own path (`NodeMetric`) is the one.
+    pub client_path: Option<String>,
+}
+
+/// How one entry of a request descriptor matched: its key as stored, the request's value, the node,
+/// and how.
+struct Step<'d, 'r> {
+    key: &'d str,
+    value: &'r str,
+    node: &'d Node,
+    how: How<'d>,
+}
+
+#[derive(Clone, Copy)]
+enum How<'d> {
+    Exact,
+    Wildcard(&'d str),
+    AnyValue,
+}
+
+impl Step<'_, '_> {
+    /// Whether the metric path shows the request's value where the configuration has none.
+    fn shows_value(&self) -> bool {
+        match self.how {
+            How::Exact => false,
+            How::Wildcard(_) => self.node.value_to_metric && !self.node.share_threshold,
+            How::AnyValue => self.node.value_to_metric,
+        }
+    }
 }
 
 impl Domain {
-    pub fn new(name: String, root: Level) -> Domain {
+    pub fn new(name: String, mut root: Level) -> Domain {
+        name_paths(&mut root, "");
         Domain { name, root }
     }
 
     /// Matches one request descriptor; `None` when it gets no limit.
     pub fn matches<'d>(&'d self, entries: &[(String, String)]) -> Option<Match<'d>> {
         let mut level = &self.root;
-        let mut node = None;
-        let mut identity = Vec::with_capacity(entries.len());
-        let mut path = Vec::with_capacity(entries.len());
-        let mut client_values = false;
+        let mut steps: Vec<Step<'d, '_>> = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            let (n, part, shared) = if let Some((k, n)) =
-                level.exact.get_key_value(&(key.clone(), value.clone())).map(|((k, _), n)| (k, n))
+            let step = if let Some((k, n)) =
+                level.exact.get_key_value(key.as_str()).and_then(|(k, values)| Some((k, values.get(value)?)))
             {
-                (n, format!("{k}_{value}"), None)
+                Step { key: k, value, node: n, how: How::Exact }
             } else if let Some((k, pattern, n)) =
                 level.wildcards.iter().find(|(k, p, _)| k == key && wildcard_match(p, value))
             {
-                let part = if n.value_to_metric && !n.share_threshold {
-                    client_values = true;
-                    format!("{k}_{value}")
-                } else {
-                    format!("{k}_{pattern}")
-                };
-                (n, part, n.share_threshold.then(|| pattern.clone()))
+                Step { key: k, value, node: n, how: How::Wildcard(pattern) }
             } else if let Some((k, n)) = level.any_value.get_key_value(key) {
-                client_values |= n.value_to_metric;
-                (n, if n.value_to_metric { format!("{k}_{value}") } else { k.clone() }, None)
+                Step { key: k, value, node: n, how: How::AnyValue }
             } else {
                 return None;
             };
-            identity.push((key_of(level, key), shared.unwrap_or_else(|| value.clone())));
-            path.push(part);
-            node = Some(n);
-            level = &n.children;
+            level = &step.node.children;
+            steps.push(step);
         }
-        let node = node?;
+        let node = steps.last()?.node;
         node.rule.as_ref()?;
-        let path = if node.detailed_metric {
-            client_values = true;
-            entries.iter().map(|(k, v)| format!("{k}_{v}")).collect::<Vec<_>>().join(".")
-        } else {
-            path.join(".")
-        };
-        Some(Match { node, identity, path, client_values })
+        let identity = steps
+            .iter()
+            .map(|s| match s.how {
+                How::Wildcard(pattern) if s.node.share_threshold => (s.key, pattern.to_owned()),
+                _ => (s.key, s.value.to_owned()),
+            })
+            .collect();
+        Some(Match { node, identity, client_path: client_path(&steps, entries) })
     }
 }
 
-/// The stored key string, so that `Match` borrows from the domain rather than the request.
-fn key_of<'d>(level: &'d Level, key: &str) -> &'d str {
-    level
-        .exact
-        .keys()
-        .map(|(k, _)| k.as_str())
-        .chain(level.wildcards.iter().map(|(k, _, _)| k.as_str()))
-        .chain(level.any_value.keys().map(String::as_str))
-        .find(|k| *k == key)
-        .unwrap_or("")
+/// A matched path's metric label when it holds request values (see `Match::client_path`).
+fn client_path(steps: &[Step<'_, '_>], entries: &[(String, String)]) -> Option<String> {
+    let last = steps.last()?.node;
+    if last.detailed_metric {
+        return Some(entries.iter().map(|(k, v)| format!("{k}_{v}")).collect::<Vec<_>>().join("."));
+    }
+    if !steps.iter().any(Step::shows_value) {
+        return None;
+    }
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|s| match s.how {
+            _ if s.shows_value() => format!("{}_{}", s.key, s.value),
+            How::Exact => format!("{}_{}", s.key, s.value),
+            How::Wildcard(pattern) => format!("{}_{pattern}", s.key),
+            How::AnyValue => s.key.to_owned(),
+        })
+        .collect();
+    Some(parts.join("."))
+}
+
+/// Fills in each node's metric path: keys, exact values and wildcard patterns from the root.
+fn name_paths(level: &mut Level, prefix: &str) {
+    let join = |part: String| if prefix.is_empty() { part } else { format!("{prefix}.{part}") };
+    for (key, values) in &mut level.exact {
+        for (value, node) in values {
+            let path = join(format!("{key}_{value}"));
+            name_paths(&mut node.children, &path);
+            node.metric = Arc::new(NodeMetric { path, ..NodeMetric::default() });
+        }
+    }
+    for (key, pattern, node) in &mut level.wildcards {
+        let path = join(format!("{key}_{pattern}"));
+        name_paths(&mut node.children, &path);
+        node.metric = Arc::new(NodeMetric { path, ..NodeMetric::default() });
+    }
+    for (key, node) in &mut level.any_value {
+        let path = join(key.clone());
+        name_paths(&mut node.children, &path);
+        node.metric = Arc::new(NodeMetric { path, ..NodeMetric::default() });
+    }
 }
 
 /// `*` matches any run of characters, anywhere in the pattern.
@@ -273,6 +331,7 @@ mod tests {
             detailed_metric: false,
             value_to_metric: false,
             children: Level::default(),
+            metric: Default::default(),
         }
     }
 

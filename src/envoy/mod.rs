@@ -119,9 +119,28 @@ struct Matched {
     shadow: bool,
     quota: bool,
     key: String,
-    /// The configuration path, for metrics.
-    path: String,
+    metric: MetricPath,
     options: domain::Options,
+}
+
+/// Where a descriptor's decision is counted in `sluice_envoy_decisions_total`.
+#[derive(Clone, Debug)]
+pub enum MetricPath {
+    /// The matched node's own series (its configuration path).
+    Node(Arc<domain::NodeMetric>),
+    /// A path with request values in it (bounded by `metrics::client_label`), or an override's.
+    Other(String),
+}
+
+impl MetricPath {
+    pub fn record(&self, domain: &str, decision: &'static str, source: &'static str) {
+        match self {
+            MetricPath::Node(node) => {
+                metrics::envoy_path_decision(&node.counters, domain, &node.path, decision, source);
+            }
+            MetricPath::Other(path) => metrics::envoy_decision(domain, path, decision, source),
+        }
+    }
 }
 
 /// Window length in ms of an Envoy unit code; `None` for UNKNOWN or out of range.
@@ -147,8 +166,7 @@ struct Slot {
     rule: RateLimit,
     shadow: bool,
     quota: bool,
-    /// The configuration path, for metrics.
-    path: String,
+    metric: MetricPath,
 }
 
 impl Prepared<'_> {
@@ -158,7 +176,7 @@ impl Prepared<'_> {
     }
 
     /// Each limited descriptor's status from the store's answer, with what metrics need of it.
-    pub fn finish(mut self, answer: StoreAnswer) -> (Vec<Status>, Vec<(String, &'static str)>) {
+    pub fn finish(mut self, answer: StoreAnswer) -> (Vec<Status>, Vec<(MetricPath, &'static str)>) {
         // Whether a denied descriptor could ever pass: repeats of a key count together, the ones
         // before it when they are decided in sequence, all of them when merged (`store::Merged`).
         // Only a denial needs to know, so an admitted request skips the sums.
@@ -188,7 +206,7 @@ impl Prepared<'_> {
                 (false, false) => "deny",
                 (false, true) => "shadow_deny",
             };
-            decided.push((slot.path, label));
+            decided.push((slot.metric, label));
             self.statuses[slot.descriptor] =
                 Status::Limited { rule: slot.rule, verdict, shadow: slot.shadow, quota: slot.quota, never };
         }
@@ -250,7 +268,7 @@ pub fn prepare<'d>(
                     shadow: false,
                     quota: domains.quota_mode,
                     key,
-                    path: "(override)".to_owned(),
+                    metric: MetricPath::Other("(override)".to_owned()),
                     options: Default::default(),
                 }
             }),
@@ -263,24 +281,28 @@ pub fn prepare<'d>(
                     shadow: m.node.shadow_mode,
                     quota: m.node.quota_mode || domains.quota_mode,
                     key,
-                    path: if m.client_values { metrics::client_label(m.path) } else { m.path },
+                    metric: match m.client_path {
+                        Some(path) => MetricPath::Other(metrics::client_label(path)),
+                        None => MetricPath::Node(Arc::clone(&m.node.metric)),
+                    },
                     options,
                 }
             }),
         })
         .collect();
-    let replaced: HashSet<&str> =
-        matched.iter().flatten().flat_map(|m| m.rule.replaces.iter().map(String::as_str)).collect();
+    // Owned, so that the matches can be taken apart below (a file seldom names any).
+    let replaced: HashSet<String> =
+        matched.iter().flatten().flat_map(|m| m.rule.replaces.iter().cloned()).collect();
 
     let mut checks = Vec::new();
     let mut statuses: Vec<Status> = Vec::with_capacity(descriptors.len());
     let mut slots = Vec::new();
-    for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
-        let Some(Matched { rule, shadow, quota, key, path, options }) = m else {
+    for (i, (d, m)) in descriptors.iter().zip(matched).enumerate() {
+        let Some(Matched { rule, shadow, quota, key, metric, options }) = m else {
             statuses.push(Status::Unmatched);
             continue;
         };
-        if !rule.name.is_empty() && replaced.contains(rule.name.as_str()) {
+        if !rule.name.is_empty() && replaced.contains(&rule.name) {
             statuses.push(Status::Unmatched);
             continue;
         }
@@ -299,12 +321,12 @@ pub fn prepare<'d>(
             Counts::Requests
         };
         checks.push(Check {
-            key: key.clone(),
+            key,
             algorithm,
             // 0 looks without consuming, even when other descriptors of the request count.
             quota: Quota { limit: rule.requests_per_unit, window_ms: rule.window_ms, cost },
-            shadow: *shadow,
-            quota_mode: *quota,
+            shadow,
+            quota_mode: quota,
             on_failure: options.on_failure.unwrap_or(domains.default_failure),
             adaptive: options
                 .adaptive
@@ -313,13 +335,7 @@ pub fn prepare<'d>(
             counts,
             baseline: None,
         });
-        slots.push(Slot {
-            descriptor: i,
-            rule: rule.clone(),
-            shadow: *shadow,
-            quota: *quota,
-            path: path.clone(),
-        });
+        slots.push(Slot { descriptor: i, rule, shadow, quota, metric });
         statuses.push(Status::Unmatched);
     }
     Some(Prepared { statuses, checks, slots, domain: domain_label })

@@ -4,8 +4,8 @@
 #   sluice-local          `sluice serve`, in-process store
 #   sluice-redis          `sluice serve` on Redis (one multiplexed connection)
 #   sluice-redis-adaptive the same with the tier's adaptive threat score on
-# each at 1, 16 and 64 calls in flight over 1000 keys, then Sluice's decision function alone with
-# redis-benchmark. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
+# each at 1, 16 and 64 calls in flight over 1000 keys, with Redis's own time inside the decision
+# function (INFO commandstats) for each target on Redis. One tier keyed by [ip] with a limit no run comes near, so every call is a counted,
 # admitted decision. Everything listens on 127.0.0.1 on free ports; every process started here is
 # stopped on exit.
 #
@@ -89,7 +89,13 @@ EOF
   PIDS+=("$pid")
   wait_port "$grpc"
   if [[ -n $redis_yaml ]]; then
+    redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
     load "$target" "$grpc" "$pid" --redis-pid "$REDIS_PID" "${api[@]}"
+    # Redis's own time inside the decision function (INFO commandstats), over all of this
+    # target's runs: per call, and per decision with the calls' average size.
+    redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[=,:]' -v t="$target" '
+      /^cmdstat_fcall:/ { printf "== %s in the decision function: %d calls, %.1f µs per call\n", t, $3, $7 }' |
+      tee -a "$RESULTS" "$WORK/sources.txt" >&2
   else
     load "$target" "$grpc" "$pid" "${api[@]}"
   fi
@@ -118,44 +124,10 @@ serve_sluice sluice-local-envoy
 # --- Redis: our own server, never 6379
 start_redis
 
-# Sluice's function library exactly as src/store/script.rs builds it: the files its BODY lists, in
-# order, joined by newlines, named after the first 16 hex digits of their SHA1 (the check after
-# Sluice's run proves it is the same text).
-mapfile -t LUA_FILES < <(sed -n '/^pub const BODY/,/^);/p' src/store/script.rs | grep -o 'lua/[a-z_]*\.lua')
-for f in "${LUA_FILES[@]}"; do cat "$f"; printf '\n'; done | head -c -1 >"$WORK/body.lua"
-VERSION=$(sha1sum "$WORK/body.lua" | cut -c 1-16)
-{ printf '#!lua name=sluice_%s\nlocal VERSION = '"'"'%s'"'"'\n' "$VERSION" "$VERSION"; cat "$WORK/body.lua"; } >"$WORK/library.lua"
-redis-cli -p "$REDIS_PORT" -x FUNCTION LOAD <"$WORK/library.lua" >/dev/null
-echo "== function library sluice_$VERSION" >&2
-BENCH_LINES=$WORK/redis-benchmark.txt
-: >"$BENCH_LINES"
-for c in $CONCURRENCY; do
-  n=$((c == 1 ? 30000 : 200000))
-  before=$(cpu_ticks "$REDIS_PID")
-  # ARGV (see lua/protocol.lua): now (0 = Redis TIME), 1 request; its commit, 1 tier, 0 reputation
-  # keys; the tier: sliding_window, limit, window_ms, cost, shadow, quota_mode, counts, adaptive,
-  # penalty, baseline.
-  csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$c" -n "$n" -r "$KEYS" --csv \
-    FCALL "sluice_decide_$VERSION" 1 'sluice:{edge_ip:__rand_int__}:sw' 0 1 1 1 0 1 100000000 1000 1 0 0 1 0 0 0 | tail -n 1)
-  after=$(cpu_ticks "$REDIS_PID")
-  python3 - "$c" "$n" "$before" "$after" "$(getconf CLK_TCK)" "$csv" <<'EOF' | tee -a "$RESULTS" "$BENCH_LINES"
-import csv, sys
-c, n, before, after, hz = (int(v) for v in sys.argv[1:6])
-row = next(csv.reader([sys.argv[6]]))
-rps, p50, p99 = float(row[1]), float(row[4]), float(row[6])
-print(f"target=redis-benchmark-fcall c={c} rps={rps:.0f} p50_us={p50 * 1000:.0f} p99_us={p99 * 1000:.0f} "
-      f"redis_cpu_us_per_call={(after - before) * 1e6 / hz / n:.1f}")
-EOF
-done
-redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
-# Sluice must load the very same text: after a flush only its own load can bring this name back.
-redis-cli -p "$REDIS_PORT" FUNCTION FLUSH >/dev/null
-
 serve_sluice sluice-redis "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 # The same tier with the adaptive threat score on (requests carry no user agent: score 20).
 serve_sluice sluice-redis-adaptive "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}" "    adaptive: true"
 serve_sluice sluice-redis-envoy "redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
-SAME_LIBRARY=$(redis-cli -p "$REDIS_PORT" FUNCTION LIST LIBRARYNAME "sluice_$VERSION" | grep -c "^sluice_$VERSION\$" || true)
 
 # --- Redis Cluster of three masters (CLUSTER=1): Sluice's CPU per decision from loadgen, the three
 # masters' CPU summed over all of this target's runs.
@@ -174,12 +146,12 @@ fi
 # --- summary
 echo
 echo "Sluice vs no-op: $KEYS keys, ${SECS} s measured after ${WARMUP_SECS} s warm-up, $(nproc) cores shared by client and server"
-python3 - "$RUN_LINES" "$BENCH_LINES" <<'EOF'
+python3 - "$RUN_LINES" <<'EOF'
 import sys
 def rows(path):
     with open(path) as f:
         return [dict(kv.split("=", 1) for kv in line.split()) for line in f if line.strip()]
-runs, bench = rows(sys.argv[1]), rows(sys.argv[2])
+runs = rows(sys.argv[1])
 cols = [("target", "target"), ("c", "c"), ("rps", "decisions/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"),
         ("p999_us", "p99.9 µs"), ("cpu_us_per_decision", "server CPU µs/dec"),
         ("redis_cpu_us_per_decision", "redis CPU µs/dec"), ("client_cpu_us_per_decision", "client CPU µs/dec"),
@@ -189,9 +161,6 @@ widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
 for row in table:
     print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
 print()
-for b in bench:
-    print(f"redis-benchmark FCALL decide c={b['c']}: {b['rps']} calls/s, p50 {b['p50_us']} µs, "
-          f"p99 {b['p99_us']} µs, redis CPU {b['redis_cpu_us_per_call']} µs/call")
 top = max((int(r["c"]) for r in runs), default=0)
 at = {r["target"]: r for r in runs if int(r["c"]) == top}
 if "noop" in at:
@@ -211,5 +180,4 @@ if [[ -n ${TRACING:-} ]]; then
   stop "$SINK_PID"
   echo "== $(grep -o '[0-9]* spans received' "$WORK/sink.log" || echo 'no count from the span sink')" | tee -a "$RESULTS"
 fi
-echo "function library loaded by Sluice is the text of lua/ (sluice_$VERSION listed after a flush: $SAME_LIBRARY)"
 echo "result lines appended to $RESULTS"

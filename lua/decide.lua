@@ -51,15 +51,13 @@ local function write(c, v, now)
   end
 end
 
--- Decides the request whose arguments start after ARGV[a] and keys at KEYS[k], at `now`; appends
--- its reply to `reply`. Answers the cursors after it, or nil and an error text.
-local function decide_one(now, a, k, reply)
-  local header
-  header, a = read_header(a)
-  local commit = header.commit == 1
-  local n = header.n
+-- Decides the request whose packed numbers are `s` and whose keys begin at KEYS[k], at `now`;
+-- appends its reply to `reply`. Answers the key cursor after it, or nil and an error text.
+local function decide_one(now, s, k, reply)
+  local commit, n, reputation_keys, pos = read_header(s)
+  commit = commit == 1
   local reputation_first = k
-  k = k + header.reputation_keys
+  k = k + reputation_keys
 
   -- read once, by the first adaptive check
   local reputation = nil
@@ -69,11 +67,11 @@ local function decide_one(now, a, k, reply)
   local quotas, quota_within = 0, false
   local verdicts = {}
   for i = 1, n do
-    local c, next_a, next_k = read_check(a, k)
+    local c, next_pos, next_k = read_check(s, pos, k)
     if not c then
-      return nil, next_a
+      return nil, next_pos
     end
-    a, k = next_a, next_k
+    pos, k = next_pos, next_k
     local window, cost = c.window, c.cost
     local v = {
       check = c, score = 0, bits = 0, allowed = false, remaining = 0, retry = 0, reset = 0, limit = 0, state = false,
@@ -93,7 +91,7 @@ local function decide_one(now, a, k, reply)
       local attempts = adaptive_count(c.attempts_key, now, window, counted and 1 or 0)
       local failures = adaptive_count(c.failures_key, now, window, 0)
       if reputation == nil then
-        reputation = bad_reputation(reputation_first, header.reputation_keys)
+        reputation = bad_reputation(reputation_first, reputation_keys)
       end
       v.score, v.bits, effective, v.retry_limit =
         adaptive_assess(c.adaptive, reputation, attempts, counted, failures, c.limit, effective, cost)
@@ -156,25 +154,24 @@ local function decide_one(now, a, k, reply)
     end
   end
 
-  reply[#reply + 1] = admitted and 1 or 0
-  reply[#reply + 1] = now
+  write_reply_header(reply, admitted, now)
   for i = 1, n do
     write_record(reply, verdicts[i])
   end
-  return a, k
+  return k
 end
 
 -- The function Redis calls: every request of the batch in order, one clock for all of them.
 local function decide()
-  local now, requests, a = read_batch_header()
+  local now, requests = read_batch_header()
   local k = 1
   local reply = {}
-  for _ = 1, requests do
-    local next_a, next_k = decide_one(now, a, k, reply)
-    if not next_a then
-      return redis.error_reply(next_k)
+  for r = 1, requests do
+    local next_k, err = decide_one(now, request_numbers(r), k, reply)
+    if not next_k then
+      return redis.error_reply(err)
     end
-    a, k = next_a, next_k
+    k = next_k
   end
-  return reply
+  return table.concat(reply)
 end

@@ -28,6 +28,11 @@ local function fixed_window_check(key, now, limit, window, cost)
 end
 
 local function fixed_window_commit(key, state, now, window, cost)
+  if state[3] == state[1] and state[2] + cost <= MAX_COUNT then
+    -- the window the key holds: only its count moves (see sliding_window_commit)
+    redis.call('HINCRBY', key, 'c', string.format('%d', cost))
+    return
+  end
   redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT))
   if state[3] ~= state[1] then
     redis.call('PEXPIRE', key, math.max(state[1] + window - now, 1))

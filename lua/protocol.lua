@@ -10,8 +10,11 @@
 --       total), then its attempts and failures counters when adaptive, its penalty hash when it has
 --       a penalty, its baseline hash when it has one. A check's keys share one hash tag, so they
 --       live in one Cluster slot.
--- ARGV  BATCH_HEADER, then per request DECIDE_HEADER and per check CHECK_ARGS, followed by
---       ADAPTIVE_ARGS, PENALTY_ARGS and BASELINE_ARGS for the options it has; all numbers:
+-- ARGV  BATCH_HEADER (two decimal numbers), then one argument per request holding its numbers
+--       packed as unsigned 64-bit little-endian integers (struct's 'I8', one unpack per part
+--       instead of one decimal text to parse per number): DECIDE_HEADER, then per check
+--       CHECK_ARGS, followed by ADAPTIVE_ARGS, PENALTY_ARGS and BASELINE_ARGS for the options it
+--       has:
 --       now: ms, or 0 to read Redis TIME (the normal case: one clock for every replica);
 --       requests: how many requests follow;
 --       commit: 1 to consume when admitted, 0 for a dry run; n: the number of checks;
@@ -21,8 +24,9 @@
 --       counts: 1 = consumes when admitted, 2 = consumes on every request, denied or not, 0 =
 --       counts reported failures only; adaptive, penalty, baseline: 1 when the check has that
 --       option (a baseline only with sliding_window).
--- Reply per request: admitted (1/0), now (ms), then per check a RECORD; allowed is 1/0, limit
---       the effective limit, bits the threat factors.
+-- Reply one string: per request REPLY_HEADER, admitted (1/0) and now (ms), then per check a
+--       RECORD; all signed 64-bit little-endian integers ('i8'); allowed is 1/0, limit the
+--       effective limit, bits the threat factors.
 --
 -- report.lua
 -- KEYS  per failure, in ARGV order: its failures counter when adaptive, its penalty hash when it
@@ -41,6 +45,7 @@ local ADAPTIVE_ARGS = 8 -- client_score, client_bits, w_reputation, w_burst, w_f
                         -- failed_threshold, reduction
 local PENALTY_ARGS = 5 -- violations, period, base, factor, max
 local BASELINE_ARGS = 2 -- sensitivity, max
+local REPLY_HEADER = 2 -- admitted, now
 local RECORD = 7 -- allowed, remaining, retry, reset, limit, score, bits
 local REPORT_HEADER = 2 -- now, n
 local FAILURE_ARGS = 3 -- window, adaptive, penalty
@@ -59,16 +64,30 @@ local function read_now()
   return now
 end
 
--- decide.lua's batch header: now, and the number of requests; and the cursor after it.
+-- struct formats of decide.lua's packed parts: one 'I8' (or 'i8') per number (written out, since
+-- a library cannot call string functions while it loads; protocol.rs's test counts them).
+local DECIDE_FORMAT = '<I8I8I8'
+local CHECK_FORMAT = '<I8I8I8I8I8I8I8I8I8I8'
+local ADAPTIVE_FORMAT = '<I8I8I8I8I8I8I8I8'
+local PENALTY_FORMAT = '<I8I8I8I8I8'
+local BASELINE_FORMAT = '<I8I8'
+local REPLY_FORMAT = '<i8i8'
+local RECORD_FORMAT = '<i8i8i8i8i8i8i8'
+
+-- decide.lua's batch header: now, and the number of requests.
 local function read_batch_header()
-  return read_now(), tonumber(ARGV[2]), BATCH_HEADER
+  return read_now(), tonumber(ARGV[2])
 end
 
--- One request's header in decide.lua's batch, from ARGV[a + 1] on, and the cursor after it.
-local function read_header(a)
-  return {
-    commit = tonumber(ARGV[a + 1]), n = tonumber(ARGV[a + 2]), reputation_keys = tonumber(ARGV[a + 3]),
-  }, a + DECIDE_HEADER
+-- Request r's packed numbers in decide.lua's batch.
+local function request_numbers(r)
+  return ARGV[BATCH_HEADER + r]
+end
+
+-- One request's header from its packed numbers `s`: commit, n, reputation_keys, and the position
+-- after it.
+local function read_header(s)
+  return struct.unpack(DECIDE_FORMAT, s)
 end
 
 -- report.lua's header, and the cursor after it.
@@ -83,62 +102,63 @@ local function read_penalty(a)
   }, a + PENALTY_ARGS
 end
 
--- One check of decide.lua, from ARGV[a + 1] and KEYS[k] on: its numbers by name, shadow and
--- quota_mode as booleans, its keys (key, seq_key, attempts_key, failures_key, penalty_key,
--- baseline_key) and its options' numbers as tables (adaptive, penalty, baseline; false when it has
--- none); then the cursors after it. nil and an error text for an unknown algorithm.
-local function read_check(a, k)
+-- One check of decide.lua, from position `pos` of its request's packed numbers `s` and from
+-- KEYS[k] on: its numbers by name, shadow and quota_mode as booleans, its keys (key, seq_key,
+-- attempts_key, failures_key, penalty_key, baseline_key) and its options' numbers as tables
+-- (adaptive, penalty, baseline; false when it has none); then the positions after it. nil and an
+-- error text for an unknown algorithm.
+local function read_check(s, pos, k)
+  local algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline
+  algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline, pos =
+    struct.unpack(CHECK_FORMAT, s, pos)
   local c = {
-    algorithm = tonumber(ARGV[a + 1]), limit = tonumber(ARGV[a + 2]), window = tonumber(ARGV[a + 3]),
-    cost = tonumber(ARGV[a + 4]), shadow = ARGV[a + 5] == '1', quota_mode = ARGV[a + 6] == '1',
-    counts = tonumber(ARGV[a + 7]), adaptive = ARGV[a + 8] == '1', penalty = ARGV[a + 9] == '1',
-    baseline = ARGV[a + 10] == '1', key = KEYS[k], seq_key = false, attempts_key = false,
+    algorithm = algorithm, limit = limit, window = window, cost = cost, shadow = shadow == 1,
+    quota_mode = quota_mode == 1, counts = counts, adaptive = adaptive == 1, penalty = penalty == 1,
+    baseline = baseline == 1, key = KEYS[k], seq_key = false, attempts_key = false,
     failures_key = false, penalty_key = false, baseline_key = false,
   }
-  a = a + CHECK_ARGS
-  if c.algorithm == 1 or c.algorithm == 3 then
+  if algorithm == 1 or algorithm == 3 then
     k = k + 1
-  elseif c.algorithm == 2 then
+  elseif algorithm == 2 then
     c.seq_key = KEYS[k + 1]
     k = k + 2
   else
-    return nil, 'ERR sluice: unknown algorithm ' .. tostring(c.algorithm)
+    return nil, 'ERR sluice: unknown algorithm ' .. tostring(algorithm)
   end
   if c.adaptive then
-    c.adaptive = {
-      client_score = tonumber(ARGV[a + 1]), client_bits = tonumber(ARGV[a + 2]),
-      w_reputation = tonumber(ARGV[a + 3]), w_burst = tonumber(ARGV[a + 4]), w_failed = tonumber(ARGV[a + 5]),
-      burst_multiple = tonumber(ARGV[a + 6]), failed_threshold = tonumber(ARGV[a + 7]),
-      reduction = tonumber(ARGV[a + 8]),
-    }
-    a = a + ADAPTIVE_ARGS
+    local a = {}
+    a.client_score, a.client_bits, a.w_reputation, a.w_burst, a.w_failed, a.burst_multiple,
+      a.failed_threshold, a.reduction, pos = struct.unpack(ADAPTIVE_FORMAT, s, pos)
+    c.adaptive = a
     c.attempts_key, c.failures_key = KEYS[k], KEYS[k + 1]
     k = k + 2
   end
   if c.penalty then
-    c.penalty, a = read_penalty(a)
+    local p = {}
+    p.violations, p.period, p.base, p.factor, p.max, pos = struct.unpack(PENALTY_FORMAT, s, pos)
+    c.penalty = p
     c.penalty_key = KEYS[k]
     k = k + 1
   end
   if c.baseline then
-    c.baseline = { sensitivity = tonumber(ARGV[a + 1]), max = tonumber(ARGV[a + 2]) }
-    a = a + BASELINE_ARGS
+    local b = {}
+    b.sensitivity, b.max, pos = struct.unpack(BASELINE_FORMAT, s, pos)
+    c.baseline = b
     c.baseline_key = KEYS[k]
     k = k + 1
   end
-  return c, a, k
+  return c, pos, k
+end
+
+-- Appends one request's header to the reply, in REPLY_HEADER's order.
+local function write_reply_header(reply, admitted, now)
+  reply[#reply + 1] = struct.pack(REPLY_FORMAT, admitted and 1 or 0, now)
 end
 
 -- Appends one check's verdict to the reply, in RECORD's order; allowed as 1/0.
 local function write_record(reply, v)
-  local n = #reply
-  reply[n + 1] = v.allowed and 1 or 0
-  reply[n + 2] = v.remaining
-  reply[n + 3] = v.retry
-  reply[n + 4] = v.reset
-  reply[n + 5] = v.limit
-  reply[n + 6] = v.score
-  reply[n + 7] = v.bits
+  reply[#reply + 1] = struct.pack(RECORD_FORMAT, v.allowed and 1 or 0, v.remaining, v.retry, v.reset, v.limit,
+    v.score, v.bits)
 end
 
 -- One failure of report.lua, from ARGV[a + 1] and KEYS[k] on: its window, its keys

@@ -3,7 +3,8 @@
 --       p (previous count).
 -- sliding_window_check(key, now, limit, window, cost)
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
--- sliding_window_commit(key, state, now, window, cost) consumes cost. The key expires three
+-- sliding_window_commit(key, state, now, window, cost) consumes cost: within the window the key
+--   holds, one HINCRBY of its count; otherwise the whole state. The key expires three
 --   windows after the start of the window it counts, so at least two windows after its last write,
 --   when its counts can no longer matter: its expiry is set when that window begins (the first
 --   write of a window), not on every write, which saves a command per decision.
@@ -53,6 +54,12 @@ local function sliding_window_check(key, now, limit, window, cost)
 end
 
 local function sliding_window_commit(key, state, now, window, cost)
+  if state[4] == state[1] and state[2] + cost <= MAX_COUNT then
+    -- the window the key holds: only its count moves, by Redis's own integer sum (a count Lua
+    -- wrote is an integer's text: Redis writes integers up to MAX_COUNT in full)
+    redis.call('HINCRBY', key, 'c', string.format('%d', cost))
+    return
+  end
   redis.call('HSET', key, 's', state[1], 'c', math.min(state[2] + cost, MAX_COUNT), 'p', state[3])
   if state[4] ~= state[1] then
     redis.call('PEXPIRE', key, state[1] + 3 * window - now)

@@ -325,6 +325,51 @@ async fn a_sliding_log_keeps_one_entry_per_request_whatever_its_cost() {
     }
 }
 
+/// Within its window a count moves by HINCRBY until it would pass MAX_COUNT, where it is written
+/// whole, saturated. No step of a climb through huge costs may fail a call or part from the
+/// in-process store's answer.
+#[tokio::test]
+async fn counts_climbing_past_exact_text_stay_decided() {
+    let (server, redis, local) = stores().await;
+    let now = 7_000_000;
+    // One count written whole past the exact range, then added to; one climbing across it.
+    let climbs: [&[u64]; 2] =
+        [&[1_234_567_890_123_456, 5, 1], &[99_999_999_999_990, 5, 4, 1, 1, 1 << 52, u64::MAX, 3]];
+    for (algorithm, costs) in [Algorithm::SlidingWindow, Algorithm::FixedWindow]
+        .into_iter()
+        .flat_map(|a| climbs.into_iter().map(move |c| (a, c)))
+    {
+        let key = format!("sluice:{{climb:{algorithm:?}:{}}}", costs[0]);
+        let at = |cost: u64| {
+            let mut check = Check::plain(
+                key.clone(),
+                algorithm,
+                Quota { limit: 1_000_000, window_ms: 60_000, cost },
+                FailureMode::Local,
+            );
+            check.counts = sluice::check::Counts::Everything;
+            check
+        };
+        let costs = [99_999_999_999_990, 5, 4, 1, 1, 1, 1 << 52, u64::MAX, 3];
+        for (i, cost) in costs.into_iter().enumerate() {
+            let check = at(cost);
+            let t = now + i as u64;
+            let r = redis.decide_at(std::slice::from_ref(&check), Mode::Consume, t).await;
+            let r = r.unwrap_or_else(|e| panic!("{algorithm:?} cost {cost}: {e}"));
+            let l = local.decide_at(std::slice::from_ref(&check), Mode::Consume, t);
+            assert_eq!(
+                (r.admitted, r.verdicts[0].remaining, r.verdicts[0].retry_after_ms),
+                (l.admitted, l.verdicts[0].remaining, l.verdicts[0].retry_after_ms),
+                "{algorithm:?} step {i}, cost {cost}"
+            );
+        }
+        let small = at(1);
+        let r = redis.decide_at(std::slice::from_ref(&small), Mode::Consume, now + 100).await.expect("redis");
+        assert!(!r.admitted, "a saturated count still denies");
+    }
+    let _ = server;
+}
+
 #[tokio::test]
 async fn a_penalty_never_shortens_the_window_wait() {
     let (_server, redis, local) = stores().await;

@@ -111,7 +111,7 @@ async fn send_calls(conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
         let calls = futures::future::join_all(groups.iter().map(|members| {
             let cmd = protocol::decide_cmd(members.iter().map(|&i| &jobs[i].request), 0);
             let conn = &conn;
-            async move { conn.fcall::<Vec<i64>>(&cmd).await }
+            async move { conn.fcall::<Vec<u8>>(&cmd).await }
         }));
         let replies = match earliest {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), calls).await.ok(),

@@ -261,7 +261,7 @@ async fn decide_alone(
     now: u64,
 ) -> Result<Answer, StoreError> {
     let request = Encoded::new(checks, mode);
-    let reply: Vec<i64> = conn.fcall(&protocol::decide_cmd(std::iter::once(&request), now)).await?;
+    let reply: Vec<u8> = conn.fcall(&protocol::decide_cmd(std::iter::once(&request), now)).await?;
     let mut answers = protocol::decode_replies(&reply, std::iter::once(request.checks))?;
     answers.pop().ok_or_else(|| StoreError::BadReply("no answer".into()))
 }

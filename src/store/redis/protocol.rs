@@ -5,12 +5,17 @@
 //! same lengths.
 //!
 //! decide.lua decides a batch of requests in one call. KEYS are, per request, its reputation keys,
-//! then each check's `check_keys`; ARGV is `BATCH_HEADER` numbers, then per request its
-//! `DECIDE_HEADER` numbers and per check its `CHECK_ARGS` numbers and those of its options
-//! (`ADAPTIVE_ARGS`, `PENALTY_ARGS`, `BASELINE_ARGS`); the reply is, per request, `REPLY_HEADER`
-//! values, then one `RECORD` per check. `Encoded` is one request's part of a call. report.lua: KEYS are each failure's `failure_keys`; ARGV is
-//! `REPORT_HEADER` numbers, then per failure its `FAILURE_ARGS` and, with a penalty, its
-//! `PENALTY_ARGS`.
+//! then each check's `check_keys`; ARGV is `BATCH_HEADER` numbers, then one argument per request
+//! holding its numbers packed (`pack`): its `DECIDE_HEADER` numbers and per check its `CHECK_ARGS`
+//! numbers and those of its options (`ADAPTIVE_ARGS`, `PENALTY_ARGS`, `BASELINE_ARGS`). The reply
+//! is one string of packed numbers: per request `REPLY_HEADER` values, then one `RECORD` per check.
+//! `Encoded` is one request's part of a call. report.lua: KEYS are each failure's
+//! `failure_keys`; ARGV is `REPORT_HEADER` numbers, then per failure its `FAILURE_ARGS` and, with a
+//! penalty, its `PENALTY_ARGS`, all decimal.
+//!
+//! Packed numbers are 64-bit little-endian integers, which Lua's `struct` reads in one call per
+//! part: Redis parsed one decimal argument per number before, a fifth of its time per decision
+//! (docs/performance.md).
 //!
 //! Keys are `<tier-key>:<suffix>`; the tier-key holds the hash tag, so a tier-key's keys share a
 //! Cluster slot.
@@ -73,9 +78,17 @@ pub mod suffix {
 #[derive(Debug)]
 pub(super) struct Encoded {
     pub keys: Vec<String>,
-    pub args: Vec<u64>,
+    /// Its numbers, packed.
+    pub numbers: Vec<u8>,
     /// How many checks, and so records in the reply.
     pub checks: usize,
+}
+
+/// Appends numbers as decide.lua's `struct.unpack` reads them: unsigned 64-bit little-endian.
+fn pack(out: &mut Vec<u8>, numbers: impl IntoIterator<Item = u64>) {
+    for n in numbers {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
 }
 
 impl Encoded {
@@ -87,26 +100,26 @@ impl Encoded {
         for check in checks {
             keys.extend(check_keys(check).map(|suffix| format!("{}:{suffix}", check.key)));
         }
-        let mut args = Vec::with_capacity(DECIDE_HEADER + CHECK_ARGS * checks.len());
-        args.extend([(mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64]);
+        let mut numbers = Vec::with_capacity(8 * (DECIDE_HEADER + CHECK_ARGS * checks.len()));
+        pack(&mut numbers, [(mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64]);
         for check in checks {
-            args.extend(check_args(check));
+            pack(&mut numbers, check_args(check));
             if let Some(a) = &check.adaptive {
-                args.extend(adaptive_args(a));
+                pack(&mut numbers, adaptive_args(a));
             }
             if let Some(p) = &check.penalty {
-                args.extend(penalty_args(p));
+                pack(&mut numbers, penalty_args(p));
             }
             if let Some(b) = &check.baseline {
-                args.extend(baseline_args(b));
+                pack(&mut numbers, baseline_args(b));
             }
         }
-        Encoded { keys, args, checks: checks.len() }
+        Encoded { keys, numbers, checks: checks.len() }
     }
 
     /// About the bytes it adds to a call.
     pub fn weight(&self) -> usize {
-        self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + self.args.len() * 8
+        self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + self.numbers.len()
     }
 }
 
@@ -123,7 +136,7 @@ pub(super) fn decide_cmd<'a>(requests: impl Iterator<Item = &'a Encoded> + Clone
     let header: [u64; BATCH_HEADER] = [now, count as u64];
     cmd.arg(&header);
     for r in requests {
-        cmd.arg(&r.args);
+        cmd.arg(&r.numbers[..]);
     }
     cmd
 }
@@ -184,14 +197,18 @@ fn baseline_args(b: &Baseline) -> [u64; BASELINE_ARGS] {
 /// decide.lua's reply for requests of so many checks each: per request, whether it was admitted
 /// and each check's verdict.
 pub(super) fn decode_replies(
-    reply: &[i64],
+    reply: &[u8],
     checks: impl Iterator<Item = usize> + Clone,
 ) -> Result<Vec<Answer>, StoreError> {
     let expected: usize = checks.clone().map(|n| REPLY_HEADER + RECORD * n).sum();
-    if reply.len() != expected {
-        return Err(StoreError::BadReply(format!("{} values where {expected} were due", reply.len())));
+    if reply.len() != 8 * expected {
+        return Err(StoreError::BadReply(format!("{} bytes where {expected} numbers were due", reply.len())));
     }
-    let mut rest = reply;
+    let values: Vec<i64> = reply
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect();
+    let mut rest = &values[..];
     checks
         .map(|n| {
             let (one, after) = rest.split_at(REPLY_HEADER + RECORD * n);
@@ -277,11 +294,29 @@ mod tests {
             ("ADAPTIVE_ARGS", ADAPTIVE_ARGS),
             ("PENALTY_ARGS", PENALTY_ARGS),
             ("BASELINE_ARGS", BASELINE_ARGS),
+            ("REPLY_HEADER", REPLY_HEADER),
             ("RECORD", RECORD),
             ("REPORT_HEADER", REPORT_HEADER),
             ("FAILURE_ARGS", FAILURE_ARGS),
         ] {
             assert_eq!(lua_count(name), len, "{name}");
+        }
+        let lua = include_str!("../../../lua/protocol.lua");
+        for (name, len, number) in [
+            ("DECIDE_FORMAT", DECIDE_HEADER, "I8"),
+            ("CHECK_FORMAT", CHECK_ARGS, "I8"),
+            ("ADAPTIVE_FORMAT", ADAPTIVE_ARGS, "I8"),
+            ("PENALTY_FORMAT", PENALTY_ARGS, "I8"),
+            ("BASELINE_FORMAT", BASELINE_ARGS, "I8"),
+            ("REPLY_FORMAT", REPLY_HEADER, "i8"),
+            ("RECORD_FORMAT", RECORD, "i8"),
+        ] {
+            let format = lua
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("local {name} = '")))
+                .and_then(|rest| rest.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("{name} in protocol.lua"));
+            assert_eq!(format, format!("<{}", number.repeat(len)), "{name}");
         }
     }
 
@@ -311,10 +346,24 @@ mod tests {
         assert_eq!(args[2], (2 * keys.len()).to_string(), "two requests' keys");
         assert_eq!(args[3..3 + keys.len()], keys);
         assert_eq!(args[3 + keys.len()..][..keys.len()], keys);
-        let numbers = &args[3 + 2 * keys.len()..];
-        assert_eq!(numbers[..BATCH_HEADER + DECIDE_HEADER], ["5", "2", "1", "1", "1"]);
+        let header = &args[3 + 2 * keys.len()..];
+        assert_eq!(header[..BATCH_HEADER], ["5", "2"]);
+        let packed: Vec<&[u8]> = cmd
+            .args_iter()
+            .skip(3 + 2 * keys.len() + BATCH_HEADER)
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => bytes,
+                _ => &[][..],
+            })
+            .collect();
+        assert_eq!(packed.len(), 2, "one argument a request");
         let each = DECIDE_HEADER + CHECK_ARGS + ADAPTIVE_ARGS + PENALTY_ARGS + BASELINE_ARGS;
-        assert_eq!(numbers.len(), BATCH_HEADER + 2 * each);
-        assert_eq!(numbers[BATCH_HEADER..][..each], numbers[BATCH_HEADER + each..]);
+        let numbers: Vec<u64> =
+            packed[0].chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        assert_eq!(packed[0].len(), 8 * each);
+        assert_eq!(numbers[..DECIDE_HEADER + 2], [1, 1, 1, Algorithm::SlidingLog.code().into(), 10]);
+        assert_eq!(numbers[DECIDE_HEADER + CHECK_ARGS + ADAPTIVE_ARGS..][..PENALTY_ARGS], [3, 1, 1, 2, 9]);
+        assert_eq!(numbers[each - BASELINE_ARGS..], [150, 300]);
+        assert_eq!(packed[0], packed[1]);
     }
 }

@@ -14,7 +14,7 @@
 //! penalty, its `PENALTY_ARGS`, all decimal.
 //!
 //! Packed numbers are 64-bit little-endian integers, which Lua's `struct` reads in one call per
-//! part: Redis parsed one decimal argument per number before, a fifth of its time per decision
+//! part: Redis parsed one decimal argument per number before, about a quarter of its time per decision
 //! (docs/performance.md).
 //!
 //! Keys are `<tier-key>:<suffix>`; the tier-key holds the hash tag, so a tier-key's keys share a

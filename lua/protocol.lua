@@ -103,20 +103,19 @@ local function read_penalty(a)
 end
 
 -- One check of decide.lua, from position `pos` of its request's packed numbers `s` and from
--- KEYS[k] on: its numbers by name, shadow and quota_mode as booleans, its keys (key, seq_key,
--- attempts_key, failures_key, penalty_key, baseline_key) and its options' numbers as tables
--- (adaptive, penalty, baseline; false when it has none); then the positions after it. nil and an
--- error text for an unknown algorithm.
-local function read_check(s, pos, k)
+-- KEYS[k] on, read into the table `c` (every field set anew): its numbers by name, shadow and
+-- quota_mode as booleans, its keys (key, seq_key, attempts_key, failures_key, penalty_key,
+-- baseline_key) and its options' numbers as tables (adaptive, penalty, baseline; false when it has
+-- none); then the positions after it. nil and an error text for an unknown algorithm.
+local function read_check(s, pos, k, c)
   local algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline
   algorithm, limit, window, cost, shadow, quota_mode, counts, adaptive, penalty, baseline, pos =
     struct.unpack(CHECK_FORMAT, s, pos)
-  local c = {
-    algorithm = algorithm, limit = limit, window = window, cost = cost, shadow = shadow == 1,
-    quota_mode = quota_mode == 1, counts = counts, adaptive = adaptive == 1, penalty = penalty == 1,
-    baseline = baseline == 1, key = KEYS[k], seq_key = false, attempts_key = false,
-    failures_key = false, penalty_key = false, baseline_key = false,
-  }
+  c.algorithm, c.limit, c.window, c.cost, c.counts = algorithm, limit, window, cost, counts
+  c.shadow, c.quota_mode = shadow == 1, quota_mode == 1
+  c.adaptive, c.penalty, c.baseline = adaptive == 1, penalty == 1, baseline == 1
+  c.key, c.seq_key, c.attempts_key, c.failures_key, c.penalty_key, c.baseline_key =
+    KEYS[k], false, false, false, false, false
   if algorithm == 1 or algorithm == 3 then
     k = k + 1
   elseif algorithm == 2 then

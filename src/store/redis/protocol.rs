@@ -98,7 +98,13 @@ impl Encoded {
         let mut keys = Vec::with_capacity(reputation.len() + checks.len());
         keys.extend(reputation.iter().cloned());
         for check in checks {
-            keys.extend(check_keys(check).map(|suffix| format!("{}:{suffix}", check.key)));
+            keys.extend(check_keys(check).map(|suffix| {
+                let mut key = String::with_capacity(check.key.len() + 1 + suffix.len());
+                key.push_str(&check.key);
+                key.push(':');
+                key.push_str(suffix);
+                key
+            }));
         }
         let mut numbers = Vec::with_capacity(8 * (DECIDE_HEADER + CHECK_ARGS * checks.len()));
         pack(&mut numbers, [(mode == Mode::Consume).into(), checks.len() as u64, reputation.len() as u64]);

@@ -19,7 +19,7 @@
 -- A request's checks and verdicts by position, reused by every request of a call and the calls
 -- after it: a request is read, decided and written before the next one begins, and every field is
 -- set anew (read_check, new_verdict), so nothing of one request reaches another. Fresh tables for
--- each cost Redis about a tenth of the function's time (docs/performance.md).
+-- each cost Redis about a fifth of the function's time (docs/performance.md).
 local CHECKS, VERDICTS = {}, {}
 
 -- The reused table at position i of `pool`.

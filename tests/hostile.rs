@@ -329,7 +329,7 @@ async fn a_sliding_log_keeps_one_entry_per_request_whatever_its_cost() {
 /// whole, saturated. No step of a climb through huge costs may fail a call or part from the
 /// in-process store's answer.
 #[tokio::test]
-async fn counts_climbing_past_exact_text_stay_decided() {
+async fn counts_climbing_to_saturation_stay_decided() {
     let (server, redis, local) = stores().await;
     let now = 7_000_000;
     // One count written whole past the exact range, then added to; one climbing across it.

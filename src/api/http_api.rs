@@ -64,7 +64,7 @@ async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respo
         native::check(native::Carrier::Http, &api.engine, api.limits, request, request_id(&headers), None)
             .instrument(span.clone())
             .await;
-    traces::answered(&span, check_outcome(&answer));
+    traces::answered(&span, native::check_outcome(answer.as_ref()));
     match answer {
         Ok(response) => json(StatusCode::OK, &response),
         Err(status) => error(&status),
@@ -79,38 +79,16 @@ async fn report(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
     let span = call_span(traces::Api::Report, &headers);
     let answer =
         native::report(&api.engine, api.limits, request, request_id(&headers)).instrument(span.clone()).await;
-    let outcome = match &answer {
-        Ok(r) => traces::Outcome { tiers: r.tiers_counted as usize, ..Default::default() },
-        Err(status) => traces::Outcome { grpc_code: status.code().into(), ..Default::default() },
-    };
-    traces::answered(&span, outcome);
+    traces::answered(&span, native::report_outcome(answer.as_ref()));
     match answer {
         Ok(response) => json(StatusCode::OK, &response),
         Err(status) => error(&status),
     }
 }
 
-/// A decision span for an HTTP call, under the caller's `traceparent` header when it sent one (the
-/// spans are `Check`'s and `Report`'s, whichever API carried them); none when traces are off.
+/// A decision span for an HTTP call (`Check`'s or `Report`'s, whichever API carried it).
 fn call_span(api: traces::Api, headers: &HeaderMap) -> tracing::Span {
-    if !traces::enabled() {
-        return tracing::Span::none();
-    }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    traces::decision_span(api, header("traceparent"), header("tracestate"))
-}
-
-fn check_outcome(answer: &Result<pb::CheckResponse, Status>) -> traces::Outcome<'_> {
-    match answer {
-        Ok(r) => traces::Outcome {
-            allowed: Some(r.decisions.iter().all(|d| d.allowed)),
-            source: r.decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
-            tiers: r.decisions.iter().map(|d| d.tiers.len()).sum(),
-            requests: Some(r.decisions.len()),
-            ..Default::default()
-        },
-        Err(status) => traces::Outcome { grpc_code: status.code().into(), ..Default::default() },
-    }
+    super::span_from(api, |name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
 async fn forward_auth(

@@ -29,13 +29,18 @@ pub(crate) fn check_len(
     Ok(())
 }
 
-/// The span of a call of `api`, child of the caller's span when its `traceparent` metadata says so
-/// (see `traces`); `Span::none()`, without a look at the metadata, when traces are off.
+/// The span of a gRPC call of `api` (see `span_from`).
 pub(crate) fn call_span(api: traces::Api, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    span_from(api, |name| metadata.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// The span of a call of `api`, child of the caller's span when its `traceparent` (read by
+/// `header`, from gRPC metadata or HTTP headers) says so (see `traces`); `Span::none()`, without a
+/// look at the headers, when traces are off.
+pub(crate) fn span_from<'h>(api: traces::Api, header: impl Fn(&str) -> Option<&'h str>) -> tracing::Span {
     if !traces::enabled() {
         return tracing::Span::none();
     }
-    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
     traces::decision_span(api, header("traceparent"), header("tracestate"))
 }
 

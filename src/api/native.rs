@@ -59,20 +59,7 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
         let span = super::call_span(Api::Check, request.metadata());
         let answer = self.decide(request).instrument(span.clone()).await;
         if !span.is_disabled() {
-            let outcome = match &answer {
-                Ok(r) => {
-                    let decisions = &r.get_ref().decisions;
-                    Outcome {
-                        allowed: Some(decisions.iter().all(|d| d.allowed)),
-                        source: decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
-                        tiers: decisions.iter().map(|d| d.tiers.len()).sum(),
-                        requests: Some(decisions.len()),
-                        ..Outcome::default()
-                    }
-                }
-                Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
-            };
-            traces::answered(&span, outcome);
+            traces::answered(&span, check_outcome(answer.as_ref().map(Response::get_ref)));
         }
         answer
     }
@@ -83,12 +70,30 @@ impl pb::rate_limiter_server::RateLimiter for NativeService {
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let span = super::call_span(Api::Report, request.metadata());
         let answer = self.take_report(request).instrument(span.clone()).await;
-        let outcome = match &answer {
-            Ok(r) => Outcome { tiers: r.get_ref().tiers_counted as usize, ..Outcome::default() },
-            Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
-        };
-        traces::answered(&span, outcome);
+        traces::answered(&span, report_outcome(answer.as_ref().map(Response::get_ref)));
         answer
+    }
+}
+
+/// What a trace records of a `Check`'s answer, whichever API carried it.
+pub(crate) fn check_outcome<'a>(answer: Result<&'a pb::CheckResponse, &Status>) -> Outcome<'a> {
+    match answer {
+        Ok(r) => Outcome {
+            allowed: Some(r.decisions.iter().all(|d| d.allowed)),
+            source: r.decisions.iter().map(|d| d.source.as_str()).find(|s| !s.is_empty()),
+            tiers: r.decisions.iter().map(|d| d.tiers.len()).sum(),
+            requests: Some(r.decisions.len()),
+            ..Outcome::default()
+        },
+        Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
+    }
+}
+
+/// What a trace records of a `Report`'s answer, whichever API carried it.
+pub(crate) fn report_outcome(answer: Result<&pb::ReportResponse, &Status>) -> Outcome<'static> {
+    match answer {
+        Ok(r) => Outcome { tiers: r.tiers_counted as usize, ..Outcome::default() },
+        Err(status) => Outcome { grpc_code: status.code().into(), ..Outcome::default() },
     }
 }
 

@@ -243,6 +243,48 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("note: the admin API is off"));
 }
 
+/// `server.worker_threads`, from the file or the environment, is the number of worker threads the
+/// runtime starts, as the runtime itself counts them in the start-up log; counts outside 1 to 1024
+/// are refused before anything starts.
+#[tokio::test]
+async fn worker_threads_are_as_configured() {
+    for (threads, env) in [(3, false), (1, true)] {
+        let (grpc, http) = (pick_port(false), pick_port(false));
+        let text =
+            format!("server:\n  grpc_addr: 127.0.0.1:{grpc}\n  http_addr: 127.0.0.1:{http}\ntiers: []\n");
+        let text = if env {
+            text
+        } else {
+            text.replace("server:\n", &format!("server:\n  worker_threads: {threads}\n"))
+        };
+        let file = common::write_config(&text);
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--config", file.path().to_str().expect("path")]).stderr(Stdio::piped());
+        if env {
+            command.env("SLUICE__SERVER__WORKER_THREADS", threads.to_string());
+        }
+        let mut process = common::Process(command.spawn().expect("start sluice serve"));
+        let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
+        assert_eventually!(
+            tokio::net::TcpStream::connect(http_addr).await.is_ok()
+                && http_get(http_addr, "/readyz").await.0 == 200,
+            Duration::from_secs(10),
+            "sluice serve did not become ready"
+        );
+        process.0.kill().expect("kill");
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut process.0.stderr.take().expect("stderr"), &mut log).expect("log");
+        assert!(log.contains(&format!("worker_threads={threads}")), "{log}");
+    }
+    for bad in ["0", "1025", "-1"] {
+        let file = common::write_config(&format!("server:\n  worker_threads: {bad}\ntiers: []\n"));
+        let out = sluice(&["serve", "--config", file.path().to_str().expect("path")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{bad}: {stderr}");
+        assert!(stderr.contains("server.worker_threads"), "{bad}: {stderr}");
+    }
+}
+
 /// A port already in use stops `serve` with the listener's name and address in the log.
 #[test]
 fn a_taken_port_is_named() {

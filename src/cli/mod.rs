@@ -145,25 +145,37 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
+    match Cli::parse().command {
+        // The configuration is read first: it says how many worker threads to start.
+        Command::Serve { config } => match config::load(config.as_deref()) {
+            Ok(settings) => on_runtime(settings.server.worker_threads, serve(config, settings)),
+            Err(e) => report_config_error(&e),
+        },
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Events { redis, count, follow } => on_runtime(None, events::events(&redis, count, follow)),
+        Command::Admin { addr, token, tls, action } => {
+            on_runtime(None, client::admin(addr, token, tls, action))
+        }
+        Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
+            on_runtime(None, client::check(addr, attrs, cost, tiers, dry_run, json))
+        }
+    }
+}
+
+/// Runs `work` to its end on a multi-threaded runtime of `threads` workers (`None`: tokio's
+/// choice, `TOKIO_WORKER_THREADS` or one per core).
+fn on_runtime(threads: Option<usize>, work: impl Future<Output = ExitCode>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(work),
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::CheckConfig { file } => check_config(&file),
-            Command::Events { redis, count, follow } => events::events(&redis, count, follow).await,
-            Command::Admin { addr, token, tls, action } => client::admin(addr, token, tls, action).await,
-            Command::Check { addr, attrs, cost, tiers, dry_run, json } => {
-                client::check(addr, attrs, cost, tiers, dry_run, json).await
-            }
-        }
-    })
+    }
 }
 
 fn report_config_error(e: &ConfigError) -> ExitCode {
@@ -237,11 +249,7 @@ fn domain_check(file: &std::path::Path, checked: Result<String, Vec<String>>) ->
     }
 }
 
-async fn serve(path: Option<PathBuf>) -> ExitCode {
-    let settings = match config::load(path.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return report_config_error(&e),
-    };
+async fn serve(path: Option<PathBuf>, settings: config::Settings) -> ExitCode {
     let traces = match settings.tracing.as_ref().map(Traces::start).transpose() {
         Ok(traces) => traces,
         Err(e) => {
@@ -256,6 +264,8 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     for notice in &settings.notices {
         tracing::warn!("{notice}");
     }
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(worker_threads = workers, "runtime started");
     match &path {
         Some(p) => {
             tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded")

@@ -108,6 +108,9 @@ pub struct ServerSettings {
     pub transport: Transport,
     /// Decisions in flight at once before load is shed.
     pub max_in_flight: usize,
+    /// The runtime's worker threads (`None`: tokio's choice, one per core unless
+    /// `TOKIO_WORKER_THREADS` says otherwise). Read once, when the runtime is built.
+    pub worker_threads: Option<usize>,
 }
 
 /// Bounds on the gRPC transport. A request message past `max_message_bytes` gets

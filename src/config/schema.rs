@@ -81,6 +81,8 @@ pub struct Server {
     /// Calls in flight at once (a `Check` batch is one call); past it, calls are answered at once by
     /// the failure mode.
     pub max_in_flight: usize,
+    /// Worker threads of the runtime; absent, `TOKIO_WORKER_THREADS` or one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +121,7 @@ impl Default for Server {
             idle_timeout_secs: 300,
             max_connection_age_secs: 0,
             max_in_flight: 256,
+            worker_threads: None,
         }
     }
 }

@@ -14,6 +14,9 @@ use super::{
 /// Reading certificate files more often than this buys nothing and costs a busy loop.
 pub(super) const MIN_TLS_RELOAD_INTERVAL_MS: u64 = 100;
 
+/// More worker threads than this is a typo, not a machine: each one is an OS thread at start-up.
+const MOST_WORKER_THREADS: usize = 1024;
+
 /// The settings a file describes, or every problem it has.
 pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
@@ -119,6 +122,11 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
             problems.push(format!("{key}: must be at least 1"));
         }
     }
+    if let Some(n) = file.server.worker_threads
+        && !(1..=MOST_WORKER_THREADS).contains(&n)
+    {
+        problems.push(format!("server.worker_threads: {n} is not between 1 and {MOST_WORKER_THREADS}"));
+    }
     let log_format = file.log.format.or_report("log.format", &mut problems).unwrap_or_default();
     let tracing = file.tracing.and_then(|t| tracing(t, &mut problems));
 
@@ -145,6 +153,7 @@ pub(super) fn validate(file: schema::File) -> Result<Settings, Vec<String>> {
                 max_connection_age: secs(file.server.max_connection_age_secs),
             },
             max_in_flight: file.server.max_in_flight,
+            worker_threads: file.server.worker_threads,
         },
         redis,
         replicas: file.fallback.replicas,

@@ -36,6 +36,9 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.source="https://github.com/example/sluice" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /sluice /usr/local/bin/sluice
+# No transparent huge pages for the allocator's memory, on hosts where THP is `always` too: they
+# would double the resident memory at start (docs/performance.md, "An allocator and a thread count").
+ENV MIMALLOC_ALLOW_THP=0
 # The chart's user (runAsUser 10001); distroless needs no passwd entry for it.
 USER 10001:10001
 EXPOSE 8081 9090

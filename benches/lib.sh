@@ -27,14 +27,21 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Waits (at most 10 s) until something accepts connections on 127.0.0.1:$1.
+# Waits (at most 10 s) until something accepts connections on 127.0.0.1:$1. With a process id
+# ($2) and its log ($3), gives up as soon as that process has ended, and shows the log's end.
 wait_port() {
   local _
   for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then
+      echo "the process meant to listen on 127.0.0.1:$1 has ended" >&2
+      [[ -n ${3:-} ]] && tail -n 20 "$3" >&2
+      return 1
+    fi
     sleep 0.05
   done
   echo "nothing listens on 127.0.0.1:$1 after 10 s" >&2
+  [[ -n ${3:-} ]] && tail -n 20 "$3" >&2
   return 1
 }
 

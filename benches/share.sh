@@ -15,6 +15,10 @@ ROUNDS=${ROUNDS:-2}
 C=${C:-64}
 SECS=${SECS:-6}
 KEYS=${KEYS:-1000}
+for share in $SHARES; do
+  awk -v s="$share" 'BEGIN { exit !(s + 0 > 0 && s + 0 < 1) }' ||
+    { echo "SHARES: $share is not between 0 and 1" >&2; exit 2; }
+done
 source benches/lib.sh
 TICKS=$(getconf CLK_TCK)
 
@@ -22,11 +26,16 @@ PORT=$(free_port)
 "$LOADGEN" noop --listen "127.0.0.1:$PORT" >"$WORK/noop.log" 2>&1 &
 NOOP=$!
 PIDS+=("$NOOP")
-wait_port "$PORT"
+wait_port "$PORT" "$NOOP" "$WORK/noop.log"
 
+# Decisions/s of one run; fails unless the load generator printed a number above 0.
 rps() {
-  "$LOADGEN" load --target "$1" --addr "127.0.0.1:$PORT" --pid "$NOOP" -c "$C" --keys "$KEYS" \
-    --secs "$SECS" --warmup-secs 1 | sed -E 's/.* rps=([0-9]+) .*/\1/'
+  local line n
+  line=$("$LOADGEN" load --target "$1" --addr "127.0.0.1:$PORT" --pid "$NOOP" -c "$C" --keys "$KEYS" \
+    --secs "$SECS" --warmup-secs 1)
+  n=$(sed -nE 's/.* rps=([0-9]+) .*/\1/p' <<<"$line")
+  [[ ${n:-0} -gt 0 ]] || { echo "no decisions/s in: $line" >&2; return 1; }
+  echo "$n"
 }
 
 for round in $(seq "$ROUNDS"); do

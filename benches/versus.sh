@@ -11,30 +11,36 @@
 #        KEYS (1000)
 set -euo pipefail
 
+# Binaries named relative to where the script was started, before it moves to the repository.
+BIN_A=${1:+$(realpath "$1")}
+BIN_B=${2:+$(realpath "$2")}
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 C=${C:-64}
 SECS=${SECS:-6}
 KEYS=${KEYS:-1000}
 source benches/lib.sh
-BIN_A=${1:-$SLUICE}
-BIN_B=${2:-$SLUICE}
+BIN_A=${BIN_A:-$SLUICE}
+BIN_B=${BIN_B:-$SLUICE}
 start_redis
 
 # serve NAME BIN ENV [redis yaml]: starts a Sluice; sets PORT_<NAME> and PID_<NAME>.
 serve() {
-  local name=$1 bin=$2 env=$3 redis_yaml=${4:-} grpc http
+  local name=$1 bin=$2 env=$3 redis_yaml=${4:-} grpc http assignment assignments=()
   grpc=$(free_port)
   http=$(free_port)
-  printf '%s\n' "server: {grpc_addr: \"127.0.0.1:$grpc\", http_addr: \"127.0.0.1:$http\"}" \
+  read -ra assignments <<<"$env"
+  for assignment in "${assignments[@]}"; do
+    [[ $assignment == [A-Za-z_]*=* ]] || { echo "not NAME=value: $assignment" >&2; exit 2; }
+  done
+  printf '%s\n' "server: {grpc_addr: \"127.0.0.1:$grpc\", http_addr: \"127.0.0.1:$http\", drain_secs: 0}" \
     "log: {level: warn}" "tiers: [{name: edge_ip, key: [ip], limit: 100000000, window: 1s}]" \
     "$redis_yaml" >"$WORK/$name.yaml"
-  # shellcheck disable=SC2086 # ENV is a list of assignments
-  env $env "$bin" serve --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  env "${assignments[@]}" "$bin" serve --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   printf -v "PORT_$name" '%s' "$grpc"
   printf -v "PID_$name" '%s' "$!"
-  wait_port "$grpc"
+  wait_port "$grpc" "$!" "$WORK/$name.log"
 }
 REDIS_YAML="redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
 serve a_local "$BIN_A" "${A_ENV:-}"
@@ -45,7 +51,7 @@ NOOP_PORT=$(free_port)
 "$LOADGEN" noop --listen "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
 NOOP_PID=$!
 PIDS+=("$NOOP_PID")
-wait_port "$NOOP_PORT"
+wait_port "$NOOP_PORT" "$NOOP_PID" "$WORK/noop.log"
 
 run() {
   "$LOADGEN" load --target "$1" --addr "127.0.0.1:$2" --pid "$3" -c "$C" --keys "$KEYS" --secs "$SECS" \

@@ -244,27 +244,35 @@ async fn the_default_service_runs_answers_the_cli_and_stops_on_sigterm() {
 }
 
 /// `server.worker_threads`, from the file or the environment, is the number of worker threads the
-/// runtime starts, as the runtime itself counts them in the start-up log; counts outside 1 to 1024
-/// are refused before anything starts.
+/// runtime starts, as the runtime itself counts them in the start-up log, and it wins over
+/// `TOKIO_WORKER_THREADS`. Counts outside 1 to 1024 are refused before anything starts, and a
+/// worker the system refuses stops start-up with the reason rather than hanging.
 #[tokio::test]
 async fn worker_threads_are_as_configured() {
-    for (threads, env) in [(3, false), (1, true)] {
+    let config = |threads: Option<&str>| {
         let (grpc, http) = (pick_port(false), pick_port(false));
-        let text =
-            format!("server:\n  grpc_addr: 127.0.0.1:{grpc}\n  http_addr: 127.0.0.1:{http}\ntiers: []\n");
-        let text = if env {
-            text
-        } else {
-            text.replace("server:\n", &format!("server:\n  worker_threads: {threads}\n"))
-        };
-        let file = common::write_config(&text);
+        let threads = threads.map(|n| format!("  worker_threads: {n}\n")).unwrap_or_default();
+        let text = format!(
+            "server:\n  grpc_addr: 127.0.0.1:{grpc}\n  http_addr: 127.0.0.1:{http}\n{threads}tiers: []\n"
+        );
+        (common::write_config(&text), format!("127.0.0.1:{http}").parse().expect("addr"))
+    };
+    let serve = |file: &tempfile::NamedTempFile, env: &[(&str, &str)]| {
         let mut command = Command::new(BIN);
         command.args(["serve", "--config", file.path().to_str().expect("path")]).stderr(Stdio::piped());
-        if env {
-            command.env("SLUICE__SERVER__WORKER_THREADS", threads.to_string());
-        }
-        let mut process = common::Process(command.spawn().expect("start sluice serve"));
-        let http_addr = format!("127.0.0.1:{http}").parse().expect("addr");
+        command.env_remove("TOKIO_WORKER_THREADS").envs(env.iter().copied());
+        command
+    };
+    // (the file's worker_threads, the environment, the workers expected)
+    type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 3] = [
+        (Some("3"), &[], 3),
+        (None, &[("SLUICE__SERVER__WORKER_THREADS", "1")], 1),
+        (Some("1"), &[("TOKIO_WORKER_THREADS", "3")], 1),
+    ];
+    for (threads, env, expected) in cases {
+        let (file, http_addr) = config(threads);
+        let mut process = common::Process(serve(&file, env).spawn().expect("start sluice serve"));
         assert_eventually!(
             tokio::net::TcpStream::connect(http_addr).await.is_ok()
                 && http_get(http_addr, "/readyz").await.0 == 200,
@@ -274,15 +282,57 @@ async fn worker_threads_are_as_configured() {
         process.0.kill().expect("kill");
         let mut log = String::new();
         std::io::Read::read_to_string(&mut process.0.stderr.take().expect("stderr"), &mut log).expect("log");
-        assert!(log.contains(&format!("worker_threads={threads}")), "{log}");
+        assert!(log.contains(&format!("worker_threads={expected}")), "{threads:?} {env:?}: {log}");
     }
+
+    // Each of these must end on its own, and soon: a regression would otherwise serve, or hang.
+    let ends = |mut command: Command| {
+        let mut process = common::Process(command.spawn().expect("start sluice serve"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = process.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "sluice serve still runs after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut process.0.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        (status.code(), stderr)
+    };
     for bad in ["0", "1025", "-1"] {
-        let file = common::write_config(&format!("server:\n  worker_threads: {bad}\ntiers: []\n"));
-        let out = sluice(&["serve", "--config", file.path().to_str().expect("path")]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{bad}: {stderr}");
+        let (file, _) = config(Some(bad));
+        let (code, stderr) = ends(serve(&file, &[]));
+        assert_eq!(code, Some(78), "{bad}: {stderr}");
         assert!(stderr.contains("server.worker_threads"), "{bad}: {stderr}");
     }
+    for bad in ["", "abc", "0"] {
+        let (file, _) = config(None);
+        let (code, stderr) = ends(serve(&file, &[("SLUICE__SERVER__WORKER_THREADS", bad)]));
+        assert_eq!(code, Some(78), "{bad:?}: {stderr}");
+        assert!(stderr.contains("worker_threads"), "{bad:?}: {stderr}");
+    }
+    let (file, _) = config(Some("1024"));
+    let out = sluice(&["check-config", file.path().to_str().expect("path")]);
+    assert!(out.status.success(), "1024 is allowed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // tokio's own variable, when it is no number, and a worker the system refuses (1024 threads'
+    // stacks past a limit on address space): a reason and a failure, not a panic's hang.
+    let (file, _) = config(None);
+    let (code, stderr) = ends(serve(&file, &[("TOKIO_WORKER_THREADS", "abc")]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot start the runtime"), "{stderr}");
+    let (file, _) = config(Some("1024"));
+    let mut limited = Command::new("sh");
+    let path = file.path().to_str().expect("path");
+    limited.args(["-c", &format!("ulimit -v 1200000 && exec {BIN} serve --config {path}")]);
+    let (code, stderr) = ends({
+        limited.stderr(Stdio::piped());
+        limited
+    });
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot start the runtime") && stderr.contains("worker thread"), "{stderr}");
 }
 
 /// A port already in use stops `serve` with the listener's name and address in the log.

@@ -169,7 +169,16 @@ fn on_runtime(threads: Option<usize>, work: impl Future<Output = ExitCode>) -> E
     if let Some(n) = threads {
         builder.worker_threads(n);
     }
-    match builder.enable_all().build() {
+    // tokio panics when the system refuses a worker thread (a thread or memory limit), and the
+    // unwinding then waits forever for the workers already started: say why and exit instead.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("sluice: cannot start the runtime: {info}");
+        std::process::exit(1);
+    }));
+    let built = builder.enable_all().build();
+    std::panic::set_hook(hook);
+    match built {
         Ok(runtime) => runtime.block_on(work),
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
@@ -264,8 +273,6 @@ async fn serve(path: Option<PathBuf>, settings: config::Settings) -> ExitCode {
     for notice in &settings.notices {
         tracing::warn!("{notice}");
     }
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(worker_threads = workers, "runtime started");
     match &path {
         Some(p) => {
             tracing::info!(config = %p.display(), tiers = settings.tiers.len(), "configuration loaded")
@@ -275,6 +282,8 @@ async fn serve(path: Option<PathBuf>, settings: config::Settings) -> ExitCode {
             "no --config given: using the built-in default (examples/sluice.yaml)"
         ),
     }
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(worker_threads = workers, "runtime started");
     let listeners = match Listeners::bind(&settings).await {
         Ok(l) => l,
         Err(e) => {

@@ -259,13 +259,45 @@ mod tests {
             has("server.grpc_addr: \"nowhere\" is not an address"),
             "a value problem beside them: {lines:?}"
         );
-        assert!(has("tiers[0].limit: invalid type: 64-bit integer `-5`"), "{lines:?}");
+        assert!(has("tiers[0].limit: invalid type: integer `-5`"), "{lines:?}");
         assert!(has("tiers[0].name"), "{lines:?}");
         assert!(has("tiers[0].window: \"10x\""), "{lines:?}");
         assert!(has("tiers[1].shadw: unknown field"), "{lines:?}");
         assert!(has("log.colour: unknown field `colour`") && has("SLUICE__LOG__COLOUR"), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("tiers[0]limit")), "{lines:?}");
         assert_eq!(lines.iter().filter(|l| l.contains("tiers[0].limit")).count(), 1, "{lines:?}");
+    }
+
+    /// Counts are whole numbers: a fraction, a boolean or a word is an error that names the key,
+    /// where the `config` crate alone would round 2.5 to 3 and read `true` as 1.
+    #[test]
+    fn counts_are_whole_numbers() {
+        let yaml = "server:\n  max_in_flight: 2.5\n  worker_threads: true\nfallback:\n  replicas: 0.4\n\
+                    tiers:\n  - name: a\n    limit: 1e3\n    window: 1m\n    cost: \"7\"\n";
+        let env = HashMap::from([("SLUICE__LOCAL__MAX_KEYS".to_owned(), "12.0".to_owned())]);
+        let lines = parse(yaml, "t.yaml", Some(env)).expect_err("invalid").lines();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        for needle in [
+            "server.max_in_flight: invalid type: floating point `2.5`, expected a whole number",
+            "server.worker_threads: invalid type: boolean `true`",
+            "fallback.replicas: invalid type: floating point `0.4`",
+            "tiers[0].limit: invalid type: floating point `1000.0`",
+            "local.max_keys: invalid type: string \"12.0\"",
+        ] {
+            assert!(has(needle), "{needle:?} missing from {lines:?}");
+        }
+        assert!(!has("tiers[0].cost"), "digits in a string are a count: {lines:?}");
+        assert!(!has("is not between"), "no problem with a value nobody wrote: {lines:?}");
+
+        let yaml = "server:\n  max_in_flight: 7\ntiers:\n  - name: a\n    limit: \"5\"\n    window: 1m\n";
+        let env = HashMap::from([("SLUICE__SERVER__DRAIN_SECS".to_owned(), "0".to_owned())]);
+        let settings = parse(yaml, "t.yaml", Some(env)).expect("whole numbers read as before");
+        assert_eq!(settings.server.max_in_flight, 7);
+        assert_eq!(settings.server.drain, std::time::Duration::ZERO);
+        match &settings.tiers.all()[0].rule {
+            crate::tier::Rule::Limited(limit) => assert_eq!(limit.limit, 5),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+use serde::de::Unexpected;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,29 +60,40 @@ pub struct Server {
     /// On SIGTERM, how long to keep serving once gRPC health says NOT_SERVING and `/readyz` 503, so
     /// that load balancers and gateways move away before the listeners close. SIGINT (Ctrl-C)
     /// skips it.
+    #[serde(deserialize_with = "whole")]
     pub drain_secs: u64,
     /// Then, how long calls in flight may take to finish.
+    #[serde(deserialize_with = "whole")]
     pub shutdown_grace_secs: u64,
     /// TLS on the gRPC listener; absent, plaintext.
     pub tls: Option<Tls>,
     /// Largest gRPC request message, in bytes.
+    #[serde(deserialize_with = "whole")]
     pub max_message_bytes: usize,
     /// Most concurrent streams (calls) on one HTTP/2 connection.
+    #[serde(deserialize_with = "whole")]
     pub max_concurrent_streams: u32,
     /// Largest block of request headers (metadata), in bytes.
+    #[serde(deserialize_with = "whole")]
     pub max_header_list_bytes: u32,
     /// How often an HTTP/2 ping checks a connection; 0: never.
+    #[serde(deserialize_with = "whole")]
     pub keepalive_interval_secs: u64,
     /// How long a ping may go unanswered before the connection is closed.
+    #[serde(deserialize_with = "whole")]
     pub keepalive_timeout_secs: u64,
     /// A connection that sends nothing for this long is closed; 0: never.
+    #[serde(deserialize_with = "whole")]
     pub idle_timeout_secs: u64,
     /// Connections older than this are asked to go away (GOAWAY) and reconnect; 0: never.
+    #[serde(deserialize_with = "whole")]
     pub max_connection_age_secs: u64,
     /// Calls in flight at once (a `Check` batch is one call); past it, calls are answered at once by
     /// the failure mode.
+    #[serde(deserialize_with = "whole")]
     pub max_in_flight: usize,
     /// Worker threads of the runtime; absent, `TOKIO_WORKER_THREADS` or one per core.
+    #[serde(deserialize_with = "whole_opt")]
     pub worker_threads: Option<usize>,
 }
 
@@ -97,7 +109,7 @@ pub struct Tls {
     pub client_ca_file: Option<String>,
     /// How often the three files are read for a rotation (as cert-manager renews a mounted
     /// Secret); new files are taken up once they read the same twice in a row.
-    #[serde(default = "default_tls_reload_interval_ms")]
+    #[serde(default = "default_tls_reload_interval_ms", deserialize_with = "whole")]
     pub reload_interval_ms: u64,
 }
 
@@ -141,7 +153,7 @@ pub struct Redis {
     #[serde(default)]
     pub sentinel: Option<Sentinel>,
     /// While Redis is unavailable, how often one probe tries it again.
-    #[serde(default = "default_probe_interval_ms")]
+    #[serde(default = "default_probe_interval_ms", deserialize_with = "whole")]
     pub probe_interval_ms: u64,
     /// ACL user (Redis 6+); with a password, it overrides any user in the URLs.
     #[serde(default)]
@@ -153,7 +165,7 @@ pub struct Redis {
     #[serde(default)]
     pub password_file: Option<String>,
     /// Deadline of one decision call to Redis; past it the request is decided in process.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "default_timeout_ms", deserialize_with = "whole")]
     pub timeout_ms: u64,
     /// Certificates for TLS to Redis; TLS itself is on when the URLs say `rediss://`.
     #[serde(default)]
@@ -171,6 +183,7 @@ pub struct RedisTls {
     pub key_file: Option<String>,
     /// How often these files are read for a rotation; new files are taken up (with a new
     /// connection to Redis) once they read the same twice in a row.
+    #[serde(deserialize_with = "whole")]
     pub reload_interval_ms: u64,
 }
 
@@ -278,7 +291,7 @@ pub struct HttpApi {
     pub trusted_proxies: Vec<String>,
     /// Forward-auth's status for a denied request: 429 (default), or 403 for NGINX, whose
     /// `auth_request` passes on only 401 and 403 (its example maps 403 back to 429).
-    #[serde(default = "default_deny_status")]
+    #[serde(default = "default_deny_status", deserialize_with = "whole")]
     pub deny_status: u16,
     /// Request headers whose values become attributes for forward-auth, by header name: e.g.
     /// `{X-User: user, X-Client-Tier: client_tier, X-Login-Name: username}` (a name that is not a
@@ -330,6 +343,7 @@ pub struct Fallback {
     /// Default failure mode of every tier: `local` (default), `allow` or `deny`.
     pub mode: Choice<FailureMode>,
     /// Replicas sharing each limit while each decides alone: a tier's limit is divided by it.
+    #[serde(deserialize_with = "whole")]
     pub replicas: u64,
 }
 
@@ -343,8 +357,10 @@ impl Default for Fallback {
 #[serde(deny_unknown_fields, default)]
 pub struct Local {
     /// Most keys held in process; past it the idlest are evicted.
+    #[serde(deserialize_with = "whole")]
     pub max_keys: usize,
     /// Most keys in the over-limit cache (denied keys answered without the store); 0: no cache.
+    #[serde(deserialize_with = "whole")]
     pub over_limit_max_keys: usize,
 }
 
@@ -358,16 +374,22 @@ impl Default for Local {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Most requests in one `Check` batch.
+    #[serde(deserialize_with = "whole")]
     pub max_batch: usize,
     /// Longest attribute value, in bytes.
+    #[serde(deserialize_with = "whole")]
     pub max_value_bytes: usize,
     /// Most free-form attributes in one request.
+    #[serde(deserialize_with = "whole")]
     pub max_extra: usize,
     /// Most tier names one `Check` request may list.
+    #[serde(deserialize_with = "whole")]
     pub max_named_tiers: usize,
     /// Most descriptors in one `ShouldRateLimit` request.
+    #[serde(deserialize_with = "whole")]
     pub max_descriptors: usize,
     /// Most entries in one descriptor.
+    #[serde(deserialize_with = "whole")]
     pub max_entries: usize,
 }
 
@@ -441,13 +463,13 @@ pub struct Tier {
     #[serde(default)]
     pub algorithm: Option<Choice<Algorithm>>,
     /// Units allowed per window.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_opt")]
     pub limit: Option<u64>,
     /// Window length: a number and a unit, `ms`, `s`, `m`, `h` or `d` (e.g. `15m`).
     #[serde(default)]
     pub window: Option<String>,
     /// Units one request consumes in this tier, multiplied by the request's own cost. Default 1.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_opt")]
     pub cost: Option<u64>,
     /// A matching request is allowed without checking or counting any tier.
     #[serde(default)]
@@ -484,11 +506,12 @@ pub struct Tier {
 #[serde(deny_unknown_fields)]
 pub struct PenaltySpec {
     /// Violations within `period` that trigger a block.
+    #[serde(deserialize_with = "whole")]
     pub violations: u64,
     pub period: String,
     /// The first block's length; each further block is `factor` times longer, up to `max`.
     pub base: String,
-    #[serde(default = "default_factor")]
+    #[serde(default = "default_factor", deserialize_with = "whole")]
     pub factor: u64,
     pub max: String,
 }
@@ -501,10 +524,10 @@ fn default_factor() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct BaselineSpec {
     /// Percent of the typical volume per window a key may use (default 150).
-    #[serde(default = "default_sensitivity")]
+    #[serde(default = "default_sensitivity", deserialize_with = "whole")]
     pub sensitivity_percent: u64,
     /// The highest the limit may grow, in percent of the base limit (default 300).
-    #[serde(default = "default_max_percent")]
+    #[serde(default = "default_max_percent", deserialize_with = "whole")]
     pub max_percent: u64,
 }
 
@@ -528,25 +551,36 @@ pub enum AdaptiveSpec {
 pub struct AdaptiveSettings {
     pub weights: FactorWeights,
     /// A user agent shorter than this counts as missing (default 10).
+    #[serde(deserialize_with = "whole_opt")]
     pub min_user_agent_len: Option<usize>,
     /// Attempts above this multiple of the limit in a window make a burst (default 2).
+    #[serde(deserialize_with = "whole_opt")]
     pub burst_multiple: Option<u64>,
     /// Reported failures in a window that set the failed-logins factor (default 3).
+    #[serde(deserialize_with = "whole_opt")]
     pub failed_logins: Option<u64>,
     /// Percent of the limit a score of 100 takes away (default 50).
+    #[serde(deserialize_with = "whole_opt")]
     pub reduction_percent: Option<u8>,
     /// A denial scoring at least this writes a security event (default 50).
+    #[serde(deserialize_with = "whole_opt")]
     pub event_threshold: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FactorWeights {
+    #[serde(deserialize_with = "whole_opt")]
     pub user_agent: Option<u8>,
+    #[serde(deserialize_with = "whole_opt")]
     pub parameters: Option<u8>,
+    #[serde(deserialize_with = "whole_opt")]
     pub deny_range: Option<u8>,
+    #[serde(deserialize_with = "whole_opt")]
     pub reputation: Option<u8>,
+    #[serde(deserialize_with = "whole_opt")]
     pub burst: Option<u8>,
+    #[serde(deserialize_with = "whole_opt")]
     pub failed_logins: Option<u8>,
 }
 
@@ -559,6 +593,7 @@ pub struct Threat {
     /// CIDR ranges whose IPs set the `deny_range` factor.
     pub deny_ranges: Vec<String>,
     /// Most entries kept in the Redis security event stream (default 10000).
+    #[serde(deserialize_with = "whole_opt")]
     pub events_max_len: Option<u64>,
 }
 
@@ -765,6 +800,64 @@ impl fmt::Display for Expected {
 }
 
 impl std::error::Error for Expected {}
+
+/// A count as written: a whole number, or its digits in a string (as the environment gives it).
+/// The `config` crate would round `2.5` to 3 and read `true` as 1, so that a slip in a limit
+/// would pass unseen; here it is a type error that names the key.
+struct Whole(u64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Whole;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
+                Ok(Whole(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v).map(Whole).map_err(|_| E::invalid_type(Unexpected::Signed(v), &self))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(Unexpected::Other("a larger number"), &self))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(Unexpected::Other("a number out of range"), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Whole, E> {
+                let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+                match v.parse() {
+                    Ok(n) if digits => Ok(Whole(n)),
+                    _ => Err(E::invalid_type(Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A count field (`deserialize_with`): see `Whole`; and it must fit the field's type.
+fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+    let Whole(n) = Whole::deserialize(d)?;
+    T::try_from(n)
+        .map_err(|_| serde::de::Error::invalid_value(Unexpected::Unsigned(n), &"a smaller whole number"))
+}
+
+/// An optional count field (`deserialize_with`), as `whole`.
+fn whole_opt<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+    match Option::<Whole>::deserialize(d)? {
+        None => Ok(None),
+        Some(Whole(n)) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::invalid_value(Unexpected::Unsigned(n), &"a smaller whole number")),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -59,6 +59,16 @@ for line in sys.stdin:
 SLUICE=target/release/sluice
 [[ -x $LOADGEN && -x $SLUICE ]] || { echo "build gave no loadgen or sluice binary" >&2; exit 1; }
 
+# Starts benches/loadgen.rs's no-op server on a free port, its log in $WORK/$1.log; sets NOOP_PORT
+# and NOOP_PID.
+start_noop() {
+  NOOP_PORT=$(free_port)
+  "$LOADGEN" noop --listen "127.0.0.1:$NOOP_PORT" >"$WORK/$1.log" 2>&1 &
+  NOOP_PID=$!
+  PIDS+=("$NOOP_PID")
+  wait_port "$NOOP_PORT" "$NOOP_PID" "$WORK/$1.log"
+}
+
 # Starts a throwaway redis-server on a free port; sets REDIS_PORT and REDIS_PID.
 start_redis() {
   REDIS_PORT=$(free_port)

@@ -45,11 +45,8 @@ load() {
 # TRACING=ratio: a span sink for every Sluice below (the no-op server, which counts what it drops).
 TRACING_YAML=
 if [[ -n ${TRACING:-} ]]; then
-  SINK_PORT=$(free_port)
-  "$LOADGEN" noop --listen "127.0.0.1:$SINK_PORT" >"$WORK/sink.log" 2>&1 &
-  SINK_PID=$!
-  PIDS+=("$SINK_PID")
-  wait_port "$SINK_PORT"
+  start_noop sink
+  SINK_PORT=$NOOP_PORT SINK_PID=$NOOP_PID
   TRACING_YAML="tracing: {otlp_endpoint: \"http://127.0.0.1:$SINK_PORT\", sample_ratio: $TRACING}"
   echo "== traces on: sample_ratio $TRACING, exported to a no-op sink on 127.0.0.1" | tee -a "$RESULTS" >&2
 fi
@@ -109,11 +106,7 @@ EOF
 }
 
 # --- the no-op server
-NOOP_PORT=$(free_port)
-"$LOADGEN" noop --listen "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
-NOOP_PID=$!
-PIDS+=("$NOOP_PID")
-wait_port "$NOOP_PORT"
+start_noop noop
 load noop "$NOOP_PORT" "$NOOP_PID"
 stop "$NOOP_PID"
 

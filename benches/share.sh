@@ -22,17 +22,13 @@ done
 source benches/lib.sh
 TICKS=$(getconf CLK_TCK)
 
-PORT=$(free_port)
-"$LOADGEN" noop --listen "127.0.0.1:$PORT" >"$WORK/noop.log" 2>&1 &
-NOOP=$!
-PIDS+=("$NOOP")
-wait_port "$PORT" "$NOOP" "$WORK/noop.log"
+start_noop noop
 
 # Decisions/s of one run; fails unless the load generator printed a number above 0.
 rps() {
   local line n
-  line=$("$LOADGEN" load --target "$1" --addr "127.0.0.1:$PORT" --pid "$NOOP" -c "$C" --keys "$KEYS" \
-    --secs "$SECS" --warmup-secs 1)
+  line=$("$LOADGEN" load --target "$1" --addr "127.0.0.1:$NOOP_PORT" --pid "$NOOP_PID" -c "$C" \
+    --keys "$KEYS" --secs "$SECS" --warmup-secs 1)
   n=$(sed -nE 's/.* rps=([0-9]+) .*/\1/p' <<<"$line")
   [[ ${n:-0} -gt 0 ]] || { echo "no decisions/s in: $line" >&2; return 1; }
   echo "$n"

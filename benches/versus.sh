@@ -47,11 +47,7 @@ serve a_local "$BIN_A" "${A_ENV:-}"
 serve b_local "$BIN_B" "${B_ENV:-}"
 serve a_redis "$BIN_A" "${A_ENV:-}" "$REDIS_YAML"
 serve b_redis "$BIN_B" "${B_ENV:-}" "$REDIS_YAML"
-NOOP_PORT=$(free_port)
-"$LOADGEN" noop --listen "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
-NOOP_PID=$!
-PIDS+=("$NOOP_PID")
-wait_port "$NOOP_PORT" "$NOOP_PID" "$WORK/noop.log"
+start_noop noop
 
 run() {
   "$LOADGEN" load --target "$1" --addr "127.0.0.1:$2" --pid "$3" -c "$C" --keys "$KEYS" --secs "$SECS" \

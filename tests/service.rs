@@ -326,11 +326,10 @@ async fn worker_threads_are_as_configured() {
     let (file, _) = config(Some("1024"));
     let mut limited = Command::new("sh");
     let path = file.path().to_str().expect("path");
-    limited.args(["-c", &format!("ulimit -v 1200000 && exec {BIN} serve --config {path}")]);
-    let (code, stderr) = ends({
-        limited.stderr(Stdio::piped());
-        limited
-    });
+    limited
+        .args(["-c", &format!("ulimit -v 1200000 && exec {BIN} serve --config {path}")])
+        .stderr(Stdio::piped());
+    let (code, stderr) = ends(limited);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot start the runtime") && stderr.contains("worker thread"), "{stderr}");
 }

@@ -268,12 +268,13 @@ mod tests {
         assert_eq!(lines.iter().filter(|l| l.contains("tiers[0].limit")).count(), 1, "{lines:?}");
     }
 
-    /// Counts are whole numbers: a fraction, a boolean or a word is an error that names the key,
-    /// where the `config` crate alone would round 2.5 to 3 and read `true` as 1.
+    /// Counts are whole numbers that fit their key: a fraction, a boolean, a word or a number too
+    /// large is an error that names the key, where the `config` crate alone would round 2.5 to 3
+    /// and read `true` as 1.
     #[test]
     fn counts_are_whole_numbers() {
         let yaml = "server:\n  max_in_flight: 2.5\n  worker_threads: true\nfallback:\n  replicas: 0.4\n\
-                    tiers:\n  - name: a\n    limit: 1e3\n    window: 1m\n    cost: \"7\"\n";
+                    http_api:\n  addr: 127.0.0.1:8083\n  deny_status: 70000\ntiers:\n  - name: a\n    limit: 1e3\n    window: 1m\n    cost: \"7\"\n";
         let env = HashMap::from([("SLUICE__LOCAL__MAX_KEYS".to_owned(), "12.0".to_owned())]);
         let lines = parse(yaml, "t.yaml", Some(env)).expect_err("invalid").lines();
         let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
@@ -283,6 +284,7 @@ mod tests {
             "fallback.replicas: invalid type: floating point `0.4`",
             "tiers[0].limit: invalid type: floating point `1000.0`",
             "local.max_keys: invalid type: string \"12.0\"",
+            "http_api.deny_status: invalid value: integer `70000`, expected a smaller whole number",
         ] {
             assert!(has(needle), "{needle:?} missing from {lines:?}");
         }

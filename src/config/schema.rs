@@ -820,16 +820,6 @@ impl<'de> Deserialize<'de> for Whole {
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
                 u64::try_from(v).map(Whole).map_err(|_| E::invalid_type(Unexpected::Signed(v), &self))
             }
-            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Whole, E> {
-                u64::try_from(v)
-                    .map(Whole)
-                    .map_err(|_| E::invalid_value(Unexpected::Other("a larger number"), &self))
-            }
-            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Whole, E> {
-                u64::try_from(v)
-                    .map(Whole)
-                    .map_err(|_| E::invalid_value(Unexpected::Other("a number out of range"), &self))
-            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Whole, E> {
                 let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
                 match v.parse() {
@@ -842,20 +832,21 @@ impl<'de> Deserialize<'de> for Whole {
     }
 }
 
-/// A count field (`deserialize_with`): see `Whole`; and it must fit the field's type.
+/// A count field (`deserialize_with`): see `Whole`.
 fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
-    let Whole(n) = Whole::deserialize(d)?;
-    T::try_from(n)
-        .map_err(|_| serde::de::Error::invalid_value(Unexpected::Unsigned(n), &"a smaller whole number"))
+    Whole::deserialize(d)?.fit()
 }
 
 /// An optional count field (`deserialize_with`), as `whole`.
 fn whole_opt<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
-    match Option::<Whole>::deserialize(d)? {
-        None => Ok(None),
-        Some(Whole(n)) => T::try_from(n)
-            .map(Some)
-            .map_err(|_| serde::de::Error::invalid_value(Unexpected::Unsigned(n), &"a smaller whole number")),
+    Option::<Whole>::deserialize(d)?.map(Whole::fit).transpose()
+}
+
+impl Whole {
+    /// The count as the field's type, which it must fit (a `u8` weight is at most 255).
+    fn fit<T: TryFrom<u64>, E: serde::de::Error>(self) -> Result<T, E> {
+        T::try_from(self.0)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(self.0), &"a smaller whole number"))
     }
 }
 

@@ -73,6 +73,12 @@ local PENALTY_FORMAT = '<I8I8I8I8I8'
 local BASELINE_FORMAT = '<I8I8'
 local REPLY_FORMAT = '<i8i8'
 local RECORD_FORMAT = '<i8i8i8i8i8i8i8'
+-- A plain request (see read_plain): DECIDE_FORMAT and one CHECK_FORMAT; its reply, REPLY_FORMAT and
+-- one RECORD_FORMAT.
+local PLAIN_FORMAT = '<I8I8I8I8I8I8I8I8I8I8I8I8I8'
+local PLAIN_REPLY_FORMAT = '<i8i8i8i8i8i8i8i8i8'
+-- A plain request's packed numbers are exactly this long: no option adds to them.
+local PLAIN_BYTES = 8 * (DECIDE_HEADER + CHECK_ARGS)
 
 -- decide.lua's batch header: now, and the number of requests.
 local function read_batch_header()
@@ -88,6 +94,21 @@ end
 -- after it.
 local function read_header(s)
   return struct.unpack(DECIDE_FORMAT, s)
+end
+
+-- A request of one check and no options from its packed numbers `s`, or nil when it is not one (a
+-- request of several checks, or with options, is longer). Answers commit (1/0), algorithm,
+-- limit, window, cost, shadow (1/0) and counts, as read_header and read_check name them.
+local function read_plain(s)
+  if #s ~= PLAIN_BYTES then
+    return nil
+  end
+  local commit, n, reputation_keys, algorithm, limit, window, cost, shadow, _, counts, adaptive, penalty, baseline =
+    struct.unpack(PLAIN_FORMAT, s)
+  if n ~= 1 or reputation_keys ~= 0 or adaptive ~= 0 or penalty ~= 0 or baseline ~= 0 then
+    return nil
+  end
+  return commit, algorithm, limit, window, cost, shadow, counts
 end
 
 -- report.lua's header, and the cursor after it.
@@ -158,6 +179,13 @@ end
 local function write_record(reply, v)
   reply[#reply + 1] = struct.pack(RECORD_FORMAT, v.allowed and 1 or 0, v.remaining, v.retry, v.reset, v.limit,
     v.score, v.bits)
+end
+
+-- Appends a plain request's reply: write_reply_header's and write_record's in one, with no threat
+-- score or factors.
+local function write_plain_reply(reply, admitted, now, allowed, remaining, retry, reset, limit)
+  reply[#reply + 1] = struct.pack(PLAIN_REPLY_FORMAT, admitted and 1 or 0, now, allowed and 1 or 0, remaining, retry,
+    reset, limit, 0, 0)
 end
 
 -- One failure of report.lua, from ARGV[a + 1] and KEYS[k] on: its window, its keys

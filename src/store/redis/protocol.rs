@@ -316,6 +316,8 @@ mod tests {
             ("BASELINE_FORMAT", BASELINE_ARGS, "I8"),
             ("REPLY_FORMAT", REPLY_HEADER, "i8"),
             ("RECORD_FORMAT", RECORD, "i8"),
+            ("PLAIN_FORMAT", DECIDE_HEADER + CHECK_ARGS, "I8"),
+            ("PLAIN_REPLY_FORMAT", REPLY_HEADER + RECORD, "i8"),
         ] {
             let format = lua
                 .lines()

@@ -30,6 +30,8 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
         (Algorithm::SlidingLog, 4, 700),
         (Algorithm::SlidingLog, 9, 2_500),
         (Algorithm::FixedWindow, 6, 1_500),
+        // No options: alone in a request, it takes decide.lua's short path (decide_plain).
+        (Algorithm::SlidingWindow, 7, 1_200),
     ];
     let seed = 0x5eed_u64;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -60,7 +62,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     algorithm,
                     quota: Quota { limit, window_ms, cost: hostile_cost(&mut rng, limit) },
                     shadow: rng.random_range(0..8) == 0,
-                    quota_mode: false,
+                    quota_mode: rng.random_range(0..6) == 0,
                     on_failure: FailureMode::Local,
                     // Every tier-key of tier 1 has a penalty (so the same keys always carry it).
                     penalty: (t == 1).then_some(PENALTY),
@@ -68,7 +70,7 @@ async fn lua_and_rust_agree_over_a_long_random_run() {
                     // Tier 0's key k0 counts every request, denied or not.
                     counts: match (t, key) {
                         (3, _) => Counts::Failures,
-                        (0, 0) | (4, 1) => Counts::Everything,
+                        (0, 0) | (4, 1) | (5, 2) => Counts::Everything,
                         _ => Counts::Requests,
                     },
                     // Tier 0 keeps a baseline.
@@ -125,5 +127,71 @@ fn hostile_cost(rng: &mut StdRng, limit: u64) -> u64 {
         2 => limit + 1,
         3 => u64::MAX,
         _ => rng.random_range(1..=limit.min(3)),
+    }
+}
+
+/// A look (cost 0) changes nothing in Redis, on either window algorithm and either way of
+/// counting, alone in its request (decide.lua's short path) or beside another check: it creates
+/// no key, and it does not move a window its key holds, even one long over.
+#[tokio::test]
+async fn a_look_writes_nothing() {
+    let server = common::RedisServer::start();
+    let redis = server.store().await;
+    let now: u64 = 1_000_000_000;
+    let mut case = 0;
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+        for counts in [Counts::Requests, Counts::Everything] {
+            for beside in [false, true] {
+                case += 1;
+                let check = |key: &str, cost| Check {
+                    counts,
+                    ..Check::plain(
+                        key.to_owned(),
+                        algorithm,
+                        Quota { limit: 5, window_ms: 60_000, cost },
+                        FailureMode::Local,
+                    )
+                };
+                let mut checks = vec![check(&format!("sluice:{{look{case}}}"), 0)];
+                if beside {
+                    checks.push(check(&format!("sluice:{{look{case}}}:other"), 0));
+                }
+                let answer = redis.decide_at(&checks, Mode::Consume, now).await.expect("a look");
+                assert!(answer.admitted, "case {case}");
+                let keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
+                assert!(keys.is_empty(), "case {case}: a look at fresh keys made {keys:?}");
+
+                // A unit counted, then a look three windows later, when the count no longer
+                // matters but the key still holds it.
+                checks.iter_mut().for_each(|c| c.quota.cost = 1);
+                redis.decide_at(&checks, Mode::Consume, now).await.expect("a unit");
+                let before: Vec<Vec<(String, String)>> = checks
+                    .iter()
+                    .map(|c| {
+                        server.cmd(redis::cmd("HGETALL").arg(format!("{}:{}", c.key, suffix(algorithm))))
+                    })
+                    .collect();
+                assert!(before.iter().all(|h| !h.is_empty()), "case {case}: {before:?}");
+                checks.iter_mut().for_each(|c| c.quota.cost = 0);
+                redis.decide_at(&checks, Mode::Consume, now + 150_000).await.expect("a later look");
+                let after: Vec<Vec<(String, String)>> = checks
+                    .iter()
+                    .map(|c| {
+                        server.cmd(redis::cmd("HGETALL").arg(format!("{}:{}", c.key, suffix(algorithm))))
+                    })
+                    .collect();
+                assert_eq!(after, before, "case {case}: a look moved the window");
+                server.cmd::<()>(&mut redis::cmd("FLUSHALL"));
+            }
+        }
+    }
+}
+
+/// Where an algorithm keeps a tier-key's window.
+fn suffix(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingWindow => "sw",
+        Algorithm::FixedWindow => "fw",
+        Algorithm::SlidingLog => "log",
     }
 }

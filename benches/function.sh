@@ -7,7 +7,8 @@
 # usage: benches/function.sh [REV...]     (no REV: the working tree; a REV is a git revision from
 #                                          5817827 on, when one call began to carry many requests;
 #                                          "." the working tree)
-#   env: REQUESTS (20), CALLS (2000), KEYS (1000), ROUNDS (3)
+#   env: REQUESTS (20), CALLS (2000), KEYS (1000), ROUNDS (3), ADAPTIVE (0; 1: each check is also
+#        adaptive, with its attempts and failures counters: revisions with packed numbers only)
 # prints, per round and library: µs per call and µs per decision.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ REQUESTS=${REQUESTS:-20}
 CALLS=${CALLS:-2000}
 KEYS=${KEYS:-1000}
 ROUNDS=${ROUNDS:-3}
+ADAPTIVE=${ADAPTIVE:-0}
 [[ $# -gt 0 ]] || set -- .
 
 WORK=$(mktemp -d -t sluice-function.XXXXXX)
@@ -55,14 +57,22 @@ for round in $(seq "$ROUNDS"); do
     label=${entry%%:*}
     form=${entry#*:}
     redis-cli -p "$PORT" CONFIG RESETSTAT >/dev/null
-    python3 - "$PORT" "sluice_decide_$label" "$form" "$REQUESTS" "$CALLS" "$KEYS" <<'EOF'
+    python3 - "$PORT" "sluice_decide_$label" "$form" "$REQUESTS" "$CALLS" "$KEYS" "$ADAPTIVE" <<'EOF'
 import socket, struct, sys
 port, function, form = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-requests, calls, keys = (int(v) for v in sys.argv[4:7])
+requests, calls, keys, adaptive = (int(v) for v in sys.argv[4:8])
 # One request: commit, 1 check, 0 reputation keys; the check: sliding window, a limit no run
-# reaches, 1 s window, cost 1, not shadow, no quota mode, counts admitted requests, no options.
-numbers = [1, 1, 0, 1, 100_000_000, 1000, 1, 0, 0, 1, 0, 0, 0]
-packed = struct.pack("<13Q", *numbers)
+# reaches, 1 s window, cost 1, not shadow, no quota mode, counts admitted requests, no options
+# (or, with ADAPTIVE, adaptive: no client factors, weights 30/30/40, burst at 3 times the limit,
+# failed logins from 5, a score of 100 halving the limit).
+numbers = [1, 1, 0, 1, 100_000_000, 1000, 1, 0, 0, 1, adaptive, 0, 0]
+suffixes = ["sw"]
+if adaptive:
+    if form != "packed":
+        raise SystemExit(f"{function}: ADAPTIVE needs a revision with packed numbers")
+    numbers += [0, 0, 30, 30, 40, 3, 5, 50]
+    suffixes += ["att", "fail"]
+packed = struct.pack("<%dQ" % len(numbers), *numbers)
 def bulk(value):
     value = value if isinstance(value, bytes) else str(value).encode()
     return b"$%d\r\n%s\r\n" % (len(value), value)
@@ -79,9 +89,9 @@ def skip_reply():
     elif kind == b"$" and int(line[1:]) >= 0:
         replies.read(int(line[1:]) + 2)
 for call in range(calls):
-    names = [f"bench:{{edge_ip:{(call * requests + i) % keys}}}:sw" for i in range(requests)]
+    names = [f"bench:{{edge_ip:{(call * requests + i) % keys}}}:{s}" for i in range(requests) for s in suffixes]
     args = [packed] * requests if form == "packed" else numbers * requests
-    parts = ["FCALL", function, requests, *names, 0, requests, *args]
+    parts = ["FCALL", function, len(names), *names, 0, requests, *args]
     conn.sendall(b"*%d\r\n" % len(parts) + b"".join(bulk(p) for p in parts))
     skip_reply()
 EOF

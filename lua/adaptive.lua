@@ -4,7 +4,8 @@
 --       r (the instant, ms, at which the count restarts) and c (the count); the request's
 --       reputation keys (IP, user), set by operators with a TTL.
 -- adaptive_count(key, now, window, add) -> the count after adding `add` (0 reads only); a count
---       restarts one window after its first unit, and the key expires then (`Count`).
+--       restarts one window after its first unit, and the key expires then (`Count`): the first
+--       unit sets both, and every later one in the window is one HINCRBY.
 -- adaptive_assess(p, bad_reputation, attempts, counted, failures, configured, limit, cost)
 --       -> score (0-100), factor bits (8 reputation, 16 burst, 32 failed logins, on top of the
 --       client's), the limit to decide with and the limit a retry would see (`assess`). p holds
@@ -15,13 +16,19 @@
 local function adaptive_count(key, now, window, add)
   local st = redis.call('HMGET', key, 'r', 'c')
   local reset, count = tonumber(st[1]), tonumber(st[2]) or 0
-  if reset == nil or now >= reset then
+  local running = reset ~= nil and now < reset
+  if not running then
     reset, count = now + window, 0
   end
   if add > 0 then
     count = count + add
-    redis.call('HSET', key, 'r', reset, 'c', count)
-    redis.call('PEXPIRE', key, math.max(reset - now, 1))
+    if running then
+      -- the restart and the expiry stand: only the count moves
+      redis.call('HINCRBY', key, 'c', string.format('%d', add))
+    else
+      redis.call('HSET', key, 'r', reset, 'c', count)
+      redis.call('PEXPIRE', key, math.max(reset - now, 1))
+    end
   end
   return count
 end

@@ -8,7 +8,7 @@
 # usage: benches/versus.sh [BIN_A [BIN_B]]   (each defaults to this tree's release build)
 #   env: A_ENV, B_ENV (space-separated NAME=value for that Sluice, e.g.
 #        B_ENV=SLUICE__SERVER__WORKER_THREADS=1), ROUNDS (3), C (calls in flight, 64), SECS (6),
-#        KEYS (1000)
+#        KEYS (1000), ADAPTIVE (1: the tier's adaptive threat score on)
 set -euo pipefail
 
 # Binaries named relative to where the script was started, before it moves to the repository.
@@ -34,7 +34,7 @@ serve() {
     [[ $assignment == [A-Za-z_]*=* ]] || { echo "not NAME=value: $assignment" >&2; exit 2; }
   done
   printf '%s\n' "server: {grpc_addr: \"127.0.0.1:$grpc\", http_addr: \"127.0.0.1:$http\", drain_secs: 0}" \
-    "log: {level: warn}" "tiers: [{name: edge_ip, key: [ip], limit: 100000000, window: 1s}]" \
+    "log: {level: warn}" "tiers: [{name: edge_ip, key: [ip], limit: 100000000, window: 1s$TIER_OPTIONS}]" \
     "$redis_yaml" >"$WORK/$name.yaml"
   env "${assignments[@]}" "$bin" serve --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
@@ -43,6 +43,7 @@ serve() {
   wait_port "$grpc" "$!" "$WORK/$name.log"
 }
 REDIS_YAML="redis: {url: \"redis://127.0.0.1:$REDIS_PORT\"}"
+TIER_OPTIONS=$([[ ${ADAPTIVE:-0} == 1 ]] && echo ", adaptive: true" || true)
 serve a_local "$BIN_A" "${A_ENV:-}"
 serve b_local "$BIN_B" "${B_ENV:-}"
 serve a_redis "$BIN_A" "${A_ENV:-}" "$REDIS_YAML"

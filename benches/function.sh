@@ -8,7 +8,8 @@
 #                                          5817827 on, when one call began to carry many requests;
 #                                          "." the working tree)
 #   env: REQUESTS (20), CALLS (2000), KEYS (1000), ROUNDS (3), ADAPTIVE (0; 1: each check is also
-#        adaptive, with its attempts and failures counters: revisions with packed numbers only)
+#        adaptive, with its attempts and failures counters), BASELINE (0; 1: each check keeps a
+#        behavioural baseline); both for revisions with packed numbers only
 # prints, per round and library: µs per call and µs per decision.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ CALLS=${CALLS:-2000}
 KEYS=${KEYS:-1000}
 ROUNDS=${ROUNDS:-3}
 ADAPTIVE=${ADAPTIVE:-0}
+BASELINE=${BASELINE:-0}
 [[ $# -gt 0 ]] || set -- .
 
 WORK=$(mktemp -d -t sluice-function.XXXXXX)
@@ -57,21 +59,25 @@ for round in $(seq "$ROUNDS"); do
     label=${entry%%:*}
     form=${entry#*:}
     redis-cli -p "$PORT" CONFIG RESETSTAT >/dev/null
-    python3 - "$PORT" "sluice_decide_$label" "$form" "$REQUESTS" "$CALLS" "$KEYS" "$ADAPTIVE" <<'EOF'
+    python3 - "$PORT" "sluice_decide_$label" "$form" "$REQUESTS" "$CALLS" "$KEYS" "$ADAPTIVE" "$BASELINE" <<'EOF'
 import socket, struct, sys
 port, function, form = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-requests, calls, keys, adaptive = (int(v) for v in sys.argv[4:8])
+requests, calls, keys, adaptive, baseline = (int(v) for v in sys.argv[4:9])
 # One request: commit, 1 check, 0 reputation keys; the check: sliding window, a limit no run
 # reaches, 1 s window, cost 1, not shadow, no quota mode, counts admitted requests, no options
 # (or, with ADAPTIVE, adaptive: no client factors, weights 30/30/40, burst at 3 times the limit,
-# failed logins from 5, a score of 100 halving the limit).
-numbers = [1, 1, 0, 1, 100_000_000, 1000, 1, 0, 0, 1, adaptive, 0, 0]
+# failed logins from 5, a score of 100 halving the limit; with BASELINE, a baseline of sensitivity
+# 150% and cap 300%).
+numbers = [1, 1, 0, 1, 100_000_000, 1000, 1, 0, 0, 1, adaptive, 0, baseline]
 suffixes = ["sw"]
+if (adaptive or baseline) and form != "packed":
+    raise SystemExit(f"{function}: ADAPTIVE and BASELINE need a revision with packed numbers")
 if adaptive:
-    if form != "packed":
-        raise SystemExit(f"{function}: ADAPTIVE needs a revision with packed numbers")
     numbers += [0, 0, 30, 30, 40, 3, 5, 50]
     suffixes += ["att", "fail"]
+if baseline:
+    numbers += [150, 300]
+    suffixes += ["base"]
 packed = struct.pack("<%dQ" % len(numbers), *numbers)
 def bulk(value):
     value = value if isinstance(value, bytes) else str(value).encode()

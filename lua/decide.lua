@@ -37,7 +37,8 @@ local function new_verdict(i, c)
   local v = reused(VERDICTS, i)
   v.check, v.score, v.bits, v.allowed, v.remaining, v.retry, v.reset, v.limit, v.state =
     c, 0, 0, false, 0, 0, 0, 0, false
-  v.penalty_state, v.baseline, v.baseline_w, v.retry_limit, v.blocked, v.written = nil, nil, nil, nil, nil, nil
+  v.penalty_state, v.baseline, v.baseline_w, v.baseline_moved, v.retry_limit, v.blocked, v.written =
+    nil, nil, nil, nil, nil, nil, nil
   return v
 end
 
@@ -71,8 +72,8 @@ local function write(c, v, now)
   else
     sliding_log_commit(c.key, c.seq_key, now, c.window, c.cost)
   end
-  if c.baseline and c.algorithm ~= 2 then
-    baseline_commit(c.baseline_key, v.baseline, v.baseline_w, c.window)
+  if c.baseline and c.algorithm ~= 2 and v.baseline_moved then
+    baseline_commit(c.baseline_key, v.baseline, v.baseline_w, now, c.window)
   end
 end
 
@@ -104,7 +105,7 @@ local function decide_one(now, s, k, reply)
     local effective = c.limit
     if c.baseline then
       local s, count = sliding_window_current(c.key)
-      v.baseline, v.baseline_w = baseline_load(c.baseline_key, s, count, now, window)
+      v.baseline, v.baseline_w, v.baseline_moved = baseline_load(c.baseline_key, s, count, now, window)
       effective = baseline_limit(c.limit, v.baseline, c.baseline.sensitivity, c.baseline.max)
     end
     -- A look (cost 0) changes nothing: no attempt, no violation, no count.

@@ -5,6 +5,7 @@ mod common;
 
 use common::RedisServer;
 use sluice::algorithm::adaptive::Adaptive;
+use sluice::algorithm::baseline::Baseline;
 use sluice::algorithm::{Algorithm, Quota};
 use sluice::check::{AdaptiveCheck, Answer, Check, Failure, FailureMode, Mode};
 use sluice::store::local::LocalStore;
@@ -302,7 +303,7 @@ async fn missing_user_agent_and_bad_reputation_shrink_100_to_65(s: Subject) {
 
 async fn a_steady_heavy_key_earns_a_higher_limit_up_to_the_cap(s: Subject) {
     let mut c = check("heavy", Algorithm::SlidingWindow, 10, 1_000);
-    c.baseline = Some(sluice::algorithm::baseline::Baseline { sensitivity_percent: 150, max_percent: 300 });
+    c.baseline = Some(Baseline { sensitivity_percent: 150, max_percent: 300 });
     let c = [c];
     let start = T0 - T0 % 1_000;
     let mut used = Vec::new();
@@ -340,29 +341,43 @@ on_both_stores!(
     cost_counts_units,
 );
 
-/// Every key the script writes carries a TTL, so nothing in Redis grows without bound.
+/// Every key the script writes carries a TTL, so nothing in Redis grows without bound, and no
+/// shorter than its state matters. The second decision, later in the same windows, takes the
+/// paths that write a count alone (`HINCRBY`) and leave the expiry as the first one set it.
 #[tokio::test]
 async fn redis_keys_expire() {
     let Subject::Redis(store, server) = Subject::redis().await else { unreachable!() };
+    let mut baseline = check("ttl:b", Algorithm::SlidingWindow, 5, 60_000);
+    baseline.baseline = Some(Baseline { sensitivity_percent: 150, max_percent: 300 });
     let checks = [
         check("ttl:w", Algorithm::SlidingWindow, 5, 60_000),
         check("ttl:l", Algorithm::SlidingLog, 5, 30_000),
         check("ttl:f", Algorithm::FixedWindow, 5, 60_000),
+        baseline,
+        adaptive(check("ttl:a", Algorithm::SlidingWindow, 5, 60_000), 0, &[]),
     ];
-    assert!(store.decide_at(&checks, Mode::Consume, T0).await.expect("decision").admitted);
-    let keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    for now in [T0, T0 + 1_000] {
+        assert!(store.decide_at(&checks, Mode::Consume, now).await.expect("decision").admitted);
+    }
+    let mut keys: Vec<String> = server.cmd(redis::cmd("KEYS").arg("*"));
+    keys.sort();
+    let expected = ["a}:att", "a}:sw", "b}:base", "b}:sw", "f}:fw", "l}:log", "l}:seq", "w}:sw"];
+    assert_eq!(keys, expected.map(|k| format!("sluice:{{ttl:{k}")), "{keys:?}");
+    // T0 is 40 s into a 60 s window. The TTLs, in ms from T0, and the least each must keep (a
+    // test may take a few seconds): a sliding window's key three windows from the start of its
+    // window; a fixed window's until its window ends; a log's a window from its last entry; a
+    // baseline's 65 windows from the start of its window, so at least 64 after its last write; an
+    // adaptive attempts counter a window from its first unit.
     for key in keys {
         let ttl: i64 = server.cmd(redis::cmd("PTTL").arg(&key));
-        // A sliding window's key lives three windows from the start of its window; a fixed
-        // window's until its window ends, 20 s after T0.
-        let max = if key.ends_with(":sw") {
-            180_000
-        } else if key.ends_with(":fw") {
-            20_000
-        } else {
-            30_000
+        let most = match key.rsplit(':').next() {
+            Some("sw") => 140_000,
+            Some("fw") => 20_000,
+            Some("log" | "seq") => 30_000,
+            Some("base") => 65 * 60_000 - 40_000,
+            Some("att") => 60_000,
+            other => panic!("unexpected key {other:?}"),
         };
-        assert!(ttl > 0 && ttl <= max, "{key} has TTL {ttl}");
+        assert!(ttl <= most && ttl > most - 10_000, "{key} has TTL {ttl}, expected about {most}");
     }
 }

@@ -7,8 +7,9 @@
 //! no traffic count as zero. It is folded from the sliding window's own counters, when they roll
 //! over, so it costs no extra counting.
 
-/// Windows an average is kept without traffic (the Redis key's TTL, and the in-process cell's
-/// expiry); after that many quiet windows it would have faded to nothing anyway.
+/// Windows an average is kept without traffic (the Redis key and the in-process cell are kept
+/// one window more, counted from the start of the window last folded: at least this many after
+/// the last write); after that many quiet windows it would have faded to nothing anyway.
 pub const KEPT_WINDOWS: u64 = 64;
 
 /// A window's units count at most this many toward the average (a `count_denied` key can hold up

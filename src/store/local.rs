@@ -573,9 +573,10 @@ impl Cell {
         let q = check.quota;
         if let (Some(fold), Next::Window(..)) = (p.baseline, p.next) {
             self.extra.get_or_insert_default().baseline = fold;
-            // As long as Redis keeps it (lua/baseline.lua).
-            let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS);
-            self.expires_at = self.expires_at.max(now.saturating_add(kept));
+            // As long as Redis keeps it (lua/baseline.lua): KEPT_WINDOWS + 1 windows from the
+            // start of the window it was folded up to.
+            let kept = q.window_ms.saturating_mul(algorithm::baseline::KEPT_WINDOWS + 1);
+            self.expires_at = self.expires_at.max(fold.1.saturating_add(kept));
         }
         match (&mut self.state, p.next) {
             (State::Window(w), Next::Window(next, _)) => {

@@ -1,15 +1,16 @@
 -- Behavioural baseline: the twin of src/algorithm/baseline.rs (read its doc for the maths).
 -- KEYS: one hash per tier-key (`<tier-key>:base`) with fields a, the moving average of units per
---       window in thousandths, and w, the start of the first window not folded in yet; it expires
---       KEPT_WINDOWS + 1 windows after w, so at least KEPT_WINDOWS after its last write, when the
---       average would be spent anyway.
+--       window in thousandths, w, the start of the first window not folded in yet, and d, the
+--       window's length they were stored with; it expires KEPT_WINDOWS + 1 windows after w, so at
+--       least KEPT_WINDOWS after its last write, when baseline_fold forgets the average anyway.
 -- baseline_fold(a, w, s, c, start, window) -> a, w: every window from w up to the one starting at
 --       start folded in, with c units for the window starting at s (the sliding window's) and 0
 --       for the others.
 -- baseline_limit(base, a, sensitivity, max) -> the limit the key may use.
 -- baseline_load(key, s, c, now, window) -> a, w, moved: the stored average folded up to the window
---       of now, and whether that changed what the key holds (false once the window's first write
---       has stored it: a and w stay the same until the next window).
+--       of now, and whether the key must be stored again: when that changed a or w, or the tier's
+--       window is not the one the key's expiry was set with (a reload changed it). False once the
+--       window's first write has stored it: a and w stay the same until the next window.
 -- baseline_commit(key, a, w, now, window) stores them, with the key's expiry.
 
 -- Windows an average is kept without traffic (KEPT_WINDOWS in src/algorithm/baseline.rs): the
@@ -49,13 +50,13 @@ local function baseline_limit(base, a, sensitivity, max)
 end
 
 local function baseline_load(key, s, c, now, window)
-  local st = redis.call('HMGET', key, 'a', 'w')
+  local st = redis.call('HMGET', key, 'a', 'w', 'd')
   local stored_a, stored_w = tonumber(st[1]), tonumber(st[2])
   local a, w = baseline_fold(stored_a or 0, stored_w or 0, s, c, now - (now % window), window)
-  return a, w, a ~= stored_a or w ~= stored_w
+  return a, w, a ~= stored_a or w ~= stored_w or tonumber(st[3]) ~= window
 end
 
 local function baseline_commit(key, a, w, now, window)
-  redis.call('HSET', key, 'a', a, 'w', w)
+  redis.call('HSET', key, 'a', a, 'w', w, 'd', window)
   redis.call('PEXPIRE', key, w + (BASELINE_KEPT_WINDOWS + 1) * window - now)
 end

@@ -341,6 +341,32 @@ on_both_stores!(
     cost_counts_units,
 );
 
+/// A reload that lengthens a baseline tier's window within the same fold point stores the
+/// baseline again, so its key lives 64 of the new windows after its last write, not of the old.
+#[tokio::test]
+async fn a_baseline_key_follows_a_longer_window() {
+    let Subject::Redis(store, server) = Subject::redis().await else { unreachable!() };
+    let mut c = check("reload:b", Algorithm::SlidingWindow, 5, 60_000);
+    c.baseline = Some(Baseline { sensitivity_percent: 150, max_percent: 300 });
+    for now in [T0, T0 + 1_000] {
+        assert!(
+            store.decide_at(std::slice::from_ref(&c), Mode::Consume, now).await.expect("decision").admitted
+        );
+    }
+    // T0 is 40 s into both a 60 s and a 120 s window: the fold point stays where it is.
+    c.quota.window_ms = 120_000;
+    assert!(
+        store
+            .decide_at(std::slice::from_ref(&c), Mode::Consume, T0 + 2_000)
+            .await
+            .expect("decision")
+            .admitted
+    );
+    let ttl: i64 = server.cmd(redis::cmd("PTTL").arg("sluice:{reload:b}:base"));
+    let most = 65 * 120_000 - 42_000;
+    assert!(ttl <= most && ttl > most - 10_000, "TTL {ttl}, expected about {most}");
+}
+
 /// Every key the script writes carries a TTL, so nothing in Redis grows without bound, and no
 /// shorter than its state matters. The second decision, later in the same windows, takes the
 /// paths that write a count alone (`HINCRBY`) and leave the expiry as the first one set it.

@@ -10,7 +10,9 @@
 //! task w asks about ip = key (w + n * C) mod K, so concurrent calls rarely meet on one key. Calls
 //! started during the warm-up are not counted; calls started in the measured window are. Around
 //! that window it reads the CPU time (utime + stime) of the given processes from /proc, so the
-//! server's cost per decision is known, not guessed. The result is one line of `name=value` pairs.
+//! server's cost per decision is known, not guessed, with the server's write system calls
+//! (`syscw` of /proc/PID/io) and context switches (every thread's, voluntary or not) per decision.
+//! The result is one line of `name=value` pairs.
 //!
 //! `noop` answers every entry of a Check with `allowed` and does nothing else: the floor that gRPC,
 //! HTTP/2 and the loopback cost on this machine, against which Sluice's own work shows. It also
@@ -117,7 +119,9 @@ struct LoadArgs {
     /// Send this deadline to the server (`grpc-timeout`), as a gateway does, in ms.
     #[arg(long, value_parser = value_parser!(u64).range(1..=60_000))]
     deadline_ms: Option<u64>,
-    /// The server process, whose CPU time per decision is reported as `cpu_us_per_decision`.
+    /// The server process, whose CPU time per decision is reported as `cpu_us_per_decision`, its
+    /// write system calls as `writes_per_decision` and its context switches as
+    /// `switches_per_decision`.
     #[arg(long)]
     pid: Option<u32>,
     /// A redis-server behind the server, reported as `redis_cpu_us_per_decision`.
@@ -581,6 +585,12 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let (total, unsent) = done.map_err(|e| format!("the load failed: {e}"))?;
 
     let decisions = total.latency.len();
+    let count_per_decision = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if decisions > 0 => {
+            format!("{:.2}", a.saturating_sub(b) as f64 / decisions as f64)
+        }
+        _ => "-".to_owned(),
+    };
     let per_decision = |before: Option<u64>, after: Option<u64>| match (before, after) {
         (Some(b), Some(a)) if decisions > 0 => {
             let us = (a.saturating_sub(b)) as f64 * 1e6 / ticks_per_sec as f64;
@@ -593,7 +603,8 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     };
     println!(
         "target={} c={} keys={} rate={} conns={} secs={:.2} decisions={} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} \
-         denied={} errors={} unsent={unsent} cpu_us_per_decision={} redis_cpu_us_per_decision={} client_cpu_us_per_decision={}",
+         denied={} errors={} unsent={unsent} cpu_us_per_decision={} redis_cpu_us_per_decision={} client_cpu_us_per_decision={} \
+         writes_per_decision={} switches_per_decision={}",
         args.target,
         args.concurrency,
         if args.distinct { "distinct".to_owned() } else { args.keys.to_string() },
@@ -611,6 +622,8 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         per_decision(cpu_before.server, cpu_after.server),
         per_decision(cpu_before.redis, cpu_after.redis),
         per_decision(Some(cpu_before.client), Some(cpu_after.client)),
+        count_per_decision(cpu_before.server_writes, cpu_after.server_writes),
+        count_per_decision(cpu_before.server_switches, cpu_after.server_switches),
     );
     if let Some(error) = total.first_error {
         return Err(format!("{} calls failed; the first: {error}", total.errors));
@@ -624,11 +637,14 @@ async fn load(args: LoadArgs) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // CPU time from /proc
 
-/// Clock ticks (utime + stime) consumed so far by each process watched.
+/// Clock ticks (utime + stime) consumed so far by each process watched, and the server's write
+/// system calls and context switches (`None` where /proc does not show them).
 struct Cpu {
     server: Option<u64>,
     redis: Option<u64>,
     client: u64,
+    server_writes: Option<u64>,
+    server_switches: Option<u64>,
 }
 
 impl Cpu {
@@ -637,8 +653,34 @@ impl Cpu {
             server: server.map(cpu_ticks).transpose()?,
             redis: redis.map(cpu_ticks).transpose()?,
             client: cpu_ticks(std::process::id())?,
+            server_writes: server.and_then(write_calls),
+            server_switches: server.and_then(context_switches),
         })
     }
+}
+
+/// `syscw` of /proc/PID/io: the write system calls `pid` has made (its own user or root may read it).
+fn write_calls(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|line| line.strip_prefix("syscw:")?.trim().parse().ok())
+}
+
+/// The context switches of every thread of `pid`, voluntary and not, from /proc/PID/task/*/status.
+/// Threads that ended in between take theirs with them, which a server's fixed pool does not do.
+fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut switches = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        switches += status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(switches)
 }
 
 /// utime + stime of every thread of `pid`, in clock ticks.

@@ -99,6 +99,14 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     let redis = RedisServer::start();
     let (server, _dir) = server(&redis, "x_ratelimit").await;
     let mut c = client(&server).await;
+    // Windows are the reference's, a second aligned to the epoch: begin early in one, so that
+    // the eleven requests below fall in it.
+    let millis =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    while millis() % 1000 > 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let started = millis() / 1000;
     for i in 0..10 {
         let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.1")])], 0).await;
         assert_eq!(r.overall_code, Code::Ok as i32, "request {i}");
@@ -106,6 +114,7 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
         assert_eq!(r.statuses[0].current_limit.as_ref().expect("limit").requests_per_unit, 10);
     }
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.1")])], 0).await;
+    assert_eq!(millis() / 1000, started, "the requests crossed a second: rerun on a quieter machine");
     assert_eq!(r.overall_code, Code::OverLimit as i32);
     assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
     let reset = r.statuses[0].duration_until_reset.expect("duration_until_reset");
@@ -121,8 +130,8 @@ async fn ok_n_times_then_over_limit_with_reset_and_headers() {
     let r = ask(&mut c, "edge", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
     let reset = r.statuses[0].duration_until_reset.expect("duration_until_reset");
-    // Its denied hit counts, and fades over the next second: 2 s, in whole seconds.
-    assert_eq!((reset.seconds, reset.nanos), (2, 0), "{reset:?}");
+    // The rest of its second, rounded up to whole seconds.
+    assert_eq!((reset.seconds, reset.nanos), (1, 0), "{reset:?}");
     assert!(!r.response_headers_to_add.iter().any(|h| h.key == "Retry-After"), "no wait is promised");
     assert_eq!(
         ask(&mut c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await.overall_code,
@@ -261,8 +270,8 @@ fn check_config_reads_the_reference_format_too() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("sliding window") && said.contains("envoy.algorithm: fixed_window"),
-        "check-config says how domain files count and how to count as the reference: {said}"
+        said.contains("count as envoyproxy/ratelimit counts") && said.contains("envoy.algorithm"),
+        "check-config says how domain files count, and what changes it: {said}"
     );
     let bad = common::write_config(
         "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
@@ -562,6 +571,49 @@ async fn fixed_window_counts_as_the_reference() {
         redis.cmd(redis::cmd("HGETALL").arg("sluice:{envoy|fw||k|w}:fw"));
     assert_eq!(stored.get("c"), Some(&4), "{stored:?}");
     server.shutdown().await;
+}
+
+/// By default (no `envoy.algorithm`, denied hits counted), a client that stays over a limit gets the
+/// limit again in every window, as from the reference: 7 requests a second against 5 a second are
+/// 5 admitted and 2 denied in each second, on both stores. (A sliding window that counts denied
+/// hits would deny all of them after the first second, for as long as the client kept the pace.)
+#[tokio::test]
+async fn by_default_a_client_over_its_limit_gets_the_limit_every_window() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("steady.yaml"),
+        "domain: steady\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n",
+    )
+    .expect("write");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
+    for redis_url in [None, Some(redis.url())] {
+        let server = SluiceServer::start(&yaml, redis_url.as_deref()).await;
+        let mut c = client(&server).await;
+        let millis =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+        for second in 0..3 {
+            // Start each burst early in a second, so that all seven fall in it.
+            while millis() % 1000 > 100 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let started = millis() / 1000;
+            let mut admitted = 0;
+            for _ in 0..7 {
+                let r = ask(&mut c, "steady", vec![descriptor(&[("k", "v")])], 1).await;
+                admitted += usize::from(r.overall_code == OK);
+            }
+            assert_eq!(millis() / 1000, started, "the burst crossed a second: rerun on a quieter machine");
+            assert_eq!(
+                admitted,
+                5,
+                "second {second} on {}",
+                if redis_url.is_some() { "redis" } else { "local" }
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        server.shutdown().await;
+    }
 }
 
 /// With `count_denied: false` a denial that cannot end early is remembered, as the reference's local

@@ -194,11 +194,17 @@ fn report_config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// How Envoy domain files count unless told otherwise, and where that differs from the reference.
-const SLIDING_NOTE: &str = "note: descriptors count with Sluice's sliding window unless `envoy.algorithm: \
-    fixed_window` or a descriptor's `sluice: {algorithm: ...}` says otherwise; it allows no burst of \
-    twice the limit across a window's edge, so near an edge it denies some requests that \
-    envoyproxy/ratelimit's fixed window would allow";
+/// How Envoy domain files count unless told otherwise.
+const FIXED_NOTE: &str = "note: descriptors count as envoyproxy/ratelimit counts (a fixed window aligned to \
+    the epoch, every hit counted) unless `envoy.algorithm` or a descriptor's `sluice: {algorithm: ...}` \
+    says otherwise";
+
+/// Where `envoy.algorithm: sliding_window` answers differently from the reference.
+const SLIDING_NOTE: &str = "note: descriptors count with Sluice's sliding window (`envoy.algorithm`), which \
+    answers differently from envoyproxy/ratelimit's fixed window: it allows no burst of twice the limit \
+    across a window's edge, and where denied hits count (`envoy.count_denied`, the default) a client that \
+    stays over a limit stays denied until it slows down, where the reference admits the limit again \
+    every window";
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     // A directory is one of `envoy.paths`: every domain file in it.
@@ -231,7 +237,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                     domains.by_name.len(),
                     domains.algorithm
                 );
-                if domains.algorithm != crate::algorithm::Algorithm::FixedWindow {
+                if domains.algorithm == crate::algorithm::Algorithm::SlidingWindow {
                     println!("{SLIDING_NOTE}");
                 }
             }
@@ -246,7 +252,7 @@ fn domain_check(file: &std::path::Path, checked: Result<String, Vec<String>>) ->
     match checked {
         Ok(found) => {
             println!("{}: ok, {found}", file.display());
-            println!("{SLIDING_NOTE}");
+            println!("{FIXED_NOTE}");
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -13,7 +13,8 @@
 //! The YAML is read as the main configuration's is (by the `config` crate), then each descriptor
 //! is deserialized on its own with unknown keys refused, so that the mistakes of every descriptor
 //! are reported together. Scalars are taken as written: a number is a key, value or
-//! `requests_per_unit` as its text, and a flag is on when it is `true` or the string `"true"`.
+//! `requests_per_unit` as its text, and a flag is read as YAML 1.1 reads one (`yes`, `on`, ...),
+//! as the reference's YAML reader does.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -131,13 +132,21 @@ fn some_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     scalar(d).map(Some)
 }
 
-/// `true` or `"true"`; anything else is off.
+/// A flag as the reference's YAML reader (YAML 1.1) takes one: `true`/`false`, and `yes`/`no`,
+/// `on`/`off`, `y`/`n` in lower, title or upper case. Anything else is refused, as the reference
+/// refuses it, rather than read as off: a `shadow_mode: yes` read as off would deny real traffic.
 fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Bool(b) => b,
-        serde_json::Value::String(s) => s == "true",
-        _ => false,
-    })
+    const ON: [&str; 11] = ["y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"];
+    const OFF: [&str; 11] = ["n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"];
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Ok(b),
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::String(s) if ON.contains(&s.as_str()) => Ok(true),
+        serde_json::Value::String(s) if OFF.contains(&s.as_str()) => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "{other} is not a flag (true or false; yes, no, on, off, y and n as YAML 1.1 reads them)"
+        ))),
+    }
 }
 
 /// Checks the domain files at `path`, a file or a directory, as `envoy.paths` reads them: the names of
@@ -499,6 +508,40 @@ descriptors:
     sluice: {window: 15m}
 ";
 
+    /// Flags as the reference's YAML 1.1 reader takes them; anything else is refused, not off.
+    #[test]
+    fn flags_read_as_yaml_1_1() {
+        let file = |flag: &str| {
+            format!(
+                "domain: d\ndescriptors:\n  - key: a\n    shadow_mode: {flag}\n    rate_limit: {{unit: second, requests_per_unit: 1}}\n  - key: b\n    rate_limit: {{unlimited: {flag}}}\n"
+            )
+        };
+        for (written, on) in
+            [("yes", true), ("On", true), ("Y", true), ("TRUE", true), ("no", false), ("off", false)]
+        {
+            if !on {
+                // Off, `b` has neither a unit nor `unlimited`: refused for that.
+                assert!(parse(&file(written), "t.yaml").is_err(), "{written}");
+                continue;
+            }
+            let d = parse(&file(written), "t.yaml").unwrap_or_else(|e| panic!("{written}: {e:?}"));
+            let a = d.matches(&entries(&[("a", "x")])).expect("a");
+            assert!(a.node.shadow_mode, "shadow_mode: {written}");
+            let b = d.matches(&entries(&[("b", "x")])).expect("b");
+            assert!(b.node.rule.as_ref().expect("rule").unlimited, "unlimited: {written}");
+        }
+        let d = parse(
+            "domain: d\ndescriptors:\n  - key: a\n    shadow_mode: off\n    rate_limit: {unit: second, requests_per_unit: 1}\n",
+            "t.yaml",
+        )
+        .expect("off is a flag");
+        assert!(!d.matches(&entries(&[("a", "x")])).expect("a").node.shadow_mode);
+        for bad in ["maybe", "1", "enabled"] {
+            let problems = parse(&file(bad), "t.yaml").expect_err(bad);
+            assert!(problems.iter().any(|p| p.contains("is not a flag")), "{bad}: {problems:?}");
+        }
+    }
+
     #[test]
     fn the_reference_rules() {
         let d = parse(CONFIG, "t.yaml").expect("valid");
@@ -595,7 +638,8 @@ descriptors:
         let d = parse(yaml, "t").expect("valid");
         let m = d.matches(&entries(&[("7", "true")])).expect("a match");
         assert_eq!(m.node.rule.as_ref().map(|r| (r.requests_per_unit, r.unit)), Some((10, 1)));
-        assert!(m.node.shadow_mode && !m.node.detailed_metric);
+        // `yes` is on, as YAML 1.1 (the reference's reader) has it.
+        assert!(m.node.shadow_mode && m.node.detailed_metric);
         let empty =
             parse("domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n  - 5\n", "t").expect_err("invalid");
         assert_eq!(

@@ -214,8 +214,8 @@ pub struct Envoy {
     /// Headers for the gateway: `draft` (default), `x_ratelimit`, `ratelimit` (the reference's
     /// `RateLimit-Limit`, `-Remaining` and `-Reset`) or `none` (the reference's default).
     pub headers: Choice<Headers>,
-    /// How descriptors count unless their `sluice:` options say otherwise: `sliding_window`
-    /// (default) or `fixed_window`, the reference's own counting.
+    /// How descriptors count unless their `sluice:` options say otherwise: `fixed_window`
+    /// (default), the reference's own counting, or `sliding_window`.
     pub algorithm: Choice<Algorithm>,
     /// Count the hits of denied requests on every descriptor, as the reference does by default.
     pub count_denied: bool,
@@ -239,7 +239,10 @@ impl Default for Envoy {
         Envoy {
             paths: Vec::new(),
             headers: Choice::default(),
-            algorithm: Choice::default(),
+            // The reference's counting, so that its files give its answers. A sliding window
+            // that counts denied hits keeps a client that stays over its limit denied for as
+            // long as it does, where the reference admits the limit again every window.
+            algorithm: Choice(Ok(Algorithm::FixedWindow)),
             count_denied: true,
             quota_mode: false,
             shadow_mode: false,

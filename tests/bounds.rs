@@ -121,12 +121,18 @@ async fn envoy_bounds_at_and_past_their_limits() {
     let past = ask("d", vec![descriptor(3, "v")]).await;
     assert_refused(past, Code::InvalidArgument, "descriptors[0].entries:", "limits.max_entries (2)");
 
-    assert!(ask("d", vec![descriptor(1, &"v".repeat(16))]).await.is_ok());
-    let past = ask("d", vec![descriptor(1, &"v".repeat(17))]).await;
+    // Values come from the client, and an error would let Envoy pass the request: one past the
+    // bound is counted (tests/envoy.rs has the counts), where a key past it is refused.
+    assert!(ask("d", vec![descriptor(1, &"v".repeat(17))]).await.is_ok());
+    let long_key = RateLimitDescriptor {
+        entries: vec![rate_limit_descriptor::Entry { key: "k".repeat(17), value: "v".into() }],
+        ..Default::default()
+    };
+    let past = ask("d", vec![long_key]).await;
     assert_refused(
         past,
         Code::InvalidArgument,
-        "descriptors[0].entries[0].value:",
+        "descriptors[0].entries[0].key:",
         "limits.max_value_bytes (16)",
     );
 

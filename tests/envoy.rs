@@ -616,6 +616,48 @@ async fn by_default_a_client_over_its_limit_gets_the_limit_every_window() {
     }
 }
 
+/// A value longer than any key should be (a crafted header, a huge path) is counted, not refused:
+/// Envoy lets a request through when its rate limit service errs. It is matched as sent (a
+/// wildcard still catches it), and its counter is keyed by its SHA-256, so two long values count
+/// apart and the key stays short.
+#[tokio::test]
+async fn a_long_value_is_counted_under_its_digest() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("long.yaml"),
+        "domain: long\ndescriptors:\n  - key: path\n    value: /api/*\n    rate_limit: {unit: hour, requests_per_unit: 2}\n  - key: ua\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
+    )
+    .expect("write");
+    let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
+    let server = SluiceServer::start(&yaml, Some(&redis.url())).await;
+    let mut c = client(&server).await;
+    let long_path = format!("/api/{}", "x".repeat(100_000));
+    let other_path = format!("/api/{}", "y".repeat(100_000));
+    for (value, key) in
+        [(long_path.as_str(), "path"), (other_path.as_str(), "path"), (&*"u".repeat(5000), "ua")]
+    {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = ask(&mut c, "long", vec![descriptor(&[(key, value)])], 1).await;
+            seen.push(codes(&r).0[0]);
+        }
+        assert_eq!(seen, vec![(OK, 1), (OK, 0), (OVER, 0)], "{key}: {} bytes", value.len());
+    }
+    let keys: Vec<String> = redis.cmd(redis::cmd("KEYS").arg("sluice:{envoy|long*"));
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for k in &keys {
+        assert!(k.len() < 200 && k.contains("%#"), "a short key, the value's digest in it: {k}");
+    }
+    // A value of exactly the bound is a key as it is.
+    let at_bound = "v".repeat(4096);
+    let r = ask(&mut c, "long", vec![descriptor(&[("ua", &at_bound)])], 1).await;
+    assert_eq!(codes(&r).0, vec![(OK, 1)]);
+    let keys: Vec<String> = redis.cmd(redis::cmd("KEYS").arg("sluice:{envoy|long*"));
+    assert!(keys.iter().any(|k| k.contains(&at_bound)), "{} keys", keys.len());
+    server.shutdown().await;
+}
+
 /// With `count_denied: false` a denial that cannot end early is remembered, as the reference's local
 /// cache does: the next request whose every descriptor is held there is answered OVER_LIMIT without
 /// a script call, and the metrics say `source="cache"`.

@@ -128,7 +128,8 @@ pub fn to_domain(r: RateLimitRequest, limits: InputLimits) -> Result<Converted, 
                 return Err(invalid(&format!("descriptors[{i}].entries[{j}].key"), "must not be empty"));
             }
             check_len(|| format!("descriptors[{i}].entries[{j}].key"), &e.key, limits)?;
-            check_len(|| format!("descriptors[{i}].entries[{j}].value"), &e.value, limits)?;
+            // A value of any length is counted (see `envoy::domain::short`): keys and domains come
+            // from Envoy's configuration, values from the client.
             entries.push((e.key, e.value));
         }
         if d.is_negative_hits {

@@ -181,11 +181,33 @@ impl Domain {
     }
 }
 
+/// Values longer than this are matched as sent, but stand in keys and metric paths as their
+/// SHA-256 (`short`): the reference takes values of any length, and Envoy lets a request through
+/// when its rate limit service answers with an error, so refusing them would let a client that
+/// controls a value pass every limit of its request.
+pub const LONG_VALUE_BYTES: usize = 4096;
+
+/// `value`, or when it is longer than `LONG_VALUE_BYTES`, `%#` and the hex of its SHA-256: text
+/// that no escaped value holds (an escaped `%` is followed by two hex digits).
+pub fn short(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= LONG_VALUE_BYTES {
+        return value.into();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    let mut out = String::with_capacity(2 + 64);
+    out.push_str("%#");
+    for b in digest.as_ref() {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out.into()
+}
+
 /// A matched path's metric label when it holds request values (see `Match::client_path`).
 fn client_path(steps: &[Step<'_, '_>], entries: &[(String, String)]) -> Option<String> {
     let last = steps.last()?.node;
     if last.detailed_metric {
-        return Some(entries.iter().map(|(k, v)| format!("{k}_{v}")).collect::<Vec<_>>().join("."));
+        return Some(entries.iter().map(|(k, v)| format!("{k}_{}", short(v))).collect::<Vec<_>>().join("."));
     }
     if !steps.iter().any(Step::shows_value) {
         return None;
@@ -193,7 +215,7 @@ fn client_path(steps: &[Step<'_, '_>], entries: &[(String, String)]) -> Option<S
     let parts: Vec<String> = steps
         .iter()
         .map(|s| match s.how {
-            _ if s.shows_value() => format!("{}_{}", s.key, s.value),
+            _ if s.shows_value() => format!("{}_{}", s.key, short(s.value)),
             How::Exact => format!("{}_{}", s.key, s.value),
             How::Wildcard(pattern) => format!("{}_{pattern}", s.key),
             How::AnyValue => s.key.to_owned(),

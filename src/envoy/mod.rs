@@ -349,14 +349,20 @@ fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> Attributes {
     }
     for (key, value) in descriptors.iter().flat_map(|d| d.entries.iter()) {
         if let Some((_, attr)) = domains.attributes.iter().find(|(k, _)| k == key) {
-            attrs.set(attr, value.clone());
+            // The head of a long value, as the native API bounds an attribute.
+            let mut end = value.len().min(domain::LONG_VALUE_BYTES);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            attrs.set(attr, value[..end].to_owned());
         }
     }
     attrs
 }
 
 /// `sluice:{envoy|<domain>|<kind>|<k1>|<v1>|...}`, every part escaped, so that no two descriptors
-/// of any two domains share a counter unless the configuration says so.
+/// of any two domains share a counter unless the configuration says so; a value longer than
+/// `domain::LONG_VALUE_BYTES` as its digest (`domain::short`), which no escaped value can equal.
 fn identity<'a>(domain: &str, kind: &str, entries: impl Iterator<Item = (&'a str, String)>) -> String {
     let mut key = String::from("sluice:{envoy|");
     escape_into(&mut key, domain);
@@ -366,7 +372,10 @@ fn identity<'a>(domain: &str, kind: &str, entries: impl Iterator<Item = (&'a str
         key.push('|');
         escape_into(&mut key, k);
         key.push('|');
-        escape_into(&mut key, &v);
+        match domain::short(&v) {
+            std::borrow::Cow::Borrowed(v) => escape_into(&mut key, v),
+            std::borrow::Cow::Owned(digest) => key.push_str(&digest),
+        }
     }
     key.push('}');
     key

@@ -222,7 +222,9 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
 
 /// Parses one file; `origin` names it in errors. Every problem is reported.
 pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
-    let tree = yaml_as_json(text).map_err(|e| vec![format!("{origin}: {e}")])?;
+    let mut tree = yaml_as_json(text).map_err(|e| vec![format!("{origin}: {e}")])?;
+    merge_keys(&mut tree);
+    drop_misplaced(&mut tree, &["domain", "descriptors"]);
     let file: DomainFile =
         serde_path_to_error::deserialize(tree).map_err(|e| vec![mistake(origin, None, e)])?;
     let mut problems = Vec::new();
@@ -245,6 +247,77 @@ fn yaml_as_json(text: &str) -> Result<serde_json::Value, String> {
         .build()
         .map_err(|e| e.to_string())?;
     value.try_deserialize::<serde_json::Value>().map_err(|e| e.to_string())
+}
+
+/// The keys the reference knows (its `validKeys`). It accepts each of them at any level of a file
+/// and ignores one where it means nothing (a `name` on a descriptor, a `shadow_mode` inside a
+/// `rate_limit`); so does Sluice, so that the reference's files load as they are. A key it does not
+/// know is refused by both.
+const REFERENCE_KEYS: [&str; 16] = [
+    "domain",
+    "key",
+    "value",
+    "descriptors",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "shadow_mode",
+    "quota_mode",
+    "name",
+    "replaces",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "metadata",
+];
+
+/// The keys a descriptor uses (`sluice` is Sluice's own).
+const DESCRIPTOR_KEYS: &[&str] = &[
+    "key",
+    "value",
+    "rate_limit",
+    "descriptors",
+    "shadow_mode",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "quota_mode",
+    "metadata",
+    "sluice",
+];
+
+/// Removes from a mapping the reference's keys that `used` does not name (see `REFERENCE_KEYS`).
+fn drop_misplaced(part: &mut serde_json::Value, used: &[&str]) {
+    if let serde_json::Value::Object(map) = part {
+        map.retain(|k, _| used.contains(&k.as_str()) || !REFERENCE_KEYS.contains(&k.as_str()));
+    }
+}
+
+/// Applies YAML merge keys (`<<: *base`, or `<<: [*a, *b]`), as the reference's YAML reader does
+/// and the `config` crate does not: the merged mappings' keys are added where the mapping has none
+/// of its own, the first of a list winning over the later ones.
+fn merge_keys(tree: &mut serde_json::Value) {
+    match tree {
+        serde_json::Value::Object(map) => {
+            if let Some(merged) = map.remove("<<") {
+                let sources = match merged {
+                    serde_json::Value::Array(list) => list,
+                    one => vec![one],
+                };
+                for source in sources {
+                    if let serde_json::Value::Object(source) = source {
+                        for (k, v) in source {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(merge_keys);
+        }
+        serde_json::Value::Array(list) => list.iter_mut().for_each(merge_keys),
+        _ => {}
+    }
 }
 
 /// The problem of a part that did not deserialize: an unknown key by its name alone, anything
@@ -292,6 +365,14 @@ fn level(
             // Not a mapping (`- 5`, `- x`): it has no key, and that is what is reported.
             problems.push(format!("{origin}: {at}.key: must not be empty"));
             continue;
+        }
+        let mut item = item;
+        drop_misplaced(&mut item, DESCRIPTOR_KEYS);
+        if let Some(rate_limit) = item.get_mut("rate_limit") {
+            drop_misplaced(rate_limit, &["unit", "requests_per_unit", "unlimited", "name", "replaces"]);
+            if let Some(serde_json::Value::Array(replaced)) = rate_limit.get_mut("replaces") {
+                replaced.iter_mut().for_each(|r| drop_misplaced(r, &["name"]));
+            }
         }
         let d: DescriptorSpec = match serde_path_to_error::deserialize(item) {
             Ok(d) => d,
@@ -422,7 +503,8 @@ fn rule(
     }
     let requests_per_unit = match requests_per_unit {
         None => 0,
-        Some(text) => match text.parse::<u64>() {
+        // `1_000` is 1000 to the reference's YAML reader.
+        Some(text) => match text.replace('_', "").parse::<u64>() {
             Ok(n) if n <= u64::from(u32::MAX) => n,
             _ => {
                 problems.push(format!(
@@ -608,6 +690,40 @@ descriptors:
         }
     }
 
+    /// What the reference's reader loads: its keys at any level (ignored where they mean nothing),
+    /// YAML merge keys, and `_` in numbers.
+    #[test]
+    fn files_the_reference_loads() {
+        let yaml = "domain: d
+key: stray
+base: &base
+  unit: minute
+  requests_per_unit: 1_000
+descriptors:
+  - key: a
+    name: ignored
+    rate_limit:
+      <<: *base
+      shadow_mode: true
+  - <<: {key: b, rate_limit: {unit: second, requests_per_unit: 1}}
+    value: x
+";
+        // `base` is no key of the reference's: refused, as the reference refuses it.
+        let problems = parse(yaml, "t").expect_err("base");
+        assert_eq!(problems, ["t: unknown key \"base\""]);
+        let yaml = yaml.replace("base: &base\n  unit: minute\n  requests_per_unit: 1_000\n", "").replace(
+            "      <<: *base\n",
+            "      <<: [{unit: minute, requests_per_unit: 1_000}, {unit: hour}]\n",
+        );
+        let d = parse(&yaml, "t").expect("the reference loads it");
+        let a = d.matches(&entries(&[("a", "v")])).expect("a");
+        let rule = a.node.rule.as_ref().expect("rule");
+        assert_eq!((rule.requests_per_unit, rule.window_ms), (1000, 60_000), "the first merged wins");
+        assert!(!a.node.shadow_mode, "a shadow_mode inside rate_limit means nothing, as in the reference");
+        let b = d.matches(&entries(&[("b", "x")])).expect("b, merged in");
+        assert_eq!(b.node.rule.as_ref().expect("rule").window_ms, 1000);
+    }
+
     #[test]
     fn unknown_keys_are_named_at_every_depth() {
         for (yaml, key) in [
@@ -617,7 +733,6 @@ descriptors:
                 "colour",
             ),
             ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, per: 1}\n", "per"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, key: b}\n", "key"),
             (
                 "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unlimited: true, replaces: [{nme: b}]}\n",
                 "nme",

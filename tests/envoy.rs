@@ -28,6 +28,10 @@ descriptors:
   - key: database
     value: ldap
     rate_limit: {unlimited: true}
+  - key: unl
+    rate_limit: {unlimited: true, name: unl_name}
+  - key: repl
+    rate_limit: {unit: minute, requests_per_unit: 5, replaces: [{name: unl_name}]}
   - key: service
     descriptors:
       - key: user
@@ -185,6 +189,10 @@ async fn the_reference_rules_over_the_wire() {
     // Unlimited.
     let r = ask(&mut c, "edge", vec![descriptor(&[("database", "ldap")])], 1).await;
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, u32::MAX));
+    // An unlimited limit that another replaces stays unlimited, as in the reference.
+    let r = ask(&mut c, "edge", vec![descriptor(&[("unl", "x")]), descriptor(&[("repl", "x")])], 1).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!((r.statuses[0].limit_remaining, r.statuses[1].limit_remaining), (u32::MAX, 4));
 
     // Shadow mode: over its 3 per minute, still OK.
     for _ in 0..6 {

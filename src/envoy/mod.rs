@@ -302,12 +302,13 @@ pub fn prepare<'d>(
             statuses.push(Status::Unmatched);
             continue;
         };
-        if !rule.name.is_empty() && replaced.contains(&rule.name) {
-            statuses.push(Status::Unmatched);
-            continue;
-        }
+        // Unlimited first: as in the reference, a limit that another replaces stays unlimited.
         if rule.unlimited {
             statuses.push(Status::Unlimited);
+            continue;
+        }
+        if !rule.name.is_empty() && replaced.contains(&rule.name) {
+            statuses.push(Status::Unmatched);
             continue;
         }
         let cost = d.hits.unwrap_or(hits);

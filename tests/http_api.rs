@@ -203,6 +203,40 @@ async fn a_forged_x_forwarded_for_cannot_choose_the_key() {
     assert_eq!(answer.status, 200);
 }
 
+/// What a client can put in the original request does not make it someone else: a header that is
+/// not ASCII (on the gateway's `X-Forwarded-For` line, or a configured attribute header) is read,
+/// not dropped, and a path is counted as the application resolves it (`//`, `%61`, `..`, `.`).
+#[tokio::test]
+async fn bytes_and_paths_a_client_writes_cannot_dodge_a_tier() {
+    let server = server("  trusted_proxies: [127.0.0.1/32]\n  attributes: {X-User: user}\n").await;
+    let to = server.http_api_addr.expect("addr");
+    let gateway = loopback(1);
+    // The client's own bytes, then the address the gateway appended, with a forged X-Real-IP
+    // each time: the appended address is counted (edge: 3 an hour).
+    for i in 0..4 {
+        let forged = format!("203.0.113.{i}");
+        let headers = [("X-Forwarded-For", "é, 198.51.100.60"), ("X-Real-IP", forged.as_str())];
+        let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &headers, "").await;
+        assert_eq!(answer.status, if i < 3 { 200 } else { 429 }, "request {i}");
+    }
+    // A user that is not ASCII is still a user (api: 2 an hour, by user).
+    for (i, client) in ["198.51.100.61", "198.51.100.62", "198.51.100.63"].into_iter().enumerate() {
+        let headers = [("X-Forwarded-For", client), ("X-User", "josé")];
+        let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &headers, "").await;
+        assert_eq!(answer.status, if i < 2 { 200 } else { 429 }, "request {i} of user josé");
+    }
+    // One login an hour, however its path is written.
+    let login = |path: &'static str| {
+        [("X-Forwarded-For", "198.51.100.64"), ("X-Original-Method", "POST"), ("X-Original-URI", path)]
+    };
+    let first = exchange(to, gateway, "GET", "/v1/forward-auth", &login("/auth/login"), "").await;
+    assert_eq!(first.status, 200);
+    for path in ["//auth/login", "/%61uth/login", "/x/../auth/login", "/auth/./login", "/auth//login?é=1"] {
+        let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &login(path), "").await;
+        assert_eq!(answer.status, 429, "{path}");
+    }
+}
+
 /// `http_api.tls: inherit` with mutual TLS on `server.tls`: HTTP/1.1 over TLS (ALPN says so), a
 /// client without a certificate refused; `plaintext` serves without TLS beside a TLS gRPC port.
 #[tokio::test]

@@ -27,12 +27,15 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     if !is_trusted(&peer) {
         return peer;
     }
-    // Right to left over every field line, without collecting: a long header costs no memory.
-    let mut entries = headers
-        .get_all("x-forwarded-for")
+    // Right to left over every field line. A line is read whatever bytes it holds: a proxy that
+    // appends the address it saw writes it on the line the client began, and a byte that is not
+    // text must not drop that address with the client's garbage (the walk stops at the garbage,
+    // left of it). Only a line that is not ASCII is copied.
+    let lines: Vec<std::borrow::Cow<'_, str>> =
+        headers.get_all("x-forwarded-for").iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+    let mut entries = lines
         .iter()
         .rev()
-        .filter_map(|v| v.to_str().ok())
         .flat_map(|line| line.rsplit(','))
         .map(|e| e.trim_matches([' ', '\t']))
         .filter(|e| !e.is_empty())
@@ -126,6 +129,21 @@ mod tests {
         let mapped_peer = "[::ffff:10.0.0.5]:41000".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(client_ip(mapped_peer, &h, &trusted()), ip("203.0.113.9"), "a v4 peer on a v6 socket");
+    }
+
+    /// A client's byte that is not text, on the line its proxy appended the real address to,
+    /// neither hides that address nor lets `X-Real-IP` speak instead.
+    #[test]
+    fn a_line_that_is_not_text_keeps_the_address_appended_to_it() {
+        let peer = PEER.parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", axum::http::HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap());
+        h.append("x-real-ip", "198.51.100.8".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, &trusted()), ip("203.0.113.9"));
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", axum::http::HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append("x-real-ip", "198.51.100.8".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, &trusted()), ip("10.0.0.5"), "garbage alone: the peer, not X-Real-IP");
     }
 
     #[test]

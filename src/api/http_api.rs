@@ -97,12 +97,14 @@ async fn forward_auth(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // A header as text whatever bytes it holds (each byte that is not UTF-8 as U+FFFD): one that is
+    // not ASCII must not drop the attribute, and with it every tier that needs it.
+    let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let original_method = text("x-forwarded-method").or_else(|| text("x-original-method"));
     // The path only: a query string would let a client make a fresh key with every `?x=...`.
     let endpoint = text("x-forwarded-uri")
         .or_else(|| text("x-original-uri"))
-        .map(|uri| uri.split(['?', '#']).next().unwrap_or_default().to_owned());
+        .map(|uri| normal_path(uri.split(['?', '#']).next().unwrap_or_default()));
     let mut attributes = pb::Attributes {
         ip: client_ip::client_ip(peer, &headers, &api.settings.trusted_proxies).to_string(),
         method: original_method.unwrap_or_else(|| method.to_string()),
@@ -161,6 +163,50 @@ async fn forward_auth(
     response
 }
 
+/// A request path as the application behind the gateway resolves it, so that a client cannot
+/// make a fresh endpoint of the same resource: percent-escapes decoded (`/%61pi` is `/api`),
+/// empty and `.` segments dropped (`//api`, `/./api`), `..` taking the segment before it away
+/// (`/x/../api`); a trailing `/` is kept. Bytes that are not UTF-8 once decoded are U+FFFD.
+fn normal_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        path.push('/');
+        path.push_str(s);
+    }
+    let ends_in_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if path.is_empty() || ends_in_slash {
+        path.push('/');
+    }
+    path
+}
+
 fn request_id(headers: &HeaderMap) -> String {
     native::correlation_id(headers.get("x-request-id").map(HeaderValue::as_bytes))
 }
@@ -201,4 +247,31 @@ fn error(status: &Status) -> Response {
 
 fn json_value(status: StatusCode, body: &serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normal_path;
+
+    #[test]
+    fn paths_as_the_application_resolves_them() {
+        for (raw, normal) in [
+            ("/api/items", "/api/items"),
+            ("//api//items", "/api/items"),
+            ("/%61pi/items", "/api/items"),
+            ("/x/../api/items", "/api/items"),
+            ("/../../api/./items", "/api/items"),
+            ("/api/items/", "/api/items/"),
+            ("/api/items/.", "/api/items/"),
+            ("/api/x/..", "/api/"),
+            ("/api%2Fitems", "/api/items"),
+            ("/%zz/%4", "/%zz/%4"),
+            ("/%ff", "/\u{fffd}"),
+            ("", "/"),
+            ("/", "/"),
+            ("..", "/"),
+        ] {
+            assert_eq!(normal_path(raw), normal, "{raw:?}");
+        }
+    }
 }

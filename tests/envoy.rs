@@ -591,7 +591,7 @@ async fn by_default_a_client_over_its_limit_gets_the_limit_every_window() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("steady.yaml"),
-        "domain: steady\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n",
+        "domain: steady\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n  - key: m\n    rate_limit: {unit: minute, requests_per_unit: 5}\n",
     )
     .expect("write");
     let yaml = format!("envoy:\n  paths: [\"{}\"]\ntiers: []\n", dir.path().display());
@@ -620,6 +620,12 @@ async fn by_default_a_client_over_its_limit_gets_the_limit_every_window() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+        // Windows are aligned to the epoch on both stores: a minute ends at :00.
+        let before = millis() / 1000;
+        let r = ask(&mut c, "steady", vec![descriptor(&[("m", "v")])], 1).await;
+        let after = millis() / 1000;
+        let reset = r.statuses[0].duration_until_reset.expect("reset").seconds as u128;
+        assert!((60 - after % 60..=60 - before % 60).contains(&reset), "{reset} s to the minute's end");
         server.shutdown().await;
     }
 }

@@ -77,7 +77,9 @@ struct Extra {
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     cells: Arc<DashMap<String, Arc<Mutex<Cell>>>>,
+    /// When the store began, on the monotonic clock and as ms since the Unix epoch (see `now_ms`).
     epoch: Instant,
+    epoch_ms: u64,
     counting: Counting,
     max_keys: usize,
     evicting: Arc<AtomicBool>,
@@ -100,6 +102,9 @@ impl LocalStore {
         LocalStore {
             cells: Arc::new(DashMap::new()),
             epoch: Instant::now(),
+            epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
             counting,
             max_keys: max_keys.max(1),
             evicting: Arc::new(AtomicBool::new(false)),
@@ -252,9 +257,11 @@ impl LocalStore {
         Answer { admitted, verdicts, source: answer.source }
     }
 
-    /// Milliseconds on this store's monotonic clock.
+    /// Milliseconds since the Unix epoch: the wall clock's reading when the store began, moved on
+    /// by the monotonic clock since. Windows align to the epoch as Redis's do (a fixed minute
+    /// starts at :00, as envoyproxy/ratelimit's), and a wall clock set back never moves them.
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.epoch_ms.saturating_add(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Number of keys held, expired or not.

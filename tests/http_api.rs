@@ -103,6 +103,7 @@ async fn bad_input_is_400_with_grpc_s_message() {
         (r#"{"requests": [{}], "dryrun": true}"#, "dryrun"),
         (r#"{"requests": "#, "EOF"),
         ("", "EOF"),
+        (r#"{"requests": [{"attributes": {"user": "x"}}]} xyz"#, "trailing characters"),
         (r#"{"attributes": {"user": "x"}, "outcome": "MAYBE"}"#, "outcome"),
     ] {
         let path = if body.contains("outcome") { "/v1/report" } else { "/v1/check" };

@@ -215,11 +215,14 @@ fn request_id(headers: &HeaderMap) -> String {
 /// went wrong.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let at = e.path().to_string();
         let message = if at == "." { e.inner().to_string() } else { format!("{at}: {}", e.inner()) };
         Status::invalid_argument(message)
-    })
+    })?;
+    // One JSON value and nothing after it but white space: `{...} xyz` is not a request.
+    json.end().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(value)
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {

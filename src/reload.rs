@@ -3,7 +3,7 @@
 //! lists and Envoy domains are swapped into the engine at once: calls in flight finish with the old
 //! ones, and counts stay under the same tier names. A file that does not load keeps the old
 //! configuration serving. The other sections (listeners, Redis, fallback, limits, admin) take
-//! effect at the next start.
+//! effect at the next start, and a reload that changes them says so in the log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub fn spawn_reloader(
 ) {
     tokio::spawn(async move {
         let mut seen = snapshot(&path, &envoy_paths);
+        // What the running server started with, of the sections a reload does not swap in.
+        let started = config::restart_sections(&path);
         #[cfg(unix)]
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut every = tokio::time::interval(RELOAD_EVERY);
@@ -76,6 +78,15 @@ pub fn spawn_reloader(
                     engine.replace_domains(settings.domains);
                     metrics::config_reload("ok");
                     tracing::info!(config = %path.display(), tiers, "configuration reloaded");
+                    if let (Some(started), Some(now)) = (&started, config::restart_sections(&path)) {
+                        let waiting = config::changed_sections(started, &now);
+                        if !waiting.is_empty() {
+                            tracing::warn!(
+                                sections = %waiting.join(", "),
+                                "these sections changed, and take effect at the next start, not now"
+                            );
+                        }
+                    }
                 }
                 Err(e) => {
                     metrics::config_reload("error");

@@ -241,7 +241,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
 
 /// YAML text as a JSON tree, read by the `config` crate as the main configuration is, so that
 /// both kinds of file take the same YAML.
-fn yaml_as_json(text: &str) -> Result<serde_json::Value, String> {
+pub(super) fn yaml_as_json(text: &str) -> Result<serde_json::Value, String> {
     let value = ::config::Config::builder()
         .add_source(::config::File::from_str(text, ::config::FileFormat::Yaml))
         .build()

@@ -29,6 +29,31 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use load::{DEFAULT_YAML, files_read, load, load_with_env, parse};
+
+/// The sections a reload swaps in; every other one takes effect at the next start.
+const RELOADED_SECTIONS: [&str; 3] = ["tiers", "threat", "envoy"];
+
+/// The sections of the file at `path` that take effect only at a start, as written (a JSON
+/// object), so that a reload can say which changes wait for a restart; `None` when it does not read.
+pub fn restart_sections(path: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut tree = envoy_file::yaml_as_json(&text).ok()?;
+    if let serde_json::Value::Object(map) = &mut tree {
+        map.retain(|section, _| !RELOADED_SECTIONS.contains(&section.as_str()));
+    }
+    Some(tree)
+}
+
+/// The sections whose text differs between `before` and `after` (from `restart_sections`), sorted.
+pub fn changed_sections(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+    let mut changed: Vec<String> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    changed.sort();
+    changed.dedup();
+    changed
+}
 pub use schema::LogFormat;
 
 use crate::store::redis::Topology;
@@ -233,5 +258,30 @@ impl ConfigError {
             }
             other => vec![other.to_string()],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{changed_sections, restart_sections};
+
+    /// A reload names the sections it leaves for the next start, and only those.
+    #[test]
+    fn the_sections_a_reload_leaves_waiting() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sluice.yaml");
+        let write = |text: &str| std::fs::write(&path, text).expect("write");
+        write(
+            "redis: {url: \"redis://a:6379\"}\nlimits: {max_batch: 10}\ntiers: [{name: a, key: [ip], limit: 1, window: 1s}]\n",
+        );
+        let started = restart_sections(&path).expect("reads");
+        write(
+            "redis: {url: \"redis://b:6379\"}\nlimits: {max_batch: 10}\ntiers: [{name: a, key: [ip], limit: 2, window: 1s}]\n",
+        );
+        assert_eq!(changed_sections(&started, &restart_sections(&path).expect("reads")), ["redis"]);
+        write("limits: {max_batch: 10}\nlog: {level: warn}\ntiers: []\nenvoy: {paths: []}\n");
+        assert_eq!(changed_sections(&started, &restart_sections(&path).expect("reads")), ["log", "redis"]);
+        write("redis: {url: \"redis://a:6379\"}\nlimits: {max_batch: 10}\ntiers: []\n");
+        assert!(changed_sections(&started, &restart_sections(&path).expect("reads")).is_empty());
     }
 }

@@ -116,6 +116,7 @@ async fn bad_input_is_400_with_grpc_s_message() {
     let huge = format!(r#"{{"requests": [{{"attributes": {{"user": "{}"}}}}]}}"#, "x".repeat(5 << 20));
     let answer = post(&server, "/v1/check", &huge).await;
     assert_eq!(answer.status, 413);
+    assert_eq!(answer.json()["code"], 8, "RESOURCE_EXHAUSTED, in the API's own form: {}", answer.body);
     // Wrong method on the JSON API.
     let to = server.http_api_addr.expect("addr");
     let answer = exchange(to, loopback(1), "GET", "/v1/check", &[], "").await;
@@ -236,6 +237,54 @@ async fn bytes_and_paths_a_client_writes_cannot_dodge_a_tier() {
         let answer = exchange(to, gateway, "GET", "/v1/forward-auth", &login(path), "").await;
         assert_eq!(answer.status, 429, "{path}");
     }
+}
+
+/// Bodies are read whole before a decision, so what they may hold together is bounded, however
+/// many connections send them: sixteen bodies of the largest size (here 2 KiB, so 32 KiB in all).
+/// Past that a request is 503 at once; a body declared past the bound is 413 before it is read.
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_together() {
+    let yaml = format!("server:\n  max_message_bytes: 2048\nhttp_api:\n  addr: 127.0.0.1:0\n{TIERS}");
+    let server = SluiceServer::start(&yaml, None).await;
+    let to = server.http_api_addr.expect("addr");
+    let head = |length: u64| {
+        format!(
+            "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // Sixteen slow clients, each 2,000 bytes into a body of 2,048.
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        let mut c = tokio::net::TcpStream::connect(to).await.expect("connect");
+        c.write_all(head(2048).as_bytes()).await.expect("head");
+        c.write_all(&[b' '; 2000]).await.expect("part of a body");
+        slow.push(c);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // 32,000 of 32,768 bytes held: a body of 1,000 more does not fit.
+    let body = format!(r#"{{"requests": [{{"attributes": {{"user": "x"}}}}]}}{}"#, " ".repeat(950));
+    let body = body.as_str();
+    let answer = post(&server, "/v1/check", body).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.json()["code"], 14, "UNAVAILABLE: {}", answer.body);
+    // A body declared past the bound: refused before it is read.
+    let mut c = tokio::net::TcpStream::connect(to).await.expect("connect");
+    c.write_all(head(99_999_999_999).as_bytes()).await.expect("head");
+    let mut answered = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut answered))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&answered[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answered[..n])
+    );
+    // The slow clients gone, their share of the budget is free again.
+    drop(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let answer = post(&server, "/v1/check", body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
 /// `http_api.tls: inherit` with mutual TLS on `server.tls`: HTTP/1.1 over TLS (ALPN says so), a

@@ -37,24 +37,94 @@ struct Api {
     engine: Arc<Engine>,
     limits: InputLimits,
     settings: Arc<HttpApiSettings>,
+    bodies: Bodies,
 }
 
-/// The HTTP API's routes. Bodies are bounded by `max_body_bytes` (the gRPC port's message bound).
+/// How many bodies of the largest size may be read at once: together they bound the memory that
+/// requests in flight hold, however many connections send them.
+const BODIES_AT_ONCE: usize = 16;
+
+/// Request bodies, read whole before a decision: each at most `max` bytes, and all those being
+/// read or decided at most `BODIES_AT_ONCE` times that, counted as they arrive.
+#[derive(Clone)]
+struct Bodies {
+    max: usize,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bodies {
+    fn new(max: usize) -> Bodies {
+        let total = max.saturating_mul(BODIES_AT_ONCE).min(tokio::sync::Semaphore::MAX_PERMITS);
+        Bodies { max, budget: Arc::new(tokio::sync::Semaphore::new(total)) }
+    }
+
+    /// The body, and what it holds of the budget until dropped; past `max`, RESOURCE_EXHAUSTED
+    /// (413), read no further; when the budget is spent, UNAVAILABLE (503), read no further.
+    async fn read(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
+        let too_large = || {
+            Status::resource_exhausted(format!(
+                "the request body exceeds server.max_message_bytes ({} bytes)",
+                self.max
+            ))
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max as u64) {
+            return Err(too_large());
+        }
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut read = Vec::new();
+        let mut frames = body.into_data_stream();
+        while let Some(frame) = futures::StreamExt::next(&mut frames).await {
+            let chunk = frame.map_err(|e| Status::invalid_argument(format!("the request body: {e}")))?;
+            if read.len() + chunk.len() > self.max {
+                return Err(too_large());
+            }
+            let n = u32::try_from(chunk.len()).map_err(|_| too_large())?;
+            if n > 0 {
+                let permit = Arc::clone(&self.budget).try_acquire_many_owned(n).map_err(|_| {
+                    Status::unavailable("too many request bodies are being read at once: try again")
+                })?;
+                match &mut held {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
+            read.extend_from_slice(&chunk);
+        }
+        Ok((Bytes::from(read), held))
+    }
+}
+
+/// The HTTP API's routes. Bodies are bounded by `max_body_bytes` (the gRPC port's message bound),
+/// and those in flight together by `BODIES_AT_ONCE` times it.
 pub fn router(
     engine: Arc<Engine>,
     limits: InputLimits,
     settings: HttpApiSettings,
     max_body_bytes: usize,
 ) -> Router {
+    let bodies = Bodies::new(max_body_bytes);
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/report", post(report))
         .route("/v1/forward-auth", any(forward_auth))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(Api { engine, limits, settings: Arc::new(settings) })
+        // Bodies are read by `Bodies`, under its bounds.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Api { engine, limits, settings: Arc::new(settings), bodies })
 }
 
-async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+async fn check(State(api): State<Api>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let (body, _held) = match api.bodies.read(&headers, body).await {
+        Ok(read) => read,
+        Err(status) => return error(&status),
+    };
     let request: pb::CheckRequest = match parse(&body) {
         Ok(r) => r,
         Err(status) => return error(&status),
@@ -71,7 +141,11 @@ async fn check(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Respo
     }
 }
 
-async fn report(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+async fn report(State(api): State<Api>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let (body, _held) = match api.bodies.read(&headers, body).await {
+        Ok(read) => read,
+        Err(status) => return error(&status),
+    };
     let request: pb::ReportRequest = match parse(&body) {
         Ok(r) => r,
         Err(status) => return error(&status),

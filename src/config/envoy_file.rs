@@ -242,6 +242,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
 /// YAML text as a JSON tree, read by the `config` crate as the main configuration is, so that
 /// both kinds of file take the same YAML.
 pub(super) fn yaml_as_json(text: &str) -> Result<serde_json::Value, String> {
+    super::yaml::check_size(text)?;
     let value = ::config::Config::builder()
         .add_source(::config::File::from_str(text, ::config::FileFormat::Yaml))
         .build()

@@ -40,6 +40,7 @@ pub fn parse(
     env: Option<HashMap<String, String>>,
 ) -> Result<Settings, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { origin: origin.to_owned(), message };
+    super::yaml::check_size(text).map_err(parse_error)?;
     let file = ::config::File::from_str(text, ::config::FileFormat::Yaml);
     // Looked at alone, before the environment is layered on: the environment may set keys (the
     // Helm chart always sets one) even when the file is empty.

@@ -23,6 +23,7 @@ mod redis;
 pub mod schema;
 mod tiers;
 mod validate;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

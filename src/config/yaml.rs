@@ -84,7 +84,7 @@ mod tests {
         let mut bomb = String::from("domain: d\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
         for n in 1..=7 {
             let prev = format!("*l{}", n - 1);
-            bomb.push_str(&format!("l{n}: &l{n} [{}]\n", vec![prev.as_str(); 10].join(", ")));
+            bomb.push_str(&format!("l{n}: &l{n} [{}]\n", [prev.as_str(); 10].join(", ")));
         }
         let refused = std::time::Instant::now();
         assert!(check_size(&bomb).expect_err("a bomb").contains("more than 1000000 nodes"));

@@ -237,31 +237,47 @@ async fn forward_auth(
     response
 }
 
-/// A request path as the application behind the gateway resolves it, so that a client cannot
-/// make a fresh endpoint of the same resource: percent-escapes decoded (`/%61pi` is `/api`),
-/// empty and `.` segments dropped (`//api`, `/./api`), `..` taking the segment before it away
-/// (`/x/../api`); a trailing `/` is kept. Bytes that are not UTF-8 once decoded are U+FFFD.
+/// A request path as the applications behind a gateway resolve it, so that a client cannot make a
+/// fresh endpoint of the same resource: escapes of unreserved characters decoded (`/%61pi` is
+/// `/api`, `%2e` is `.`), other escapes kept, in upper case (an escaped `/` stays inside its
+/// segment, so `..%2f` climbs nothing); `\` as `/` (as Windows servers read it); a segment's `;`
+/// parameters dropped (as Java servers route `/api;x/items`); empty and `.` segments dropped and
+/// `..` taking the one before it away (`//api`, `/./api`, `/x/../api`); a trailing `/` kept.
+/// Spellings of one resource become one path; no spelling leaves a prefix it resolves under.
 fn normal_path(raw: &str) -> String {
     let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut decoded = String::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| char::from(b).to_digit(16);
         match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
             (b'%', Some(hi), Some(lo)) => {
-                decoded.push((hi * 16 + lo) as u8);
+                let byte = (hi * 16 + lo) as u8;
+                match char::from(byte) {
+                    c if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') => decoded.push(c),
+                    '\\' => decoded.push('/'),
+                    _ => decoded.push_str(&format!("%{byte:02X}")),
+                }
                 i += 3;
             }
-            (b, _, _) => {
-                decoded.push(b);
+            (b'\\', _, _) => {
+                decoded.push('/');
                 i += 1;
+            }
+            _ => {
+                // Up to the next escape or backslash, as it is (the raw text is UTF-8).
+                let next = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'%' || b == b'\\')
+                    .map_or(bytes.len(), |n| i + n.max(1));
+                decoded.push_str(&raw[i..next]);
+                i = next;
             }
         }
     }
-    let decoded = String::from_utf8_lossy(&decoded);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
-        match segment {
+        match segment.split(';').next().unwrap_or_default() {
             "" | "." => {}
             ".." => {
                 segments.pop();
@@ -274,7 +290,8 @@ fn normal_path(raw: &str) -> String {
         path.push('/');
         path.push_str(s);
     }
-    let ends_in_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let last = decoded.rsplit('/').next().unwrap_or_default();
+    let ends_in_slash = matches!(last.split(';').next().unwrap_or_default(), "" | "." | "..");
     if path.is_empty() || ends_in_slash {
         path.push('/');
     }
@@ -338,15 +355,30 @@ mod tests {
             ("/%61pi/items", "/api/items"),
             ("/x/../api/items", "/api/items"),
             ("/../../api/./items", "/api/items"),
+            ("/%2e%2E/api/%2e/items", "/api/items"),
             ("/api/items/", "/api/items/"),
             ("/api/items/.", "/api/items/"),
             ("/api/x/..", "/api/"),
-            ("/api%2Fitems", "/api/items"),
+            // An escaped slash stays in its segment: `..%2f` climbs nothing.
+            ("/api/..%2flogin", "/api/..%2Flogin"),
+            ("/api/%2e%2e%2flogin", "/api/..%2Flogin"),
+            ("/api%2Fitems", "/api%2Fitems"),
+            // Backslashes as Windows servers read them, and Java's path parameters.
+            ("/api\\items", "/api/items"),
+            ("/api%5Citems", "/api/items"),
+            ("/api;x/items", "/api/items"),
+            ("/api/login;jsessionid=1", "/api/login"),
+            ("/public/..;/api/items", "/api/items"),
+            // Other escapes kept, in one case.
+            ("/api%00/items", "/api%00/items"),
+            ("/api%2a", "/api%2A"),
             ("/%zz/%4", "/%zz/%4"),
-            ("/%ff", "/\u{fffd}"),
+            ("/%ff", "/%FF"),
+            ("/é", "/é"),
             ("", "/"),
             ("/", "/"),
             ("..", "/"),
+            ("api", "/api"),
         ] {
             assert_eq!(normal_path(raw), normal, "{raw:?}");
         }

@@ -6,7 +6,8 @@
 --   returns allowed (bool), remaining, retry_after_ms, reset_after_ms, and the state to write.
 -- fixed_window_commit(key, state, now, window, cost) consumes cost; the key expires when its
 --   window ends, when its count can no longer matter (set by the window's first write: the end
---   does not move; and again when a reload changed the window's length, w).
+--   does not move; and again by the first check after a reload changed the window's length, w,
+--   counted or not).
 
 local function fixed_window_check(key, now, limit, window, cost)
   local st = redis.call('HMGET', key, 's', 'c', 'w')
@@ -20,8 +21,15 @@ local function fixed_window_check(key, now, limit, window, cost)
   local after = math.min(c + cost, MAX_COUNT)
   -- until the window ends: at least 1 ms, since now lies inside it
   local reset = math.max(start + window - now, 1)
+  local w = tonumber(st[3]) or 0
+  if s > 0 and w ~= window then
+    -- a reload changed the window's length: the expiry follows it now (see sliding_window_check)
+    redis.call('HSET', key, 'w', window)
+    redis.call('PEXPIRE', key, reset)
+    w = window
+  end
   -- the window counted, its count, the window the key held and the length its expiry was set for
-  local state = { start, c, s, tonumber(st[3]) or 0 }
+  local state = { start, c, s, w }
   if after <= limit then
     return true, limit - after, 0, reset, state
   end

@@ -7,9 +7,9 @@
 --   holds, one HINCRBY of its count; otherwise the whole state. The key expires three
 --   windows after the start of the window it counts, so at least two windows after its last write,
 --   when its counts can no longer matter: its expiry is set when that window begins (the first
---   write of a window), not on every write, which saves a command per decision; and again when
---   a reload changed the window's length (w), else a window made longer would lose its counts
---   when the shorter one's expiry came.
+--   write of a window), not on every write, which saves a command per decision; and again by the
+--   first check after a reload changed the window's length (w), counted or not, else a window made
+--   longer would lose its counts when the shorter one's expiry came.
 -- sliding_window_current(key) -> the stored current window's start (ms) and count, 0 and 0 when
 --   none: what the behavioural baseline folds in (baseline.lua).
 -- Integers stay below 2^53 (the config bounds limit * window, and counts saturate at MAX_COUNT),
@@ -37,9 +37,17 @@ local function sliding_window_check(key, now, limit, window, cost)
   local elapsed = math.min(math.max(now - start, 0), window)
   local used = p * (window - elapsed) + c * window
   local capacity = limit * window
+  local w = tonumber(st[4]) or 0
+  if s > 0 and w ~= window then
+    -- a reload changed the window's length: the expiry follows it now, whether or not this
+    -- request counts, else the counts could go with the old expiry
+    redis.call('HSET', key, 'w', window)
+    redis.call('PEXPIRE', key, start + 3 * window - now)
+    w = window
+  end
   -- the window counted, its counts, the window the key held and the length its expiry was set
   -- for (the expiry moves with either)
-  local state = { start, c, p, s, tonumber(st[4]) or 0 }
+  local state = { start, c, p, s, w }
   if used + cost * window <= capacity then
     local remaining = math.floor((capacity - used - cost * window) / window)
     return true, remaining, 0, sliding_window_reset(c + cost, elapsed, window), state

@@ -368,30 +368,37 @@ async fn a_baseline_key_follows_a_longer_window() {
 }
 
 /// A reload that lengthens a window keeps what the key counted: its expiry follows the new length
-/// at the next write, on both window algorithms, though the key goes on counting the window it
-/// holds. (Set once a window, the old expiry would drop the counts when the shorter window's came.)
+/// at the next check of the key, counted or not (here a look, cost 0), on both window algorithms,
+/// though the key goes on counting the window it holds. (Set once a window, the old expiry would
+/// drop the counts when the shorter window's came.)
 #[tokio::test]
 async fn a_window_key_follows_a_longer_window() {
     let Subject::Redis(store, server) = Subject::redis().await else { unreachable!() };
     for (algorithm, suffix) in [(Algorithm::SlidingWindow, "sw"), (Algorithm::FixedWindow, "fw")] {
-        let name = format!("reload:{suffix}");
-        let mut c = check(&name, algorithm, 5, 5_000);
-        // T0 is on a 5 s window's edge: the 5 s window [T0, T0 + 5 s) lies within a 60 s one.
-        let t = T0 - T0 % 5_000;
-        assert!(store.decide_at(std::slice::from_ref(&c), Mode::Consume, t).await.expect("first").admitted);
-        c.quota.window_ms = 60_000;
-        for now in [t + 1_000, t + 2_000] {
-            let answer = store.decide_at(std::slice::from_ref(&c), Mode::Consume, now).await.expect("after");
-            assert!(answer.admitted);
+        for (way, costs) in [("counted", [1, 1]), ("looked", [0, 0])] {
+            let name = format!("reload:{suffix}:{way}");
+            let mut c = check(&name, algorithm, 5, 5_000);
+            // T0 is on a 5 s window's edge: the 5 s window [T0, T0 + 5 s) lies within a 60 s one.
+            let t = T0 - T0 % 5_000;
+            assert!(
+                store.decide_at(std::slice::from_ref(&c), Mode::Consume, t).await.expect("first").admitted
+            );
+            c.quota.window_ms = 60_000;
+            for (now, cost) in [t + 1_000, t + 2_000].into_iter().zip(costs) {
+                c.quota.cost = cost;
+                let answer =
+                    store.decide_at(std::slice::from_ref(&c), Mode::Consume, now).await.expect("after");
+                assert!(answer.admitted);
+            }
+            let key = format!("sluice:{{{name}}}:{suffix}");
+            let ttl: i64 = server.cmd(redis::cmd("PTTL").arg(&key));
+            // From the window the key holds (it began at t): three new windows for a sliding
+            // window, one for a fixed window; far past the old 15 s and 5 s.
+            let most = if suffix == "sw" { 3 * 60_000 - 1_000 } else { 60_000 - 1_000 };
+            assert!(ttl <= most && ttl > most - 10_000, "{key}: TTL {ttl}, expected about {most}");
+            let count: u64 = server.cmd(redis::cmd("HGET").arg(&key).arg("c"));
+            assert_eq!(count, 1 + costs.iter().sum::<u64>(), "{key}: the counts are kept");
         }
-        let key = format!("sluice:{{{name}}}:{suffix}");
-        let ttl: i64 = server.cmd(redis::cmd("PTTL").arg(&key));
-        // From the window the key holds (it began at t): three new windows for a sliding
-        // window, one for a fixed window; far past the old 15 s and 5 s.
-        let most = if suffix == "sw" { 3 * 60_000 - 1_000 } else { 60_000 - 1_000 };
-        assert!(ttl <= most && ttl > most - 10_000, "{key}: TTL {ttl}, expected about {most}");
-        let count: u64 = server.cmd(redis::cmd("HGET").arg(&key).arg("c"));
-        assert_eq!(count, 3, "{key}: the counts are kept");
     }
 }
 

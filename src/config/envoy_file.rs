@@ -223,7 +223,7 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
 /// Parses one file; `origin` names it in errors. Every problem is reported.
 pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
     let mut tree = yaml_as_json(text).map_err(|e| vec![format!("{origin}: {e}")])?;
-    merge_keys(&mut tree);
+    merge_keys(&mut tree).map_err(|e| vec![format!("{origin}: {e}")])?;
     drop_misplaced(&mut tree, &["domain", "descriptors"]);
     let file: DomainFile =
         serde_path_to_error::deserialize(tree).map_err(|e| vec![mistake(origin, None, e)])?;
@@ -297,8 +297,9 @@ fn drop_misplaced(part: &mut serde_json::Value, used: &[&str]) {
 
 /// Applies YAML merge keys (`<<: *base`, or `<<: [*a, *b]`), as the reference's YAML reader does
 /// and the `config` crate does not: the merged mappings' keys are added where the mapping has none
-/// of its own, the first of a list winning over the later ones.
-fn merge_keys(tree: &mut serde_json::Value) {
+/// of its own, the first of a list winning over the later ones, and a merged mapping's own merge
+/// keys first. A merge of anything but mappings is an error, as there.
+fn merge_keys(tree: &mut serde_json::Value) -> Result<(), String> {
     match tree {
         serde_json::Value::Object(map) => {
             if let Some(merged) = map.remove("<<") {
@@ -306,18 +307,20 @@ fn merge_keys(tree: &mut serde_json::Value) {
                     serde_json::Value::Array(list) => list,
                     one => vec![one],
                 };
-                for source in sources {
-                    if let serde_json::Value::Object(source) = source {
-                        for (k, v) in source {
-                            map.entry(k).or_insert(v);
-                        }
+                for mut source in sources {
+                    merge_keys(&mut source)?;
+                    let serde_json::Value::Object(source) = source else {
+                        return Err("<<: merges mappings only (a mapping, or a list of them)".to_owned());
+                    };
+                    for (k, v) in source {
+                        map.entry(k).or_insert(v);
                     }
                 }
             }
-            map.values_mut().for_each(merge_keys);
+            map.values_mut().try_for_each(merge_keys)
         }
-        serde_json::Value::Array(list) => list.iter_mut().for_each(merge_keys),
-        _ => {}
+        serde_json::Value::Array(list) => list.iter_mut().try_for_each(merge_keys),
+        _ => Ok(()),
     }
 }
 
@@ -723,6 +726,17 @@ descriptors:
         assert!(!a.node.shadow_mode, "a shadow_mode inside rate_limit means nothing, as in the reference");
         let b = d.matches(&entries(&[("b", "x")])).expect("b, merged in");
         assert_eq!(b.node.rule.as_ref().expect("rule").window_ms, 1000);
+        // A merge of a mapping that merges another; a merge of a scalar is refused.
+        let nested = "domain: d
+descriptors:
+  - key: a
+    rate_limit: {<<: {<<: {unit: hour}, requests_per_unit: 7}}
+";
+        let d = parse(nested, "t").expect("nested merges");
+        let rule = d.matches(&entries(&[("a", "v")])).expect("a").node.rule.clone().expect("rule");
+        assert_eq!((rule.requests_per_unit, rule.window_ms), (7, 3_600_000));
+        let scalar = parse("domain: d\ndescriptors:\n  - key: a\n    <<: 5\n", "t").expect_err("a scalar");
+        assert!(scalar[0].contains("merges mappings only"), "{scalar:?}");
     }
 
     #[test]

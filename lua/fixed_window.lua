@@ -21,13 +21,7 @@ local function fixed_window_check(key, now, limit, window, cost)
   local after = math.min(c + cost, MAX_COUNT)
   -- until the window ends: at least 1 ms, since now lies inside it
   local reset = math.max(start + window - now, 1)
-  local w = tonumber(st[3]) or 0
-  if s > 0 and w ~= window then
-    -- a reload changed the window's length: the expiry follows it now (see sliding_window_check)
-    redis.call('HSET', key, 'w', window)
-    redis.call('PEXPIRE', key, reset)
-    w = window
-  end
+  local w = window_length_follows(key, s, tonumber(st[3]) or 0, window, reset)
   -- the window counted, its count, the window the key held and the length its expiry was set for
   local state = { start, c, s, w }
   if after <= limit then

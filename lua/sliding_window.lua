@@ -18,6 +18,19 @@
 -- Where stored counts saturate (src/algorithm/mod.rs): above every limit, exact in a double.
 local MAX_COUNT = 9007199254740991
 
+-- A window key held (s > 0) whose expiry was set for another length (w) than the tier's window
+-- now, after a reload: its length and expiry (ttl, ms from now) follow the window at once, whether
+-- or not this request counts, else its counts could go with the old expiry. Returns the length
+-- the key's expiry is now set for. (Shared with fixed_window.lua.)
+local function window_length_follows(key, s, w, window, ttl)
+  if s == 0 or w == window then
+    return w
+  end
+  redis.call('HSET', key, 'w', window)
+  redis.call('PEXPIRE', key, ttl)
+  return window
+end
+
 local function sliding_window_reset(c, elapsed, window)
   if c > 0 then return 2 * window - elapsed end
   return window - elapsed
@@ -37,14 +50,7 @@ local function sliding_window_check(key, now, limit, window, cost)
   local elapsed = math.min(math.max(now - start, 0), window)
   local used = p * (window - elapsed) + c * window
   local capacity = limit * window
-  local w = tonumber(st[4]) or 0
-  if s > 0 and w ~= window then
-    -- a reload changed the window's length: the expiry follows it now, whether or not this
-    -- request counts, else the counts could go with the old expiry
-    redis.call('HSET', key, 'w', window)
-    redis.call('PEXPIRE', key, start + 3 * window - now)
-    w = window
-  end
+  local w = window_length_follows(key, s, tonumber(st[4]) or 0, window, start + 3 * window - now)
   -- the window counted, its counts, the window the key held and the length its expiry was set
   -- for (the expiry moves with either)
   local state = { start, c, p, s, w }

@@ -256,7 +256,10 @@ fn normal_path(raw: &str) -> String {
                 match char::from(byte) {
                     c if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') => decoded.push(c),
                     '\\' => decoded.push('/'),
-                    _ => decoded.push_str(&format!("%{byte:02X}")),
+                    _ => {
+                        use std::fmt::Write;
+                        let _ = write!(decoded, "%{byte:02X}");
+                    }
                 }
                 i += 3;
             }

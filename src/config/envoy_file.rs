@@ -222,7 +222,7 @@ pub(super) fn domains(e: &schema::Envoy, problems: &mut Vec<String>) -> Domains 
 
 /// Parses one file; `origin` names it in errors. Every problem is reported.
 pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
-    let mut tree = yaml_as_json(text).map_err(|e| vec![format!("{origin}: {e}")])?;
+    let mut tree = super::yaml::as_json(text).map_err(|e| vec![format!("{origin}: {e}")])?;
     merge_keys(&mut tree).map_err(|e| vec![format!("{origin}: {e}")])?;
     drop_misplaced(&mut tree, &["domain", "descriptors"]);
     let file: DomainFile =
@@ -237,17 +237,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Domain, Vec<String>> {
         level(list, &name, "descriptors", &mut root, &mut problems, origin);
     }
     if problems.is_empty() { Ok(Domain::new(name, root)) } else { Err(problems) }
-}
-
-/// YAML text as a JSON tree, read by the `config` crate as the main configuration is, so that
-/// both kinds of file take the same YAML.
-pub(super) fn yaml_as_json(text: &str) -> Result<serde_json::Value, String> {
-    super::yaml::check_size(text)?;
-    let value = ::config::Config::builder()
-        .add_source(::config::File::from_str(text, ::config::FileFormat::Yaml))
-        .build()
-        .map_err(|e| e.to_string())?;
-    value.try_deserialize::<serde_json::Value>().map_err(|e| e.to_string())
 }
 
 /// The keys the reference knows (its `validKeys`). It accepts each of them at any level of a file

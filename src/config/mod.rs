@@ -38,7 +38,7 @@ const RELOADED_SECTIONS: [&str; 3] = ["tiers", "threat", "envoy"];
 /// object), so that a reload can say which changes wait for a restart; `None` when it does not read.
 pub fn restart_sections(path: &std::path::Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;
-    let mut tree = envoy_file::yaml_as_json(&text).ok()?;
+    let mut tree = yaml::as_json(&text).ok()?;
     if let serde_json::Value::Object(map) = &mut tree {
         map.retain(|section, _| !RELOADED_SECTIONS.contains(&section.as_str()));
     }

@@ -3,7 +3,7 @@
 //! ten aliases of ...): the `config` crate would expand them all, and the process would run out
 //! of memory on a reload, where a bad file must keep the old configuration serving. So a text's
 //! nodes are counted from the parser's events, each alias as the size of its anchor, and a text of
-//! more than `MOST_NODES` is refused.
+//! more than `MOST_NODES` is refused. `as_json` reads a text so checked.
 
 use std::collections::HashMap;
 
@@ -30,6 +30,17 @@ pub fn check_size(text: &str) -> Result<(), String> {
 }
 
 /// Nodes by open collection, and the size of every anchor seen.
+/// YAML text as a JSON tree, its size checked first, read by the `config` crate as the main
+/// configuration is, so that every file takes the same YAML.
+pub fn as_json(text: &str) -> Result<serde_json::Value, String> {
+    check_size(text)?;
+    let value = ::config::Config::builder()
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Yaml))
+        .build()
+        .map_err(|e| e.to_string())?;
+    value.try_deserialize::<serde_json::Value>().map_err(|e| e.to_string())
+}
+
 #[derive(Default)]
 struct Counter {
     /// Open sequences and mappings: their anchor and their nodes so far (themselves included).

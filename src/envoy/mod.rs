@@ -351,11 +351,9 @@ fn attributes(domains: &Domains, descriptors: &[Descriptor]) -> Attributes {
     for (key, value) in descriptors.iter().flat_map(|d| d.entries.iter()) {
         if let Some((_, attr)) = domains.attributes.iter().find(|(k, _)| k == key) {
             // The head of a long value, as the native API bounds an attribute.
-            let mut end = value.len().min(domain::LONG_VALUE_BYTES);
-            while !value.is_char_boundary(end) {
-                end -= 1;
-            }
-            attrs.set(attr, value[..end].to_owned());
+            let end =
+                (0..=value.len().min(domain::LONG_VALUE_BYTES)).rev().find(|&i| value.is_char_boundary(i));
+            attrs.set(attr, value[..end.unwrap_or(0)].to_owned());
         }
     }
     attrs
